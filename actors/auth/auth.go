@@ -1,0 +1,24 @@
+// Package auth supervises the token-issuing stack. It holds its place in the tree until the Ory stack is built.
+package auth
+
+import (
+	"github.com/asynkron/protoactor-go/actor"
+
+	"github.com/clawker/clawker-cp/actors/supervise"
+)
+
+// Actor is the auth actor.
+type Actor struct{}
+
+// New returns a producer of fresh auth actors.
+func New() actor.Producer { return func() actor.Actor { return &Actor{} } }
+
+// Receive handles the actor's messages.
+func (a *Actor) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *actor.Started:
+		supervise.ReportReady(ctx, nil)
+	case *supervise.DrainStep:
+		supervise.RefuseStep(ctx, m)
+	}
+}

@@ -1,0 +1,153 @@
+// Package cp assembles the control plane: it builds the actor system, the
+// root supervisor and its subsystem children from the settings, and runs
+// them until the root's final exit. cmd/clawker-cp is a thin main around
+// Run; tests call Run the same way.
+package cp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/clawker/clawker-cp/actors/auth"
+	"github.com/clawker/clawker-cp/actors/dockerfeed"
+	"github.com/clawker/clawker-cp/actors/ebpf"
+	"github.com/clawker/clawker-cp/actors/firewall"
+	"github.com/clawker/clawker-cp/actors/grpc"
+	"github.com/clawker/clawker-cp/actors/health"
+	"github.com/clawker/clawker-cp/actors/netlogger"
+	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/registry"
+	"github.com/clawker/clawker-cp/actors/root"
+	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/actors/watcher"
+	"github.com/clawker/clawker-cp/pkg/logging"
+	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+// Options are what Run needs from the outside world.
+type Options struct {
+	Settings settings.Settings
+	Log      *zap.Logger
+	// BindHost is the address the health port listens on: 127.0.0.1 on a
+	// host, 0.0.0.0 inside the container (where Docker publishes it to the
+	// host's loopback only).
+	BindHost string
+	// DebugFaults enables POST /debug/faults (tests only).
+	DebugFaults bool
+}
+
+// DrainSteps is the ordered drain: each step and the child that owns it.
+var DrainSteps = []root.Step{
+	{Name: supervise.StepFirewallQueueClose, Target: "firewall"},
+	{Name: supervise.StepGRPCStop, Target: "grpc"},
+	{Name: supervise.StepBypassTimersCancel, Target: "firewall"},
+	{Name: supervise.StepStackStop, Target: "firewall"},
+	{Name: supervise.StepNetloggerStop, Target: "netlogger"},
+	{Name: supervise.StepDNSGCStop, Target: "firewall"},
+	{Name: supervise.StepEBPFFlush, Target: "ebpf"},
+}
+
+// livenessTimeout bounds how long an actor may take to answer Ping before
+// its probe fails.
+const livenessTimeout = time.Second
+
+// Run starts the control plane and blocks until the root exits, returning the
+// process exit code (see package root). Cancelling ctx (a signal) runs the
+// ordered drain.
+func Run(ctx context.Context, opts Options) int {
+	log := opts.Log
+	s := opts.Settings
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(logging.SlogHandler(log))
+	}))
+	defer sys.Shutdown()
+
+	tree := supervise.NewTree()
+	in := supervise.Intensity{Max: s.ControlPlane.Supervisor.MaxRestarts, Window: s.ControlPlane.Supervisor.RestartWindow}
+	stepTimeout := s.ControlPlane.Supervisor.DrainStepTimeout
+	props := func(p actor.Producer) func() *actor.Props {
+		return func() *actor.Props { return tree.Props(p, in) }
+	}
+	children := []root.Child{
+		{Name: "health", Props: props(health.New(health.Config{
+			Addr:         net.JoinHostPort(opts.BindHost, strconv.Itoa(s.ControlPlane.HealthPort)),
+			Tree:         tree,
+			RootPath:     root.Name,
+			ProbeTimeout: 2 * time.Second,
+			Faults:       opts.DebugFaults,
+			Log:          log.With(zap.String("actor", "health")),
+		}))},
+		{Name: "overseer", Props: props(overseer.New())},
+		{Name: "registry", Props: props(registry.New())},
+		{Name: "ebpf", Props: props(ebpf.New())},
+		{Name: "firewall", Props: props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
+		{Name: "netlogger", Props: props(netlogger.New())},
+		{Name: "dockerfeed", Props: props(dockerfeed.New())},
+		{Name: "watcher", Props: props(watcher.New())},
+		{Name: "grpc", Props: props(grpc.New(grpc.Config{Tree: tree, Intensity: in}))},
+		{Name: "auth", Props: props(auth.New())},
+	}
+
+	// handOver gives the health actor its probes: every subsystem's liveness
+	// (its mailbox answers Ping in time). Later subsystems add probes of
+	// their own ports and resources here.
+	handOver := func(c actor.Context, pids map[string]*actor.PID) {
+		var probes []health.Probe
+		for _, ch := range children {
+			if ch.Name == "health" {
+				continue
+			}
+			pid := pids[ch.Name]
+			probes = append(probes, health.Probe{Name: ch.Name, Check: func(context.Context) error {
+				_, err := sys.Root.RequestFuture(pid, &supervise.Ping{}, livenessTimeout).Result()
+				if err != nil {
+					return fmt.Errorf("actor %s did not answer a ping within %s: %w", pid.Id, livenessTimeout, err)
+				}
+				return nil
+			}})
+		}
+		c.Send(pids["health"], &health.RegisterProbes{Probes: probes})
+		c.Send(pids["health"], &health.SetReady{})
+	}
+
+	exit := make(chan int, 1)
+	rootProps := tree.Props(root.New(root.Config{
+		Log:          log,
+		Tree:         tree,
+		Intensity:    in,
+		StartTimeout: s.ControlPlane.Supervisor.StartTimeout,
+		StepTimeout:  stepTimeout,
+		Children:     children,
+		Steps:        DrainSteps,
+		OnReady:      handOver,
+		OnRestarted: func(c actor.Context, name string, pids map[string]*actor.PID) {
+			if name == "health" {
+				handOver(c, pids)
+			}
+		},
+		OnDraining: func(c actor.Context, pids map[string]*actor.PID) {
+			c.Send(pids["health"], &health.SetDraining{})
+		},
+		Exit: func(code int) { exit <- code },
+	}), in)
+	rootPID, err := sys.Root.SpawnNamed(rootProps, root.Name)
+	if err != nil {
+		log.Error("cannot spawn the root supervisor", zap.String("event", "startup_failed"), zap.Error(err))
+		return root.ExitStartupFailure
+	}
+
+	select {
+	case code := <-exit:
+		return code
+	case <-ctx.Done():
+		sys.Root.Send(rootPID, &root.Drain{Reason: "signal", ExitCode: root.ExitClean})
+	}
+	return <-exit
+}

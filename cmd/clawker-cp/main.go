@@ -1,0 +1,74 @@
+// Command clawker-cp is the control plane: PID 1 of the
+// clawker-controlplane container, and an ordinary process on a host for
+// tests. Everything it needs comes from the XDG directories and
+// settings.yaml; see the README.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/clawker/clawker-cp/actors/cp"
+	"github.com/clawker/clawker-cp/pkg/logging"
+	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+// debugFaultsEnv enables the fault-injection endpoint used by tests.
+const debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
+
+func main() {
+	code := 0
+	app := &cli.App{
+		Name:  "clawker-cp",
+		Usage: "the clawker control plane (normally started by `clawker controlplane up`)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "bind", Value: "127.0.0.1", Usage: "address the health port listens on (0.0.0.0 inside the container)"},
+		},
+		Action: func(c *cli.Context) error {
+			code = run(c.Context, c.String("bind"))
+			return nil
+		},
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "clawker-cp:", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func run(parent context.Context, bind string) int {
+	paths, err := settings.ResolvePaths(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clawker-cp:", err)
+		return 1
+	}
+	log, closeLog, err := logging.New(logging.Options{Stderr: os.Stderr, File: paths.LogFile, Level: zapcore.InfoLevel})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "clawker-cp: opening the log:", err)
+		return 1
+	}
+	defer func() { _ = closeLog() }()
+
+	st, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		log.Error("invalid settings: "+err.Error(), zap.String("event", "settings_invalid"), zap.String("file", paths.SettingsFile))
+		return 1
+	}
+	faults := os.Getenv(debugFaultsEnv) == "1"
+	if faults {
+		log.Warn("debug knob set: fault injection enabled", zap.String("event", "debug_knob"), zap.String("env", debugFaultsEnv))
+	}
+	log.Info("clawker-cp starting", zap.String("event", "process_start"), zap.Int("pid", os.Getpid()),
+		zap.String("settings", paths.SettingsFile), zap.String("data_dir", paths.DataDir), zap.String("log_file", paths.LogFile))
+
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return cp.Run(ctx, cp.Options{Settings: st, Log: log, BindHost: bind, DebugFaults: faults})
+}

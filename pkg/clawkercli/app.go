@@ -1,0 +1,94 @@
+// Package clawkercli is the clawker command line: the break-glass verbs of
+// the control plane. cmd/clawker is a thin main around App.
+package clawkercli
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+// Env is what the commands read from and write to; tests replace it.
+type Env struct {
+	Stdout, Stderr io.Writer
+	Getenv         func(string) string
+}
+
+// App returns the clawker CLI.
+func App(env Env) *cli.App {
+	formatFlag := &cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"}
+	return &cli.App{
+		Name:      "clawker",
+		Usage:     "run AI coding agents in boxed-in containers",
+		Writer:    env.Stdout,
+		ErrWriter: env.Stderr,
+		// Errors are printed once, by Run, to stderr.
+		ExitErrHandler: func(*cli.Context, error) {},
+		Commands: []*cli.Command{{
+			Name:    "controlplane",
+			Aliases: []string{"cp"},
+			Usage:   "break-glass verbs for the control plane",
+			Subcommands: []*cli.Command{
+				{
+					Name:   "status",
+					Usage:  "show whether the control plane runs and is healthy",
+					Flags:  []cli.Flag{formatFlag},
+					Action: func(c *cli.Context) error { return status(c, env) },
+				},
+				{
+					Name:   "tree",
+					Usage:  "print the control plane's live actor tree",
+					Flags:  []cli.Flag{formatFlag},
+					Action: func(c *cli.Context) error { return tree(c, env) },
+				},
+			},
+		}},
+	}
+}
+
+// Run runs the CLI with args and returns the process exit code. Errors go to
+// stderr, prefixed with the program name.
+func Run(env Env, args []string) int {
+	if err := App(env).Run(args); err != nil {
+		fmt.Fprintln(env.Stderr, "clawker:", err)
+		return 1
+	}
+	return 0
+}
+
+// DefaultEnv is the real process environment.
+func DefaultEnv() Env { return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv} }
+
+func loadSettings(env Env) (settings.Settings, error) {
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return settings.Settings{}, err
+	}
+	return settings.Load(paths.SettingsFile)
+}
+
+// healthBase is the CP's health port as seen from the host.
+func healthBase(s settings.Settings) string {
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ControlPlane.HealthPort))
+}
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+func checkFormat(c *cli.Context) (bool, error) {
+	switch f := c.String("format"); f {
+	case "text":
+		return false, nil
+	case "json":
+		return true, nil
+	default:
+		return false, fmt.Errorf("--format: unknown format %q; use text or json", f)
+	}
+}

@@ -1,0 +1,89 @@
+package clawkercli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/clawker/clawker-cp/pkg/cpapi"
+)
+
+func tree(c *cli.Context, env Env) error {
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	s, err := loadSettings(env)
+	if err != nil {
+		return err
+	}
+	base := healthBase(s)
+	resp, err := httpClient.Get(base + "/debug/actors")
+	if err != nil {
+		return fmt.Errorf("the control plane is not running (nothing answers at %s); start it with `clawker controlplane up`", base)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return fmt.Errorf("reading /debug/actors: %w", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("/debug/actors answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var root cpapi.ActorNode
+	if err := json.Unmarshal(body, &root); err != nil {
+		return fmt.Errorf("/debug/actors: unreadable answer: %w", err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(root)
+	}
+	return writeTree(env.Stdout, root)
+}
+
+// writeTree renders the actor tree with box-drawing branches and aligned
+// columns.
+func writeTree(w io.Writer, root cpapi.ActorNode) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACTOR\tSTATE\tRESTARTS\tMAILBOX\tUPTIME\tLAST ERROR")
+	var walk func(n cpapi.ActorNode, prefix, branch string)
+	walk = func(n cpapi.ActorNode, prefix, branch string) {
+		lastErr := n.LastError
+		if lastErr == "" {
+			lastErr = "-"
+		}
+		fmt.Fprintf(tw, "%s%s%s\t%s\t%d\t%d\t%s\t%s\n", prefix, branch, n.Name, n.State, n.Restarts, n.MailboxDepth,
+			(time.Duration(n.UptimeSec * float64(time.Second))).Round(time.Second), oneLine(lastErr))
+		childPrefix := prefix
+		switch branch {
+		case "├── ":
+			childPrefix += "│   "
+		case "└── ":
+			childPrefix += "    "
+		}
+		for i, c := range n.Children {
+			b := "├── "
+			if i == len(n.Children)-1 {
+				b = "└── "
+			}
+			walk(c, childPrefix, b)
+		}
+	}
+	walk(root, "", "")
+	return tw.Flush()
+}
+
+func oneLine(s string) string {
+	s = strings.ReplaceAll(s, "\n", " ")
+	if len(s) > 80 {
+		s = s[:77] + "..."
+	}
+	return s
+}
