@@ -41,6 +41,8 @@ type Options struct {
 	BindHost string
 	// DebugFaults enables POST /debug/faults (tests only).
 	DebugFaults bool
+	// HoldReady delays the ready declaration (tests only).
+	HoldReady time.Duration
 }
 
 // DrainSteps is the ordered drain: each step and the child that owns it.
@@ -126,6 +128,7 @@ func Run(ctx context.Context, opts Options) int {
 		StepTimeout:  stepTimeout,
 		Children:     children,
 		Steps:        DrainSteps,
+		HoldReady:    opts.HoldReady,
 		OnReady:      handOver,
 		OnRestarted: func(c actor.Context, name string, pids map[string]*actor.PID) {
 			if name == "health" {

@@ -55,6 +55,9 @@ type Config struct {
 	StepTimeout  time.Duration
 	Children     []Child
 	Steps        []Step
+	// HoldReady delays the ready declaration after every child started, so
+	// tests can watch /healthz answer 503 first. Zero in production.
+	HoldReady time.Duration
 	// OnReady runs inside the root's context once every child reported
 	// Ready; the wiring uses it to register probes and open /healthz.
 	OnReady func(ctx actor.Context, children map[string]*actor.PID)
@@ -107,6 +110,9 @@ type Root struct {
 
 type startTimedOut struct{ index int }
 
+// declareReady ends a HoldReady pause.
+type declareReady struct{}
+
 // New returns a producer that builds a fresh root.
 func New(cfg Config) actor.Producer {
 	return func() actor.Actor {
@@ -146,6 +152,10 @@ func (r *Root) Receive(ctx actor.Context) {
 		r.requestDrain(ctx, m.Reason, m.ExitCode)
 	case *DrainToZero:
 		r.requestDrain(ctx, "drain_to_zero", ExitClean)
+	case *declareReady:
+		if r.phase == phaseStarting {
+			r.becomeReady(ctx)
+		}
 	case *escalate:
 		r.fail(ctx, m.err)
 	}
@@ -153,6 +163,12 @@ func (r *Root) Receive(ctx actor.Context) {
 
 func (r *Root) startNext(ctx actor.Context) {
 	if r.next >= len(r.cfg.Children) {
+		if r.cfg.HoldReady > 0 {
+			self, sys := ctx.Self(), ctx.ActorSystem()
+			r.log.Warn("holding the ready declaration", zap.String("event", "ready_held"), zap.Float64("hold_ms", ms(r.cfg.HoldReady)))
+			time.AfterFunc(r.cfg.HoldReady, func() { sys.Root.Send(self, &declareReady{}) })
+			return
+		}
 		r.becomeReady(ctx)
 		return
 	}

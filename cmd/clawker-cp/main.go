@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
@@ -20,8 +21,13 @@ import (
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
-// debugFaultsEnv enables the fault-injection endpoint used by tests.
-const debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
+// Debug knobs, for tests. Each is logged when set.
+const (
+	// debugFaultsEnv=1 enables POST /debug/faults on the health port.
+	debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
+	// debugHoldReadyEnv=<duration> delays the ready declaration.
+	debugHoldReadyEnv = "CLAWKER_CP_DEBUG_HOLD_READY"
+)
 
 func main() {
 	code := 0
@@ -65,10 +71,18 @@ func run(parent context.Context, bind string) int {
 	if faults {
 		log.Warn("debug knob set: fault injection enabled", zap.String("event", "debug_knob"), zap.String("env", debugFaultsEnv))
 	}
+	var hold time.Duration
+	if v := os.Getenv(debugHoldReadyEnv); v != "" {
+		if hold, err = time.ParseDuration(v); err != nil || hold < 0 {
+			log.Error(debugHoldReadyEnv+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
+			return 1
+		}
+		log.Warn("debug knob set: ready declaration held", zap.String("event", "debug_knob"), zap.String("env", debugHoldReadyEnv), zap.Duration("hold", hold))
+	}
 	log.Info("clawker-cp starting", zap.String("event", "process_start"), zap.Int("pid", os.Getpid()),
 		zap.String("settings", paths.SettingsFile), zap.String("data_dir", paths.DataDir), zap.String("log_file", paths.LogFile))
 
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return cp.Run(ctx, cp.Options{Settings: st, Log: log, BindHost: bind, DebugFaults: faults})
+	return cp.Run(ctx, cp.Options{Settings: st, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold})
 }

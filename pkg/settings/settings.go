@@ -1,0 +1,173 @@
+// Package settings loads and validates clawker-cp's settings.yaml.
+//
+// The file is optional: a missing file means "all defaults". When present it
+// is overlaid onto Default() key by key, so a user only writes what they want
+// to change. Loading is strict: unknown keys, wrong types and invalid values
+// are errors that name the key by its full dotted path, because a control
+// plane silently running with a mistyped setting (e.g. the firewall still on,
+// or off) is worse than one that refuses to start.
+package settings
+
+import (
+	"fmt"
+	"time"
+)
+
+// Settings is the root of settings.yaml.
+type Settings struct {
+	ControlPlane ControlPlane `yaml:"control_plane"`
+	Firewall     Firewall     `yaml:"firewall"`
+}
+
+// ControlPlane holds the ports CP and its Ory subprocesses listen on, and the
+// tuning of its supervisor and agent watcher.
+type ControlPlane struct {
+	AdminPort         int `yaml:"admin_port"`
+	HealthPort        int `yaml:"health_port"`
+	AgentPort         int `yaml:"agent_port"`
+	HydraPublicPort   int `yaml:"hydra_public_port"`
+	HydraAdminPort    int `yaml:"hydra_admin_port"`
+	OathkeeperPort    int `yaml:"oathkeeper_port"`
+	OathkeeperAPIPort int `yaml:"oathkeeper_api_port"`
+	KratosPublicPort  int `yaml:"kratos_public_port"`
+	KratosAdminPort   int `yaml:"kratos_admin_port"`
+
+	Supervisor Supervisor `yaml:"supervisor"`
+	Watcher    Watcher    `yaml:"watcher"`
+}
+
+// Supervisor tunes how CP restarts and stops its subsystems.
+type Supervisor struct {
+	// MaxRestarts is how many restarts of one child are tolerated within
+	// RestartWindow before the supervisor gives up.
+	MaxRestarts   int           `yaml:"max_restarts"`
+	RestartWindow time.Duration `yaml:"restart_window"`
+	// DrainStepTimeout bounds each step of the ordered drain.
+	DrainStepTimeout time.Duration `yaml:"drain_step_timeout"`
+	// StartTimeout bounds each subsystem's start.
+	StartTimeout time.Duration `yaml:"start_timeout"`
+}
+
+// Watcher tunes drain-to-zero: CP shuts itself down once Grace has elapsed
+// and ZeroStreak consecutive polls found no agent containers.
+type Watcher struct {
+	PollInterval time.Duration `yaml:"poll_interval"`
+	Grace        time.Duration `yaml:"grace"`
+	ZeroStreak   int           `yaml:"zero_streak"`
+}
+
+// Firewall controls the Envoy + CoreDNS + eBPF firewall stack.
+type Firewall struct {
+	Enable bool `yaml:"enable"`
+}
+
+// Default returns the settings used when settings.yaml is absent, and the
+// base that a present file is overlaid onto.
+func Default() Settings {
+	return Settings{
+		ControlPlane: ControlPlane{
+			AdminPort:         7443,
+			HealthPort:        7080,
+			AgentPort:         7444,
+			HydraPublicPort:   4444,
+			HydraAdminPort:    4445,
+			OathkeeperPort:    4456,
+			OathkeeperAPIPort: 4457,
+			KratosPublicPort:  4433,
+			KratosAdminPort:   4434,
+			Supervisor: Supervisor{
+				MaxRestarts:      5,
+				RestartWindow:    30 * time.Second,
+				DrainStepTimeout: 10 * time.Second,
+				StartTimeout:     30 * time.Second,
+			},
+			Watcher: Watcher{
+				PollInterval: 30 * time.Second,
+				Grace:        60 * time.Second,
+				ZeroStreak:   2,
+			},
+		},
+		Firewall: Firewall{Enable: true},
+	}
+}
+
+// NamedPort is a port together with its settings key.
+type NamedPort struct {
+	Key  string // full dotted key, e.g. "control_plane.admin_port"
+	Port int
+}
+
+// Ports lists every configured port with its key, in declaration order.
+func (s Settings) Ports() []NamedPort {
+	cp := s.ControlPlane
+	return []NamedPort{
+		{"control_plane.admin_port", cp.AdminPort},
+		{"control_plane.health_port", cp.HealthPort},
+		{"control_plane.agent_port", cp.AgentPort},
+		{"control_plane.hydra_public_port", cp.HydraPublicPort},
+		{"control_plane.hydra_admin_port", cp.HydraAdminPort},
+		{"control_plane.oathkeeper_port", cp.OathkeeperPort},
+		{"control_plane.oathkeeper_api_port", cp.OathkeeperAPIPort},
+		{"control_plane.kratos_public_port", cp.KratosPublicPort},
+		{"control_plane.kratos_admin_port", cp.KratosAdminPort},
+	}
+}
+
+// Error is a problem with the settings. Key and Line let callers and tests
+// act on the offending setting without parsing the message.
+type Error struct {
+	File string // settings file; "" when validating in-memory Settings
+	Key  string // full dotted key, e.g. "control_plane.admin_port"; "" if the problem is not tied to one key
+	Line int    // 1-based line in File; 0 if unknown
+	Msg  string // complete description: names the key, what is wrong and how to fix it
+}
+
+func (e *Error) Error() string {
+	if e.File == "" {
+		return e.Msg
+	}
+	return e.File + ": " + e.Msg
+}
+
+// Validate checks value ranges and that no two ports collide. It returns the
+// first problem found as an *Error.
+func (s Settings) Validate() error {
+	seen := make(map[int]string)
+	for _, p := range s.Ports() {
+		if p.Port < 1 || p.Port > 65535 {
+			return invalid(p.Key, "%d is out of range; use a port from 1 to 65535", p.Port)
+		}
+		if other, dup := seen[p.Port]; dup {
+			return invalid(p.Key, "%d is already used by %s; give each port its own number", p.Port, other)
+		}
+		seen[p.Port] = p.Key
+	}
+
+	sv, w := s.ControlPlane.Supervisor, s.ControlPlane.Watcher
+	if sv.MaxRestarts < 0 {
+		return invalid("control_plane.supervisor.max_restarts", "%d is negative; use 0 or more", sv.MaxRestarts)
+	}
+	durations := []struct {
+		key string
+		d   time.Duration
+	}{
+		{"control_plane.supervisor.restart_window", sv.RestartWindow},
+		{"control_plane.supervisor.drain_step_timeout", sv.DrainStepTimeout},
+		{"control_plane.supervisor.start_timeout", sv.StartTimeout},
+		{"control_plane.watcher.poll_interval", w.PollInterval},
+		{"control_plane.watcher.grace", w.Grace},
+	}
+	for _, d := range durations {
+		if d.d <= 0 {
+			return invalid(d.key, "%s is not positive; use a duration greater than zero, such as \"30s\"", d.d)
+		}
+	}
+	if w.ZeroStreak < 1 {
+		return invalid("control_plane.watcher.zero_streak", "%d is too small; use 1 or more", w.ZeroStreak)
+	}
+	return nil
+}
+
+func invalid(key, format string, args ...any) *Error {
+	return &Error{Key: key, Msg: key + ": " + fmt.Sprintf(format, args...)}
+}

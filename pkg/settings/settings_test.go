@@ -1,0 +1,447 @@
+package settings
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func writeSettings(t *testing.T, content string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "settings.yaml")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestDefaultIsValid(t *testing.T) {
+	if err := Default().Validate(); err != nil {
+		t.Fatalf("Default().Validate() = %v", err)
+	}
+}
+
+func TestLoadMissingFileYieldsDefaults(t *testing.T) {
+	s, err := Load(filepath.Join(t.TempDir(), "nope", "settings.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s, Default()) {
+		t.Fatalf("got %+v, want defaults", s)
+	}
+}
+
+func TestLoadUnreadableFileIsError(t *testing.T) {
+	// A directory where the file should be: not "missing", so not defaults.
+	if _, err := Load(t.TempDir()); err == nil {
+		t.Fatal("expected an error reading a directory")
+	}
+}
+
+func TestLoadOK(t *testing.T) {
+	tests := []struct {
+		name string
+		yaml string
+		want func(*Settings) // edits applied to Default()
+	}{
+		{"empty file", "", nil},
+		{"only comments", "# nothing here\n", nil},
+		{"empty mapping", "{}", nil},
+		{"null document", "~\n", nil},
+		{"empty sections", "control_plane:\nfirewall:\n", nil},
+		{
+			name: "partial overlay keeps other defaults",
+			yaml: "control_plane:\n  admin_port: 8443\n",
+			want: func(s *Settings) { s.ControlPlane.AdminPort = 8443 },
+		},
+		{
+			name: "explicit false survives overlay",
+			yaml: "firewall: {enable: false}\n",
+			want: func(s *Settings) { s.Firewall.Enable = false },
+		},
+		{
+			name: "nested durations and ints",
+			yaml: `control_plane:
+  supervisor:
+    max_restarts: 0
+    restart_window: 1m
+    drain_step_timeout: 1500ms
+  watcher:
+    grace: 2m
+    zero_streak: 3
+`,
+			want: func(s *Settings) {
+				s.ControlPlane.Supervisor.MaxRestarts = 0
+				s.ControlPlane.Supervisor.RestartWindow = time.Minute
+				s.ControlPlane.Supervisor.DrainStepTimeout = 1500 * time.Millisecond
+				s.ControlPlane.Watcher.Grace = 2 * time.Minute
+				s.ControlPlane.Watcher.ZeroStreak = 3
+			},
+		},
+		{
+			name: "quoted duration",
+			yaml: "control_plane:\n  watcher:\n    poll_interval: \"5s\"\n",
+			want: func(s *Settings) { s.ControlPlane.Watcher.PollInterval = 5 * time.Second },
+		},
+		{
+			name: "anchors and aliases",
+			yaml: "control_plane:\n  watcher:\n    poll_interval: &p 10s\n    grace: *p\n",
+			want: func(s *Settings) {
+				s.ControlPlane.Watcher.PollInterval = 10 * time.Second
+				s.ControlPlane.Watcher.Grace = 10 * time.Second
+			},
+		},
+		{
+			name: "swapping two ports is fine",
+			yaml: "control_plane:\n  admin_port: 7080\n  health_port: 7443\n",
+			want: func(s *Settings) {
+				s.ControlPlane.AdminPort, s.ControlPlane.HealthPort = 7080, 7443
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Load(writeSettings(t, tt.yaml))
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			want := Default()
+			if tt.want != nil {
+				tt.want(&want)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestLoadErrors(t *testing.T) {
+	tests := []struct {
+		name     string
+		yaml     string
+		key      string
+		line     int
+		contains []string
+	}{
+		{
+			name:     "unknown top-level key",
+			yaml:     "firewal:\n  enable: false\n",
+			key:      "firewal",
+			line:     1,
+			contains: []string{`unknown key "firewal" (line 1): remove it or fix its spelling`},
+		},
+		{
+			name:     "unknown nested key",
+			yaml:     "# settings\ncontrol_plane:\n  admn_port: 1\n",
+			key:      "control_plane.admn_port",
+			line:     3,
+			contains: []string{`unknown key "control_plane.admn_port" (line 3): remove it or fix its spelling`},
+		},
+		{
+			name: "unknown deeply nested key",
+			yaml: "control_plane:\n  watcher:\n    zero_streaks: 2\n",
+			key:  "control_plane.watcher.zero_streaks", line: 3,
+			contains: []string{`unknown key "control_plane.watcher.zero_streaks"`},
+		},
+		{
+			name: "duplicate key",
+			yaml: "control_plane:\n  admin_port: 1000\n  admin_port: 1001\n",
+			key:  "control_plane.admin_port", line: 3,
+			contains: []string{"control_plane.admin_port is set twice (lines 2 and 3); keep only one"},
+		},
+		{
+			name: "port out of range high",
+			yaml: "control_plane:\n  health_port: 70000\n",
+			key:  "control_plane.health_port", line: 2,
+			contains: []string{"control_plane.health_port: 70000 is out of range; use a port from 1 to 65535"},
+		},
+		{
+			name: "port zero",
+			yaml: "control_plane:\n  agent_port: 0\n",
+			key:  "control_plane.agent_port", line: 2,
+			contains: []string{"control_plane.agent_port: 0 is out of range"},
+		},
+		{
+			name: "port collides with default",
+			yaml: "control_plane:\n  health_port: 7443\n",
+			key:  "control_plane.health_port", line: 2,
+			contains: []string{"control_plane.health_port: 7443 is already used by control_plane.admin_port; give each port its own number"},
+		},
+		{
+			name: "string for a port",
+			yaml: "control_plane:\n  admin_port: abc\n",
+			key:  "control_plane.admin_port", line: 2,
+			contains: []string{`control_plane.admin_port: "abc" is not a whole number; write an unquoted number such as 7443`},
+		},
+		{
+			name: "quoted number for a port",
+			yaml: "control_plane:\n  admin_port: \"8443\"\n",
+			key:  "control_plane.admin_port", line: 2,
+			contains: []string{`"8443" is not a whole number`},
+		},
+		{
+			name: "float for a port",
+			yaml: "control_plane:\n  admin_port: 8443.5\n",
+			key:  "control_plane.admin_port", line: 2,
+			contains: []string{`"8443.5" is not a whole number`},
+		},
+		{
+			name: "bad duration",
+			yaml: "control_plane:\n  supervisor:\n    restart_window: abc\n",
+			key:  "control_plane.supervisor.restart_window", line: 3,
+			contains: []string{`control_plane.supervisor.restart_window: "abc" is not a duration; write one with a unit, such as "30s"`},
+		},
+		{
+			name: "duration without unit",
+			yaml: "control_plane:\n  watcher:\n    grace: 60\n",
+			key:  "control_plane.watcher.grace", line: 3,
+			contains: []string{`control_plane.watcher.grace: 60 has no unit; write a duration such as "60s"`},
+		},
+		{
+			name: "zero duration",
+			yaml: "control_plane:\n  supervisor:\n    start_timeout: 0s\n",
+			key:  "control_plane.supervisor.start_timeout", line: 3,
+			contains: []string{"control_plane.supervisor.start_timeout: 0s is not positive"},
+		},
+		{
+			name: "negative duration",
+			yaml: "control_plane:\n  watcher:\n    poll_interval: -5s\n",
+			key:  "control_plane.watcher.poll_interval", line: 3,
+			contains: []string{"control_plane.watcher.poll_interval: -5s is not positive"},
+		},
+		{
+			name: "negative max_restarts",
+			yaml: "control_plane:\n  supervisor:\n    max_restarts: -1\n",
+			key:  "control_plane.supervisor.max_restarts", line: 3,
+			contains: []string{"control_plane.supervisor.max_restarts: -1 is negative; use 0 or more"},
+		},
+		{
+			name: "zero zero_streak",
+			yaml: "control_plane:\n  watcher:\n    zero_streak: 0\n",
+			key:  "control_plane.watcher.zero_streak", line: 3,
+			contains: []string{"control_plane.watcher.zero_streak: 0 is too small; use 1 or more"},
+		},
+		{
+			name: "non-boolean enable",
+			yaml: "firewall:\n  enable: yes\n",
+			key:  "firewall.enable", line: 2,
+			contains: []string{`firewall.enable: "yes" is not a boolean; write true or false`},
+		},
+		{
+			name: "bad duration hints a tidy default",
+			yaml: "control_plane:\n  watcher:\n    grace: soon\n",
+			key:  "control_plane.watcher.grace", line: 3,
+			contains: []string{`"soon" is not a duration; write one with a unit, such as "1m"`},
+		},
+		{
+			name: "null leaf",
+			yaml: "control_plane:\n  admin_port:\n",
+			key:  "control_plane.admin_port", line: 2,
+			contains: []string{"control_plane.admin_port: has no value; set one (the default is 7443) or remove the key"},
+		},
+		{
+			name: "list for a leaf",
+			yaml: "control_plane:\n  admin_port: [1, 2]\n",
+			key:  "control_plane.admin_port", line: 2,
+			contains: []string{"control_plane.admin_port: must be a single value, not a list"},
+		},
+		{
+			name: "scalar for a section",
+			yaml: "control_plane: 7443\n",
+			key:  "control_plane", line: 1,
+			contains: []string{`control_plane must be a mapping of keys to values (key: value), not the value "7443"`},
+		},
+		{
+			name: "list at the root",
+			yaml: "- a\n- b\n",
+			key:  "", line: 1,
+			contains: []string{"the file must be a mapping"},
+		},
+		{
+			name:     "syntax error",
+			yaml:     "control_plane:\n  admin_port: [\n",
+			key:      "",
+			contains: []string{"invalid YAML:", "fix the syntax"},
+		},
+		{
+			name: "two documents",
+			yaml: "firewall: {enable: true}\n---\nfirewall: {enable: false}\n",
+			key:  "", line: 2, // the "---" line
+			contains: []string{"more than one YAML document"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeSettings(t, tt.yaml)
+			_, err := Load(path)
+			if err == nil {
+				t.Fatal("Load succeeded, want error")
+			}
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("error %v (%T) is not *Error", err, err)
+			}
+			if e.File != path {
+				t.Errorf("File = %q, want %q", e.File, path)
+			}
+			if e.Key != tt.key {
+				t.Errorf("Key = %q, want %q", e.Key, tt.key)
+			}
+			if tt.line != 0 && e.Line != tt.line {
+				t.Errorf("Line = %d, want %d", e.Line, tt.line)
+			}
+			msg := err.Error()
+			if !strings.HasPrefix(msg, path+": ") {
+				t.Errorf("message %q does not start with the file path", msg)
+			}
+			for _, want := range tt.contains {
+				if !strings.Contains(msg, want) {
+					t.Errorf("message %q\ndoes not contain %q", msg, want)
+				}
+			}
+		})
+	}
+}
+
+func TestValidateWithoutFile(t *testing.T) {
+	s := Default()
+	s.ControlPlane.KratosAdminPort = s.ControlPlane.HydraPublicPort
+	err := s.Validate()
+	want := "control_plane.kratos_admin_port: 4444 is already used by control_plane.hydra_public_port; give each port its own number"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Validate() = %v, want %q", err, want)
+	}
+}
+
+func TestPorts(t *testing.T) {
+	got := Default().Ports()
+	want := []NamedPort{
+		{"control_plane.admin_port", 7443},
+		{"control_plane.health_port", 7080},
+		{"control_plane.agent_port", 7444},
+		{"control_plane.hydra_public_port", 4444},
+		{"control_plane.hydra_admin_port", 4445},
+		{"control_plane.oathkeeper_port", 4456},
+		{"control_plane.oathkeeper_api_port", 4457},
+		{"control_plane.kratos_public_port", 4433},
+		{"control_plane.kratos_admin_port", 4434},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("Ports() = %v\nwant      %v", got, want)
+	}
+
+	// Guard against a port field being added without being listed in Ports
+	// (and so escaping range and collision checks).
+	typ := reflect.TypeFor[ControlPlane]()
+	var tags []string
+	for i := range typ.NumField() {
+		if tag := typ.Field(i).Tag.Get("yaml"); strings.HasSuffix(tag, "_port") {
+			tags = append(tags, "control_plane."+tag)
+		}
+	}
+	var keys []string
+	for _, p := range got {
+		keys = append(keys, p.Key)
+	}
+	if !reflect.DeepEqual(tags, keys) {
+		t.Fatalf("port fields %v do not match Ports() keys %v", tags, keys)
+	}
+}
+
+func TestResolvePaths(t *testing.T) {
+	tests := []struct {
+		name    string
+		env     map[string]string
+		want    Paths
+		wantErr string
+	}{
+		{
+			name: "HOME fallback",
+			env:  map[string]string{"HOME": "/home/u"},
+			want: Paths{
+				ConfigDir:    "/home/u/.config/clawker",
+				DataDir:      "/home/u/.local/share/clawker",
+				StateDir:     "/home/u/.local/state/clawker",
+				SettingsFile: "/home/u/.config/clawker/settings.yaml",
+				LogDir:       "/home/u/.local/state/clawker/logs",
+				LogFile:      "/home/u/.local/state/clawker/logs/clawker-controlplane.log",
+			},
+		},
+		{
+			name: "XDG variables win",
+			env: map[string]string{
+				"HOME":            "/home/u",
+				"XDG_CONFIG_HOME": "/cfg/",
+				"XDG_DATA_HOME":   "/data",
+				"XDG_STATE_HOME":  "/state",
+			},
+			want: Paths{
+				ConfigDir:    "/cfg/clawker",
+				DataDir:      "/data/clawker",
+				StateDir:     "/state/clawker",
+				SettingsFile: "/cfg/clawker/settings.yaml",
+				LogDir:       "/state/clawker/logs",
+				LogFile:      "/state/clawker/logs/clawker-controlplane.log",
+			},
+		},
+		{
+			name: "relative XDG values are ignored",
+			env: map[string]string{
+				"HOME":            "/home/u",
+				"XDG_CONFIG_HOME": "cfg",
+				"XDG_DATA_HOME":   "./data",
+				"XDG_STATE_HOME":  "/state",
+			},
+			want: Paths{
+				ConfigDir:    "/home/u/.config/clawker",
+				DataDir:      "/home/u/.local/share/clawker",
+				StateDir:     "/state/clawker",
+				SettingsFile: "/home/u/.config/clawker/settings.yaml",
+				LogDir:       "/state/clawker/logs",
+				LogFile:      "/state/clawker/logs/clawker-controlplane.log",
+			},
+		},
+		{
+			name: "XDG set everywhere needs no HOME",
+			env:  map[string]string{"XDG_CONFIG_HOME": "/c", "XDG_DATA_HOME": "/d", "XDG_STATE_HOME": "/s"},
+			want: Paths{
+				ConfigDir: "/c/clawker", DataDir: "/d/clawker", StateDir: "/s/clawker",
+				SettingsFile: "/c/clawker/settings.yaml",
+				LogDir:       "/s/clawker/logs",
+				LogFile:      "/s/clawker/logs/clawker-controlplane.log",
+			},
+		},
+		{
+			name:    "no HOME and no XDG",
+			env:     map[string]string{},
+			wantErr: "XDG_CONFIG_HOME",
+		},
+		{
+			name:    "relative HOME is unusable",
+			env:     map[string]string{"HOME": "home", "XDG_CONFIG_HOME": "/c", "XDG_DATA_HOME": "/d"},
+			wantErr: "XDG_STATE_HOME",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ResolvePaths(func(k string) string { return tt.env[k] })
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !strings.Contains(err.Error(), "HOME") {
+					t.Fatalf("err = %v, want one naming %s and HOME", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
+			}
+		})
+	}
+}
