@@ -14,6 +14,16 @@ type Paths struct {
 	SettingsFile string // ConfigDir/settings.yaml
 	LogDir       string // StateDir/logs
 	LogFile      string // LogDir/clawker-controlplane.log
+
+	// AuthDir holds the CLI's auth material (CA and its key, CLI cert,
+	// signing key). It never leaves the host.
+	AuthDir string // DataDir/auth
+	// CPDir is everything the control plane itself reads and writes; the
+	// container mounts exactly this directory, so no CLI private key is
+	// reachable from inside it.
+	CPDir      string // DataDir/controlplane
+	CPAuthDir  string // CPDir/auth: the server bundle (ca.crt, server.crt/key, signing.jwk.json)
+	RegistryDB string // CPDir/controlplane.db
 }
 
 // ResolvePaths computes Paths from the environment. getenv is injected (pass
@@ -39,6 +49,10 @@ func ResolvePaths(getenv func(string) string) (Paths, error) {
 		SettingsFile: filepath.Join(config, "settings.yaml"),
 		LogDir:       logDir,
 		LogFile:      filepath.Join(logDir, "clawker-controlplane.log"),
+		AuthDir:      filepath.Join(data, "auth"),
+		CPDir:        filepath.Join(data, "controlplane"),
+		CPAuthDir:    filepath.Join(data, "controlplane", "auth"),
+		RegistryDB:   filepath.Join(data, "controlplane", "controlplane.db"),
 	}, nil
 }
 
