@@ -439,8 +439,13 @@ func TestResolvePaths(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
-				t.Fatalf("got  %+v\nwant %+v", got, tt.want)
+			want := tt.want
+			want.AuthDir = want.DataDir + "/auth"
+			want.CPDir = want.DataDir + "/controlplane"
+			want.CPAuthDir = want.DataDir + "/controlplane/auth"
+			want.RegistryDB = want.DataDir + "/controlplane/controlplane.db"
+			if got != want {
+				t.Fatalf("got  %+v\nwant %+v", got, want)
 			}
 		})
 	}
