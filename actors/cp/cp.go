@@ -34,6 +34,7 @@ import (
 // Options are what Run needs from the outside world.
 type Options struct {
 	Settings settings.Settings
+	Paths    settings.Paths
 	Log      *zap.Logger
 	// BindHost is the address the health port listens on: 127.0.0.1 on a
 	// host, 0.0.0.0 inside the container (where Docker publishes it to the
@@ -64,22 +65,62 @@ const livenessTimeout = time.Second
 // process exit code (see package root). Cancelling ctx (a signal) runs the
 // ordered drain.
 func Run(ctx context.Context, opts Options) int {
+	inst, err := Start(opts)
+	if err != nil {
+		opts.Log.Error("cannot spawn the root supervisor", zap.String("event", "startup_failed"), zap.Error(err))
+		return root.ExitStartupFailure
+	}
+	defer inst.System.Shutdown()
+	select {
+	case code := <-inst.Exit:
+		return code
+	case <-ctx.Done():
+		inst.Drain("signal")
+	}
+	return <-inst.Exit
+}
+
+// Instance is a running control plane.
+type Instance struct {
+	System *actor.ActorSystem
+	Tree   *supervise.Tree
+	Root   *actor.PID
+	// Exit delivers the exit code once, after the root's drain.
+	Exit <-chan int
+}
+
+// PID returns the PID of the actor at path below the root, e.g.
+// "grpc/sessions".
+func (i *Instance) PID(path string) *actor.PID {
+	return actor.NewPID(i.System.Address(), root.Name+"/"+path)
+}
+
+// Drain asks the root for the ordered drain (exit 0).
+func (i *Instance) Drain(reason string) {
+	i.System.Root.Send(i.Root, &root.Drain{Reason: reason, ExitCode: root.ExitClean})
+}
+
+// Start builds the actor tree and spawns the root; it returns at once. The
+// caller waits on Instance.Exit and shuts the actor system down after.
+func Start(opts Options) (*Instance, error) {
 	log := opts.Log
 	s := opts.Settings
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(logging.SlogHandler(log))
 	}))
-	defer sys.Shutdown()
-
 	tree := supervise.NewTree()
 	in := supervise.Intensity{Max: s.ControlPlane.Supervisor.MaxRestarts, Window: s.ControlPlane.Supervisor.RestartWindow}
 	stepTimeout := s.ControlPlane.Supervisor.DrainStepTimeout
 	props := func(p actor.Producer) func() *actor.Props {
 		return func() *actor.Props { return tree.Props(p, in) }
 	}
+	// Siblings find each other by PID; a PID id is the actor's path, fixed
+	// by its name, and survives restarts.
+	pidOf := func(name string) *actor.PID { return actor.NewPID(sys.Address(), root.Name+"/"+name) }
+	bind := func(port int) string { return net.JoinHostPort(opts.BindHost, strconv.Itoa(port)) }
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
-			Addr:         net.JoinHostPort(opts.BindHost, strconv.Itoa(s.ControlPlane.HealthPort)),
+			Addr:         bind(s.ControlPlane.HealthPort),
 			Tree:         tree,
 			RootPath:     root.Name,
 			ProbeTimeout: 2 * time.Second,
@@ -87,21 +128,42 @@ func Run(ctx context.Context, opts Options) int {
 			Log:          log.With(zap.String("actor", "health")),
 		}))},
 		{Name: "overseer", Props: props(overseer.New())},
-		{Name: "registry", Props: props(registry.New())},
+		{Name: "registry", Props: props(registry.New(registry.Config{
+			Path: opts.Paths.RegistryDB, FlushInterval: s.ControlPlane.Sessions.LastSeenFlush, OpTimeout: 10 * time.Second,
+			Log: log.With(zap.String("actor", "registry")),
+		}))},
 		{Name: "ebpf", Props: props(ebpf.New())},
 		{Name: "firewall", Props: props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
 		{Name: "dockerfeed", Props: props(dockerfeed.New())},
 		{Name: "watcher", Props: props(watcher.New())},
-		{Name: "grpc", Props: props(grpc.New(grpc.Config{Tree: tree, Intensity: in}))},
+		{Name: "grpc", Props: props(grpc.New(grpc.Config{
+			Tree: tree, Intensity: in, BindHost: opts.BindHost,
+			AgentPort: s.ControlPlane.AgentPort, AdminPort: s.ControlPlane.AdminPort, AuthDir: opts.Paths.CPAuthDir,
+			Registry: pidOf("registry"), Overseer: pidOf("overseer"),
+			Heartbeat: s.ControlPlane.Sessions.Heartbeat, RequestTimeout: 5 * time.Second, StopTimeout: stepTimeout * 8 / 10,
+			Log: log.With(zap.String("actor", "grpc")),
+		}))},
 		{Name: "auth", Props: props(auth.New())},
 	}
 
+	// Probes of the subsystems' own ports and resources.
+	resources := []health.Probe{
+		{Name: "registry_db", Check: func(context.Context) error {
+			res, err := sys.Root.RequestFuture(pidOf("registry"), &registry.CheckHealth{}, livenessTimeout).Result()
+			if err != nil {
+				return fmt.Errorf("registry did not answer: %w", err)
+			}
+			return res.(*registry.HealthResult).Err
+		}},
+		portProbe("agent_port", s.ControlPlane.AgentPort),
+		portProbe("admin_port", s.ControlPlane.AdminPort),
+	}
+
 	// handOver gives the health actor its probes: every subsystem's liveness
-	// (its mailbox answers Ping in time). Later subsystems add probes of
-	// their own ports and resources here.
+	// (its mailbox answers Ping in time) and the resource probes.
 	handOver := func(c actor.Context, pids map[string]*actor.PID) {
-		var probes []health.Probe
+		probes := append([]health.Probe(nil), resources...)
 		for _, ch := range children {
 			if ch.Name == "health" {
 				continue
@@ -142,15 +204,23 @@ func Run(ctx context.Context, opts Options) int {
 	}), in)
 	rootPID, err := sys.Root.SpawnNamed(rootProps, root.Name)
 	if err != nil {
-		log.Error("cannot spawn the root supervisor", zap.String("event", "startup_failed"), zap.Error(err))
-		return root.ExitStartupFailure
+		sys.Shutdown()
+		return nil, err
 	}
+	return &Instance{System: sys, Tree: tree, Root: rootPID, Exit: exit}, nil
+}
 
-	select {
-	case code := <-exit:
-		return code
-	case <-ctx.Done():
-		sys.Root.Send(rootPID, &root.Drain{Reason: "signal", ExitCode: root.ExitClean})
-	}
-	return <-exit
+// portProbe checks that something accepts TCP connections on the port on
+// loopback (where the CP's listeners are reachable in a container and on a
+// host alike).
+func portProbe(name string, port int) health.Probe {
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return health.Probe{Name: name, Check: func(ctx context.Context) error {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return err
+		}
+		return conn.Close()
+	}}
 }

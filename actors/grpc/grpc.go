@@ -1,28 +1,57 @@
-// Package grpc owns the CP's gRPC listeners (admin and agent) and, under its
-// child "sessions", one actor per connected clawkerd. Its drain step,
-// grpc_stop, stops the servers gracefully so sessions end cleanly. No
-// listener is open yet, so the step has nothing to stop.
+// Package grpc owns the CP's two gRPC listeners: the AgentService on
+// agent_port (clawkerd: Register and the long-lived Session) and the
+// AdminService on admin_port (the CLI). Both are mTLS; the admin listener
+// admits only the CLI certificate. Under its child "sessions" live one actor
+// per connected clawkerd. Its drain step, grpc_stop, ends every Session and
+// then stops both servers gracefully (bounded).
 package grpc
 
 import (
 	"fmt"
+	"net"
+	"strconv"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+	ggrpc "google.golang.org/grpc"
 
 	"github.com/clawker/clawker-cp/actors/grpc/sessions"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/certs"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
 // Config wires the grpc actor.
 type Config struct {
 	Tree      *supervise.Tree
 	Intensity supervise.Intensity
+	BindHost  string
+	AgentPort int
+	AdminPort int
+	// AuthDir is the CP's server bundle (pkg/certs LoadServerBundle).
+	AuthDir  string
+	Registry *actor.PID
+	Overseer *actor.PID
+	// Heartbeat is the Session heartbeat interval.
+	Heartbeat time.Duration
+	// RequestTimeout bounds each handler's request to another actor.
+	RequestTimeout time.Duration
+	// StopTimeout bounds the graceful stop of the servers in grpc_stop.
+	StopTimeout time.Duration
+	Log         *zap.Logger
 }
 
-// Actor is the gRPC owner.
+// Actor owns the listeners and servers.
 type Actor struct {
-	cfg   Config
-	ready bool
+	cfg      Config
+	agentSrv *ggrpc.Server
+	adminSrv *ggrpc.Server
+	agentLn  net.Listener
+	adminLn  net.Listener
+	sessions *actor.PID
+	serving  bool
 }
 
 // New returns a producer of fresh grpc actors.
@@ -32,19 +61,141 @@ func New(cfg Config) actor.Producer { return func() actor.Actor { return &Actor{
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		if _, err := ctx.SpawnNamed(a.cfg.Tree.Props(sessions.New(), a.cfg.Intensity), "sessions"); err != nil {
-			supervise.ReportReady(ctx, fmt.Errorf("spawning grpc/sessions: %w", err))
+		if err := a.listen(); err != nil {
+			a.closeListeners()
+			supervise.ReportReady(ctx, err)
+			return
 		}
+		pid, err := ctx.SpawnNamed(a.cfg.Tree.Props(sessions.New(sessions.Config{
+			Tree: a.cfg.Tree, Intensity: a.cfg.Intensity, Overseer: a.cfg.Overseer, Registry: a.cfg.Registry,
+			Heartbeat: a.cfg.Heartbeat, Log: a.cfg.Log,
+		}), a.cfg.Intensity), "sessions")
+		if err != nil {
+			a.closeListeners()
+			supervise.ReportReady(ctx, fmt.Errorf("spawning grpc/sessions: %w", err))
+			return
+		}
+		a.sessions = pid
 	case *supervise.Ready:
-		if !a.ready {
-			a.ready = true
+		if !a.serving {
+			a.serve(ctx)
 			supervise.ReportReady(ctx, m.Err)
 		}
+	case *actor.Stopping, *actor.Restarting:
+		a.hardStop()
 	case *supervise.DrainStep:
 		if m.Step != supervise.StepGRPCStop {
 			supervise.RefuseStep(ctx, m)
 			return
 		}
-		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no gRPC listener open, no session connected")
+		a.gracefulStop(ctx, m)
 	}
+}
+
+// listen opens both ports before anything is served, so a port conflict
+// fails start-up with a clear error instead of half a service.
+func (a *Actor) listen() error {
+	if _, err := certs.LoadServerBundle(a.cfg.AuthDir); err != nil {
+		return fmt.Errorf("grpc: %w", err)
+	}
+	var err error
+	if a.agentLn, err = net.Listen("tcp", net.JoinHostPort(a.cfg.BindHost, strconv.Itoa(a.cfg.AgentPort))); err != nil {
+		return fmt.Errorf("agent port: %w (change control_plane.agent_port)", err)
+	}
+	if a.adminLn, err = net.Listen("tcp", net.JoinHostPort(a.cfg.BindHost, strconv.Itoa(a.cfg.AdminPort))); err != nil {
+		return fmt.Errorf("admin port: %w (change control_plane.admin_port)", err)
+	}
+	return nil
+}
+
+func (a *Actor) closeListeners() {
+	for _, ln := range []net.Listener{a.agentLn, a.adminLn} {
+		if ln != nil {
+			_ = ln.Close()
+		}
+	}
+}
+
+func (a *Actor) serve(ctx actor.Context) {
+	m, err := certs.LoadServerBundle(a.cfg.AuthDir)
+	if err != nil { // checked in listen; a rotation in between is reported here
+		a.cfg.Log.Error("auth material unreadable", zap.String("event", "grpc_unavailable"), zap.Error(err))
+		return
+	}
+	peers := peers{sys: ctx.ActorSystem(), registry: a.cfg.Registry, sessions: a.sessions, overseer: a.cfg.Overseer, timeout: a.cfg.RequestTimeout, log: a.cfg.Log}
+	agentCreds, err := agentCredentials(m, a.cfg.Log)
+	if err != nil {
+		a.cfg.Log.Error("agent TLS config", zap.String("event", "grpc_unavailable"), zap.Error(err))
+		return
+	}
+	adminCreds, err := adminCredentials(m, a.cfg.Log)
+	if err != nil {
+		a.cfg.Log.Error("admin TLS config", zap.String("event", "grpc_unavailable"), zap.Error(err))
+		return
+	}
+	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
+	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers})
+	a.adminSrv = ggrpc.NewServer(ggrpc.Creds(adminCreds))
+	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers})
+	for _, p := range []struct {
+		srv *ggrpc.Server
+		ln  net.Listener
+		svc string
+	}{{a.agentSrv, a.agentLn, "agent"}, {a.adminSrv, a.adminLn, "admin"}} {
+		go func() {
+			if err := p.srv.Serve(p.ln); err != nil {
+				a.cfg.Log.Error("gRPC server stopped", zap.String("event", "grpc_unavailable"), zap.String("service", p.svc), zap.Error(err))
+			}
+		}()
+		a.cfg.Log.Info("gRPC listening", zap.String("event", "grpc_listening"), zap.String("service", p.svc), zap.String("addr", p.ln.Addr().String()))
+	}
+	a.serving = true
+}
+
+func (a *Actor) hardStop() {
+	for _, s := range []*ggrpc.Server{a.agentSrv, a.adminSrv} {
+		if s != nil {
+			s.Stop()
+		}
+	}
+	a.closeListeners()
+	a.agentSrv, a.adminSrv = nil, nil
+}
+
+// gracefulStop ends every Session first (a Session is a stream that never
+// ends by itself, so GracefulStop alone would wait it out), then stops both
+// servers gracefully. It runs off the mailbox and answers the root itself.
+func (a *Actor) gracefulStop(ctx actor.Context, m *supervise.DrainStep) {
+	sender, sys, sess := ctx.Sender(), ctx.ActorSystem(), a.sessions
+	servers := []*ggrpc.Server{a.agentSrv, a.adminSrv}
+	budget := a.cfg.StopTimeout
+	go func() {
+		n := 0
+		if sess != nil {
+			if res, err := sys.Root.RequestFuture(sess, &sessions.EndAll{}, budget/2).Result(); err == nil {
+				if e, ok := res.(*sessions.Ended); ok {
+					n = e.Sessions
+				}
+			}
+		}
+		forced := false
+		for _, s := range servers {
+			if s == nil {
+				continue
+			}
+			done := make(chan struct{})
+			go func() { s.GracefulStop(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(budget / 2):
+				s.Stop()
+				forced = true
+			}
+		}
+		detail := fmt.Sprintf("ended %d session(s), agent and admin servers stopped", n)
+		if forced {
+			detail += " (forced after the graceful bound)"
+		}
+		sys.Root.Send(sender, &supervise.StepDone{Step: m.Step, Outcome: supervise.OutcomeDone, Detail: detail})
+	}()
 }

@@ -84,5 +84,5 @@ func run(parent context.Context, bind string) int {
 
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return cp.Run(ctx, cp.Options{Settings: st, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold})
+	return cp.Run(ctx, cp.Options{Settings: st, Paths: paths, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold})
 }

@@ -475,3 +475,14 @@ func (d *DB) IntegrityCheck(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Ping proves the database file is readable: a query that touches the agents
+// table through the read pool. The CP's /healthz probe uses it.
+func (d *DB) Ping(ctx context.Context) error {
+	var one int
+	err := d.reader.QueryRowContext(ctx, `SELECT 1 FROM agents LIMIT 1`).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	return err
+}

@@ -34,6 +34,17 @@ type ControlPlane struct {
 
 	Supervisor Supervisor `yaml:"supervisor"`
 	Watcher    Watcher    `yaml:"watcher"`
+	Sessions   Sessions   `yaml:"sessions"`
+}
+
+// Sessions tunes the long-lived Session with each clawkerd.
+type Sessions struct {
+	// Heartbeat is how often the CP sends a heartbeat; three intervals
+	// without a message from the agent mark its Session broken.
+	Heartbeat time.Duration `yaml:"heartbeat"`
+	// LastSeenFlush is how often heard-from times are written to the
+	// registry, in one transaction for all agents.
+	LastSeenFlush time.Duration `yaml:"last_seen_flush"`
 }
 
 // Supervisor tunes how CP restarts and stops its subsystems.
@@ -85,6 +96,10 @@ func Default() Settings {
 				PollInterval: 30 * time.Second,
 				Grace:        60 * time.Second,
 				ZeroStreak:   2,
+			},
+			Sessions: Sessions{
+				Heartbeat:     5 * time.Second,
+				LastSeenFlush: 5 * time.Second,
 			},
 		},
 		Firewall: Firewall{Enable: true},
@@ -156,6 +171,8 @@ func (s Settings) Validate() error {
 		{"control_plane.supervisor.start_timeout", sv.StartTimeout},
 		{"control_plane.watcher.poll_interval", w.PollInterval},
 		{"control_plane.watcher.grace", w.Grace},
+		{"control_plane.sessions.heartbeat", s.ControlPlane.Sessions.Heartbeat},
+		{"control_plane.sessions.last_seen_flush", s.ControlPlane.Sessions.LastSeenFlush},
 	}
 	for _, d := range durations {
 		if d.d <= 0 {

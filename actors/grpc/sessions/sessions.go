@@ -1,26 +1,179 @@
 // Package sessions parents one child actor per connected clawkerd Session,
-// so /debug/actors shows every connected agent. No agent listener exists
-// yet, so it has no children.
+// named after its agent (<project>.<agent>), so /debug/actors shows every
+// connected agent. The child owns the Session's state: the commands in
+// flight, heartbeats both ways, and the lifecycle it publishes to the
+// overseer. The gRPC handler that owns the stream only moves messages:
+// received ones to the child (FromAgent), outgoing ones from the child's
+// outbox onto the wire.
 package sessions
 
 import (
+	"errors"
+	"fmt"
+	"time"
+
 	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
+	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
+// Config wires the sessions parent and its children.
+type Config struct {
+	Tree      *supervise.Tree
+	Intensity supervise.Intensity
+	Overseer  *actor.PID
+	Registry  *actor.PID
+	// Heartbeat is how often the CP sends a heartbeat; three intervals
+	// without hearing from the agent mark the Session broken.
+	Heartbeat time.Duration
+	Log       *zap.Logger
+}
+
+// ErrShuttingDown ends Sessions when the CP drains.
+var ErrShuttingDown = errors.New("control plane shutting down")
+
+// Open is sent by the Session handler once the agent's identity checked
+// out; the answer is *Opened. An existing Session of the same agent is
+// replaced: the agent reconnected before the old stream was seen to break.
+type Open struct {
+	Agent       string // <project>.<agent>
+	Key         string
+	ContainerID string
+	// Outbox carries messages to the agent; the handler drains it onto the
+	// stream. Sends into it never block: a full outbox breaks the Session.
+	Outbox chan<- *agentv1.ControlMessage
+	// End closes the stream with the given cause (the handler returns).
+	End func(cause error)
+}
+
+// Opened answers Open.
+type Opened struct {
+	PID *actor.PID
+	Err error
+}
+
+// FromAgent carries one message the agent sent.
+type FromAgent struct{ Msg *agentv1.AgentMessage }
+
+// StreamClosed tells the Session its stream ended (Recv failed).
+type StreamClosed struct{ Err error }
+
+// Dispatch sends a command to an agent's clawkerd and answers
+// *DispatchResult once the agent answered the command's id (or Timeout
+// passed). An empty Command.Id is filled in.
+type Dispatch struct {
+	Agent   string
+	Command *agentv1.Command
+	Timeout time.Duration
+}
+
+// DispatchResult answers Dispatch.
+type DispatchResult struct {
+	Result *agentv1.CommandResult
+	Stdout []byte
+	Stderr []byte
+	Err    error
+}
+
+// ListConnected asks for the keys of every connected agent; the answer is
+// *Connected.
+type ListConnected struct{}
+
+// Connected answers ListConnected.
+type Connected struct{ Keys map[string]bool }
+
+// EndAll ends every Session (the grpc_stop drain step); answer *Ended.
+type EndAll struct{}
+
+// Ended answers EndAll.
+type Ended struct{ Sessions int }
+
 // Actor is the sessions parent.
-type Actor struct{}
+type Actor struct {
+	cfg      Config
+	children map[string]*child
+}
+
+type child struct {
+	pid *actor.PID
+	key string
+}
 
 // New returns a producer of fresh sessions parents.
-func New() actor.Producer { return func() actor.Actor { return &Actor{} } }
+func New(cfg Config) actor.Producer {
+	return func() actor.Actor { return &Actor{cfg: cfg, children: map[string]*child{}} }
+}
 
-// Receive handles the actor's messages.
+// Receive handles the parent's messages.
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		supervise.ReportReady(ctx, nil)
+	case *Open:
+		a.open(ctx, m)
+	case *Dispatch:
+		c, ok := a.children[m.Agent]
+		if !ok {
+			ctx.Respond(&DispatchResult{Err: fmt.Errorf("agent %q has no connected session", m.Agent)})
+			return
+		}
+		ctx.Forward(c.pid)
+	case *ListConnected:
+		keys := make(map[string]bool, len(a.children))
+		for _, c := range a.children {
+			keys[c.key] = true
+		}
+		ctx.Respond(&Connected{Keys: keys})
+	case *EndAll:
+		a.endAll(ctx)
+	case *actor.Terminated:
+		for name, c := range a.children {
+			if c.pid.Equal(m.Who) {
+				delete(a.children, name)
+			}
+		}
 	case *supervise.DrainStep:
 		supervise.RefuseStep(ctx, m)
 	}
+}
+
+func (a *Actor) open(ctx actor.Context, m *Open) {
+	spawn := func() {
+		props := a.cfg.Tree.Props(newSession(a.cfg, m), a.cfg.Intensity)
+		pid, err := ctx.SpawnNamed(props, m.Agent)
+		if err != nil {
+			ctx.Respond(&Opened{Err: fmt.Errorf("spawning session %s: %w", m.Agent, err)})
+			return
+		}
+		a.children[m.Agent] = &child{pid: pid, key: m.Key}
+		ctx.Respond(&Opened{PID: pid})
+	}
+	old, ok := a.children[m.Agent]
+	if !ok {
+		spawn()
+		return
+	}
+	a.cfg.Log.Info("replacing the session of a reconnected agent", zap.String("event", "session_replaced"), zap.String("agent", m.Agent))
+	delete(a.children, m.Agent)
+	ctx.ReenterAfter(ctx.StopFuture(old.pid), func(interface{}, error) { spawn() })
+}
+
+func (a *Actor) endAll(ctx actor.Context) {
+	n := len(a.children)
+	futures := make([]*actor.Future, 0, n)
+	for name, c := range a.children {
+		futures = append(futures, ctx.StopFuture(c.pid))
+		delete(a.children, name)
+	}
+	var wait func(i int)
+	wait = func(i int) {
+		if i == len(futures) {
+			ctx.Respond(&Ended{Sessions: n})
+			return
+		}
+		ctx.ReenterAfter(futures[i], func(interface{}, error) { wait(i + 1) })
+	}
+	wait(0)
 }

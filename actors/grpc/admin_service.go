@@ -1,0 +1,48 @@
+package grpc
+
+import (
+	"context"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/clawker/clawker-cp/actors/grpc/sessions"
+	"github.com/clawker/clawker-cp/actors/registry"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+)
+
+type adminService struct {
+	adminv1.UnimplementedAdminServiceServer
+	peers
+}
+
+// ListAgents returns every registered agent and whether its Session is up.
+func (s *adminService) ListAgents(context.Context, *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	res, err := s.ask(s.registry, &registry.List{})
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "registry: %v", err)
+	}
+	list := res.(*registry.ListResult)
+	if list.Err != nil {
+		return nil, status.Errorf(codes.Internal, "registry: %v", list.Err)
+	}
+	connected := map[string]bool{}
+	if res, err := s.ask(s.sessions, &sessions.ListConnected{}); err == nil {
+		connected = res.(*sessions.Connected).Keys
+	}
+	out := &adminv1.ListAgentsResponse{Agents: make([]*adminv1.Agent, 0, len(list.Agents))}
+	for _, a := range list.Agents {
+		out.Agents = append(out.Agents, &adminv1.Agent{
+			Key: a.Key, Project: a.Project, AgentName: a.AgentName, ContainerId: a.ContainerID, Thumbprint: a.Thumbprint,
+			RegisteredAt: timestamppb.New(a.RegisteredAt), LastSeen: timestamppb.New(a.LastSeen), Connected: connected[a.Key],
+		})
+	}
+	return out, nil
+}
+
+// GetSystemTime returns the CP's clock, for the CLI's clock-sync gate.
+func (s *adminService) GetSystemTime(context.Context, *adminv1.GetSystemTimeRequest) (*adminv1.GetSystemTimeResponse, error) {
+	return &adminv1.GetSystemTimeResponse{Now: timestamppb.New(time.Now())}, nil
+}

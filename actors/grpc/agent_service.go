@@ -1,0 +1,250 @@
+package grpc
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/clawker/clawker-cp/actors/grpc/sessions"
+	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/registry"
+	"github.com/clawker/clawker-cp/pkg/agentdb"
+	"github.com/clawker/clawker-cp/pkg/certs"
+	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
+)
+
+// peers is what the handlers, running on gRPC's goroutines, need to reach
+// the actors. Every request is bounded by timeout.
+type peers struct {
+	sys      *actor.ActorSystem
+	registry *actor.PID
+	sessions *actor.PID
+	overseer *actor.PID
+	timeout  time.Duration
+	log      *zap.Logger
+}
+
+func (p peers) ask(pid *actor.PID, msg interface{}) (interface{}, error) {
+	return p.sys.Root.RequestFuture(pid, msg, p.timeout).Result()
+}
+
+type agentService struct {
+	agentv1.UnimplementedAgentServiceServer
+	peers
+}
+
+// identity is what the live TLS handshake proves about the caller.
+type identity struct {
+	certs.AgentIdentity
+	Thumbprint string
+	Key        string
+	Peer       string
+}
+
+// refusal is a PermissionDenied with its logged reason.
+type refusal struct {
+	reason string
+	msg    string
+}
+
+func (r *refusal) Error() string { return r.msg }
+
+func refuse(reason, format string, args ...interface{}) *refusal {
+	return &refusal{reason: reason, msg: fmt.Sprintf(format, args...)}
+}
+
+// identify reads the caller's leaf certificate from the handshake: the agent
+// cannot self-attest, the CP takes the thumbprint and container id from the
+// certificate it presented.
+func identify(ctx context.Context) (identity, *x509.Certificate, error) {
+	pr, ok := peer.FromContext(ctx)
+	if !ok {
+		return identity{}, nil, refuse("no_peer", "no peer information")
+	}
+	tlsInfo, ok := pr.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(tlsInfo.State.VerifiedChains) == 0 || len(tlsInfo.State.VerifiedChains[0]) == 0 {
+		return identity{}, nil, refuse("no_client_cert", "no verified client certificate")
+	}
+	leaf := tlsInfo.State.VerifiedChains[0][0]
+	id := identity{Peer: pr.Addr.String(), Thumbprint: certs.Thumbprint(leaf)}
+	if cn := leaf.Subject.CommonName; cn != certs.AgentCommonName {
+		return id, leaf, refuse("wrong_cn", "certificate CN %q is not %q", cn, certs.AgentCommonName)
+	}
+	ai, err := certs.ParseAgentIdentity(leaf)
+	if err != nil {
+		reason := "bad_identity"
+		switch {
+		case errors.Is(err, certs.ErrMissingContainerSAN):
+			reason = "missing_container_san"
+		case errors.Is(err, certs.ErrMissingAgentSAN):
+			reason = "missing_agent_san"
+		}
+		return id, leaf, refuse(reason, "certificate identity: %v", err)
+	}
+	id.AgentIdentity = ai
+	id.Key = agentdb.Key(id.Thumbprint, ai.ContainerID)
+	return id, leaf, nil
+}
+
+func (id identity) name() string { return id.Project + "." + id.Agent }
+
+func (s *agentService) fail(id identity, err error) error {
+	var r *refusal
+	if errors.As(err, &r) {
+		s.log.Warn("agent refused", zap.String("event", "register_failed"), zap.String("reason", r.reason), zap.String("error", r.msg),
+			zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()),
+			zap.String("thumbprint", id.Thumbprint))
+		return status.Error(codes.PermissionDenied, r.msg)
+	}
+	s.log.Error("register failed", zap.String("event", "register_failed"), zap.String("reason", "internal"), zap.Error(err),
+		zap.String("container_id", id.ContainerID), zap.String("agent", id.name()))
+	return status.Error(codes.Unavailable, "registry unavailable, retry")
+}
+
+// Register binds the caller's certificate to its container in the registry.
+func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterRequest) (*agentv1.RegisterResponse, error) {
+	id, _, err := identify(ctx)
+	if err != nil {
+		return nil, s.fail(id, err)
+	}
+	if req.GetProject() != id.Project || req.GetAgentName() != id.Agent {
+		return nil, s.fail(id, refuse("agent_san_mismatch", "request names %s.%s but the certificate is for %s",
+			req.GetProject(), req.GetAgentName(), id.name()))
+	}
+	res, err := s.ask(s.registry, &registry.Register{Agent: agentdb.Agent{
+		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
+	}})
+	if err != nil {
+		return nil, s.fail(id, fmt.Errorf("registry: %w", err))
+	}
+	r := res.(*registry.RegisterResult)
+	switch {
+	case errors.Is(r.Err, agentdb.ErrContainerBound):
+		return nil, s.fail(id, refuse("container_bound", "%v", r.Err))
+	case r.Err != nil:
+		return nil, s.fail(id, r.Err)
+	}
+	s.log.Info("agent registered", zap.String("event", "agent_registered"), zap.String("agent", id.name()),
+		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created))
+	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt)}, nil
+}
+
+// helloTimeout bounds the wait for the Session's first message.
+const helloTimeout = 10 * time.Second
+
+// Session holds one agent's stream. The handler only moves messages; the
+// session actor under grpc/sessions owns the Session's state.
+func (s *agentService) Session(stream agentv1.AgentService_SessionServer) error {
+	id, _, err := identify(stream.Context())
+	if err != nil {
+		return s.fail(id, err)
+	}
+	first, err := recvWithin(stream, helloTimeout)
+	if err != nil {
+		return status.Errorf(codes.InvalidArgument, "hello: %v", err)
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return status.Error(codes.InvalidArgument, "hello: the first message of a Session must be Hello")
+	}
+	if hello.GetProject() != id.Project || hello.GetAgentName() != id.Agent {
+		return s.fail(id, refuse("agent_san_mismatch", "hello names %s.%s but the certificate is for %s",
+			hello.GetProject(), hello.GetAgentName(), id.name()))
+	}
+	s.publish(id, overseer.SessionConnecting, "")
+	res, err := s.ask(s.registry, &registry.Get{Key: id.Key})
+	if err != nil {
+		s.publish(id, overseer.SessionFailed, "registry unavailable")
+		return status.Error(codes.Unavailable, "registry unavailable, retry")
+	}
+	if g := res.(*registry.GetResult); g.Err != nil {
+		s.publish(id, overseer.SessionFailed, "not registered")
+		return s.fail(id, refuse("not_registered", "call Register before opening a Session: %v", g.Err))
+	}
+
+	ctx, end := context.WithCancelCause(stream.Context())
+	defer end(nil)
+	outbox := make(chan *agentv1.ControlMessage, 256)
+	res, err = s.ask(s.sessions, &sessions.Open{Agent: id.name(), Key: id.Key, ContainerID: id.ContainerID, Outbox: outbox, End: end})
+	if err != nil {
+		s.publish(id, overseer.SessionFailed, "sessions unavailable")
+		return status.Error(codes.Unavailable, "sessions unavailable, retry")
+	}
+	opened := res.(*sessions.Opened)
+	if opened.Err != nil {
+		s.publish(id, overseer.SessionFailed, opened.Err.Error())
+		return status.Error(codes.Unavailable, opened.Err.Error())
+	}
+
+	go func() { // the only goroutine that sends on the stream
+		for {
+			select {
+			case m := <-outbox:
+				if err := stream.Send(m); err != nil {
+					end(err)
+					return
+				}
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			s.sys.Root.Send(opened.PID, &sessions.FromAgent{Msg: m})
+		}
+	}()
+	select {
+	case err := <-recvErr:
+		s.sys.Root.Send(opened.PID, &sessions.StreamClosed{Err: err})
+		return nil
+	case <-ctx.Done():
+		cause := context.Cause(ctx)
+		if errors.Is(cause, context.Canceled) && stream.Context().Err() != nil {
+			s.sys.Root.Send(opened.PID, &sessions.StreamClosed{Err: stream.Context().Err()})
+			return nil
+		}
+		return status.Error(codes.Unavailable, cause.Error())
+	}
+}
+
+func (s *agentService) publish(id identity, st overseer.SessionState, reason string) {
+	s.sys.Root.Send(s.overseer, &overseer.Publish{Event: &overseer.SessionEvent{
+		Agent: id.name(), ContainerID: id.ContainerID, State: st, Reason: reason, At: time.Now().UTC(),
+	}})
+}
+
+// recvWithin receives one message or gives up after d.
+func recvWithin(stream agentv1.AgentService_SessionServer, d time.Duration) (*agentv1.AgentMessage, error) {
+	type result struct {
+		m   *agentv1.AgentMessage
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-time.After(d):
+		return nil, fmt.Errorf("no message within %s", d)
+	}
+}
