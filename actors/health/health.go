@@ -259,7 +259,7 @@ func (h *handler) faults(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "kind: use panic or block"})
 		return
 	}
-	h.cfg.Log.Warn("debug fault injected", zap.String("event", "debug_fault"), zap.String("actor", pid.Id), zap.String("kind", string(f.Kind)))
+	h.cfg.Log.Warn("debug fault injected", zap.String("event", "debug_fault"), zap.String("target", pid.Id), zap.String("kind", string(f.Kind)))
 	h.sys.Root.Send(pid, f)
 	writeJSON(w, http.StatusAccepted, map[string]string{"actor": pid.Id, "kind": string(f.Kind)})
 }

@@ -41,9 +41,10 @@ func (t *Tree) middleware(n *node) actor.ReceiverMiddleware {
 				if n.name == "" {
 					n.name = lastSegment(c.Self().Id)
 				}
-				t.setState(n, cpapi.ActorStarting)
-				t.invoke(n, next, c, env)
+				// Running before the handler runs: actors report Ready from
+				// inside Started, and the tree must not lag behind that.
 				t.setState(n, cpapi.ActorRunning)
+				t.invoke(n, next, c, env)
 			case *actor.Stopping:
 				t.setState(n, cpapi.ActorStopped)
 				t.invoke(n, next, c, env)
@@ -55,7 +56,9 @@ func (t *Tree) middleware(n *node) actor.ReceiverMiddleware {
 					c.ActorSystem().Root.Send(env.Sender, &Pong{})
 				}
 			case *Fault:
-				applyFault(c, m)
+				// Through invoke, so an injected panic is counted and logged
+				// like any other.
+				t.invoke(n, func(c actor.ReceiverContext, _ *actor.MessageEnvelope) { applyFault(c, m) }, c, env)
 			default:
 				t.invoke(n, next, c, env)
 			}
