@@ -49,8 +49,14 @@ func App(env Env) *cli.App {
 					Flags:  []cli.Flag{formatFlag},
 					Action: func(c *cli.Context) error { return tree(c, env) },
 				},
+				{
+					Name:   "agents",
+					Usage:  "list the agents registered with the control plane",
+					Flags:  []cli.Flag{formatFlag},
+					Action: func(c *cli.Context) error { return agents(c, env) },
+				},
 			},
-		}},
+		}, authCommand(env)},
 	}
 }
 

@@ -1,0 +1,199 @@
+// Package adminclienttest gives tests a private clawker home and a fake
+// AdminService served over real mTLS on a loopback port, so code built on
+// adminclient is tested through the same certificates and handshakes as in
+// production.
+package adminclienttest
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/settings"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+)
+
+// Home is a set of fresh XDG base directories, removed when the test ends.
+type Home struct {
+	ConfigHome, DataHome, StateHome string
+}
+
+// NewHome makes a Home under t.TempDir().
+func NewHome(t testing.TB) *Home {
+	t.Helper()
+	dir := t.TempDir()
+	return &Home{
+		ConfigHome: filepath.Join(dir, "config"),
+		DataHome:   filepath.Join(dir, "data"),
+		StateHome:  filepath.Join(dir, "state"),
+	}
+}
+
+// Getenv is the environment of a process using this home: the three XDG
+// variables and nothing else.
+func (h *Home) Getenv(k string) string {
+	switch k {
+	case "XDG_CONFIG_HOME":
+		return h.ConfigHome
+	case "XDG_DATA_HOME":
+		return h.DataHome
+	case "XDG_STATE_HOME":
+		return h.StateHome
+	}
+	return ""
+}
+
+// Paths resolves the home's clawker paths with the production code.
+func (h *Home) Paths(t testing.TB) settings.Paths {
+	t.Helper()
+	p, err := settings.ResolvePaths(h.Getenv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// EnsureAuth creates the CLI's auth material in Paths.AuthDir and returns
+// it loaded.
+func (h *Home) EnsureAuth(t testing.TB) *certs.Material {
+	t.Helper()
+	dir := h.Paths(t).AuthDir
+	if _, err := certs.Ensure(dir, certs.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := certs.Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// SetAdminPort writes settings.yaml with control_plane.admin_port = port.
+func (h *Home) SetAdminPort(t testing.TB, port int) {
+	t.Helper()
+	p := h.Paths(t)
+	if err := os.MkdirAll(p.ConfigDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data := fmt.Sprintf("control_plane:\n  admin_port: %d\n", port)
+	if err := os.WriteFile(p.SettingsFile, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Settings loads the home's settings.yaml.
+func (h *Home) Settings(t testing.TB) settings.Settings {
+	t.Helper()
+	s, err := settings.Load(h.Paths(t).SettingsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// Server is a fake AdminService. ListAgents answers with the agents set by
+// SetAgents, GetSystemTime with the real clock.
+type Server struct {
+	adminv1.UnimplementedAdminServiceServer
+
+	Port int
+
+	mu     sync.Mutex
+	agents []*adminv1.Agent
+	calls  map[string]int
+}
+
+// Serve starts a fake AdminService with the CP's admin listener config:
+// m's server cert, client certs required, CN clawker-cli only. It stops
+// when the test ends.
+func Serve(t testing.TB, m *certs.Material) *Server {
+	t.Helper()
+	cfg, err := m.ServerTLSConfig(certs.CLICommonName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ServeTLS(t, cfg)
+}
+
+// ServeTLS is Serve with an arbitrary TLS config, to test mismatches.
+func ServeTLS(t testing.TB, cfg *tls.Config) *Server {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{Port: lis.Addr().(*net.TCPAddr).Port, calls: map[string]int{}}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	adminv1.RegisterAdminServiceServer(gs, s)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = gs.Serve(lis) // returns when stopped
+	}()
+	t.Cleanup(func() {
+		gs.Stop()
+		<-done
+	})
+	return s
+}
+
+// SetAgents replaces what ListAgents returns.
+func (s *Server) SetAgents(agents ...*adminv1.Agent) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.agents = agents
+}
+
+// Calls reports how many times method (e.g. "ListAgents") was served.
+func (s *Server) Calls(method string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[method]
+}
+
+// ListAgents implements adminv1.AdminServiceServer.
+func (s *Server) ListAgents(context.Context, *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls["ListAgents"]++
+	resp := &adminv1.ListAgentsResponse{}
+	for _, a := range s.agents {
+		resp.Agents = append(resp.Agents, proto.Clone(a).(*adminv1.Agent))
+	}
+	return resp, nil
+}
+
+// GetSystemTime implements adminv1.AdminServiceServer.
+func (s *Server) GetSystemTime(context.Context, *adminv1.GetSystemTimeRequest) (*adminv1.GetSystemTimeResponse, error) {
+	s.mu.Lock()
+	s.calls["GetSystemTime"]++
+	s.mu.Unlock()
+	return &adminv1.GetSystemTimeResponse{Now: timestamppb.New(time.Now())}, nil
+}
+
+// FreePort returns a loopback port nothing listens on (it was free a
+// moment ago), for "control plane not running" tests.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := lis.Addr().(*net.TCPAddr).Port
+	if err := lis.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
