@@ -13,8 +13,18 @@ errlog=$state/clawker-cp.stderr
 healthy() { "$bin/clawker" controlplane status --format json 2>/dev/null | grep -q '"ok": true'; }
 running() { "$bin/clawker" controlplane status --format json 2>/dev/null | grep -q '"container": "running"'; }
 
+config=${XDG_CONFIG_HOME:-$HOME/.config}/clawker
+if [ ! -f "$config/settings.yaml" ]; then
+  # The firewall stack is not built yet and a CP asked to enforce it refuses
+  # to start; a fresh machine gets settings that say so (README, "What runs today").
+  mkdir -p -m 0700 "$config"
+  printf '%s\n' '# Written by scripts/up.sh: the firewall stack is not built yet.' 'firewall:' '  enable: false' >"$config/settings.yaml"
+  echo "wrote $config/settings.yaml (firewall.enable: false: no egress enforcement yet)"
+fi
+# Auth material: created when missing, never silently renewed.
+"$bin/clawker" auth rotate >/dev/null
+
 if ! running; then
-  # The firewall stack is not built yet; see README ("What runs today").
   nohup "$bin/clawker-cp" >>"$errlog" 2>&1 </dev/null &
   echo $! >"$pidfile"
   for _ in $(seq 1 150); do

@@ -133,7 +133,7 @@ func Start(opts Options) (*Instance, error) {
 			Log: log.With(zap.String("actor", "registry")),
 		}))},
 		{Name: "ebpf", Props: props(ebpf.New())},
-		{Name: "firewall", Props: props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
+		{Name: "firewall", Props: props(firewall.New(firewall.Config{Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
 		{Name: "dockerfeed", Props: props(dockerfeed.New())},
 		{Name: "watcher", Props: props(watcher.New())},

@@ -4,6 +4,7 @@
 package firewall
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
@@ -16,10 +17,17 @@ import (
 
 // Config wires the firewall actor.
 type Config struct {
+	// Enable is settings' firewall.enable.
+	Enable      bool
 	Tree        *supervise.Tree
 	Intensity   supervise.Intensity
 	StepTimeout time.Duration // bound on a child's part of a drain step
 }
+
+// ErrStackMissing is the start-up failure of a CP asked to enforce a
+// firewall it cannot build yet.
+var ErrStackMissing = errors.New("firewall.enable is true but this control plane has no firewall stack (DNS and egress proxy containers are not built yet); " +
+	"set firewall.enable: false in settings.yaml to run without egress enforcement")
 
 // Actor is the firewall.
 type Actor struct {
@@ -36,6 +44,13 @@ func New(cfg Config) actor.Producer { return func() actor.Actor { return &Actor{
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
+		if a.cfg.Enable {
+			// A green /healthz must mean the firewall enforces. It cannot
+			// yet, so an enabled firewall fails start-up rather than run
+			// half-protected.
+			supervise.ReportReady(ctx, ErrStackMissing)
+			return
+		}
 		// The stack starts DNS first: the proxy resolves through it.
 		a.dns = a.spawn(ctx, "dns", dns.New())
 	case *supervise.Ready:

@@ -664,3 +664,25 @@ func BenchmarkExecToHealthy(b *testing.B) {
 		}
 	}
 }
+
+// The firewall stack is not built yet: a CP asked to enforce it must refuse
+// to report ready rather than run unprotected, and say how to opt out.
+func TestFirewallEnabledRefusesToStart(t *testing.T) {
+	t.Parallel()
+	bin := cpBinary(t)
+	home := cptest.NewCPHome(t, "firewall: {enable: true}")
+	p := cptest.StartCP(t, home, bin)
+	if code := p.MustExit(t, exitTimeout); code != 1 {
+		t.Fatalf("exit code %d, want 1", code)
+	}
+	failed := p.Events("startup_failed")
+	if len(failed) != 1 {
+		t.Fatalf("startup_failed lines %v, want one", failed)
+	}
+	if e, _ := failed[0]["error"].(string); !strings.Contains(e, "firewall.enable: false") || !strings.Contains(e, "firewall") {
+		t.Errorf("startup_failed error %q does not name the firewall and the opt-out", e)
+	}
+	if d := p.Events("drain_step"); len(d) != 0 {
+		t.Errorf("drain steps ran on a failure before ready: %v", d)
+	}
+}

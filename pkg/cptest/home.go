@@ -136,14 +136,16 @@ func (h *Home) Ports(t testing.TB) Ports {
 // WriteSettingsWithPorts writes a settings.yaml that sets every control
 // plane port to h.Ports (so parallel tests never collide), deep-merged with
 // the YAML mapping extra (which wins where both set a key), and returns the
-// text written. extra may be "".
+// text written. extra may be "". The firewall is disabled unless extra
+// enables it: the firewall stack is not built yet, and a CP with it enabled
+// refuses to start.
 func (h *Home) WriteSettingsWithPorts(t testing.TB, extra string) string {
 	t.Helper()
 	cp := map[string]any{}
 	for key, port := range h.Ports(t) {
 		cp[strings.TrimPrefix(key, "control_plane.")] = port
 	}
-	doc, err := MergeYAML(map[string]any{"control_plane": cp}, extra)
+	doc, err := MergeYAML(map[string]any{"control_plane": cp, "firewall": map[string]any{"enable": false}}, extra)
 	if err != nil {
 		t.Fatalf("cptest: %v", err)
 	}
