@@ -78,7 +78,9 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 	}
 	switch m.Name {
 	case "dns":
-		a.proxy = a.spawn(ctx, "proxy", proxy.New())
+		if a.proxy == nil { // a dns restarted before the proxy came up reports Ready twice
+			a.proxy = a.spawn(ctx, "proxy", proxy.New())
+		}
 	case "proxy":
 		a.ready = true
 		supervise.ReportReady(ctx, nil)

@@ -352,6 +352,8 @@ func TestChildrenStartStrictlyInOrder(t *testing.T) {
 	if !eq(started, []string{"alpha", "bravo", "charlie"}) {
 		t.Errorf("subsystem_started logged for %v", started)
 	}
+	// The ready line is written just after OnReady returns.
+	waitFor(t, 5*time.Second, "the ready log entry", func() bool { return len(h.entries("ready")) >= 1 })
 	if n := len(h.entries("ready")); n != 1 {
 		t.Errorf("%d ready log entries", n)
 	}

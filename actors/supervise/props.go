@@ -24,6 +24,12 @@ type Intensity struct {
 // per spawn: the props carry that one actor's counters.
 func (t *Tree) Props(producer actor.Producer, in Intensity, opts ...actor.PropsOption) *actor.Props {
 	n := &node{state: cpapi.ActorStarting}
+	// The sibling order is taken here, at spawn time: actors process
+	// Started on their own goroutines, in no fixed order.
+	t.mu.Lock()
+	t.seq++
+	n.seq = t.seq
+	t.mu.Unlock()
 	base := []actor.PropsOption{
 		actor.WithMailbox(actor.Unbounded(mailboxStats{n})),
 		actor.WithReceiverMiddleware(t.middleware(n)),

@@ -66,15 +66,15 @@ func (m mailboxStats) MessagePosted(interface{})   { m.n.posted.Add(1) }
 func (m mailboxStats) MessageReceived(interface{}) { m.n.received.Add(1) }
 func (m mailboxStats) MailboxEmpty()               {}
 
-// register links n to its PID the first time the actor starts.
+// register links n to its PID the first time the actor starts; a later
+// Started is a restart, which resets the uptime to the new incarnation's.
 func (t *Tree) register(n *node, self, parent *actor.PID) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if n.pid != nil {
+		n.startedAt = t.now()
 		return
 	}
-	t.seq++
-	n.seq = t.seq
 	n.pid = self
 	if parent != nil {
 		n.parentID = parent.Id
