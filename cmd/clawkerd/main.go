@@ -1,15 +1,16 @@
-// Command clawkerd runs inside each agent container: it registers the agent
-// with the control plane over mTLS and holds one long-lived Session.
+// Command clawkerd runs as PID 1 inside each agent container: it registers
+// the agent with the control plane over mTLS, holds one long-lived Session,
+// runs the commands the control plane sends, and runs the user's command
+// (the arguments after the flags). See `clawkerd --help`; the logic lives
+// in pkg/agentd.
 package main
 
 import (
-	"fmt"
 	"os"
+
+	"github.com/clawker/clawker-cp/pkg/agentd"
 )
 
 func main() {
-	// Registration arrives with the agent identity work; until then clawkerd
-	// refuses to run rather than pretend an agent is supervised.
-	fmt.Fprintln(os.Stderr, "clawkerd: registration with the control plane is not available in this build")
-	os.Exit(2)
+	os.Exit(agentd.Main(os.Args[1:]))
 }

@@ -1,0 +1,345 @@
+package agentd
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/clawker/clawker-cp/pkg/certs"
+)
+
+// Defaults of the tunable settings.
+const (
+	DefaultHeartbeat  = 5 * time.Second
+	DefaultMaxBackoff = 10 * time.Second
+	DefaultServerName = certs.ServerCommonName
+)
+
+// Config is everything Run needs. The first block comes from flags and
+// environment variables (ParseArgs); the second is wiring for the caller.
+type Config struct {
+	CPAddr     string        // host:port of the CP's agent port
+	CAFile     string        // PEM of the CA that signed the CP's server cert
+	CertFile   string        // this agent's leaf cert (PEM)
+	KeyFile    string        // its private key (PEM)
+	Project    string        // must match the cert's agent URN
+	Agent      string        // must match the cert's agent URN
+	Home       string        // where .clawker/mcp lives; "" means $HOME, or / if unset
+	Heartbeat  time.Duration // 0 means DefaultHeartbeat
+	MaxBackoff time.Duration // 0 means DefaultMaxBackoff
+	ServerName string        // name the CP's cert must carry; "" means DefaultServerName
+
+	// Logger receives every log line; nil means JSON to stderr.
+	Logger *slog.Logger
+	// Signals are the signals delivered to clawkerd (signal.Notify).
+	// SIGTERM and SIGINT stop the user's command and end Run; the others
+	// in ForwardedSignals are passed on to it. nil: none.
+	Signals <-chan os.Signal
+	// Reap makes clawkerd reap orphaned children, its duty as PID 1.
+	Reap bool
+	// Stdin, Stdout and Stderr of the user's command; nil means clawkerd's own.
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+}
+
+// ConfigError names the setting that is missing or invalid, by flag and by
+// environment variable, so a user can fix whichever they used.
+type ConfigError struct {
+	Flag    string // without dashes
+	Env     string
+	Problem string
+}
+
+func (e *ConfigError) Error() string {
+	if e.Env == "" {
+		return fmt.Sprintf("--%s: %s", e.Flag, e.Problem)
+	}
+	return fmt.Sprintf("--%s (env %s): %s", e.Flag, e.Env, e.Problem)
+}
+
+// setting describes one flag: its environment fallback and built-in default.
+type setting struct {
+	name, env, def, usage string
+}
+
+var settings = []setting{
+	{"cp-addr", "CLAWKERD_CP_ADDR", "", "host:port of the control plane's agent port (required)"},
+	{"ca", "CLAWKERD_CA", "", "path to ca.crt, the CA that signed the control plane's certificate (required)"},
+	{"cert", "CLAWKERD_CERT", "", "path to this agent's certificate, PEM (required)"},
+	{"key", "CLAWKERD_KEY", "", "path to this agent's private key, PEM (required)"},
+	{"project", "CLAWKERD_PROJECT", "", "project name; must match the certificate's agent identity (required)"},
+	{"agent", "CLAWKERD_AGENT", "", "agent name; must match the certificate's agent identity (required)"},
+	{"home", "CLAWKERD_HOME", "$HOME, or / if unset", "home directory; MCP configs go to <home>/.clawker/mcp/<name>.json"},
+	{"heartbeat", "CLAWKERD_HEARTBEAT", DefaultHeartbeat.String(), "heartbeat interval; 3 intervals without any message from the control plane break the session"},
+	{"max-backoff", "CLAWKERD_MAX_BACKOFF", DefaultMaxBackoff.String(), "cap of the reconnect backoff (starts at 200ms, doubles, full jitter)"},
+	{"server-name", "CLAWKERD_SERVER_NAME", DefaultServerName, "name the control plane's certificate must carry"},
+}
+
+func settingFor(name string) setting {
+	for _, s := range settings {
+		if s.name == name {
+			return s
+		}
+	}
+	panic("agentd: unknown setting " + name)
+}
+
+func configErr(name, format string, args ...any) *ConfigError {
+	s := settingFor(name)
+	return &ConfigError{Flag: s.name, Env: s.env, Problem: fmt.Sprintf(format, args...)}
+}
+
+// Usage is the text of `clawkerd --help`.
+func Usage() string {
+	var b strings.Builder
+	b.WriteString(`Usage: clawkerd [flags] [--] [command [args...]]
+
+clawkerd runs as PID 1 inside a clawker agent container. It registers the
+agent with the control plane over mTLS, holds one long-lived Session, runs
+the commands the control plane sends down it (init steps, MCP setup,
+shutdown), and starts the given command once the first Session is
+established. The command inherits clawkerd's stdio; clawkerd exits with the
+command's exit code. Without a command, clawkerd holds the Session until the
+control plane sends Shutdown or a signal arrives.
+
+Flags (each falls back to its environment variable; a flag wins):
+`)
+	for _, s := range settings {
+		fmt.Fprintf(&b, "  --%s\n        %s\n        env %s", s.name, s.usage, s.env)
+		if s.def != "" {
+			fmt.Fprintf(&b, ", default %s", s.def)
+		}
+		b.WriteString("\n")
+	}
+	b.WriteString(`  --help
+        print this text and exit 0
+
+Signals: SIGTERM and SIGINT are forwarded to the command's process group;
+clawkerd waits for the command and exits with its code. SIGHUP, SIGQUIT,
+SIGUSR1 and SIGUSR2 are forwarded and nothing else happens.
+
+Logs: one JSON object per line on stderr, each with an "event" field.
+
+Exit codes:
+  0    Shutdown from the control plane, or a signal when no command runs
+  1    internal failure
+  2    missing or invalid configuration
+  3    the control plane refused the registration (PermissionDenied,
+       InvalidArgument or another non-transient status); not retried
+  126  the command could not be executed
+  127  the command was not found
+  N    the command's exit code (128+signal if a signal killed it)
+`)
+	return b.String()
+}
+
+// ParseArgs reads the flags in args (clawkerd's arguments without the
+// program name), with getenv supplying the fallbacks. It returns the Config
+// and the user's command: whatever follows the flags (after "--" if given).
+// It returns flag.ErrHelp for --help, and a *ConfigError for anything
+// missing or invalid.
+func ParseArgs(args []string, getenv func(string) string) (Config, []string, error) {
+	fs := flag.NewFlagSet("clawkerd", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	vals := map[string]*string{}
+	for _, s := range settings {
+		vals[s.name] = fs.String(s.name, "", s.usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return Config{}, nil, err
+		}
+		return Config{}, nil, fmt.Errorf("%v (see clawkerd --help)", err)
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	// value is the flag if given, else the environment variable.
+	value := func(name string) string {
+		if set[name] {
+			return *vals[name]
+		}
+		if getenv == nil {
+			return ""
+		}
+		return getenv(settingFor(name).env)
+	}
+	duration := func(name string) (time.Duration, error) {
+		v := value(name)
+		if v == "" {
+			return 0, nil
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return 0, configErr(name, "%q is not a duration (e.g. 5s, 500ms)", v)
+		}
+		if d <= 0 {
+			return 0, configErr(name, "must be positive, got %s", v)
+		}
+		return d, nil
+	}
+	cfg := Config{
+		CPAddr:     value("cp-addr"),
+		CAFile:     value("ca"),
+		CertFile:   value("cert"),
+		KeyFile:    value("key"),
+		Project:    value("project"),
+		Agent:      value("agent"),
+		Home:       value("home"),
+		ServerName: value("server-name"),
+	}
+	if cfg.Home == "" && getenv != nil {
+		cfg.Home = getenv("HOME")
+	}
+	if cfg.Home == "" {
+		cfg.Home = "/"
+	}
+	var err error
+	if cfg.Heartbeat, err = duration("heartbeat"); err != nil {
+		return Config{}, nil, err
+	}
+	if cfg.MaxBackoff, err = duration("max-backoff"); err != nil {
+		return Config{}, nil, err
+	}
+	cfg = cfg.withDefaults()
+	if err := cfg.validate(); err != nil {
+		return Config{}, nil, err
+	}
+	return cfg, fs.Args(), nil
+}
+
+// withDefaults fills the zero values of the tunables.
+func (c Config) withDefaults() Config {
+	if c.Heartbeat == 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.MaxBackoff == 0 {
+		c.MaxBackoff = DefaultMaxBackoff
+	}
+	if c.ServerName == "" {
+		c.ServerName = DefaultServerName
+	}
+	if c.Home == "" {
+		c.Home = os.Getenv("HOME")
+	}
+	if c.Home == "" {
+		c.Home = "/"
+	}
+	return c
+}
+
+// validate checks everything that does not need the files.
+func (c Config) validate() error {
+	if c.CPAddr == "" {
+		return configErr("cp-addr", "required: host:port of the control plane's agent port")
+	}
+	host, port, err := net.SplitHostPort(c.CPAddr)
+	if err != nil || host == "" {
+		return configErr("cp-addr", "%q is not host:port", c.CPAddr)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return configErr("cp-addr", "%q: port must be 1-65535", c.CPAddr)
+	}
+	for _, f := range []struct{ name, val string }{{"ca", c.CAFile}, {"cert", c.CertFile}, {"key", c.KeyFile}} {
+		if f.val == "" {
+			return configErr(f.name, "required: path to a PEM file")
+		}
+	}
+	if c.Project == "" {
+		return configErr("project", "required")
+	}
+	if !validName(c.Project, true) {
+		return configErr("project", "%q must match [a-z0-9][a-z0-9_.-]{0,62}", c.Project)
+	}
+	if c.Agent == "" {
+		return configErr("agent", "required")
+	}
+	if !validName(c.Agent, false) {
+		return configErr("agent", "%q must match [a-z0-9][a-z0-9_-]{0,62}", c.Agent)
+	}
+	if !filepath.IsAbs(c.Home) {
+		return configErr("home", "%q must be an absolute path", c.Home)
+	}
+	if c.Heartbeat <= 0 {
+		return configErr("heartbeat", "must be positive")
+	}
+	if c.MaxBackoff <= 0 {
+		return configErr("max-backoff", "must be positive")
+	}
+	return nil
+}
+
+// tlsConfig reads the PEM files and builds the mTLS client config. It also
+// checks that the certificate speaks for --project/--agent: a mismatch is a
+// configuration mistake the CP would only answer with a refusal.
+func (c Config) tlsConfig() (*tls.Config, error) {
+	caPEM, err := os.ReadFile(c.CAFile)
+	if err != nil {
+		return nil, configErr("ca", "%v", err)
+	}
+	if !x509.NewCertPool().AppendCertsFromPEM(caPEM) {
+		return nil, configErr("ca", "%s holds no PEM certificate", c.CAFile)
+	}
+	certPEM, err := os.ReadFile(c.CertFile)
+	if err != nil {
+		return nil, configErr("cert", "%v", err)
+	}
+	keyPEM, err := os.ReadFile(c.KeyFile)
+	if err != nil {
+		return nil, configErr("key", "%v", err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, configErr("cert", "with --key: %v", err)
+	}
+	leaf := pair.Leaf
+	if leaf == nil {
+		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
+			return nil, configErr("cert", "%v", err)
+		}
+	}
+	id, err := certs.ParseAgentIdentity(leaf)
+	if err != nil {
+		return nil, configErr("cert", "not an agent certificate: %v", err)
+	}
+	if id.Project != c.Project {
+		return nil, configErr("project", "%q, but the certificate is for project %q", c.Project, id.Project)
+	}
+	if id.Agent != c.Agent {
+		return nil, configErr("agent", "%q, but the certificate is for agent %q", c.Agent, id.Agent)
+	}
+	cfg, err := certs.AgentClientTLSConfig(caPEM, certPEM, keyPEM, c.ServerName)
+	if err != nil {
+		return nil, configErr("cert", "%v", err)
+	}
+	return cfg, nil
+}
+
+// validName is the naming rule of projects (dots allowed) and agents, the
+// same as the certificate's (certs.AgentIdentity).
+func validName(s string, allowDot bool) bool {
+	if len(s) == 0 || len(s) > 63 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '_' || c == '-' || allowDot && c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
