@@ -3,6 +3,7 @@ package sessions
 import (
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -63,11 +64,15 @@ func (s *session) Receive(ctx actor.Context) {
 		s.fromAgent(ctx, m.Msg)
 	case *StreamClosed:
 		s.ended = true
-		if !s.broken {
+		// io.EOF is the agent closing its side cleanly (e.g. after a
+		// Shutdown); anything else is a drop.
+		if !errors.Is(m.Err, io.EOF) && !s.broken {
 			s.broken = true
 			s.publish(ctx, overseer.SessionBroken, errString(m.Err))
 		}
 		ctx.Stop(ctx.Self())
+	case *replace:
+		s.end(ErrReplaced)
 	case *Dispatch:
 		s.dispatch(ctx, m)
 	case *commandTimedOut:

@@ -10,6 +10,7 @@ package sessions
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -90,11 +91,27 @@ type EndAll struct{}
 // Ended answers EndAll.
 type Ended struct{ Sessions int }
 
+// ErrReplaced ends a Session whose agent opened a newer one.
+var ErrReplaced = errors.New("session replaced by a newer connection of the same agent")
+
 // Actor is the sessions parent.
 type Actor struct {
 	cfg      Config
 	children map[string]*child
+	// waiting holds an Open whose agent still has an old Session stopping,
+	// by agent name. The new child is spawned when the old one's
+	// Terminated arrives: both carry the same name, so the new one cannot
+	// exist before the old one is gone.
+	waiting map[string]*pendingOpen
 }
+
+type pendingOpen struct {
+	open   *Open
+	sender *actor.PID
+}
+
+// replace asks a Session to end its stream because its agent reconnected.
+type replace struct{}
 
 type child struct {
 	pid *actor.PID
@@ -103,7 +120,9 @@ type child struct {
 
 // New returns a producer of fresh sessions parents.
 func New(cfg Config) actor.Producer {
-	return func() actor.Actor { return &Actor{cfg: cfg, children: map[string]*child{}} }
+	return func() actor.Actor {
+		return &Actor{cfg: cfg, children: map[string]*child{}, waiting: map[string]*pendingOpen{}}
+	}
 }
 
 // Receive handles the parent's messages.
@@ -129,10 +148,13 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *EndAll:
 		a.endAll(ctx)
 	case *actor.Terminated:
-		for name, c := range a.children {
-			if c.pid.Equal(m.Who) {
-				delete(a.children, name)
-			}
+		name := m.Who.Id[strings.LastIndexByte(m.Who.Id, '/')+1:]
+		if c, ok := a.children[name]; ok && c.pid.Equal(m.Who) {
+			delete(a.children, name)
+		}
+		if w, ok := a.waiting[name]; ok {
+			delete(a.waiting, name)
+			a.spawn(ctx, w.open, w.sender)
 		}
 	case *supervise.DrainStep:
 		supervise.RefuseStep(ctx, m)
@@ -140,24 +162,34 @@ func (a *Actor) Receive(ctx actor.Context) {
 }
 
 func (a *Actor) open(ctx actor.Context, m *Open) {
-	spawn := func() {
-		props := a.cfg.Tree.Props(newSession(a.cfg, m), a.cfg.Intensity)
-		pid, err := ctx.SpawnNamed(props, m.Agent)
-		if err != nil {
-			ctx.Respond(&Opened{Err: fmt.Errorf("spawning session %s: %w", m.Agent, err)})
-			return
-		}
-		a.children[m.Agent] = &child{pid: pid, key: m.Key}
-		ctx.Respond(&Opened{PID: pid})
+	if w, ok := a.waiting[m.Agent]; ok {
+		// A third connection while the old Session still stops: the newest wins.
+		ctx.Send(w.sender, &Opened{Err: ErrReplaced})
+		w.open.End(ErrReplaced)
+		a.waiting[m.Agent] = &pendingOpen{open: m, sender: ctx.Sender()}
+		return
 	}
 	old, ok := a.children[m.Agent]
 	if !ok {
-		spawn()
+		a.spawn(ctx, m, ctx.Sender())
 		return
 	}
 	a.cfg.Log.Info("replacing the session of a reconnected agent", zap.String("event", "session_replaced"), zap.String("agent", m.Agent))
 	delete(a.children, m.Agent)
-	ctx.ReenterAfter(ctx.StopFuture(old.pid), func(interface{}, error) { spawn() })
+	a.waiting[m.Agent] = &pendingOpen{open: m, sender: ctx.Sender()}
+	ctx.Send(old.pid, &replace{})
+	ctx.Poison(old.pid)
+}
+
+func (a *Actor) spawn(ctx actor.Context, m *Open, requester *actor.PID) {
+	props := a.cfg.Tree.Props(newSession(a.cfg, m), a.cfg.Intensity)
+	pid, err := ctx.SpawnNamed(props, m.Agent)
+	if err != nil {
+		ctx.Send(requester, &Opened{Err: fmt.Errorf("spawning session %s: %w", m.Agent, err)})
+		return
+	}
+	a.children[m.Agent] = &child{pid: pid, key: m.Key}
+	ctx.Send(requester, &Opened{PID: pid})
 }
 
 func (a *Actor) endAll(ctx actor.Context) {
