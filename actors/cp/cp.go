@@ -105,6 +105,8 @@ func (i *Instance) Drain(reason string) {
 func Start(opts Options) (*Instance, error) {
 	log := opts.Log
 	s := opts.Settings
+	// The watcher's grace counts from here.
+	started := time.Now()
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(logging.SlogHandler(log))
 	}))
@@ -125,6 +127,7 @@ func Start(opts Options) (*Instance, error) {
 			RootPath:     root.Name,
 			ProbeTimeout: 2 * time.Second,
 			Faults:       opts.DebugFaults,
+			Overseer:     pidOf("overseer"),
 			Log:          log.With(zap.String("actor", "health")),
 		}))},
 		{Name: "overseer", Props: props(overseer.New())},
@@ -135,8 +138,18 @@ func Start(opts Options) (*Instance, error) {
 		{Name: "ebpf", Props: props(ebpf.New())},
 		{Name: "firewall", Props: props(firewall.New(firewall.Config{Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
-		{Name: "dockerfeed", Props: props(dockerfeed.New())},
-		{Name: "watcher", Props: props(watcher.New())},
+		// Docker is optional for both: unreachable, they log it, report
+		// Ready and keep retrying. Each owns its own client.
+		{Name: "dockerfeed", Props: props(dockerfeed.New(dockerfeed.Config{
+			Overseer: pidOf("overseer"), Registry: pidOf("registry"),
+			Log: log.With(zap.String("actor", "dockerfeed")),
+		}))},
+		{Name: "watcher", Props: props(watcher.New(watcher.Config{
+			Enable: s.ControlPlane.Watcher.Enable, PollInterval: s.ControlPlane.Watcher.PollInterval,
+			Grace: s.ControlPlane.Watcher.Grace, ZeroStreak: s.ControlPlane.Watcher.ZeroStreak,
+			Started: started,
+			Log:     log.With(zap.String("actor", "watcher")),
+		}))},
 		{Name: "grpc", Props: props(grpc.New(grpc.Config{
 			Tree: tree, Intensity: in, BindHost: opts.BindHost,
 			AgentPort: s.ControlPlane.AgentPort, AdminPort: s.ControlPlane.AdminPort, AuthDir: opts.Paths.CPAuthDir,
@@ -193,8 +206,13 @@ func Start(opts Options) (*Instance, error) {
 		HoldReady:    opts.HoldReady,
 		OnReady:      handOver,
 		OnRestarted: func(c actor.Context, name string, pids map[string]*actor.PID) {
-			if name == "health" {
+			switch name {
+			case "health":
 				handOver(c, pids)
+			case "overseer":
+				// It came back with an empty worldview: the feeder
+				// republishes the containers it knows.
+				c.Send(pids["dockerfeed"], &dockerfeed.Resync{})
 			}
 		},
 		OnDraining: func(c actor.Context, pids map[string]*actor.PID) {

@@ -1,6 +1,7 @@
 // Package health is the actor behind the CP's plain-HTTP health port:
-// GET /healthz (503 until ready, then every registered probe must pass) and
-// GET /debug/actors (the live actor tree).
+// GET /healthz (503 until ready, then every registered probe must pass),
+// GET /debug/actors (the live actor tree) and GET /debug/state (the
+// overseer's worldview).
 package health
 
 import (
@@ -17,6 +18,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
 
+	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 )
@@ -47,7 +49,9 @@ type Config struct {
 	// Faults enables POST /debug/faults, the test hook that panics or stalls
 	// a named actor. Off unless CLAWKER_CP_DEBUG_FAULTS=1.
 	Faults bool
-	Log    *zap.Logger
+	// Overseer answers GET /debug/state; nil leaves the route answering 503.
+	Overseer *actor.PID
+	Log      *zap.Logger
 }
 
 // New returns a producer of fresh health actors.
@@ -108,6 +112,7 @@ func (a *Actor) listen(ctx actor.Context) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", h.healthz)
 	mux.HandleFunc("GET /debug/actors", h.actors)
+	mux.HandleFunc("GET /debug/state", h.state)
 	if a.cfg.Faults {
 		mux.HandleFunc("POST /debug/faults", h.faults)
 	}
@@ -231,6 +236,28 @@ func (h *handler) actors(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, snap)
+}
+
+// stateTimeout bounds the overseer's answer to GET /debug/state.
+const stateTimeout = time.Second
+
+// state serves the overseer's worldview (a deep copy it hands out).
+func (h *handler) state(w http.ResponseWriter, _ *http.Request) {
+	if h.cfg.Overseer == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no overseer is wired to this health port"})
+		return
+	}
+	res, err := h.sys.Root.RequestFuture(h.cfg.Overseer, &overseer.GetState{}, stateTimeout).Result()
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("the overseer did not answer within %s: %v", stateTimeout, err)})
+		return
+	}
+	st, ok := res.(*overseer.State)
+	if !ok {
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": fmt.Sprintf("the overseer answered %T", res)})
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
 }
 
 // faults injects a debug fault: POST /debug/faults?actor=<name or path>&kind=panic|block&duration=5s

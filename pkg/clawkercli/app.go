@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -20,6 +21,29 @@ import (
 type Env struct {
 	Stdout, Stderr io.Writer
 	Getenv         func(string) string
+	// Docker connects to the Docker daemon; nil means the real one
+	// (DOCKER_HOST, else the local socket).
+	Docker func() (cpboot.Docker, error)
+}
+
+// docker returns a Docker client and a function that releases it.
+func (env Env) docker() (cpboot.Docker, func(), error) {
+	if env.Docker != nil {
+		d, err := env.Docker()
+		if err != nil {
+			return nil, nil, err
+		}
+		release := func() {}
+		if c, ok := d.(io.Closer); ok {
+			release = func() { _ = c.Close() }
+		}
+		return d, release, nil
+	}
+	c, err := cpboot.NewDockerClient()
+	if err != nil {
+		return nil, nil, fmt.Errorf("connecting to Docker: %w", err)
+	}
+	return c, func() { _ = c.Close() }, nil
 }
 
 // App returns the clawker CLI.
@@ -37,9 +61,11 @@ func App(env Env) *cli.App {
 			Aliases: []string{"cp"},
 			Usage:   "break-glass verbs for the control plane",
 			Subcommands: []*cli.Command{
+				upCommand(env),
+				downCommand(env),
 				{
 					Name:   "status",
-					Usage:  "show whether the control plane runs and is healthy",
+					Usage:  "show whether the control plane container runs and is healthy",
 					Flags:  []cli.Flag{formatFlag},
 					Action: func(c *cli.Context) error { return status(c, env) },
 				},
@@ -55,6 +81,7 @@ func App(env Env) *cli.App {
 					Flags:  []cli.Flag{formatFlag},
 					Action: func(c *cli.Context) error { return agents(c, env) },
 				},
+				stateCommand(env),
 			},
 		}, authCommand(env)},
 	}

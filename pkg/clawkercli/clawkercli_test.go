@@ -44,7 +44,9 @@ func cliEnv(t *testing.T, port int) (clawkercli.Env, *bytes.Buffer, *bytes.Buffe
 		"XDG_STATE_HOME":  filepath.Join(dir, "state"),
 	}
 	var stdout, stderr bytes.Buffer
-	return clawkercli.Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(k string) string { return vars[k] }}, &stdout, &stderr
+	// Docker reports the clawker-controlplane container running, so status
+	// goes on to the fake health port (status_docker_test.go).
+	return clawkercli.Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(k string) string { return vars[k] }, Docker: dockerWith(cpRunning)}, &stdout, &stderr
 }
 
 // serve starts a fake health port answering path with code and body.
@@ -179,6 +181,7 @@ func TestStatusUnreadableAnswer(t *testing.T) {
 func TestStatusStopped(t *testing.T) {
 	for _, format := range []string{"text", "json"} {
 		env, stdout, stderr := cliEnv(t, deadPort(t))
+		env.Docker = dockerWith(nil) // no clawker-controlplane container
 		if code := run(t, env, "controlplane", "status", "--format", format); code != 0 {
 			t.Fatalf("%s: exit %d, stderr %q", format, code, stderr.String())
 		}

@@ -1,6 +1,7 @@
 package clawkercli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,14 +11,22 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 // StatusReport is `controlplane status --format json`.
 type StatusReport struct {
-	// Container is "running" when the CP answers on its health port,
-	// "stopped" otherwise.
+	// Container is "running" when Docker runs the clawker-controlplane
+	// container, "stopped" otherwise (also when there is none).
 	Container string        `json:"container"`
 	Healthz   *HealthReport `json:"healthz,omitempty"`
+	// OutsideDocker is set when no container runs but a control plane
+	// answers on the health port anyway: one started as a host process
+	// (scripts/up.sh before the container bootstrap, or a test).
+	OutsideDocker bool `json:"outside_docker,omitempty"`
+	// Bootstrap is what `controlplane up` did before the status was taken.
+	Bootstrap *cpboot.Result `json:"bootstrap,omitempty"`
 }
 
 // HealthReport is the healthz part of a StatusReport.
@@ -26,6 +35,8 @@ type HealthReport struct {
 	Status  string              `json:"status"`
 	Failing []string            `json:"failing,omitempty"`
 	Probes  []cpapi.ProbeResult `json:"probes,omitempty"`
+
+	answered bool // a control plane's /healthz body came back
 }
 
 func status(c *cli.Context, env Env) error {
@@ -37,34 +48,65 @@ func status(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	rep := probeStatus(healthBase(s))
+	d, release, err := env.docker()
+	if err != nil {
+		return err
+	}
+	defer release()
+	rep, err := collectStatus(c.Context, d, s)
+	if err != nil {
+		return err
+	}
+	return printStatus(env.Stdout, rep, asJSON)
+}
+
+func printStatus(w io.Writer, rep StatusReport, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(env.Stdout)
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	writeStatus(env.Stdout, rep)
+	writeStatus(w, rep)
 	return nil
 }
 
-// probeStatus asks /healthz. Any HTTP answer means the CP process is up;
-// no answer at all means it is not.
-func probeStatus(base string) StatusReport {
+// collectStatus asks Docker whether the clawker-controlplane container
+// runs and, when it does, asks its /healthz.
+func collectStatus(ctx context.Context, d cpboot.Docker, s settings.Settings) (StatusReport, error) {
+	st, err := cpboot.Inspect(ctx, d)
+	if err != nil {
+		return StatusReport{}, err
+	}
+	// Docker marks a container waiting to be restarted by its policy as
+	// running and restarting: it is not running anything.
+	if !st.Running || st.Restarting {
+		rep := StatusReport{Container: "stopped"}
+		if h := probeHealth(healthBase(s)); h.answered {
+			rep.Healthz, rep.OutsideDocker = h, true
+		}
+		return rep, nil
+	}
+	return StatusReport{Container: "running", Healthz: probeHealth(healthBase(s))}, nil
+}
+
+// probeHealth asks /healthz.
+func probeHealth(base string) *HealthReport {
 	resp, err := httpClient.Get(base + "/healthz")
 	if err != nil {
-		return StatusReport{Container: "stopped"}
+		return &HealthReport{Status: "no answer on " + strings.TrimPrefix(base, "http://")}
 	}
 	defer resp.Body.Close()
 	var h cpapi.Health
 	if err := json.NewDecoder(resp.Body).Decode(&h); err != nil {
-		return StatusReport{Container: "running", Healthz: &HealthReport{Status: "unreadable answer: " + err.Error()}}
+		return &HealthReport{Status: "unreadable answer: " + err.Error()}
 	}
-	return StatusReport{Container: "running", Healthz: &HealthReport{
-		OK:      resp.StatusCode == http.StatusOK && h.Status == cpapi.StatusOK,
-		Status:  h.Status,
-		Failing: h.Failing,
-		Probes:  h.Probes,
-	}}
+	return &HealthReport{
+		answered: true,
+		OK:       resp.StatusCode == http.StatusOK && h.Status == cpapi.StatusOK,
+		Status:   h.Status,
+		Failing:  h.Failing,
+		Probes:   h.Probes,
+	}
 }
 
 func writeStatus(w io.Writer, r StatusReport) {
@@ -72,9 +114,13 @@ func writeStatus(w io.Writer, r StatusReport) {
 	if r.Healthz == nil {
 		return
 	}
+	outside := ""
+	if r.OutsideDocker {
+		outside = " (a control plane outside Docker answers)"
+	}
 	switch {
 	case r.Healthz.OK:
-		fmt.Fprintln(w, "Healthz: ✓")
+		fmt.Fprintln(w, "Healthz: ✓"+outside)
 	case len(r.Healthz.Failing) > 0:
 		fmt.Fprintf(w, "Healthz: ✗ (failing: %s)\n", strings.Join(r.Healthz.Failing, ", "))
 	default:

@@ -62,6 +62,10 @@ type Supervisor struct {
 // Watcher tunes drain-to-zero: CP shuts itself down once Grace has elapsed
 // and ZeroStreak consecutive polls found no agent containers.
 type Watcher struct {
+	// Enable false turns drain-to-zero off: the CP then runs until it is
+	// stopped. For a CP started by hand on a host, where no agent may ever
+	// run.
+	Enable       bool          `yaml:"enable"`
 	PollInterval time.Duration `yaml:"poll_interval"`
 	Grace        time.Duration `yaml:"grace"`
 	ZeroStreak   int           `yaml:"zero_streak"`
@@ -93,6 +97,7 @@ func Default() Settings {
 				StartTimeout:     30 * time.Second,
 			},
 			Watcher: Watcher{
+				Enable:       true,
 				PollInterval: 30 * time.Second,
 				Grace:        60 * time.Second,
 				ZeroStreak:   2,

@@ -23,6 +23,9 @@ func TestDefaultIsValid(t *testing.T) {
 	if err := Default().Validate(); err != nil {
 		t.Fatalf("Default().Validate() = %v", err)
 	}
+	if !Default().ControlPlane.Watcher.Enable {
+		t.Error("drain-to-zero is off by default; control_plane.watcher.enable must default to true")
+	}
 }
 
 func TestLoadMissingFileYieldsDefaults(t *testing.T) {
@@ -62,6 +65,11 @@ func TestLoadOK(t *testing.T) {
 			name: "explicit false survives overlay",
 			yaml: "firewall: {enable: false}\n",
 			want: func(s *Settings) { s.Firewall.Enable = false },
+		},
+		{
+			name: "watcher can be disabled",
+			yaml: "control_plane:\n  watcher: {enable: false}\n",
+			want: func(s *Settings) { s.ControlPlane.Watcher.Enable = false },
 		},
 		{
 			name: "nested durations and ints",
@@ -231,6 +239,12 @@ func TestLoadErrors(t *testing.T) {
 			yaml: "firewall:\n  enable: yes\n",
 			key:  "firewall.enable", line: 2,
 			contains: []string{`firewall.enable: "yes" is not a boolean; write true or false`},
+		},
+		{
+			name: "non-boolean watcher enable",
+			yaml: "control_plane:\n  watcher:\n    enable: 0\n",
+			key:  "control_plane.watcher.enable", line: 3,
+			contains: []string{`control_plane.watcher.enable: "0" is not a boolean; write true or false`},
 		},
 		{
 			name: "bad duration hints a tidy default",

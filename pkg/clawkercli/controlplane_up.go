@@ -1,0 +1,109 @@
+package clawkercli
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+// labelsEnv adds labels to everything `controlplane up` creates
+// ("key=value,key=value"). A debug knob: tests tag what they create with a
+// run id so they can remove exactly that. It is reported when set.
+const labelsEnv = "CLAWKER_DEBUG_LABELS"
+
+func upCommand(env Env) *cli.Command {
+	return &cli.Command{
+		Name:  "up",
+		Usage: "bring the control plane up (a no-op when it runs and is healthy), then show its status",
+		Description: "Builds the clawker-controlplane image from the binaries this clawker carries when it is missing,\n" +
+			"creates network clawker-net, refreshes the auth material, creates and starts the\n" +
+			"clawker-controlplane container and waits for its /healthz. Progress goes to stderr, the status\n" +
+			"to stdout; with --format json the status carries what was done under \"bootstrap\".",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"},
+			&cli.DurationFlag{Name: "timeout", Value: cpboot.DefaultTimeout, Usage: "how long to wait for /healthz once the container runs"},
+		},
+		Action: func(c *cli.Context) error { return controlplaneUp(c, env) },
+	}
+}
+
+func controlplaneUp(c *cli.Context, env Env) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("controlplane up takes no arguments, got %q", c.Args().Slice())
+	}
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return err
+	}
+	s, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		return err
+	}
+	labels, err := parseLabels(env.Getenv(labelsEnv))
+	if err != nil {
+		return fmt.Errorf("%s: %w", labelsEnv, err)
+	}
+	d, release, err := env.docker()
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	rep := cpboot.NewReporter(env.Stderr)
+	if len(labels) > 0 {
+		rep.Note(fmt.Sprintf("debug knob %s set: extra labels %s", labelsEnv, env.Getenv(labelsEnv)))
+	}
+	res, err := cpboot.EnsureRunning(c.Context, cpboot.Options{
+		Settings: s,
+		Paths:    paths,
+		Docker:   d,
+		Reporter: rep,
+		Timeout:  c.Duration("timeout"),
+		Labels:   labels,
+	})
+	if err != nil {
+		return err
+	}
+	// EnsureRunning returns only once the container runs and /healthz
+	// answered 200: no need to ask Docker again.
+	st := StatusReport{Container: "running", Healthz: probeHealth(healthBase(s))}
+	if asJSON {
+		st.Bootstrap = &res
+	}
+	return printStatus(env.Stdout, st, asJSON)
+}
+
+// parseLabels reads "k=v,k=v".
+func parseLabels(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	out := map[string]string{}
+	for _, kv := range strings.Split(s, ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(kv), "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("%q is not key=value", kv)
+		}
+		out[k] = v
+	}
+	keys := make([]string, 0, len(out))
+	for k := range out {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if k == cpboot.LabelManaged || k == cpboot.LabelPurpose || k == cpboot.LabelBinHash || k == cpboot.LabelSpecHash {
+			return nil, fmt.Errorf("label %s is clawker's own and cannot be set", k)
+		}
+	}
+	return out, nil
+}
