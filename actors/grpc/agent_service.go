@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -215,6 +216,16 @@ func (s *agentService) Session(stream agentv1.AgentService_SessionServer) error 
 		s.sys.Root.Send(opened.PID, &sessions.StreamClosed{Err: err})
 		return nil
 	case <-ctx.Done():
+		// An agent that half-closed and hung up at once makes both ready:
+		// its clean end-of-stream wins.
+		select {
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				s.sys.Root.Send(opened.PID, &sessions.StreamClosed{Err: err})
+				return nil
+			}
+		default:
+		}
 		cause := context.Cause(ctx)
 		if errors.Is(cause, context.Canceled) && stream.Context().Err() != nil {
 			s.sys.Root.Send(opened.PID, &sessions.StreamClosed{Err: stream.Context().Err()})

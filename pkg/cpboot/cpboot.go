@@ -272,9 +272,12 @@ func (r *run) fastPath(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if !st.Exists {
-		return false, fmt.Errorf("a control plane answers on 127.0.0.1:%d, but no %s container exists: it runs outside Docker "+
-			"(started by scripts/up.sh or by hand?); stop it (`go tool task down`) and run the command again",
+	// A green /healthz with no running container behind it is a CP that
+	// runs outside Docker; replacing a stopped container would only collide
+	// with it on the ports.
+	if !st.Exists || !st.Running {
+		return false, fmt.Errorf("a control plane answers on 127.0.0.1:%d, but no running %s container: it runs outside Docker "+
+			"(started by hand or by a test?); stop that process and run the command again",
 			r.o.Settings.ControlPlane.HealthPort, ContainerName)
 	}
 	if st.Running && r.current(st) {
