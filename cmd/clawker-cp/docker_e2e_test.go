@@ -398,7 +398,7 @@ func TestDockerWorldview(t *testing.T) {
 	}
 
 	// The CLI reads the same worldview.
-	env := home.Env()
+	env := append(home.Env(), "CLAWKER_NO_BOOTSTRAP=1") // this CP is a host process
 	res := cptest.RunCmd(t, cptest.DefaultCmdTimeout, env, bins["clawker"], "controlplane", "state")
 	if res.Code != 0 || !strings.HasPrefix(res.Stdout, "CONTAINERS\n") || !strings.Contains(res.Stdout, keeperName) ||
 		!strings.Contains(res.Stdout, "\nSESSIONS\n") {

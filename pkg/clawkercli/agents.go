@@ -51,6 +51,9 @@ func agents(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	if err := ensureCP(c.Context, env); err != nil {
+		return err
+	}
 	client, err := adminclient.Dial(c.Context, paths, s)
 	if err != nil {
 		return err

@@ -3,6 +3,7 @@
 package clawkercli
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -24,6 +25,11 @@ type Env struct {
 	// Docker connects to the Docker daemon; nil means the real one
 	// (DOCKER_HOST, else the local socket).
 	Docker func() (cpboot.Docker, error)
+	// Bootstrap brings the control plane up before the verbs that need it
+	// (run, controlplane agents/tree/state); DefaultEnv sets
+	// cpboot.EnsureRunning. nil skips it: those verbs then talk to
+	// whatever answers on the configured ports (in-process tests).
+	Bootstrap func(context.Context, cpboot.Options) (cpboot.Result, error)
 }
 
 // docker returns a Docker client and a function that releases it.
@@ -83,7 +89,10 @@ func App(env Env) *cli.App {
 				},
 				stateCommand(env),
 			},
-		}, authCommand(env)},
+		}, authCommand(env),
+			runCommand(env),
+			rmCommand(env),
+		},
 	}
 }
 
@@ -98,7 +107,21 @@ func Run(env Env, args []string) int {
 }
 
 // DefaultEnv is the real process environment.
-func DefaultEnv() Env { return Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv} }
+//
+// CLAWKER_NO_BOOTSTRAP=1 (a debug knob, announced on stderr) makes the verbs
+// talk to whatever control plane answers instead of bringing the container
+// up first: tests run clawker-cp as a host process.
+func DefaultEnv() Env {
+	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning}
+	if os.Getenv(NoBootstrapEnv) == "1" {
+		fmt.Fprintln(os.Stderr, "clawker: "+NoBootstrapEnv+"=1: not bringing the control plane up")
+		env.Bootstrap = nil
+	}
+	return env
+}
+
+// NoBootstrapEnv names the debug knob that turns the transparent bootstrap off.
+const NoBootstrapEnv = "CLAWKER_NO_BOOTSTRAP"
 
 func loadSettings(env Env) (settings.Settings, error) {
 	paths, err := settings.ResolvePaths(env.Getenv)

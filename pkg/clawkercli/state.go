@@ -36,6 +36,9 @@ func state(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	if err := ensureCP(c.Context, env); err != nil {
+		return err
+	}
 	base := healthBase(s)
 	resp, err := httpClient.Get(base + "/debug/state")
 	if err != nil {

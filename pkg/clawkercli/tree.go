@@ -23,6 +23,9 @@ func tree(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	if err := ensureCP(c.Context, env); err != nil {
+		return err
+	}
 	base := healthBase(s)
 	resp, err := httpClient.Get(base + "/debug/actors")
 	if err != nil {

@@ -1,0 +1,225 @@
+package clawkercli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/clawker/clawker-cp/pkg/agentrun"
+	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+const runUsage = "clawker run [--project P] --agent NAME IMAGE [CMD...]"
+
+func runCommand(env Env) *cli.Command {
+	return &cli.Command{
+		Name:      "run",
+		Usage:     "run an agent container: clawkerd as PID 1 starts CMD once its Session with the control plane is up",
+		ArgsUsage: "IMAGE [CMD...]",
+		Description: "Brings the control plane up if needed, then creates container clawker.<project>.<agent> from IMAGE on\n" +
+			"clawker-net, fully unprivileged (all capabilities dropped, Docker's default seccomp and AppArmor\n" +
+			"profiles, no mounts), copies clawkerd and a freshly minted agent certificate (valid " + agentrun.CertValidity.String() + ")\n" +
+			"into /clawker/, and starts it. clawkerd registers with the control plane and starts the command\n" +
+			"only once its Session is established. The command is the image's entrypoint followed by CMD, or by\n" +
+			"the image's own CMD when none is given, as with docker run. IMAGE must be present: nothing is pulled.\n" +
+			"The project defaults to the current directory's name. Prints the container id.",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "project", Usage: "project name (default: the current directory's name, made valid)"},
+			&cli.StringFlag{Name: "agent", Usage: "agent name: [a-z0-9][a-z0-9_-]{0,62} (required)"},
+			&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text (the container id) or json"},
+		},
+		Action: func(c *cli.Context) error { return runAgent(c, env) },
+	}
+}
+
+// RunReport is `clawker run --format json`.
+type RunReport struct {
+	Agent agentrun.Result `json:"agent"`
+	// Bootstrap is what bringing the control plane up did; absent when the
+	// CLI was told not to (Env.Bootstrap nil).
+	Bootstrap *cpboot.Result `json:"bootstrap,omitempty"`
+}
+
+func runAgent(c *cli.Context, env Env) error {
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	if c.NArg() < 1 {
+		return fmt.Errorf("run: IMAGE is required (%s)", runUsage)
+	}
+	image, cmd := c.Args().First(), c.Args().Tail()
+	project, agent, err := agentNames(c, runUsage)
+	if err != nil {
+		return err
+	}
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return err
+	}
+	s, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		return err
+	}
+	labels, err := debugLabels(env)
+	if err != nil {
+		return err
+	}
+	d, release, err := env.docker()
+	if err != nil {
+		return err
+	}
+	defer release()
+	ad, ok := d.(agentrun.Docker)
+	if !ok {
+		return fmt.Errorf("the Docker client (%T) cannot copy files into containers", d)
+	}
+
+	var report RunReport
+	cp, bootstrapped, err := ensureCPWith(c.Context, env, s, paths, d, labels)
+	if err != nil {
+		return err
+	}
+	if bootstrapped {
+		report.Bootstrap = &cp
+	} else {
+		// Told not to bring it up: it must run already.
+		st, err := cpboot.Inspect(c.Context, d)
+		if err != nil {
+			return err
+		}
+		if !st.Running || !st.IP.IsValid() {
+			return fmt.Errorf("the control plane is not running; start it with `clawker controlplane up`")
+		}
+		cp.IP = st.IP
+	}
+	if !cp.IP.IsValid() {
+		return fmt.Errorf("the control plane has no address on %s", cpboot.NetworkName)
+	}
+	m, err := certs.Load(paths.AuthDir)
+	if err != nil {
+		return err
+	}
+	res, err := agentrun.Create(c.Context, ad, agentrun.Spec{
+		Project:   project,
+		Agent:     agent,
+		Image:     image,
+		Cmd:       cmd,
+		CPAddr:    net.JoinHostPort(cp.IP.String(), strconv.Itoa(s.ControlPlane.AgentPort)),
+		Heartbeat: s.ControlPlane.Sessions.Heartbeat,
+		Labels:    labels,
+		Auth:      m,
+	})
+	if errors.Is(err, agentrun.ErrExists) {
+		return fmt.Errorf("%w; remove it with `clawker rm -f --project %s --agent %s`, or pick another --agent", err, project, agent)
+	}
+	if err != nil {
+		return err
+	}
+	if len(res.Argv) == 0 {
+		fmt.Fprintf(env.Stderr, "note: %s has no entrypoint or command and none was given: clawkerd runs no command and holds the Session\n", image)
+	}
+	report.Agent = res
+	if asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(report)
+	}
+	_, err = fmt.Fprintln(env.Stdout, res.ID)
+	return err
+}
+
+// agentNames reads --project and --agent and checks them against the
+// certificate naming rules; errors name the flag. The project defaults to
+// the current directory's name.
+func agentNames(c *cli.Context, usage string) (project, agent string, err error) {
+	agent = c.String("agent")
+	if agent == "" {
+		return "", "", fmt.Errorf("--agent: required: the agent's name (%s)", usage)
+	}
+	project = c.String("project")
+	if project == "" {
+		dir, err := os.Getwd()
+		if err != nil {
+			return "", "", fmt.Errorf("--project: not given, and the current directory is unknown (%v); pass --project", err)
+		}
+		p, ok := agentrun.ProjectFromDir(dir)
+		if !ok {
+			return "", "", fmt.Errorf("--project: not given, and the current directory %q yields no valid project name; pass --project", dir)
+		}
+		project = p
+	}
+	if err := agentrun.ValidateNames(project, agent); err != nil {
+		var fe *certs.InvalidFieldError
+		if errors.As(err, &fe) {
+			return "", "", fmt.Errorf("--%s: %w", fe.Field, err)
+		}
+		return "", "", err
+	}
+	return project, agent, nil
+}
+
+// debugLabels reads the CLAWKER_DEBUG_LABELS knob (see controlplane_up.go).
+func debugLabels(env Env) (map[string]string, error) {
+	labels, err := parseLabels(env.Getenv(labelsEnv))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", labelsEnv, err)
+	}
+	for k := range labels {
+		if k == dockerx.LabelProject || k == dockerx.LabelAgent {
+			return nil, fmt.Errorf("%s: label %s is clawker's own and cannot be set", labelsEnv, k)
+		}
+	}
+	return labels, nil
+}
+
+// ensureCP brings the control plane up for a verb that needs it, as
+// `controlplane up` does, with progress on stderr. It does nothing when
+// env.Bootstrap is nil.
+func ensureCP(ctx context.Context, env Env) error {
+	if env.Bootstrap == nil {
+		return nil
+	}
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return err
+	}
+	s, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		return err
+	}
+	labels, err := debugLabels(env)
+	if err != nil {
+		return err
+	}
+	d, release, err := env.docker()
+	if err != nil {
+		return err
+	}
+	defer release()
+	_, _, err = ensureCPWith(ctx, env, s, paths, d, labels)
+	return err
+}
+
+// ensureCPWith is ensureCP with everything at hand; bootstrapped is false
+// when env.Bootstrap is nil.
+func ensureCPWith(ctx context.Context, env Env, s settings.Settings, paths settings.Paths, d cpboot.Docker, labels map[string]string) (res cpboot.Result, bootstrapped bool, err error) {
+	if env.Bootstrap == nil {
+		return cpboot.Result{}, false, nil
+	}
+	rep := cpboot.NewReporter(env.Stderr)
+	if len(labels) > 0 {
+		rep.Note(fmt.Sprintf("debug knob %s set: extra labels %s", labelsEnv, env.Getenv(labelsEnv)))
+	}
+	res, err = env.Bootstrap(ctx, cpboot.Options{Settings: s, Paths: paths, Docker: d, Reporter: rep, Labels: labels})
+	return res, true, err
+}
