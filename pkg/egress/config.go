@@ -1,0 +1,343 @@
+package egress
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/clawker/clawker-cp/bpf"
+)
+
+// Flags of agent_cfg.flags (bpf/egress.c).
+const (
+	flagDisabled        = 1 << 0
+	flagEvents          = 1 << 1
+	flagEnforceLoopback = 1 << 2
+)
+
+// MaxBypass is the longest bypass Bypass accepts.
+const MaxBypass = time.Hour
+
+// DefaultEventRate is the per-cgroup event rate when Config.EventRate is 0.
+const DefaultEventRate = 1000
+
+// Config is what the programs need to know about one enrolled cgroup.
+type Config struct {
+	// Proxy is the egress proxy's catch-all listener (IPv4). Route
+	// listeners are other ports on the same address.
+	Proxy netip.AddrPort
+	// DNS is the DNS server every port-53 packet is sent to (IPv4).
+	DNS netip.AddrPort
+	// Subnet is the agent network: its peers are reached directly.
+	// Optional; /0 is refused.
+	Subnet netip.Prefix
+	// Gateway is the network's gateway (the host): inside Subnet but
+	// treated like any outside address. Optional.
+	Gateway netip.Addr
+	// Events turns decision events on for this cgroup.
+	Events bool
+	// EventRate and EventBurst bound this cgroup's events (per second, and
+	// the bucket depth); 0 means DefaultEventRate and EventRate.
+	EventRate  uint32
+	EventBurst uint32
+	// EnforceLoopback removes the loopback exemption (tests use loopback
+	// addresses as stand-ins for outside hosts).
+	EnforceLoopback bool
+}
+
+// Enrollment is the state of one enrolled cgroup as the programs see it.
+type Enrollment struct {
+	CgroupID    uint64
+	Config      Config
+	Disabled    bool
+	BypassUntil time.Time // zero when not bypassed
+}
+
+func ip4(a netip.Addr) (uint32, error) {
+	a = a.Unmap()
+	if !a.Is4() {
+		return 0, fmt.Errorf("%v: not an IPv4 address", a)
+	}
+	b := a.As4()
+	return binary.NativeEndian.Uint32(b[:]), nil // network order in memory
+}
+
+func fromIP4(v uint32) netip.Addr {
+	var b [4]byte
+	binary.NativeEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
+}
+
+func be16(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
+}
+
+func fromBE16(v uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], v)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+func (c Config) encode() (bpf.EgressAgentCfg, error) {
+	var out bpf.EgressAgentCfg
+	var err error
+	if !c.Proxy.IsValid() || c.Proxy.Port() == 0 {
+		return out, errors.New("config: proxy address and port required")
+	}
+	if out.ProxyIp4, err = ip4(c.Proxy.Addr()); err != nil {
+		return out, fmt.Errorf("config: proxy: %w", err)
+	}
+	out.ProxyPort = be16(c.Proxy.Port())
+	if !c.DNS.IsValid() || c.DNS.Port() == 0 {
+		return out, errors.New("config: DNS address and port required")
+	}
+	if out.DnsIp4, err = ip4(c.DNS.Addr()); err != nil {
+		return out, fmt.Errorf("config: DNS: %w", err)
+	}
+	out.DnsPort = be16(c.DNS.Port())
+	if c.Subnet.IsValid() {
+		p := c.Subnet.Masked()
+		if !p.Addr().Is4() || p.Bits() == 0 {
+			return out, fmt.Errorf("config: subnet %v: want an IPv4 prefix longer than /0", c.Subnet)
+		}
+		bits := p.Bits()
+		out.SubnetIp4, _ = ip4(p.Addr())
+		var mask [4]byte
+		binary.BigEndian.PutUint32(mask[:], ^uint32(0)<<(32-bits))
+		out.SubnetMask4 = binary.NativeEndian.Uint32(mask[:])
+		out.SubnetPrefixlen = uint8(bits)
+	}
+	if c.Gateway.IsValid() {
+		if out.GatewayIp4, err = ip4(c.Gateway); err != nil {
+			return out, fmt.Errorf("config: gateway: %w", err)
+		}
+	}
+	if c.Events {
+		out.Flags |= flagEvents
+	}
+	if c.EnforceLoopback {
+		out.Flags |= flagEnforceLoopback
+	}
+	rate := uint64(c.EventRate)
+	if rate == 0 {
+		rate = DefaultEventRate
+	}
+	burst := uint64(c.EventBurst)
+	if burst == 0 {
+		burst = rate
+	}
+	out.EvIntervalNs = max(uint64(time.Second)/rate, 1)
+	out.EvBurstNs = out.EvIntervalNs * burst
+	return out, nil
+}
+
+func decodeConfig(v *bpf.EgressAgentCfg) Config {
+	c := Config{
+		Proxy:           netip.AddrPortFrom(fromIP4(v.ProxyIp4), fromBE16(v.ProxyPort)),
+		DNS:             netip.AddrPortFrom(fromIP4(v.DnsIp4), fromBE16(v.DnsPort)),
+		Events:          v.Flags&flagEvents != 0,
+		EnforceLoopback: v.Flags&flagEnforceLoopback != 0,
+	}
+	if v.SubnetPrefixlen > 0 {
+		c.Subnet = netip.PrefixFrom(fromIP4(v.SubnetIp4), int(v.SubnetPrefixlen))
+	}
+	if v.GatewayIp4 != 0 {
+		c.Gateway = fromIP4(v.GatewayIp4)
+	}
+	if v.EvIntervalNs > 0 {
+		c.EventRate = uint32(uint64(time.Second) / v.EvIntervalNs)
+		c.EventBurst = uint32(v.EvBurstNs / v.EvIntervalNs)
+	}
+	return c
+}
+
+// boottime returns CLOCK_BOOTTIME, the clock of bpf_ktime_get_boot_ns.
+func boottime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		panic(err) // cannot fail on Linux
+	}
+	return time.Duration(ts.Nano())
+}
+
+// Enroll starts enforcing cfg on the cgroup with this id (see CgroupID and
+// ContainerCgroup). Enrolling again replaces the config and clears any
+// bypass or disable.
+func (m *Manager) Enroll(cgroupID uint64, cfg Config) error {
+	v, err := cfg.encode()
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if err := m.objs.CgroupCfg.Put(cgroupID, &v); err != nil {
+		return fmt.Errorf("enroll cgroup %d: %w", cgroupID, err)
+	}
+	return nil
+}
+
+// Unenroll stops enforcing on the cgroup. Unenrolling a cgroup that is not
+// enrolled is not an error.
+func (m *Manager) Unenroll(cgroupID uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if err := m.objs.CgroupCfg.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll cgroup %d: %w", cgroupID, err)
+	}
+	if err := m.objs.Ratelimit.Delete(cgroupID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("unenroll cgroup %d: rate limiter: %w", cgroupID, err)
+	}
+	return nil
+}
+
+func (m *Manager) modify(cgroupID uint64, f func(*bpf.EgressAgentCfg)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	var v bpf.EgressAgentCfg
+	if err := m.objs.CgroupCfg.Lookup(cgroupID, &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("cgroup %d: %w", cgroupID, ErrNotEnrolled)
+		}
+		return err
+	}
+	f(&v)
+	if err := m.objs.CgroupCfg.Update(cgroupID, &v, ebpf.UpdateExist); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("cgroup %d: %w", cgroupID, ErrNotEnrolled)
+		}
+		return err
+	}
+	return nil
+}
+
+// Bypass lets the cgroup's traffic through untouched until the given time.
+// The expiry is checked by the programs themselves, so it ends on time even
+// when no control plane runs. A time in the past ends a bypass; one more
+// than MaxBypass ahead is refused.
+func (m *Manager) Bypass(cgroupID uint64, until time.Time) error {
+	d := time.Until(until)
+	if d > MaxBypass {
+		return fmt.Errorf("bypass of %v exceeds the maximum of %v", d.Round(time.Second), MaxBypass)
+	}
+	var deadline uint64
+	if d > 0 {
+		deadline = uint64(boottime() + d)
+	}
+	return m.modify(cgroupID, func(v *bpf.EgressAgentCfg) { v.BypassUntilNs = deadline })
+}
+
+// Disable is a bypass without expiry.
+func (m *Manager) Disable(cgroupID uint64) error {
+	return m.modify(cgroupID, func(v *bpf.EgressAgentCfg) { v.Flags |= flagDisabled })
+}
+
+// Enable clears Disable and any bypass.
+func (m *Manager) Enable(cgroupID uint64) error {
+	return m.modify(cgroupID, func(v *bpf.EgressAgentCfg) {
+		v.Flags &^= flagDisabled
+		v.BypassUntilNs = 0
+	})
+}
+
+// Enrolled lists every enrolled cgroup as the programs see it.
+func (m *Manager) Enrolled() ([]Enrollment, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	now := boottime()
+	wall := time.Now()
+	var (
+		out []Enrollment
+		id  uint64
+		v   bpf.EgressAgentCfg
+	)
+	it := m.objs.CgroupCfg.Iterate()
+	for it.Next(&id, &v) {
+		e := Enrollment{CgroupID: id, Config: decodeConfig(&v), Disabled: v.Flags&flagDisabled != 0}
+		if until := time.Duration(v.BypassUntilNs); until > now {
+			e.BypassUntil = wall.Add(until - now)
+		}
+		out = append(out, e)
+	}
+	return out, it.Err()
+}
+
+// SetIdentity records that ip (IPv4) belongs to identity id. Routes are
+// looked up by (identity, port, protocol).
+func (m *Manager) SetIdentity(ip netip.Addr, id uint32) error {
+	k, err := ip4(ip)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	return m.objs.IpIdentity.Put(k, id)
+}
+
+// DeleteIdentity forgets ip. Forgetting an unknown address is not an error.
+func (m *Manager) DeleteIdentity(ip netip.Addr) error {
+	k, err := ip4(ip)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if err := m.objs.IpIdentity.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Stats are the programs' counters, summed over CPUs.
+type Stats struct {
+	ReserveFailures uint64 // events lost because the ring was full
+	RateLimited     uint64 // events dropped by the per-cgroup rate limit
+	Events          uint64 // events submitted
+	Allowed         uint64 // decisions that passed untouched
+	Redirected      uint64 // decisions that rewrote the destination
+	Denied          uint64 // decisions that returned EPERM
+}
+
+// Stats reads the counters.
+func (m *Manager) Stats() (Stats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return Stats{}, ErrClosed
+	}
+	var s Stats
+	for i, dst := range []*uint64{&s.ReserveFailures, &s.RateLimited, &s.Events, &s.Allowed, &s.Redirected, &s.Denied} {
+		var per []uint64
+		if err := m.objs.Stats.Lookup(uint32(i), &per); err != nil {
+			return Stats{}, fmt.Errorf("read stats: %w", err)
+		}
+		for _, v := range per {
+			*dst += v
+		}
+	}
+	return s, nil
+}
