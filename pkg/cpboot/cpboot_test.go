@@ -178,11 +178,10 @@ func TestBundleWithoutCP(t *testing.T) {
 // cptest.BuildClawkerWithCP) it has clawker-cp, without them it says how to
 // build.
 func TestEmbedded(t *testing.T) {
+	// What counts is what was embedded when this test binary was compiled,
+	// not what embedded/ holds now: other packages' tests copy binaries in.
 	b, err := Embedded()
-	if _, statErr := os.Stat(filepath.Join("embedded", CPBinary)); statErr != nil {
-		if !errors.Is(err, ErrNotEmbedded) {
-			t.Fatalf("no embedded/%s, yet Embedded() = %v, %v", CPBinary, b, err)
-		}
+	if errors.Is(err, ErrNotEmbedded) {
 		return
 	}
 	if err != nil || !b.Has(CPBinary) {

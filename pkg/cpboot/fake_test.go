@@ -109,7 +109,7 @@ func TestFastPathForeignControlPlane(t *testing.T) {
 }
 
 func TestEnsureRunningWithoutEmbeddedCP(t *testing.T) {
-	if _, err := os.Stat(filepath.Join("embedded", CPBinary)); err == nil {
+	if _, err := Embedded(); err == nil {
 		t.Skip("this build embeds clawker-cp")
 	}
 	s, p := testSettingsPaths(t)
