@@ -407,6 +407,11 @@ func TestSessionDispatch(t *testing.T) {
 	d.WaitFor(t, waitShort, "the user command to create the marker", func() (bool, string) {
 		return fileExists(marker), ""
 	})
+	// clawkerd's log reaches us through a pipe, and it logs the start after
+	// the exec: the marker can be there before the line is.
+	d.WaitFor(t, waitShort, "clawkerd to log agent_command_started", func() (bool, string) {
+		return eventIndex(d.Lines(), "agent_command_started") >= 0, ""
+	})
 	lines := d.Lines()
 	est, started := eventIndex(lines, "session_established"), eventIndex(lines, "agent_command_started")
 	if est < 0 || started < 0 || started < est {
