@@ -2,12 +2,9 @@ package clawkercli
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -39,22 +36,10 @@ func state(c *cli.Context, env Env) error {
 	if err := ensureCP(c.Context, env); err != nil {
 		return err
 	}
-	base := healthBase(s)
-	resp, err := httpClient.Get(base + "/debug/state")
-	if err != nil {
-		return fmt.Errorf("the control plane is not running (nothing answers at %s); start it with `clawker controlplane up`", base)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("reading /debug/state: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("/debug/state answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
 	var st cpapi.WorldState
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("/debug/state: unreadable answer: %w", err)
+	body, err := getDebug(healthBase(s), "/debug/state", &st)
+	if err != nil {
+		return err
 	}
 	if asJSON {
 		// The CP's own JSON, untouched: fields this CLI does not know

@@ -26,22 +26,9 @@ func tree(c *cli.Context, env Env) error {
 	if err := ensureCP(c.Context, env); err != nil {
 		return err
 	}
-	base := healthBase(s)
-	resp, err := httpClient.Get(base + "/debug/actors")
-	if err != nil {
-		return fmt.Errorf("the control plane is not running (nothing answers at %s); start it with `clawker controlplane up`", base)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return fmt.Errorf("reading /debug/actors: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("/debug/actors answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
 	var root cpapi.ActorNode
-	if err := json.Unmarshal(body, &root); err != nil {
-		return fmt.Errorf("/debug/actors: unreadable answer: %w", err)
+	if _, err := getDebug(healthBase(s), "/debug/actors", &root); err != nil {
+		return err
 	}
 	if asJSON {
 		enc := json.NewEncoder(env.Stdout)
@@ -89,4 +76,25 @@ func oneLine(s string) string {
 		s = string(r[:77]) + "..."
 	}
 	return s
+}
+
+// getDebug GETs one of the health port's debug endpoints, decodes its JSON
+// into v and returns the raw body as well.
+func getDebug(base, path string, v interface{}) ([]byte, error) {
+	resp, err := httpClient.Get(base + path)
+	if err != nil {
+		return nil, fmt.Errorf("the control plane is not running (nothing answers at %s); start it with `clawker controlplane up`", base)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s answered %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		return nil, fmt.Errorf("%s: unreadable answer: %w", path, err)
+	}
+	return body, nil
 }
