@@ -144,6 +144,12 @@ func build(pkg string) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(sub, binaryName(pkg))
+	return out, goBuild(goBin, root, out, pkg)
+}
+
+// goBuild builds the static binary of pkg at out, from the module root,
+// bounded by BuildTimeout.
+func goBuild(goBin, root, out, pkg string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), BuildTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
@@ -153,11 +159,11 @@ func build(pkg string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return "", fmt.Errorf("go build did not finish within %s: %s", BuildTimeout, outBuf.String())
+			return fmt.Errorf("go build did not finish within %s: %s", BuildTimeout, outBuf.String())
 		}
-		return "", fmt.Errorf("go build: %w\n%s", err, outBuf.String())
+		return fmt.Errorf("go build: %w\n%s", err, outBuf.String())
 	}
-	return out, nil
+	return nil
 }
 
 // goTool finds the go command: the one on PATH, else the one of GOROOT.

@@ -2,13 +2,11 @@ package cptest
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -81,20 +79,7 @@ func buildEmbedding(bins map[string]string) (string, error) {
 		return "", err
 	}
 	out := filepath.Join(sub, binaryName(embedCLIPkg))
-	ctx, cancel := context.WithTimeout(context.Background(), BuildTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, embedCLIPkg)
-	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	var outBuf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &outBuf, &outBuf
-	if err := cmd.Run(); err != nil {
-		if ctx.Err() != nil {
-			return "", fmt.Errorf("go build did not finish within %s: %s", BuildTimeout, outBuf.String())
-		}
-		return "", fmt.Errorf("go build: %w\n%s", err, outBuf.String())
-	}
-	return out, nil
+	return out, goBuild(goBin, root, out, embedCLIPkg)
 }
 
 // installFile puts a copy of src at dst: written to a temporary file in
