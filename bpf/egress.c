@@ -12,10 +12,12 @@
 // Byte order: every address and port stored in a map is in network byte order,
 // exactly as the kernel hands it to the program, so the hot path never swaps.
 //
-// Map schemas are part of the pinned state a restarted control plane adopts:
-// change a struct only by using its reserved bytes, or the loader will see an
-// incompatible map (pkg/egress checks sizes and refuses, keeping the old
-// programs enforcing).
+// Map schemas are part of the pinned state a restarted control plane adopts.
+// A changed struct makes the loader migrate the map: it copies the entries
+// member by member, by field name through BTF, before switching the links
+// (pkg/egress/migrate.go). Removing a member is allowed only while every
+// entry holds zero there; renaming one is a removal plus an addition. What
+// cannot be translated is refused, and the old programs keep enforcing.
 
 #include <linux/bpf.h>
 #include <linux/in.h>

@@ -3,7 +3,8 @@
 //
 // Lifetime: Open loads the programs and re-adopts whatever an earlier
 // process pinned under the pin dir (maps whose schema still matches, links,
-// which are switched to the freshly loaded programs in place). AttachCgroup
+// which are switched to the freshly loaded programs in place; maps of
+// another layout are migrated, see migrate.go). AttachCgroup
 // attaches every program to a cgroup with multi-attach links and pins them.
 // Close releases this process's file descriptors and keeps the pins, so
 // enforcement continues without a control plane; FlushAll detaches every
@@ -15,6 +16,7 @@
 // Layout under the pin dir:
 //
 //	maps/<name>           cgroup_cfg, ip_identity, routes, events, stats, ratelimit, sk_dns
+//	maps/<name>-new       a migrated map for an instant, before it is renamed over <name>
 //	links/<cgid>-<prog>   one bpf_link per program and attached cgroup
 package egress
 
@@ -81,6 +83,7 @@ type Manager struct {
 	progs    map[string]*ebpf.Program
 	links    map[string]link.Link // by pin name <cgid>-<prog>
 	reused   []string             // maps adopted from pins
+	migrated []Migration          // maps replaced because their layout changed
 	reader   *ringbuf.Reader      // the Events reader, while one runs
 	readerWG sync.WaitGroup
 	closed   bool
@@ -91,7 +94,13 @@ type Manager struct {
 // not mounted, and refuses a pinDir that is not on bpffs.
 //
 // Pinned maps are reused when their type, key, value, size and flags match
-// this build; if one does not, Open fails with an error wrapping
+// this build (and, for the maps that carry state, their BTF layout: member
+// names and offsets). One that does not is migrated without a gap (see migrate.go
+// and Migrated): cgroup_cfg, ip_identity and routes are copied into maps of
+// this build's layout before the links switch to the new programs, the
+// other maps start fresh, and the new maps' pins replace the old ones only
+// after the switch. When a state-carrying map cannot be migrated (no BTF,
+// or a value that does not translate), Open fails with an error wrapping
 // ebpf.ErrMapIncompatible and changes nothing, so the programs of the
 // earlier generation keep enforcing. Pinned links are switched to the new
 // programs atomically (no instant without a program); links whose cgroup
@@ -167,6 +176,7 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 			r.Close() // the collection holds its own clones
 		}
 	}()
+	replacePins := map[string]bool{} // pinned, but this generation's map takes over after the link switch
 	for _, name := range pinnedMaps {
 		p := filepath.Join(m.mapsDir, name)
 		pm, err := ebpf.LoadPinnedMap(p, nil)
@@ -176,16 +186,30 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("open pinned map %s: %w", p, err)
 		}
-		replacements[name] = pm
-		if err := m.spec.Maps[name].Compatible(pm); err != nil {
-			return nil, fmt.Errorf("pinned map %s is from an incompatible build (left in place, the old programs keep enforcing): %w", p, err)
+		incompatible := m.compatible(name, pm)
+		if incompatible == nil {
+			replacements[name] = pm
+			m.reused = append(m.reused, name)
+			continue
 		}
-		if name == bpf.EgressMapRoutes {
-			if err := m.checkRouteTable(pm); err != nil {
-				return nil, fmt.Errorf("pinned map %s is from an incompatible build (left in place, the old programs keep enforcing): %w", p, err)
+		if !errors.Is(incompatible, ebpf.ErrMapIncompatible) {
+			pm.Close()
+			return nil, fmt.Errorf("pinned map %s: %w", p, incompatible) // could not even tell
+		}
+		replacePins[name] = true
+		mig := Migration{Map: name, Reason: incompatible.Error(), Fresh: !migratedMaps[name]}
+		if migratedMaps[name] {
+			nm, n, err := m.migrate(name, pm)
+			if err != nil {
+				pm.Close()
+				return nil, fmt.Errorf("pinned map %s is from an incompatible build and cannot be migrated (left in place, the old programs keep enforcing): %w: %w",
+					p, incompatible, err)
 			}
+			replacements[name] = nm
+			mig.Copied = n
 		}
-		m.reused = append(m.reused, name)
+		pm.Close()
+		m.migrated = append(m.migrated, mig)
 	}
 
 	if err := m.spec.LoadAndAssign(&m.objs, &ebpf.CollectionOptions{MapReplacements: replacements}); err != nil {
@@ -211,7 +235,7 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 
 	// Pin the maps this generation created before any link can use them.
 	for _, name := range pinnedMaps {
-		if _, ok := replacements[name]; ok {
+		if _, ok := replacements[name]; ok || replacePins[name] {
 			continue
 		}
 		mp := m.mapByName(name)
@@ -224,11 +248,26 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 
 	if err := m.adoptLinks(); err != nil {
 		// Links already switched reference these maps: keep the map pins.
+		// Migrated maps stay unpinned: the next Open migrates again from
+		// the old pins, which still hold the same entries.
 		if len(m.links) > 0 {
 			undo = nil
 			m.closeLocked()
 		}
 		return nil, err
+	}
+
+	// Every link runs the new programs now: the old maps are no longer in
+	// use, so their pins can give way.
+	for _, name := range pinnedMaps {
+		if !replacePins[name] {
+			continue
+		}
+		if err := replacePin(filepath.Join(m.mapsDir, name), m.mapByName(name)); err != nil {
+			undo = nil // the links use these maps: keep them
+			m.closeLocked()
+			return nil, err
+		}
 	}
 	return m, nil
 }
@@ -333,9 +372,15 @@ func defunct(l link.Link) bool {
 	return cg != nil && cg.CgroupId == 0
 }
 
-// Reused reports which maps Open adopted from pins (the rest are new).
+// Reused reports which maps Open adopted from pins as they were.
 func (m *Manager) Reused() []string {
 	return append([]string(nil), m.reused...)
+}
+
+// Migrated reports which pinned maps Open replaced because their layout
+// was not this build's, and what it carried over.
+func (m *Manager) Migrated() []Migration {
+	return append([]Migration(nil), m.migrated...)
 }
 
 // PinDir is the directory the Manager pins under.
@@ -540,8 +585,8 @@ func FlushPins(pinDir string) error {
 		errs = append(errs, err)
 	}
 	for _, name := range pinnedMaps {
-		if err := os.Remove(filepath.Join(mapsDir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
+		for _, p := range []string{name, name + stagingSuffix} {
+			errs = append(errs, unlinkPin(filepath.Join(mapsDir, p)))
 		}
 	}
 	for _, d := range []string{linksDir, mapsDir, pinDir} {

@@ -1,12 +1,14 @@
 package egress
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,12 +32,21 @@ const helperEnv = "CLAWKER_EGRESS_HELPER"
 type helperOp struct {
 	Cgroup string        `json:"cgroup"`
 	UID    int           `json:"uid"`
-	Op     string        `json:"op"` // tcp, udp-sendto, udp-connect, raw, udp-burst, udp-connect-loop
+	Op     string        `json:"op"` // tcp, udp-sendto, udp-connect, raw, udp-burst, udp-connect-loop, probe-loop
 	Addr   string        `json:"addr,omitempty"`
 	Token  string        `json:"token,omitempty"`
 	Reply  bool          `json:"reply,omitempty"` // wait for a UDP reply
 	N      int           `json:"n,omitempty"`
 	For    time.Duration `json:"for,omitempty"`
+	Probes []probe       `json:"probes,omitempty"` // probe-loop
+}
+
+// probe is one operation of a probe-loop: "tcp" (connect, outcome: the
+// peer getpeername reports, or the errno) or "udp-sendto" (outcome "sent" or
+// the errno).
+type probe struct {
+	Op   string `json:"op"`
+	Addr string `json:"addr"`
 }
 
 type helperResult struct {
@@ -46,6 +58,8 @@ type helperResult struct {
 	Count int    `json:"count,omitempty"`
 	Fails int    `json:"fails,omitempty"`
 	PID   int    `json:"pid"`
+	// probe-loop: how often each "<probe index> <outcome>" was seen.
+	Outcomes map[string]int `json:"outcomes,omitempty"`
 }
 
 func TestMain(m *testing.M) {
@@ -250,8 +264,75 @@ func helperDo(op helperOp) helperResult {
 			}
 		}
 		return res
+
+	case "probe-loop":
+		return probeLoop(op)
 	}
 	return fail(&res, fmt.Errorf("unknown op %q", op.Op))
+}
+
+// probeLoop runs op.Probes round after round, printing "ready" after the
+// first round, until stdin is closed.
+func probeLoop(op helperOp) helperResult {
+	res := helperResult{Outcomes: map[string]int{}}
+	var stop atomic.Bool
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		stop.Store(true)
+	}()
+	addrs := make([]netip.AddrPort, len(op.Probes))
+	for i, p := range op.Probes {
+		var err error
+		if addrs[i], err = netip.ParseAddrPort(p.Addr); err != nil {
+			return fail(&res, err)
+		}
+	}
+	for !stop.Load() {
+		for i, p := range op.Probes {
+			res.Outcomes[fmt.Sprintf("%d %s", i, probeOnce(p.Op, addrs[i]))]++
+		}
+		if res.Count++; res.Count == 1 {
+			fmt.Println("ready")
+		}
+	}
+	return res
+}
+
+func probeOnce(op string, ap netip.AddrPort) string {
+	family, sa := sockaddr(ap)
+	typ := unix.SOCK_STREAM
+	if op == "udp-sendto" {
+		typ = unix.SOCK_DGRAM
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return "socket " + errnoOf(err)
+	}
+	defer unix.Close(fd)
+	if op == "udp-sendto" {
+		if err := unix.Sendto(fd, []byte("probe"), 0, sa); err != nil {
+			return errnoOf(err)
+		}
+		return "sent"
+	}
+	// Reset on close: thousands of connections must not sit in TIME_WAIT.
+	_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	if err := unix.Connect(fd, sa); err != nil {
+		return errnoOf(err)
+	}
+	peer, err := unix.Getpeername(fd)
+	if err != nil {
+		return "getpeername " + errnoOf(err)
+	}
+	return "peer " + sockaddrString(peer)
+}
+
+func errnoOf(err error) string {
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		return errnoName(int(errno))
+	}
+	return err.Error()
 }
 
 // runHelper runs op in a helper process inside op.Cgroup.
@@ -275,6 +356,66 @@ func runInCgroup(t testing.TB, op helperOp) helperResult {
 		t.Fatalf("helper %+v: output %q: %v", op, out, err)
 	}
 	return res
+}
+
+// loopInCgroup starts a probe-loop helper in op.Cgroup and returns once it
+// has run one round; stop ends it and returns what it saw.
+func loopInCgroup(t testing.TB, op helperOp) (stop func() helperResult) {
+	t.Helper()
+	op.Op = "probe-loop"
+	spec, err := json.Marshal(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec), "GORACE=atexit_sleep_ms=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var res helperResult
+	var runErr error
+	finish := func() {
+		once.Do(func() {
+			stdin.Close()
+			rest, err := io.ReadAll(stdout)
+			if werr := cmd.Wait(); werr != nil {
+				runErr = fmt.Errorf("%v: %s", werr, stderr.String())
+				return
+			}
+			if err == nil {
+				err = json.Unmarshal(rest, &res)
+			}
+			if err != nil {
+				runErr = fmt.Errorf("output %q: %v", rest, err)
+			}
+		})
+	}
+	t.Cleanup(finish) // never leave the helper running
+	br := bufio.NewReader(stdout)
+	if line, err := br.ReadString('\n'); err != nil || line != "ready\n" {
+		finish()
+		t.Fatalf("probe loop did not start: %q %v %v", line, err, runErr)
+	}
+	stdout = io.NopCloser(br)
+	return func() helperResult {
+		t.Helper()
+		finish()
+		if runErr != nil {
+			t.Fatalf("probe loop: %v", runErr)
+		}
+		return res
+	}
 }
 
 // requirePrivileged skips (or, under CI=true, fails) a test that needs

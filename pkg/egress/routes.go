@@ -65,6 +65,9 @@ func (m *Manager) checkRouteTable(outer *ebpf.Map) error {
 		return fmt.Errorf("route table: %v key %d value %d, want %v key %d value %d: %w",
 			inner.Type(), inner.KeySize(), inner.ValueSize(), spec.Type, spec.KeySize, spec.ValueSize, ebpf.ErrMapIncompatible)
 	}
+	if err := sameBTFLayout(inner, spec); err != nil {
+		return fmt.Errorf("route table: %w", err)
+	}
 	return nil
 }
 
@@ -120,11 +123,9 @@ func (m *Manager) swapRoutes(routes []Route) error {
 		vals[i] = bpf.EgressRouteVal{Port: be16(r.ListenerPort)}
 	}
 
-	spec := m.spec.Maps[bpf.EgressMapRoutes].InnerMap.Copy()
-	spec.Name = "route_table"
-	table, err := ebpf.NewMap(spec)
+	table, err := m.newRouteTable()
 	if err != nil {
-		return fmt.Errorf("create route table: %w", err)
+		return err
 	}
 	defer table.Close() // the outer map keeps its own reference
 	if len(routes) > 0 {
@@ -143,6 +144,17 @@ func (m *Manager) swapRoutes(routes []Route) error {
 		return fmt.Errorf("install route table: %w", err)
 	}
 	return nil
+}
+
+// newRouteTable creates an empty inner map for the routes slot.
+func (m *Manager) newRouteTable() (*ebpf.Map, error) {
+	spec := m.spec.Maps[bpf.EgressMapRoutes].InnerMap.Copy()
+	spec.Name = "route_table"
+	table, err := ebpf.NewMap(spec)
+	if err != nil {
+		return nil, fmt.Errorf("create route table: %w", err)
+	}
+	return table, nil
 }
 
 // Routes reads the route set the programs use now.
