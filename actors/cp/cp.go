@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -19,6 +21,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/dockerfeed"
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall"
+	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/actors/health"
 	"github.com/clawker/clawker-cp/actors/netlogger"
@@ -27,6 +30,8 @@ import (
 	"github.com/clawker/clawker-cp/actors/root"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/actors/watcher"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/logging"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -44,6 +49,17 @@ type Options struct {
 	DebugFaults bool
 	// HoldReady delays the ready declaration (tests only).
 	HoldReady time.Duration
+	// PinDir is where the eBPF state is pinned; "" means
+	// egress.DefaultPinDir. Tests give each CP its own.
+	PinDir string
+	// NoMount forbids mounting bpffs: set inside the container, where only
+	// the host's bpffs bind-mounted at /sys/fs/bpf keeps pins alive.
+	NoMount bool
+	// Network is the agents' network; "" means clawker-net.
+	Network string
+	// SystemClock is the clock the AdminService's GetSystemTime reports;
+	// nil means time.Now. Tests skew it (CLAWKER_CP_DEBUG_CLOCK_SKEW).
+	SystemClock func() time.Time
 }
 
 // DrainSteps is the ordered drain: each step and the child that owns it.
@@ -56,6 +72,10 @@ var DrainSteps = []root.Step{
 	{Name: supervise.StepDNSGCStop, Target: "firewall"},
 	{Name: supervise.StepEBPFFlush, Target: "ebpf"},
 }
+
+// stackWait bounds how long start-up waits for the firewall stack's members
+// to answer: they are adopted, already running, not started by us.
+const stackWait = 3 * time.Second
 
 // livenessTimeout bounds how long an actor may take to answer Ping before
 // its probe fails.
@@ -120,6 +140,14 @@ func Start(opts Options) (*Instance, error) {
 	// by its name, and survives restarts.
 	pidOf := func(name string) *actor.PID { return actor.NewPID(sys.Address(), root.Name+"/"+name) }
 	bind := func(port int) string { return net.JoinHostPort(opts.BindHost, strconv.Itoa(port)) }
+	pinDir := opts.PinDir
+	if pinDir == "" {
+		pinDir = egress.DefaultPinDir
+	}
+	agentNet := &networkInfo{name: opts.Network}
+	if agentNet.name == "" {
+		agentNet.name = dockerx.NetworkName
+	}
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
@@ -135,8 +163,13 @@ func Start(opts Options) (*Instance, error) {
 			Path: opts.Paths.RegistryDB, FlushInterval: s.ControlPlane.Sessions.LastSeenFlush, OpTimeout: 10 * time.Second,
 			Log: log.With(zap.String("actor", "registry")),
 		}))},
-		{Name: "ebpf", Props: props(ebpf.New())},
-		{Name: "firewall", Props: props(firewall.New(firewall.Config{Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout}))},
+		{Name: "ebpf", Props: props(ebpf.New(ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, log.With(zap.String("actor", "ebpf")))))},
+		{Name: "firewall", Props: props(firewall.New(firewall.Config{
+			Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout,
+			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), Network: agentNet.resolve, ProxyPort: uint16(s.Firewall.ProxyPort),
+			StackWait: stackWait, OpTimeout: 5 * time.Second,
+			Log: log.With(zap.String("actor", "firewall")),
+		}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
 		// Docker is optional for both: unreachable, they log it, report
 		// Ready and keep retrying. Each owns its own client.
@@ -153,7 +186,8 @@ func Start(opts Options) (*Instance, error) {
 		{Name: "grpc", Props: props(grpc.New(grpc.Config{
 			Tree: tree, Intensity: in, BindHost: opts.BindHost,
 			AgentPort: s.ControlPlane.AgentPort, AdminPort: s.ControlPlane.AdminPort, AuthDir: opts.Paths.CPAuthDir,
-			Registry: pidOf("registry"), Overseer: pidOf("overseer"),
+			Registry: pidOf("registry"), Overseer: pidOf("overseer"), Enforce: s.Firewall.Enable,
+			Firewall: pidOf("firewall"), Now: opts.SystemClock,
 			Heartbeat: s.ControlPlane.Sessions.Heartbeat, RequestTimeout: 5 * time.Second, StopTimeout: stepTimeout * 8 / 10,
 			Log: log.With(zap.String("actor", "grpc")),
 		}))},
@@ -171,6 +205,24 @@ func Start(opts Options) (*Instance, error) {
 		}},
 		portProbe("agent_port", s.ControlPlane.AgentPort),
 		portProbe("admin_port", s.ControlPlane.AdminPort),
+	}
+	if s.Firewall.Enable {
+		resources = append(resources, health.Probe{Name: "firewall_stack", Check: func(ctx context.Context) error {
+			subnet, gw, err := agentNet.resolve(ctx)
+			if err != nil {
+				return err
+			}
+			members, err := firewall.Members(subnet, gw, uint16(s.Firewall.ProxyPort))
+			if err != nil {
+				return err
+			}
+			for _, m := range members {
+				if err := stack.Check(ctx, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		}})
 	}
 
 	// handOver gives the health actor its probes: every subsystem's liveness
@@ -231,6 +283,35 @@ func Start(opts Options) (*Instance, error) {
 // portProbe checks that something accepts TCP connections on the port on
 // loopback (where the CP's listeners are reachable in a container and on a
 // host alike).
+// networkInfo resolves the agent network's subnet and gateway through
+// Docker once, then answers from memory: the network cannot change under a
+// running control plane (its addresses are fixed in every enrollment).
+type networkInfo struct {
+	name   string
+	mu     sync.Mutex
+	subnet netip.Prefix
+	gw     netip.Addr
+}
+
+func (n *networkInfo) resolve(ctx context.Context) (netip.Prefix, netip.Addr, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.subnet.IsValid() {
+		return n.subnet, n.gw, nil
+	}
+	c, err := dockerx.New("")
+	if err != nil {
+		return netip.Prefix{}, netip.Addr{}, err
+	}
+	defer c.Close()
+	subnet, gw, err := dockerx.NetworkIPv4(ctx, c, n.name)
+	if err != nil {
+		return netip.Prefix{}, netip.Addr{}, err
+	}
+	n.subnet, n.gw = subnet, gw
+	return subnet, gw, nil
+}
+
 func portProbe(name string, port int) health.Probe {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	return health.Probe{Name: name, Check: func(ctx context.Context) error {

@@ -1,31 +1,388 @@
-// Package ebpf is the single owner of every BPF object clawker creates. Its
-// drain step, ebpf_flush, is the last of the chain: it detaches links and
-// removes pins. No programs are loaded yet, so the flush has nothing to undo
-// and says so rather than pretending.
+// Package ebpf is the single owner of every BPF object clawker creates: it
+// loads the egress programs (pkg/egress), re-adopts what an earlier control
+// plane pinned, attaches the programs to agent cgroups, keeps each agent's
+// enrollment, and at the last drain step, ebpf_flush, detaches every link
+// and removes every pin.
+//
+// It acts only on orders from the firewall actor, whose mailbox serialises
+// them; it never decides policy itself. Every call into the kernel is a
+// map update or a link syscall (microseconds to a millisecond), so it runs
+// inline in the mailbox.
+//
+// Enforcement is per container cgroup: the programs are attached to the
+// container's own cgroup, never to a parent shared with containers clawker
+// does not manage. A restarted container has a new cgroup (and id), so
+// Enforce re-derives it every time and retires the old one.
 package ebpf
 
 import (
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"time"
+
 	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/egress"
 )
 
+// Programs is what the actor needs of a loaded egress generation;
+// *egress.Manager implements it.
+type Programs interface {
+	AttachCgroup(path string) error
+	DetachCgroupID(cgid uint64) error
+	Attached() []uint64
+	Enroll(cgid uint64, cfg egress.Config) error
+	Unenroll(cgid uint64) error
+	Enrolled() ([]egress.Enrollment, error)
+	Bypass(cgid uint64, until time.Time) error
+	Disable(cgid uint64) error
+	Enable(cgid uint64) error
+	SyncRoutes(routes []egress.Route) error
+	Routes() ([]egress.Route, error)
+	Reused() []string
+	Migrated() []egress.Migration
+	Close() error
+	FlushAll() error
+}
+
+// Config wires the eBPF owner.
+type Config struct {
+	// Enable is settings' firewall.enable: without it nothing is loaded.
+	Enable bool
+	// PinDir is where the pins live (egress.DefaultPinDir in production).
+	PinDir string
+	// Open loads the programs and adopts the pins under PinDir.
+	Open func() (Programs, error)
+	// CgroupOf resolves a container's cgroup v2 directory and id.
+	CgroupOf func(containerID string) (path string, id uint64, err error)
+	// FlushPins removes what an earlier generation pinned under PinDir,
+	// for a CP that did not load programs itself (firewall disabled).
+	FlushPins func() error
+	Log       *zap.Logger
+}
+
+// Production returns the Config hooks backed by pkg/egress. noMount is set
+// in a container, where mounting bpffs would give pins that die with it.
+func Production(enable bool, pinDir string, noMount bool, log *zap.Logger) Config {
+	return Config{
+		Enable: enable,
+		PinDir: pinDir,
+		Open: func() (Programs, error) {
+			m, err := egress.OpenWith(pinDir, egress.Options{NoMount: noMount})
+			if err != nil {
+				return nil, err
+			}
+			return m, nil
+		},
+		CgroupOf:  egress.ContainerCgroup,
+		FlushPins: func() error { return egress.FlushPins(pinDir) },
+		Log:       log,
+	}
+}
+
+// The orders. Each is answered with the result type named beside it.
+
+// Enforce attaches the programs to the container's current cgroup and
+// enrolls it with Config. Already enforced on the same cgroup: nothing
+// changes (a bypass or disable in force stays). Answered with *Enforced.
+type Enforce struct {
+	ContainerID string
+	Config      egress.Config
+}
+
+// Enforced answers Enforce.
+type Enforced struct {
+	CgroupID uint64
+	// Retired is the container's previous cgroup, removed because the
+	// container restarted (0 if none).
+	Retired uint64
+	Err     error
+}
+
+// Release stops enforcing a container that stopped or was removed: its
+// enrollment and links go. Answered with *Done.
+type Release struct{ ContainerID string }
+
+// SetBypass lets the container through until Until (zero ends a bypass).
+// Answered with *Done.
+type SetBypass struct {
+	ContainerID string
+	Until       time.Time
+}
+
+// SetDisabled disables (a bypass without expiry) or re-enables a container;
+// re-enabling also ends a bypass. Answered with *Done.
+type SetDisabled struct {
+	ContainerID string
+	Disabled    bool
+}
+
+// SyncRoutes swaps the route set. Answered with *Done.
+type SyncRoutes struct{ Routes []egress.Route }
+
+// Done answers Release, SetBypass, SetDisabled and SyncRoutes.
+type Done struct{ Err error }
+
+// GetState asks for what the programs enforce; answered with *State.
+type GetState struct{}
+
+// State answers GetState.
+type State struct {
+	Loaded bool
+	// Agents maps container id to its enrollment, sorted by container id.
+	Agents []AgentState
+	Routes int
+	Err    error
+}
+
+// AgentState is one enforced container.
+type AgentState struct {
+	ContainerID string
+	Enrollment  egress.Enrollment
+}
+
+// ErrNotLoaded answers orders when no programs are loaded (firewall
+// disabled, or the programs became unavailable).
+var ErrNotLoaded = errors.New("no eBPF programs loaded")
+
+// ErrNotEnforced answers an order about a container that is not enforced.
+var ErrNotEnforced = errors.New("container is not enforced")
+
 // Actor is the eBPF owner.
-type Actor struct{}
+type Actor struct {
+	cfg   Config
+	progs Programs
+	// cgroups maps an enforced container to its cgroup id: the one fact
+	// the BPF maps do not hold. Rebuilt after a CP restart by the Enforce
+	// orders that follow Docker's initial listing.
+	cgroups map[string]uint64
+	flushed bool
+}
 
 // New returns a producer of fresh eBPF owners.
-func New() actor.Producer { return func() actor.Actor { return &Actor{} } }
+func New(cfg Config) actor.Producer {
+	return func() actor.Actor { return &Actor{cfg: cfg, cgroups: map[string]uint64{}} }
+}
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		supervise.ReportReady(ctx, nil)
+		supervise.ReportReady(ctx, a.start())
+	case *actor.Restarting, *actor.Stopping:
+		// Close keeps every pin: enforcement goes on without us.
+		if a.progs != nil {
+			_ = a.progs.Close()
+			a.progs = nil
+		}
+	case *Enforce:
+		ctx.Respond(a.enforce(m))
+	case *Release:
+		ctx.Respond(&Done{Err: a.release(m.ContainerID)})
+	case *SetBypass:
+		ctx.Respond(&Done{Err: a.onContainer(m.ContainerID, func(cgid uint64) error { return a.progs.Bypass(cgid, m.Until) })})
+	case *SetDisabled:
+		ctx.Respond(&Done{Err: a.onContainer(m.ContainerID, func(cgid uint64) error {
+			if m.Disabled {
+				return a.progs.Disable(cgid)
+			}
+			return a.progs.Enable(cgid)
+		})})
+	case *SyncRoutes:
+		err := ErrNotLoaded
+		if a.progs != nil {
+			err = a.progs.SyncRoutes(m.Routes)
+		}
+		ctx.Respond(&Done{Err: err})
+	case *GetState:
+		ctx.Respond(a.state())
 	case *supervise.DrainStep:
 		if m.Step != supervise.StepEBPFFlush {
 			supervise.RefuseStep(ctx, m)
 			return
 		}
-		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no BPF programs loaded, nothing pinned")
+		outcome, detail := a.flush()
+		supervise.AnswerStep(ctx, m.Step, outcome, detail)
 	}
+}
+
+func (a *Actor) start() error {
+	log := a.cfg.Log
+	if !a.cfg.Enable {
+		if _, err := os.Stat(a.cfg.PinDir); err == nil {
+			log.Warn("eBPF state of an earlier control plane is still pinned; the firewall is disabled, so it is left as it is until this control plane drains",
+				zap.String("event", "ebpf_stale_pins"), zap.String("pin_dir", a.cfg.PinDir))
+		}
+		log.Info("firewall disabled: no eBPF programs loaded", zap.String("event", "ebpf_disabled"))
+		return nil
+	}
+	progs, err := a.cfg.Open()
+	if err != nil {
+		return fmt.Errorf("loading the eBPF egress programs (pin dir %s): %w", a.cfg.PinDir, err)
+	}
+	a.progs = progs
+	enrolled, err := progs.Enrolled()
+	if err != nil {
+		return fmt.Errorf("reading the pinned enrollments: %w", err)
+	}
+	// An enrollment whose cgroup lost its links belongs to a cgroup that is
+	// gone (Open unpins the links of removed cgroups): retire it.
+	attached := map[uint64]bool{}
+	for _, id := range progs.Attached() {
+		attached[id] = true
+	}
+	retired := 0
+	for _, e := range enrolled {
+		if !attached[e.CgroupID] {
+			if err := progs.Unenroll(e.CgroupID); err != nil {
+				return fmt.Errorf("retiring the enrollment of removed cgroup %d: %w", e.CgroupID, err)
+			}
+			retired++
+		}
+	}
+	for _, mg := range progs.Migrated() {
+		log.Warn("pinned map of an earlier build migrated", zap.String("event", "ebpf_map_migrated"), zap.String("map", mg.Map),
+			zap.String("reason", mg.Reason), zap.Int("copied", mg.Copied), zap.Bool("fresh", mg.Fresh))
+	}
+	log.Info("eBPF egress programs loaded", zap.String("event", "ebpf_loaded"), zap.String("pin_dir", a.cfg.PinDir),
+		zap.Strings("reused_maps", progs.Reused()), zap.Int("adopted_cgroups", len(attached)),
+		zap.Int("adopted_enrollments", len(enrolled)-retired), zap.Int("retired_enrollments", retired))
+	return nil
+}
+
+func (a *Actor) enforce(m *Enforce) *Enforced {
+	if a.progs == nil {
+		return &Enforced{Err: ErrNotLoaded}
+	}
+	path, cgid, err := a.cfg.CgroupOf(m.ContainerID)
+	if err != nil {
+		return &Enforced{Err: fmt.Errorf("cgroup of container %s: %w", short(m.ContainerID), err)}
+	}
+	res := &Enforced{CgroupID: cgid}
+	if old, ok := a.cgroups[m.ContainerID]; ok && old != cgid {
+		// The container restarted: its old cgroup is gone or going.
+		a.retire(old)
+		res.Retired = old
+	}
+	// Order matters: enroll before attaching, so the first packet the
+	// programs see from this cgroup already finds its config.
+	if !a.isEnrolled(cgid) {
+		if err := a.progs.Enroll(cgid, m.Config); err != nil {
+			res.Err = err
+			return res
+		}
+	}
+	if err := a.progs.AttachCgroup(path); err != nil {
+		res.Err = err
+		return res
+	}
+	a.cgroups[m.ContainerID] = cgid
+	return res
+}
+
+func (a *Actor) isEnrolled(cgid uint64) bool {
+	es, err := a.progs.Enrolled()
+	if err != nil {
+		return false
+	}
+	for _, e := range es {
+		if e.CgroupID == cgid {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *Actor) retire(cgid uint64) {
+	if err := a.progs.DetachCgroupID(cgid); err != nil {
+		a.cfg.Log.Warn("detaching a retired cgroup failed", zap.String("event", "ebpf_retire_failed"), zap.Uint64("cgroup_id", cgid), zap.Error(err))
+	}
+	if err := a.progs.Unenroll(cgid); err != nil {
+		a.cfg.Log.Warn("unenrolling a retired cgroup failed", zap.String("event", "ebpf_retire_failed"), zap.Uint64("cgroup_id", cgid), zap.Error(err))
+	}
+}
+
+func (a *Actor) release(containerID string) error {
+	if a.progs == nil {
+		return ErrNotLoaded
+	}
+	cgid, ok := a.cgroups[containerID]
+	if !ok {
+		return nil // never enforced by this generation: nothing to release
+	}
+	delete(a.cgroups, containerID)
+	return errors.Join(a.progs.DetachCgroupID(cgid), a.progs.Unenroll(cgid))
+}
+
+func (a *Actor) onContainer(containerID string, f func(cgid uint64) error) error {
+	if a.progs == nil {
+		return ErrNotLoaded
+	}
+	cgid, ok := a.cgroups[containerID]
+	if !ok {
+		return fmt.Errorf("container %s: %w", short(containerID), ErrNotEnforced)
+	}
+	return f(cgid)
+}
+
+func (a *Actor) state() *State {
+	st := &State{Loaded: a.progs != nil}
+	if a.progs == nil {
+		return st
+	}
+	enrolled, err := a.progs.Enrolled()
+	if err != nil {
+		st.Err = err
+		return st
+	}
+	byID := map[uint64]egress.Enrollment{}
+	for _, e := range enrolled {
+		byID[e.CgroupID] = e
+	}
+	for c, cgid := range a.cgroups {
+		if e, ok := byID[cgid]; ok {
+			st.Agents = append(st.Agents, AgentState{ContainerID: c, Enrollment: e})
+		}
+	}
+	sort.Slice(st.Agents, func(i, j int) bool { return st.Agents[i].ContainerID < st.Agents[j].ContainerID })
+	routes, err := a.progs.Routes()
+	st.Routes, st.Err = len(routes), err
+	return st
+}
+
+// flush is the ebpf_flush step: it lifts enforcement everywhere clawker
+// put it, including pins of an earlier generation this one did not load.
+func (a *Actor) flush() (string, string) {
+	if a.flushed {
+		return supervise.OutcomeNothing, "already flushed"
+	}
+	if a.progs != nil {
+		n := len(a.progs.Attached())
+		err := a.progs.FlushAll()
+		a.progs = nil
+		a.flushed = true
+		if err != nil {
+			return supervise.OutcomeFailed, fmt.Sprintf("flushing %s: %v", a.cfg.PinDir, err)
+		}
+		return supervise.OutcomeDone, fmt.Sprintf("detached the programs from %d cgroups, removed the pins under %s", n, a.cfg.PinDir)
+	}
+	if _, err := os.Stat(a.cfg.PinDir); errors.Is(err, os.ErrNotExist) {
+		return supervise.OutcomeNothing, "no BPF programs loaded, nothing pinned"
+	}
+	a.flushed = true
+	if err := a.cfg.FlushPins(); err != nil {
+		return supervise.OutcomeFailed, fmt.Sprintf("flushing the pins of an earlier control plane under %s: %v", a.cfg.PinDir, err)
+	}
+	return supervise.OutcomeDone, "removed the pins of an earlier control plane under " + a.cfg.PinDir
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
 }

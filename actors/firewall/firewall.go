@@ -1,18 +1,30 @@
 // Package firewall serialises every mutation of the egress firewall: its
-// mailbox is the action queue. It supervises the sibling containers of the
-// stack, dns and proxy, and owns four steps of the ordered drain.
+// mailbox is the action queue. Orders from the AdminService (enable,
+// disable, bypass, route sync), from agent registrations (enforce) and from
+// Docker's container events (enforce on start, release on stop) are run one
+// at a time against the eBPF owner, in arrival order; a request's answer is
+// sent when its order completed. It supervises the members of the stack,
+// dns and proxy, and owns four steps of the ordered drain.
 package firewall
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
 
+	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall/dns"
 	"github.com/clawker/clawker-cp/actors/firewall/proxy"
+	"github.com/clawker/clawker-cp/actors/firewall/stack"
+	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/egress"
 )
 
 // Config wires the firewall actor.
@@ -22,42 +34,149 @@ type Config struct {
 	Tree        *supervise.Tree
 	Intensity   supervise.Intensity
 	StepTimeout time.Duration // bound on a child's part of a drain step
-}
 
-// ErrStackMissing is the start-up failure of a CP asked to enforce a
-// firewall it cannot build yet.
-var ErrStackMissing = errors.New("firewall.enable is true but this control plane has no firewall stack (DNS and egress proxy containers are not built yet); " +
-	"set firewall.enable: false in settings.yaml to run without egress enforcement")
+	// The rest matters only with Enable.
+
+	EBPF     *actor.PID // the eBPF owner
+	Overseer *actor.PID // container events come from its bus
+	// Network resolves the agent network's subnet and gateway.
+	Network   func(ctx context.Context) (netip.Prefix, netip.Addr, error)
+	ProxyPort uint16
+	// StackWait bounds the wait for the stack's members at start-up.
+	StackWait time.Duration
+	// StackDial checks that a member answers; nil means a TCP connect.
+	StackDial func(ctx context.Context, addr string) error
+	// OpTimeout bounds one order to the eBPF owner.
+	OpTimeout time.Duration
+	Log       *zap.Logger
+}
 
 // Actor is the firewall.
 type Actor struct {
 	cfg         Config
+	addrs       stack.Addrs
 	queueClosed bool
 	dns, proxy  *actor.PID
 	ready       bool
+
+	queue []*queued // orders waiting for the one in flight
+	busy  bool
+
+	timers map[string]*bypassTimer // by container id
+}
+
+type bypassTimer struct {
+	until time.Time
+	t     *time.Timer
+}
+
+// queued is one order: what to ask the eBPF owner, and how to turn its
+// answer into the reply for the requester (nil sender: an internal order).
+type queued struct {
+	sender *actor.PID
+	order  interface{}
+	reply  func(res interface{}, err error) interface{}
+}
+
+// bypassExpired is sent by a bypass timer: the programs already let the
+// bypass lapse on their own, this only tidies the map entry.
+type bypassExpired struct {
+	containerID string
+	until       time.Time
 }
 
 // New returns a producer of fresh firewall actors.
-func New(cfg Config) actor.Producer { return func() actor.Actor { return &Actor{cfg: cfg} } }
+func New(cfg Config) actor.Producer {
+	return func() actor.Actor { return &Actor{cfg: cfg, timers: map[string]*bypassTimer{}} }
+}
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		if a.cfg.Enable {
-			// A green /healthz must mean the firewall enforces. It cannot
-			// yet, so an enabled firewall fails start-up rather than run
-			// half-protected.
-			supervise.ReportReady(ctx, ErrStackMissing)
-			return
-		}
-		// The stack starts DNS first: the proxy resolves through it.
-		a.dns = a.spawn(ctx, "dns", dns.New())
+		a.start(ctx)
+	case *actor.Stopping, *actor.Restarting:
+		a.cancelTimers()
 	case *supervise.Ready:
 		a.childReady(ctx, m)
 	case *supervise.DrainStep:
 		a.drainStep(ctx, m)
+
+	case *Enforce:
+		a.enqueue(ctx, ctx.Sender(), a.enforceOrder(m.ContainerID), func(res interface{}, err error) interface{} {
+			r, _ := res.(*ebpf.Enforced)
+			if err == nil && r != nil {
+				err = r.Err
+			}
+			if err != nil {
+				return &EnforceResult{Err: a.mapErr(err)}
+			}
+			return &EnforceResult{CgroupID: r.CgroupID}
+		})
+	case *Enable:
+		a.stopTimer(m.ContainerID)
+		a.enqueue(ctx, ctx.Sender(), &ebpf.SetDisabled{ContainerID: m.ContainerID, Disabled: false}, a.result(time.Time{}))
+	case *Disable:
+		a.stopTimer(m.ContainerID)
+		a.enqueue(ctx, ctx.Sender(), &ebpf.SetDisabled{ContainerID: m.ContainerID, Disabled: true}, a.result(time.Time{}))
+	case *Bypass:
+		a.bypass(ctx, m)
+	case *SyncRoutes:
+		a.enqueue(ctx, ctx.Sender(), &ebpf.SyncRoutes{Routes: m.Routes}, a.result(time.Time{}))
+	case *GetStatus:
+		a.status(ctx)
+
+	case *bypassExpired:
+		if t, ok := a.timers[m.containerID]; ok && t.until.Equal(m.until) {
+			delete(a.timers, m.containerID)
+			a.enqueue(ctx, nil, &ebpf.SetBypass{ContainerID: m.containerID}, nil)
+		}
+	case *overseer.ContainerStarted:
+		if m.Purpose == dockerx.PurposeAgent {
+			a.enqueue(ctx, nil, a.enforceOrder(m.ID), nil)
+		}
+	case *overseer.ContainerStopped:
+		a.release(ctx, m.Container)
+	case *overseer.ContainerDestroyed:
+		a.release(ctx, m.Container)
 	}
+}
+
+func (a *Actor) start(ctx actor.Context) {
+	if !a.cfg.Enable {
+		a.dns = a.spawn(ctx, "dns", dns.New(stack.Member{}))
+		return
+	}
+	nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	subnet, gw, err := a.cfg.Network(nctx)
+	cancel()
+	if err != nil {
+		supervise.ReportReady(ctx, fmt.Errorf("firewall.enable is true but the agent network cannot be read (%w); "+
+			"the control plane must run beside its agents (`clawker controlplane up` creates the network), "+
+			"or set firewall.enable: false in settings.yaml to run without egress enforcement", err))
+		return
+	}
+	a.addrs, err = stack.AddrsFor(subnet, gw, a.cfg.ProxyPort)
+	if err != nil {
+		supervise.ReportReady(ctx, err)
+		return
+	}
+	// The stack starts DNS first: the proxy resolves through it.
+	a.dns = a.spawn(ctx, "dns", dns.New(a.member("DNS server", a.addrs.DNS)))
+}
+
+func (a *Actor) member(name string, addr netip.AddrPort) stack.Member {
+	return stack.Member{Name: name, Addr: addr, Wait: a.cfg.StackWait, Dial: a.cfg.StackDial}
+}
+
+// Members lists the stack's members and their addresses, for the health
+// probes; empty with the firewall disabled.
+func Members(subnet netip.Prefix, gw netip.Addr, proxyPort uint16) ([]stack.Member, error) {
+	addrs, err := stack.AddrsFor(subnet, gw, proxyPort)
+	if err != nil {
+		return nil, err
+	}
+	return []stack.Member{{Name: "DNS server", Addr: addrs.DNS}, {Name: "egress proxy", Addr: addrs.Proxy}}, nil
 }
 
 func (a *Actor) spawn(ctx actor.Context, name string, p actor.Producer) *actor.PID {
@@ -79,12 +198,228 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 	switch m.Name {
 	case "dns":
 		if a.proxy == nil { // a dns restarted before the proxy came up reports Ready twice
-			a.proxy = a.spawn(ctx, "proxy", proxy.New())
+			mem := stack.Member{}
+			if a.cfg.Enable {
+				mem = a.member("egress proxy", a.addrs.Proxy)
+			}
+			a.proxy = a.spawn(ctx, "proxy", proxy.New(mem))
 		}
 	case "proxy":
 		a.ready = true
+		if a.cfg.Enable {
+			// From here on every agent container that starts is enforced;
+			// the Docker feed, started after us, replays the running ones.
+			ctx.Send(a.cfg.Overseer, &overseer.Subscribe{Subscriber: ctx.Self()})
+			a.cfg.Log.Info("firewall enforcing", zap.String("event", "firewall_ready"),
+				zap.String("subnet", a.addrs.Subnet.String()), zap.String("proxy", a.addrs.Proxy.String()), zap.String("dns", a.addrs.DNS.String()))
+		}
 		supervise.ReportReady(ctx, nil)
 	}
+}
+
+// agentConfig is what the programs enforce on every agent.
+func (a *Actor) agentConfig() egress.Config {
+	return egress.Config{Proxy: a.addrs.Proxy, DNS: a.addrs.DNS, Subnet: a.addrs.Subnet, Gateway: a.addrs.Gateway}
+}
+
+func (a *Actor) enforceOrder(containerID string) *ebpf.Enforce {
+	return &ebpf.Enforce{ContainerID: containerID, Config: a.agentConfig()}
+}
+
+func (a *Actor) release(ctx actor.Context, c overseer.Container) {
+	if c.Purpose != dockerx.PurposeAgent {
+		return
+	}
+	a.stopTimer(c.ID)
+	a.enqueue(ctx, nil, &ebpf.Release{ContainerID: c.ID}, nil)
+}
+
+func (a *Actor) bypass(ctx actor.Context, m *Bypass) {
+	d := m.Duration
+	if d == 0 {
+		d = DefaultBypass
+	}
+	if d < time.Second || d > egress.MaxBypass {
+		a.answer(ctx, ctx.Sender(), &Result{Err: fmt.Errorf("%w, got %s", ErrBadDuration, d)})
+		return
+	}
+	until := time.Now().Add(d)
+	id := m.ContainerID
+	a.enqueue(ctx, ctx.Sender(), &ebpf.SetBypass{ContainerID: id, Until: until}, func(res interface{}, err error) interface{} {
+		r := a.result(until)(res, err).(*Result)
+		if r.Err == nil {
+			a.stopTimer(id)
+			self, sys := ctx.Self(), ctx.ActorSystem()
+			a.timers[id] = &bypassTimer{until: until, t: time.AfterFunc(time.Until(until), func() {
+				sys.Root.Send(self, &bypassExpired{containerID: id, until: until})
+			})}
+		}
+		return r
+	})
+}
+
+func (a *Actor) result(until time.Time) func(res interface{}, err error) interface{} {
+	return func(res interface{}, err error) interface{} {
+		d, _ := res.(*ebpf.Done)
+		if err == nil && d != nil {
+			err = d.Err
+		}
+		if err != nil {
+			return &Result{Err: a.mapErr(err)}
+		}
+		return &Result{Until: until}
+	}
+}
+
+func (a *Actor) mapErr(err error) error {
+	switch {
+	case errors.Is(err, ebpf.ErrNotEnforced):
+		return fmt.Errorf("%w: %v", ErrUnknownContainer, err)
+	case errors.Is(err, ebpf.ErrNotLoaded):
+		a.cfg.Log.Error("the eBPF owner has no programs loaded", zap.String("event", "ebpf_unavailable"), zap.Error(err))
+	}
+	return err
+}
+
+// enqueue accepts an order unless the queue is closed, and runs it when
+// every order before it has finished.
+func (a *Actor) enqueue(ctx actor.Context, sender *actor.PID, order interface{}, reply func(interface{}, error) interface{}) {
+	if !a.cfg.Enable {
+		a.answer(ctx, sender, errorReply(order, ErrFirewallDisabled))
+		return
+	}
+	if a.queueClosed {
+		a.answer(ctx, sender, errorReply(order, ErrQueueClosed))
+		return
+	}
+	a.queue = append(a.queue, &queued{sender: sender, order: order, reply: reply})
+	a.pump(ctx)
+}
+
+func errorReply(order interface{}, err error) interface{} {
+	if _, ok := order.(*ebpf.Enforce); ok {
+		return &EnforceResult{Err: err}
+	}
+	return &Result{Err: err}
+}
+
+func (a *Actor) answer(ctx actor.Context, to *actor.PID, msg interface{}) {
+	if to != nil {
+		ctx.Send(to, msg)
+	}
+}
+
+func (a *Actor) pump(ctx actor.Context) {
+	if a.busy || len(a.queue) == 0 {
+		return
+	}
+	q := a.queue[0]
+	a.queue = a.queue[1:]
+	a.busy = true
+	f := ctx.RequestFuture(a.cfg.EBPF, q.order, a.cfg.OpTimeout)
+	ctx.ReenterAfter(f, func(res interface{}, err error) {
+		a.busy = false
+		a.logOrder(q.order, res, err)
+		if q.reply != nil {
+			a.answer(ctx, q.sender, q.reply(res, err))
+		}
+		a.pump(ctx)
+	})
+}
+
+// logOrder logs the outcome of every order, so enforcement changes can be
+// audited from the CP's log alone.
+func (a *Actor) logOrder(order, res interface{}, err error) {
+	if err == nil {
+		switch r := res.(type) {
+		case *ebpf.Enforced:
+			err = r.Err
+		case *ebpf.Done:
+			err = r.Err
+		}
+	}
+	log := a.cfg.Log
+	var event string
+	fields := []zap.Field{}
+	switch o := order.(type) {
+	case *ebpf.Enforce:
+		event = "agent_enforced"
+		fields = append(fields, zap.String("container_id", o.ContainerID))
+		if r, ok := res.(*ebpf.Enforced); ok && err == nil {
+			fields = append(fields, zap.Uint64("cgroup_id", r.CgroupID))
+			if r.Retired != 0 {
+				fields = append(fields, zap.Uint64("retired_cgroup_id", r.Retired))
+			}
+		}
+	case *ebpf.Release:
+		event = "agent_released"
+		fields = append(fields, zap.String("container_id", o.ContainerID))
+	case *ebpf.SetDisabled:
+		event = "firewall_enabled"
+		if o.Disabled {
+			event = "firewall_disabled"
+		}
+		fields = append(fields, zap.String("container_id", o.ContainerID))
+	case *ebpf.SetBypass:
+		event = "firewall_bypass"
+		if o.Until.IsZero() {
+			event = "firewall_bypass_tidied"
+		} else {
+			fields = append(fields, zap.Time("until", o.Until))
+		}
+		fields = append(fields, zap.String("container_id", o.ContainerID))
+	case *ebpf.SyncRoutes:
+		event = "firewall_routes_synced"
+		fields = append(fields, zap.Int("routes", len(o.Routes)))
+	}
+	if err != nil {
+		log.Warn("firewall order failed", append(fields, zap.String("event", event+"_failed"), zap.Error(err))...)
+		return
+	}
+	log.Info("firewall order done", append(fields, zap.String("event", event))...)
+}
+
+func (a *Actor) status(ctx actor.Context) {
+	sender := ctx.Sender()
+	if !a.cfg.Enable {
+		a.answer(ctx, sender, &Status{})
+		return
+	}
+	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
+	ctx.ReenterAfter(f, func(res interface{}, err error) {
+		st, _ := res.(*ebpf.State)
+		out := &Status{Enabled: true}
+		if err == nil && st != nil {
+			err = st.Err
+		}
+		if err != nil {
+			a.answer(ctx, sender, &StatusError{Err: err})
+			return
+		}
+		out.Routes = st.Routes
+		for _, ag := range st.Agents {
+			out.Agents = append(out.Agents, AgentEnforcement{
+				ContainerID: ag.ContainerID, CgroupID: ag.Enrollment.CgroupID,
+				Disabled: ag.Enrollment.Disabled, BypassUntil: ag.Enrollment.BypassUntil,
+			})
+		}
+		a.answer(ctx, sender, out)
+	})
+}
+
+func (a *Actor) stopTimer(id string) {
+	if t, ok := a.timers[id]; ok {
+		t.t.Stop()
+		delete(a.timers, id)
+	}
+}
+
+func (a *Actor) cancelTimers() int {
+	n := len(a.timers)
+	for id := range a.timers {
+		a.stopTimer(id)
+	}
+	return n
 }
 
 func (a *Actor) drainStep(ctx actor.Context, m *supervise.DrainStep) {
@@ -94,6 +429,10 @@ func (a *Actor) drainStep(ctx actor.Context, m *supervise.DrainStep) {
 		a.queueClosed = true
 		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, "action queue closed to new mutations")
 	case supervise.StepBypassTimersCancel:
+		if n := a.cancelTimers(); n > 0 {
+			supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, fmt.Sprintf("cancelled %d bypass timers (each bypass still ends on time: the programs check the expiry)", n))
+			return
+		}
 		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no bypass timers armed")
 	case supervise.StepStackStop:
 		// Reverse of start order: the proxy goes before the DNS it uses.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -16,6 +17,8 @@ import (
 type adminService struct {
 	adminv1.UnimplementedAdminServiceServer
 	peers
+	firewall *actor.PID       // the Firewall* methods' actor (admin_firewall.go)
+	now      func() time.Time // GetSystemTime's clock; nil means time.Now
 }
 
 // ListAgents returns every registered agent and whether its Session is up.
@@ -44,5 +47,9 @@ func (s *adminService) ListAgents(context.Context, *adminv1.ListAgentsRequest) (
 
 // GetSystemTime returns the CP's clock, for the CLI's clock-sync gate.
 func (s *adminService) GetSystemTime(context.Context, *adminv1.GetSystemTimeRequest) (*adminv1.GetSystemTimeResponse, error) {
-	return &adminv1.GetSystemTimeResponse{Now: timestamppb.New(time.Now())}, nil
+	now := time.Now
+	if s.now != nil {
+		now = s.now
+	}
+	return &adminv1.GetSystemTimeResponse{Now: timestamppb.New(now())}, nil
 }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/grpc/sessions"
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/registry"
@@ -42,6 +43,8 @@ func (p peers) ask(pid *actor.PID, msg interface{}) (interface{}, error) {
 type agentService struct {
 	agentv1.UnimplementedAgentServiceServer
 	peers
+	firewall *actor.PID
+	enforce  bool
 }
 
 // identity is what the live TLS handshake proves about the caller.
@@ -135,9 +138,34 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	case r.Err != nil:
 		return nil, s.fail(id, r.Err)
 	}
+	enforced := s.ensureEnforced(id)
 	s.log.Info("agent registered", zap.String("event", "agent_registered"), zap.String("agent", id.name()),
-		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created))
-	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt)}, nil
+		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created),
+		zap.Bool("enforced", enforced))
+	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt), Enforced: enforced}, nil
+}
+
+// ensureEnforced asks the firewall to enforce the caller's container (the
+// one its certificate names) and reports whether it is. Idempotent: the
+// Docker start event usually got there first. A failure is logged and
+// answered as enforced=false; a clawkerd told to require enforcement then
+// keeps its command waiting and registers again.
+func (s *agentService) ensureEnforced(id identity) bool {
+	if !s.enforce || s.firewall == nil {
+		return false
+	}
+	res, err := s.ask(s.firewall, &firewall.Enforce{ContainerID: id.ContainerID})
+	if err == nil {
+		if r, ok := res.(*firewall.EnforceResult); ok {
+			err = r.Err
+		}
+	}
+	if err != nil {
+		s.log.Warn("cannot enforce the agent's container", zap.String("event", "agent_enforce_failed"), zap.String("agent", id.name()),
+			zap.String("container_id", id.ContainerID), zap.Error(err))
+		return false
+	}
+	return true
 }
 
 // helloTimeout bounds the wait for the Session's first message.

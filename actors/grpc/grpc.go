@@ -34,6 +34,15 @@ type Config struct {
 	AuthDir  string
 	Registry *actor.PID
 	Overseer *actor.PID
+	// Firewall is the firewall actor, which the AdminService's Firewall*
+	// methods ask (nil: they answer Unavailable).
+	Firewall *actor.PID
+	// Enforce is settings' firewall.enable: Register then enforces the
+	// agent's container before answering, and says so (enforced=true).
+	Enforce bool
+	// Now is the clock GetSystemTime reports (and nothing else uses);
+	// nil means time.Now. A debug knob skews it (ClockSkew).
+	Now func() time.Time
 	// Heartbeat is the Session heartbeat interval.
 	Heartbeat time.Duration
 	// RequestTimeout bounds each handler's request to another actor.
@@ -134,9 +143,9 @@ func (a *Actor) serve(ctx actor.Context) {
 		return
 	}
 	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
-	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers})
+	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, firewall: a.cfg.Firewall, enforce: a.cfg.Enforce})
 	a.adminSrv = ggrpc.NewServer(ggrpc.Creds(adminCreds))
-	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers})
+	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, firewall: a.cfg.Firewall, now: a.cfg.Now})
 	for _, p := range []struct {
 		srv *ggrpc.Server
 		ln  net.Listener

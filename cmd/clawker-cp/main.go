@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/clawker/clawker-cp/actors/cp"
+	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/pkg/logging"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -27,6 +28,15 @@ const (
 	debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
 	// debugHoldReadyEnv=<duration> delays the ready declaration.
 	debugHoldReadyEnv = "CLAWKER_CP_DEBUG_HOLD_READY"
+	// debugPinDirEnv=<dir under /sys/fs/bpf> pins the eBPF state there
+	// instead of /sys/fs/bpf/clawker, so tests do not share one.
+	debugPinDirEnv = "CLAWKER_CP_DEBUG_PIN_DIR"
+	// debugNetworkEnv=<name> is the agent network instead of clawker-net.
+	debugNetworkEnv = "CLAWKER_CP_DEBUG_NETWORK"
+	// debugClockSkewEnv=<lag>[,<catch-up-after>] skews the clock
+	// GetSystemTime reports (only that): -5s is 5s behind forever, -5s,2s
+	// until 2s after start. Drives the CLI's clock-sync gate in tests.
+	debugClockSkewEnv = "CLAWKER_CP_DEBUG_CLOCK_SKEW"
 )
 
 func main() {
@@ -79,10 +89,30 @@ func run(parent context.Context, bind string) int {
 		}
 		log.Warn("debug knob set: ready declaration held", zap.String("event", "debug_knob"), zap.String("env", debugHoldReadyEnv), zap.Duration("hold", hold))
 	}
+	pinDir, network := os.Getenv(debugPinDirEnv), os.Getenv(debugNetworkEnv)
+	for env, v := range map[string]string{debugPinDirEnv: pinDir, debugNetworkEnv: network} {
+		if v != "" {
+			log.Warn("debug knob set", zap.String("event", "debug_knob"), zap.String("env", env), zap.String("value", v))
+		}
+	}
+	var systemClock func() time.Time
+	if v := os.Getenv(debugClockSkewEnv); v != "" {
+		skew, err := cpgrpc.ParseClockSkew(debugClockSkewEnv, v)
+		if err != nil {
+			log.Error(err.Error(), zap.String("event", "debug_knob_invalid"), zap.String("env", debugClockSkewEnv), zap.String("value", v))
+			return 1
+		}
+		systemClock = skew.Clock(time.Now())
+		log.Warn("debug knob set: GetSystemTime reports a skewed clock", zap.String("event", "debug_knob"), zap.String("env", debugClockSkewEnv),
+			zap.Duration("lag", skew.Lag), zap.Duration("catch_up_after", skew.CatchUpAfter))
+	}
 	log.Info("clawker-cp starting", zap.String("event", "process_start"), zap.Int("pid", os.Getpid()),
 		zap.String("settings", paths.SettingsFile), zap.String("data_dir", paths.DataDir), zap.String("log_file", paths.LogFile))
 
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return cp.Run(ctx, cp.Options{Settings: st, Paths: paths, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold})
+	return cp.Run(ctx, cp.Options{Settings: st, Paths: paths, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold,
+		// PID 1 means we are the container's init: pins must land on the
+		// host's bpffs bind-mounted at /sys/fs/bpf, never on a private one.
+		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, SystemClock: systemClock})
 }

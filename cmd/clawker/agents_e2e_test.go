@@ -549,9 +549,17 @@ func (a *agentsE2E) checkProgramsUntouched(t *testing.T) {
 func (a *agentsE2E) testDownUp(t *testing.T) {
 	e := a.e
 	before := e.inspect(t, cpboot.ContainerName)
+	// Without --force, down refuses: its drain would lift the agents'
+	// egress enforcement.
+	if res := e.clawker(t, time.Minute, "controlplane", "down"); res.Code == 0 || !strings.Contains(res.Stderr, "--force") {
+		t.Fatalf("down with agents running: exit %d, stderr:\n%s", res.Code, res.Stderr)
+	}
+	if after := e.inspect(t, cpboot.ContainerName); after.ID != before.ID || after.State == nil || !after.State.Running {
+		t.Fatal("a refused down stopped the control plane")
+	}
 	mark := a.logMark(t)
 	start := time.Now()
-	res := e.clawker(t, 3*time.Minute, "controlplane", "down")
+	res := e.clawker(t, 3*time.Minute, "controlplane", "down", "--force")
 	took := time.Since(start)
 	if res.Code != 0 || !strings.HasPrefix(res.Stdout, "control plane stopped (") || !strings.HasSuffix(res.Stdout, "exit 0)\n") {
 		t.Fatalf("down: exit %d\n%s%s\n%s", res.Code, res.Stdout, res.Stderr, e.cpLogs(t, 30))

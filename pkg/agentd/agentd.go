@@ -2,7 +2,9 @@
 // each agent container: it registers the agent with the control plane over
 // mTLS, holds one long-lived Session (reconnecting with backoff when it
 // breaks), executes the commands the control plane sends down it, and runs
-// the user's command once the first Session is established.
+// the user's command once the first Session is established. With
+// Config.RequireEnforced, no Session opens (so no command starts) before a
+// Register answered that the control plane's firewall enforces the agent.
 //
 // It depends on the standard library, gRPC, the generated agent protos and
 // pkg/certs only, so the binary stays small (cmd/clawkerd checks this).
@@ -99,6 +101,11 @@ type agent struct {
 	established chan struct{} // closed by the first ControlMessage ever
 
 	refused chan struct{} // the conn loop met a permanent refusal
+
+	// notEnforced counts the Register answers in a row that said
+	// enforced=false (with RequireEnforced). Only the connect loop's
+	// goroutine touches it.
+	notEnforced int
 
 	stopping     atomic.Bool   // no reconnects; the command's exit is expected
 	shutdownOnce sync.Once     // closes shutdownDone

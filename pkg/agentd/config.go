@@ -38,6 +38,12 @@ type Config struct {
 	Heartbeat  time.Duration // 0 means DefaultHeartbeat
 	MaxBackoff time.Duration // 0 means DefaultMaxBackoff
 	ServerName string        // name the CP's cert must carry; "" means DefaultServerName
+	// RequireEnforced holds the user's command (and the Session) back
+	// until a Register answers enforced=true: the control plane's egress
+	// firewall enforces this agent's container. Until then clawkerd logs
+	// waiting_for_enforcement and registers again with the reconnect
+	// backoff. The rule holds for every Register, reconnects included.
+	RequireEnforced bool
 
 	// Logger receives every log line; nil means JSON to stderr.
 	Logger *slog.Logger
@@ -84,7 +90,25 @@ var settings = []setting{
 	{"heartbeat", "CLAWKERD_HEARTBEAT", DefaultHeartbeat.String(), "heartbeat interval; 3 intervals without any message from the control plane break the session"},
 	{"max-backoff", "CLAWKERD_MAX_BACKOFF", DefaultMaxBackoff.String(), "cap of the reconnect backoff (starts at 200ms, doubles, full jitter)"},
 	{"server-name", "CLAWKERD_SERVER_NAME", DefaultServerName, "name the control plane's certificate must carry"},
+	{"require-enforced", "CLAWKERD_REQUIRE_ENFORCED", "false", "open the Session and start the command only once Register answers enforced=true " +
+		"(the control plane's egress firewall enforces this container), registering again with backoff until then; the bare flag means true"},
 }
+
+// boolSettings are the settings given as a boolean flag: the bare flag
+// means true, --name=false turns it off.
+var boolSettings = map[string]bool{"require-enforced": true}
+
+// boolText is a string flag that may be given bare, as a boolean flag can.
+type boolText struct{ s *string }
+
+func (b boolText) String() string {
+	if b.s == nil {
+		return ""
+	}
+	return *b.s
+}
+func (b boolText) Set(v string) error { *b.s = v; return nil }
+func (b boolText) IsBoolFlag() bool   { return true }
 
 func settingFor(name string) setting {
 	for _, s := range settings {
@@ -109,9 +133,11 @@ clawkerd runs as PID 1 inside a clawker agent container. It registers the
 agent with the control plane over mTLS, holds one long-lived Session, runs
 the commands the control plane sends down it (init steps, MCP setup,
 shutdown), and starts the given command once the first Session is
-established. The command inherits clawkerd's stdio; clawkerd exits with the
-command's exit code. Without a command, clawkerd holds the Session until the
-control plane sends Shutdown or a signal arrives.
+established (with --require-enforced, only once the control plane also
+says its egress firewall enforces this container). The command inherits
+clawkerd's stdio; clawkerd exits with the command's exit code. Without a
+command, clawkerd holds the Session until the control plane sends Shutdown
+or a signal arrives.
 
 Flags (each falls back to its environment variable; a flag wins):
 `)
@@ -155,6 +181,12 @@ func ParseArgs(args []string, getenv func(string) string) (Config, []string, err
 	fs.Usage = func() {}
 	vals := map[string]*string{}
 	for _, s := range settings {
+		if boolSettings[s.name] {
+			v := new(string)
+			fs.Var(boolText{v}, s.name, s.usage)
+			vals[s.name] = v
+			continue
+		}
 		vals[s.name] = fs.String(s.name, "", s.usage)
 	}
 	if err := fs.Parse(args); err != nil {
@@ -211,6 +243,11 @@ func ParseArgs(args []string, getenv func(string) string) (Config, []string, err
 	}
 	if cfg.MaxBackoff, err = duration("max-backoff"); err != nil {
 		return Config{}, nil, err
+	}
+	if v := value("require-enforced"); v != "" {
+		if cfg.RequireEnforced, err = strconv.ParseBool(v); err != nil {
+			return Config{}, nil, configErr("require-enforced", "%q is not a boolean (true or false, 1 or 0)", v)
+		}
 	}
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {

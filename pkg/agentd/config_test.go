@@ -92,6 +92,8 @@ func TestParseArgsErrors(t *testing.T) {
 		{"heartbeat zero", append(fullArgs, "--heartbeat", "0s"), nil, "heartbeat"},
 		{"max-backoff negative", append(fullArgs, "--max-backoff", "-1s"), nil, "max-backoff"},
 		{"relative home", append(fullArgs, "--home", "rel"), nil, "home"},
+		{"require-enforced env", fullArgs, map[string]string{"CLAWKERD_REQUIRE_ENFORCED": "maybe"}, "require-enforced"},
+		{"require-enforced flag", append(fullArgs, "--require-enforced=yes"), nil, "require-enforced"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := ParseArgs(tc.args, envMap(tc.env))

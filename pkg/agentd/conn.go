@@ -34,6 +34,11 @@ const (
 // errSilent is the cause of a Session broken by silence.
 var errSilent = errors.New("control plane silent")
 
+// errNotEnforced ends an attempt whose Register answered enforced=false
+// while Config.RequireEnforced is set: no Session is opened, and the
+// connect loop registers again after its backoff.
+var errNotEnforced = errors.New("the control plane does not enforce this agent's egress yet")
+
 // refusal is a Register answer that retrying will not change.
 type refusal struct{ st *status.Status }
 
@@ -187,6 +192,13 @@ func (a *agent) register(ctx context.Context, client agentv1.AgentServiceClient)
 	if err == nil {
 		a.log.info("registered", "registered with the control plane", "agent_key", resp.GetAgentKey(),
 			"registered_at", resp.GetRegisteredAt().AsTime().UTC().Format(time.RFC3339), "enforced", resp.GetEnforced())
+		if a.cfg.RequireEnforced && !resp.GetEnforced() {
+			a.notEnforced++
+			a.log.info("waiting_for_enforcement", "the control plane does not enforce this agent's egress yet; the command waits, registering again",
+				"attempt", a.notEnforced)
+			return errNotEnforced
+		}
+		a.notEnforced = 0
 		return nil
 	}
 	if ctx.Err() != nil {

@@ -130,6 +130,7 @@ type fakeCP struct {
 
 	// Set before the agent runs.
 	registerErr func(n int) error // answer of the n-th Register (1-based); nil: accept
+	enforced    func(n int) bool  // enforced in the n-th Register's answer; nil: false
 	hold        chan struct{}     // when set, no ControlMessage goes out before it is closed
 	silent      bool              // send the first heartbeat, then nothing unprompted
 	heartbeat   time.Duration
@@ -151,6 +152,7 @@ type fakeSession struct {
 	recvDone   chan struct{}              // the agent's side ended; recvErr is set
 	recvErr    error
 	done       chan struct{} // the handler returned
+	registers  int           // Register calls answered when this Session opened
 }
 
 func newFakeCP(t *testing.T, cfg *tls.Config) *fakeCP {
@@ -221,7 +223,8 @@ func (f *fakeCP) Register(ctx context.Context, req *agentv1.RegisterRequest) (*a
 			return nil, err
 		}
 	}
-	return &agentv1.RegisterResponse{AgentKey: "key-" + strconv.Itoa(n), RegisteredAt: timestamppb.Now()}, nil
+	enforced := f.enforced != nil && f.enforced(n)
+	return &agentv1.RegisterResponse{AgentKey: "key-" + strconv.Itoa(n), RegisteredAt: timestamppb.Now(), Enforced: enforced}, nil
 }
 
 func (f *fakeCP) Session(stream agentv1.AgentService_SessionServer) error {
@@ -231,7 +234,10 @@ func (f *fakeCP) Session(stream agentv1.AgentService_SessionServer) error {
 	if err != nil {
 		return err
 	}
-	fs := &fakeSession{hello: first.GetHello(), id: id,
+	f.mu.Lock()
+	regs := len(f.registers)
+	f.mu.Unlock()
+	fs := &fakeSession{hello: first.GetHello(), id: id, registers: regs,
 		toAgent:   make(chan *agentv1.ControlMessage, 64),
 		fromAgent: make(chan *agentv1.AgentMessage, 4096),
 		recvDone:  make(chan struct{}), done: make(chan struct{})}

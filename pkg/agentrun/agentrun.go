@@ -7,7 +7,8 @@
 // all), no bind mounts (so no /sys/fs/bpf, no host cgroup tree, no Docker
 // socket), not privileged, no restart policy. Its PID 1 is clawkerd, which
 // registers with the control plane over mTLS, opens its Session and only
-// then starts the user's command.
+// then starts the user's command (with Spec.RequireEnforced, only once the
+// control plane also says its firewall enforces the container).
 //
 // clawkerd and the agent's credentials are not in the image: Create copies
 // them into /clawker/ between ContainerCreate and ContainerStart, because the
@@ -116,6 +117,11 @@ type Spec struct {
 	// silent for three of its own heartbeat intervals, so clawkerd must
 	// beat at least as often as the control plane does.
 	Heartbeat time.Duration
+	// RequireEnforced makes clawkerd hold the user's command back until
+	// the control plane says its egress firewall enforces this container
+	// (CLAWKERD_REQUIRE_ENFORCED=1). `clawker run` sets it when the
+	// settings' firewall.enable is true.
+	RequireEnforced bool
 	// Network is the network to join; "" means cpboot.NetworkName.
 	Network string
 	// Labels are added to the container, beside clawker's own labels,
@@ -347,6 +353,8 @@ const (
 	EnvProject   = "CLAWKERD_PROJECT"
 	EnvAgent     = "CLAWKERD_AGENT"
 	EnvHeartbeat = "CLAWKERD_HEARTBEAT"
+
+	EnvRequireEnforced = "CLAWKERD_REQUIRE_ENFORCED"
 )
 
 // createOptions is the agent container: see the package comment for what
@@ -362,6 +370,9 @@ func createOptions(s Spec, name, network string, argv []string) client.Container
 	}
 	if s.Heartbeat > 0 {
 		env = append(env, EnvHeartbeat+"="+s.Heartbeat.String())
+	}
+	if s.RequireEnforced {
+		env = append(env, EnvRequireEnforced+"=1")
 	}
 	return client.ContainerCreateOptions{
 		Name: name,

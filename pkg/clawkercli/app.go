@@ -30,6 +30,11 @@ type Env struct {
 	// cpboot.EnsureRunning. nil skips it: those verbs then talk to
 	// whatever answers on the configured ports (in-process tests).
 	Bootstrap func(context.Context, cpboot.Options) (cpboot.Result, error)
+	// ClockGate is the clock-sync gate `clawker run` passes, once the
+	// control plane is up, before it starts an agent container; DefaultEnv
+	// sets one with the defaults. nil skips it (in-process tests without
+	// an AdminService).
+	ClockGate *ClockGate
 }
 
 // docker returns a Docker client and a function that releases it.
@@ -92,6 +97,7 @@ func App(env Env) *cli.App {
 		}, authCommand(env),
 			runCommand(env),
 			rmCommand(env),
+			firewallCommand(env),
 		},
 	}
 }
@@ -112,7 +118,7 @@ func Run(env Env, args []string) int {
 // talk to whatever control plane answers instead of bringing the container
 // up first: tests run clawker-cp as a host process.
 func DefaultEnv() Env {
-	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning}
+	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning, ClockGate: &ClockGate{}}
 	if os.Getenv(NoBootstrapEnv) == "1" {
 		fmt.Fprintln(os.Stderr, "clawker: "+NoBootstrapEnv+"=1: not bringing the control plane up")
 		env.Bootstrap = nil

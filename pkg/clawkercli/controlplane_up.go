@@ -69,6 +69,7 @@ func controlplaneUp(c *cli.Context, env Env) error {
 		Reporter: rep,
 		Timeout:  c.Duration("timeout"),
 		Labels:   labels,
+		Env:      cpDebugEnv(env, rep),
 	})
 	if err != nil {
 		return err

@@ -28,8 +28,10 @@ func runCommand(env Env) *cli.Command {
 		Description: "Brings the control plane up if needed, then creates container clawker.<project>.<agent> from IMAGE on\n" +
 			"clawker-net, fully unprivileged (all capabilities dropped, Docker's default seccomp and AppArmor\n" +
 			"profiles, no mounts), copies clawkerd and a freshly minted agent certificate (valid " + agentrun.CertValidity.String() + ")\n" +
-			"into /clawker/, and starts it. clawkerd registers with the control plane and starts the command\n" +
-			"only once its Session is established. The command is the image's entrypoint followed by CMD, or by\n" +
+			"into /clawker/, and starts it. Before creating it, waits (up to 30s) until the control plane's clock has\n" +
+			"reached the host's. clawkerd registers with the control plane and starts the command only once its\n" +
+			"Session is established and, with firewall.enable, once the control plane's firewall enforces the\n" +
+			"container. The command is the image's entrypoint followed by CMD, or by\n" +
 			"the image's own CMD when none is given, as with docker run. IMAGE must be present: nothing is pulled.\n" +
 			"The project defaults to the current directory's name. Prints the container id.",
 		Flags: []cli.Flag{
@@ -85,25 +87,12 @@ func runAgent(c *cli.Context, env Env) error {
 	}
 
 	var report RunReport
-	cp, bootstrapped, err := ensureCPWith(c.Context, env, s, paths, d, labels)
+	cp, bootstrapped, err := ensureCPForRun(c.Context, env, s, paths, d, labels)
 	if err != nil {
-		return err
+		return fmt.Errorf("starting container: bootstrapping services: %w", err)
 	}
 	if bootstrapped {
 		report.Bootstrap = &cp
-	} else {
-		// Told not to bring it up: it must run already.
-		st, err := cpboot.Inspect(c.Context, d)
-		if err != nil {
-			return err
-		}
-		if !st.Running || !st.IP.IsValid() {
-			return fmt.Errorf("the control plane is not running; start it with `clawker controlplane up`")
-		}
-		cp.IP = st.IP
-	}
-	if !cp.IP.IsValid() {
-		return fmt.Errorf("the control plane has no address on %s", cpboot.NetworkName)
 	}
 	m, err := certs.Load(paths.AuthDir)
 	if err != nil {
@@ -116,8 +105,11 @@ func runAgent(c *cli.Context, env Env) error {
 		Cmd:       cmd,
 		CPAddr:    net.JoinHostPort(cp.IP.String(), strconv.Itoa(s.ControlPlane.AgentPort)),
 		Heartbeat: s.ControlPlane.Sessions.Heartbeat,
-		Labels:    labels,
-		Auth:      m,
+		// With the firewall on, clawkerd starts the command only once the
+		// control plane enforces the container's egress.
+		RequireEnforced: s.Firewall.Enable,
+		Labels:          labels,
+		Auth:            m,
 	})
 	if errors.Is(err, agentrun.ErrExists) {
 		return fmt.Errorf("%w; remove it with `clawker rm -f --project %s --agent %s`, or pick another --agent", err, project, agent)
@@ -210,6 +202,42 @@ func ensureCP(ctx context.Context, env Env) error {
 	return err
 }
 
+// ensureCPForRun is the control plane side of starting an agent container:
+// bring it up (or, told not to, find it running), then pass the clock-sync
+// gate (env.ClockGate). It returns the control plane's address in res.IP;
+// every error says "ensuring control plane is running".
+func ensureCPForRun(ctx context.Context, env Env, s settings.Settings, paths settings.Paths, d cpboot.Docker, labels map[string]string) (res cpboot.Result, bootstrapped bool, err error) {
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("ensuring control plane is running: %w", err)
+		}
+	}()
+	res, bootstrapped, err = ensureCPWith(ctx, env, s, paths, d, labels)
+	if err != nil {
+		return res, bootstrapped, err
+	}
+	if !bootstrapped {
+		// Told not to bring it up: it must run already.
+		st, err := cpboot.Inspect(ctx, d)
+		if err != nil {
+			return res, false, err
+		}
+		if !st.Running || !st.IP.IsValid() {
+			return res, false, fmt.Errorf("the control plane is not running; start it with `clawker controlplane up`")
+		}
+		res.IP = st.IP
+	}
+	if !res.IP.IsValid() {
+		return res, bootstrapped, fmt.Errorf("the control plane has no address on %s", cpboot.NetworkName)
+	}
+	if env.ClockGate != nil {
+		if err := env.ClockGate.waitCP(ctx, paths, s, cpboot.NewReporter(env.Stderr)); err != nil {
+			return res, bootstrapped, err
+		}
+	}
+	return res, bootstrapped, nil
+}
+
 // ensureCPWith is ensureCP with everything at hand; bootstrapped is false
 // when env.Bootstrap is nil.
 func ensureCPWith(ctx context.Context, env Env, s settings.Settings, paths settings.Paths, d cpboot.Docker, labels map[string]string) (res cpboot.Result, bootstrapped bool, err error) {
@@ -220,6 +248,24 @@ func ensureCPWith(ctx context.Context, env Env, s settings.Settings, paths setti
 	if len(labels) > 0 {
 		rep.Note(fmt.Sprintf("debug knob %s set: extra labels %s", labelsEnv, env.Getenv(labelsEnv)))
 	}
-	res, err = env.Bootstrap(ctx, cpboot.Options{Settings: s, Paths: paths, Docker: d, Reporter: rep, Labels: labels})
+	res, err = env.Bootstrap(ctx, cpboot.Options{Settings: s, Paths: paths, Docker: d, Reporter: rep, Labels: labels, Env: cpDebugEnv(env, rep)})
 	return res, true, err
+}
+
+// cpDebugKnobs are debug knobs of clawker-cp (see cmd/clawker-cp) that the
+// CLI passes into the control plane container when they are set in its own
+// environment, so tests can set them on a control plane the CLI brings up.
+var cpDebugKnobs = []string{"CLAWKER_CP_DEBUG_CLOCK_SKEW"}
+
+// cpDebugEnv is the container environment of the knobs set, each
+// reported. The control plane checks the values (a bad one stops it).
+func cpDebugEnv(env Env, rep cpboot.Reporter) []string {
+	var out []string
+	for _, k := range cpDebugKnobs {
+		if v := env.Getenv(k); v != "" {
+			out = append(out, k+"="+v)
+			rep.Note(fmt.Sprintf("debug knob %s=%s set: passed to the control plane container", k, v))
+		}
+	}
+	return out
 }

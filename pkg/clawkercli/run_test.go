@@ -301,7 +301,7 @@ func TestRunBootstrapFails(t *testing.T) {
 	env, d, spy, stdout, stderr := runEnv(t)
 	spy.err = errors.New("the control plane exited with code 1 during start-up")
 	if code := run(t, env, "run", "--project", "myapp", "--agent", "dev", "agent:1"); code != 1 ||
-		!strings.HasSuffix(stderr.String(), "\nclawker: the control plane exited with code 1 during start-up\n") || stdout.Len() != 0 || len(d.containers) != 0 {
+		!strings.HasSuffix(stderr.String(), "\nclawker: starting container: bootstrapping services: ensuring control plane is running: the control plane exited with code 1 during start-up\n") || stdout.Len() != 0 || len(d.containers) != 0 {
 		t.Errorf("exit %d, stderr %q, containers %d", code, stderr.String(), len(d.containers))
 	}
 }

@@ -17,13 +17,14 @@ import (
 	"github.com/moby/moby/client"
 	"github.com/moby/moby/client/pkg/versions"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 // Names and labels of what cpboot creates.
 const (
 	ContainerName = "clawker-controlplane"
-	NetworkName   = "clawker-net"
+	NetworkName   = dockerx.NetworkName
 
 	LabelManaged  = "dev.clawker.managed"  // "true" on everything clawker creates
 	LabelPurpose  = "dev.clawker.purpose"  // PurposeControlPlane, PurposeAgent, ...
@@ -53,6 +54,9 @@ type spec struct {
 	LogDir       string
 	DockerSocket string
 	Ports        []int // published ports, in publishedPorts order
+	// Env is Options.Env; omitted when empty, so the hash of a container
+	// made without debug knobs is what it was before Env existed.
+	Env []string `json:",omitempty"`
 }
 
 const specLayout = 1
@@ -99,11 +103,11 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 		Name: ContainerName,
 		Config: &container.Config{
 			Image: image,
-			Env: []string{
+			Env: append([]string{
 				"XDG_CONFIG_HOME=" + containerConfigHome,
 				"XDG_DATA_HOME=" + containerDataHome,
 				"XDG_STATE_HOME=" + containerStateHome,
-			},
+			}, sp.Env...),
 			ExposedPorts: exposed,
 			Labels:       labels,
 		},

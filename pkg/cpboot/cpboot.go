@@ -72,6 +72,10 @@ type Options struct {
 	// DockerSocket is the host path of the Docker socket mounted into the
 	// CP; "" means /var/run/docker.sock.
 	DockerSocket string
+	// Env is extra environment of the CP container, "KEY=value" (debug
+	// knobs such as CLAWKER_CP_DEBUG_CLOCK_SKEW, for tests). It is part of
+	// the container's spec: a container made with other Env is not adopted.
+	Env []string
 }
 
 // labels are the labels of an object cpboot creates for purpose.
@@ -188,6 +192,7 @@ func EnsureRunning(ctx context.Context, o Options) (Result, error) {
 		}
 	}
 	r := &run{o: &o, b: b, sp: newSpec(o.Settings, o.Paths, o.socket()), start: start}
+	r.sp.Env = o.Env
 	r.setHash(hash)
 
 	if ok, err := r.fastPath(ctx); err != nil || ok {

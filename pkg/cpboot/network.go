@@ -10,6 +10,8 @@ import (
 
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // Host octets of the fixed addresses on clawker-net: the gateway's last
@@ -146,7 +148,7 @@ func inspectNetwork(ctx context.Context, d Docker, name string) (netInfo, error)
 	if n.Name != name {
 		return netInfo{}, fmt.Errorf("inspecting network %s: found %q instead", name, n.Name)
 	}
-	subnet, gw, ok := ipv4Config(n.IPAM.Config)
+	subnet, gw, ok := dockerx.IPv4Config(n.IPAM.Config)
 	if !ok {
 		return netInfo{}, fmt.Errorf("network %s has no IPv4 subnet with a gateway (IPAM %+v); remove it (docker network rm %s) so clawker recreates it", name, n.IPAM.Config, name)
 	}
@@ -155,15 +157,6 @@ func inspectNetwork(ctx context.Context, d Docker, name string) (netInfo, error)
 		return netInfo{}, err
 	}
 	return netInfo{ID: n.ID, Subnet: subnet, Gateway: gw, CPIP: ip}, nil
-}
-
-func ipv4Config(cfgs []network.IPAMConfig) (netip.Prefix, netip.Addr, bool) {
-	for _, c := range cfgs {
-		if c.Subnet.IsValid() && c.Subnet.Addr().Is4() && c.Gateway.Is4() {
-			return c.Subnet, c.Gateway, true
-		}
-	}
-	return netip.Prefix{}, netip.Addr{}, false
 }
 
 // probeSubnet lets Docker pick a free subnet for a bridge network and
@@ -189,7 +182,7 @@ func probeSubnet(ctx context.Context, d Docker, name string, labels map[string]s
 	if err != nil {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("inspecting probe network %s: %w", probe, err)
 	}
-	subnet, gw, ok := ipv4Config(info.Network.IPAM.Config)
+	subnet, gw, ok := dockerx.IPv4Config(info.Network.IPAM.Config)
 	if !ok {
 		return netip.Prefix{}, netip.Addr{}, fmt.Errorf("docker gave probe network %s no IPv4 subnet (IPAM %+v)", probe, info.Network.IPAM.Config)
 	}

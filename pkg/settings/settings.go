@@ -74,6 +74,9 @@ type Watcher struct {
 // Firewall controls the Envoy + CoreDNS + eBPF firewall stack.
 type Firewall struct {
 	Enable bool `yaml:"enable"`
+	// ProxyPort is the egress proxy's catch-all listener at <network>.200:
+	// TCP without a route is redirected there and decided by SNI/Host.
+	ProxyPort int `yaml:"proxy_port"`
 }
 
 // Default returns the settings used when settings.yaml is absent, and the
@@ -107,7 +110,7 @@ func Default() Settings {
 				LastSeenFlush: 5 * time.Second,
 			},
 		},
-		Firewall: Firewall{Enable: true},
+		Firewall: Firewall{Enable: true, ProxyPort: 15001},
 	}
 }
 
@@ -161,6 +164,10 @@ func (s Settings) Validate() error {
 			return invalid(p.Key, "%d is already used by %s; give each port its own number", p.Port, other)
 		}
 		seen[p.Port] = p.Key
+	}
+
+	if p := s.Firewall.ProxyPort; p < 1 || p > 65535 {
+		return invalid("firewall.proxy_port", "%d is out of range; use a port from 1 to 65535", p)
 	}
 
 	sv, w := s.ControlPlane.Supervisor, s.ControlPlane.Watcher

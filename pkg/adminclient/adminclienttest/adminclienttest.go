@@ -104,7 +104,8 @@ func (h *Home) Settings(t testing.TB) settings.Settings {
 }
 
 // Server is a fake AdminService. ListAgents answers with the agents set by
-// SetAgents, GetSystemTime with the real clock.
+// SetAgents, GetSystemTime with the real clock; the Firewall* methods are
+// in firewall.go.
 type Server struct {
 	adminv1.UnimplementedAdminServiceServer
 
@@ -113,6 +114,7 @@ type Server struct {
 	mu     sync.Mutex
 	agents []*adminv1.Agent
 	calls  map[string]int
+	fw     firewallState // firewall.go
 }
 
 // Serve starts a fake AdminService with the CP's admin listener config:

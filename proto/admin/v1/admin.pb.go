@@ -13,6 +13,7 @@ package adminv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -25,6 +26,57 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// Protocol is a route's transport protocol.
+type Protocol int32
+
+const (
+	// PROTOCOL_UNSPECIFIED is refused: a route names its protocol.
+	Protocol_PROTOCOL_UNSPECIFIED Protocol = 0
+	Protocol_PROTOCOL_TCP         Protocol = 1
+	Protocol_PROTOCOL_UDP         Protocol = 2
+)
+
+// Enum value maps for Protocol.
+var (
+	Protocol_name = map[int32]string{
+		0: "PROTOCOL_UNSPECIFIED",
+		1: "PROTOCOL_TCP",
+		2: "PROTOCOL_UDP",
+	}
+	Protocol_value = map[string]int32{
+		"PROTOCOL_UNSPECIFIED": 0,
+		"PROTOCOL_TCP":         1,
+		"PROTOCOL_UDP":         2,
+	}
+)
+
+func (x Protocol) Enum() *Protocol {
+	p := new(Protocol)
+	*p = x
+	return p
+}
+
+func (x Protocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Protocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_admin_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (Protocol) Type() protoreflect.EnumType {
+	return &file_admin_v1_admin_proto_enumTypes[0]
+}
+
+func (x Protocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Protocol.Descriptor instead.
+func (Protocol) EnumDescriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{0}
+}
 
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -291,11 +343,622 @@ func (x *GetSystemTimeResponse) GetNow() *timestamppb.Timestamp {
 	return nil
 }
 
+type FirewallEnableRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id is the agent container's full Docker id (64 hex digits).
+	ContainerId   string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallEnableRequest) Reset() {
+	*x = FirewallEnableRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallEnableRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallEnableRequest) ProtoMessage() {}
+
+func (x *FirewallEnableRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallEnableRequest.ProtoReflect.Descriptor instead.
+func (*FirewallEnableRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FirewallEnableRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type FirewallEnableResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallEnableResponse) Reset() {
+	*x = FirewallEnableResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallEnableResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallEnableResponse) ProtoMessage() {}
+
+func (x *FirewallEnableResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallEnableResponse.ProtoReflect.Descriptor instead.
+func (*FirewallEnableResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+}
+
+type FirewallDisableRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id is the agent container's full Docker id (64 hex digits).
+	ContainerId   string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallDisableRequest) Reset() {
+	*x = FirewallDisableRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallDisableRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallDisableRequest) ProtoMessage() {}
+
+func (x *FirewallDisableRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallDisableRequest.ProtoReflect.Descriptor instead.
+func (*FirewallDisableRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *FirewallDisableRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+type FirewallDisableResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallDisableResponse) Reset() {
+	*x = FirewallDisableResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallDisableResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallDisableResponse) ProtoMessage() {}
+
+func (x *FirewallDisableResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallDisableResponse.ProtoReflect.Descriptor instead.
+func (*FirewallDisableResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+type FirewallBypassRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id is the agent container's full Docker id (64 hex digits).
+	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// timeout is how long the bypass lasts: unset or zero means the default
+	// (30s), otherwise at most 1h; negative is refused.
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallBypassRequest) Reset() {
+	*x = FirewallBypassRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallBypassRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallBypassRequest) ProtoMessage() {}
+
+func (x *FirewallBypassRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallBypassRequest.ProtoReflect.Descriptor instead.
+func (*FirewallBypassRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FirewallBypassRequest) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *FirewallBypassRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+type FirewallBypassResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// until is when the bypass ends, by the control plane's clock.
+	Until *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=until,proto3" json:"until,omitempty"`
+	// timeout is the bypass length applied (the default when none was asked).
+	Timeout       *durationpb.Duration `protobuf:"bytes,2,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallBypassResponse) Reset() {
+	*x = FirewallBypassResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallBypassResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallBypassResponse) ProtoMessage() {}
+
+func (x *FirewallBypassResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallBypassResponse.ProtoReflect.Descriptor instead.
+func (*FirewallBypassResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FirewallBypassResponse) GetUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Until
+	}
+	return nil
+}
+
+func (x *FirewallBypassResponse) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+// Route sends an identity's traffic on one port to an egress proxy
+// listener: connections to an address of identity on port (over proto) are
+// rewritten to the proxy's address on listener_port.
+type Route struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// identity is the destination identity: the id the firewall recorded for
+	// the destination's addresses.
+	Identity uint32 `protobuf:"varint,1,opt,name=identity,proto3" json:"identity,omitempty"`
+	// port is the destination port, 1..65535.
+	Port uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// proto is TCP or UDP.
+	Proto Protocol `protobuf:"varint,3,opt,name=proto,proto3,enum=clawker.admin.v1.Protocol" json:"proto,omitempty"`
+	// listener_port is the proxy listener's port, 1..65535.
+	ListenerPort  uint32 `protobuf:"varint,4,opt,name=listener_port,json=listenerPort,proto3" json:"listener_port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_admin_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Route) GetIdentity() uint32 {
+	if x != nil {
+		return x.Identity
+	}
+	return 0
+}
+
+func (x *Route) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *Route) GetProto() Protocol {
+	if x != nil {
+		return x.Proto
+	}
+	return Protocol_PROTOCOL_UNSPECIFIED
+}
+
+func (x *Route) GetListenerPort() uint32 {
+	if x != nil {
+		return x.ListenerPort
+	}
+	return 0
+}
+
+type FirewallSyncRoutesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// routes is the complete new route set; empty clears it. An (identity,
+	// port, proto) appears at most once.
+	Routes        []*Route `protobuf:"bytes,1,rep,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallSyncRoutesRequest) Reset() {
+	*x = FirewallSyncRoutesRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallSyncRoutesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallSyncRoutesRequest) ProtoMessage() {}
+
+func (x *FirewallSyncRoutesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallSyncRoutesRequest.ProtoReflect.Descriptor instead.
+func (*FirewallSyncRoutesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FirewallSyncRoutesRequest) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+type FirewallSyncRoutesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// routes is the number of routes now installed.
+	Routes        uint32 `protobuf:"varint,1,opt,name=routes,proto3" json:"routes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallSyncRoutesResponse) Reset() {
+	*x = FirewallSyncRoutesResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallSyncRoutesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallSyncRoutesResponse) ProtoMessage() {}
+
+func (x *FirewallSyncRoutesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallSyncRoutesResponse.ProtoReflect.Descriptor instead.
+func (*FirewallSyncRoutesResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FirewallSyncRoutesResponse) GetRoutes() uint32 {
+	if x != nil {
+		return x.Routes
+	}
+	return 0
+}
+
+type FirewallStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallStatusRequest) Reset() {
+	*x = FirewallStatusRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallStatusRequest) ProtoMessage() {}
+
+func (x *FirewallStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallStatusRequest.ProtoReflect.Descriptor instead.
+func (*FirewallStatusRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+type FirewallStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// enabled is settings' firewall.enable: false means nothing is enforced.
+	Enabled bool `protobuf:"varint,1,opt,name=enabled,proto3" json:"enabled,omitempty"`
+	// agents lists every enforced agent container.
+	Agents []*FirewallAgent `protobuf:"bytes,2,rep,name=agents,proto3" json:"agents,omitempty"`
+	// route_count is the number of routes installed.
+	RouteCount    uint32 `protobuf:"varint,3,opt,name=route_count,json=routeCount,proto3" json:"route_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallStatusResponse) Reset() {
+	*x = FirewallStatusResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallStatusResponse) ProtoMessage() {}
+
+func (x *FirewallStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallStatusResponse.ProtoReflect.Descriptor instead.
+func (*FirewallStatusResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FirewallStatusResponse) GetEnabled() bool {
+	if x != nil {
+		return x.Enabled
+	}
+	return false
+}
+
+func (x *FirewallStatusResponse) GetAgents() []*FirewallAgent {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+func (x *FirewallStatusResponse) GetRouteCount() uint32 {
+	if x != nil {
+		return x.RouteCount
+	}
+	return 0
+}
+
+// FirewallAgent is one enforced agent container.
+type FirewallAgent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// container_id is the agent container's full Docker id.
+	ContainerId string `protobuf:"bytes,1,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// cgroup_id is the id of the container's cgroup, which carries the
+	// programs and the enrollment.
+	CgroupId uint64 `protobuf:"varint,2,opt,name=cgroup_id,json=cgroupId,proto3" json:"cgroup_id,omitempty"`
+	// disabled is set after FirewallDisable, until FirewallEnable.
+	Disabled bool `protobuf:"varint,3,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// bypass_until is when the current bypass ends; unset when there is none.
+	BypassUntil   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=bypass_until,json=bypassUntil,proto3" json:"bypass_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallAgent) Reset() {
+	*x = FirewallAgent{}
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallAgent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallAgent) ProtoMessage() {}
+
+func (x *FirewallAgent) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallAgent.ProtoReflect.Descriptor instead.
+func (*FirewallAgent) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *FirewallAgent) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *FirewallAgent) GetCgroupId() uint64 {
+	if x != nil {
+		return x.CgroupId
+	}
+	return 0
+}
+
+func (x *FirewallAgent) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *FirewallAgent) GetBypassUntil() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BypassUntil
+	}
+	return nil
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14admin/v1/admin.proto\x12\x10clawker.admin.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
+	"\x14admin/v1/admin.proto\x12\x10clawker.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
 	"\x11ListAgentsRequest\"E\n" +
 	"\x12ListAgentsResponse\x12/\n" +
 	"\x06agents\x18\x01 \x03(\v2\x17.clawker.admin.v1.AgentR\x06agents\"\xad\x02\n" +
@@ -313,11 +976,52 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\tconnected\x18\b \x01(\bR\tconnected\"\x16\n" +
 	"\x14GetSystemTimeRequest\"E\n" +
 	"\x15GetSystemTimeResponse\x12,\n" +
-	"\x03now\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x03now2\xc9\x01\n" +
+	"\x03now\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x03now\":\n" +
+	"\x15FirewallEnableRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x18\n" +
+	"\x16FirewallEnableResponse\";\n" +
+	"\x16FirewallDisableRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\"\x19\n" +
+	"\x17FirewallDisableResponse\"o\n" +
+	"\x15FirewallBypassRequest\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x7f\n" +
+	"\x16FirewallBypassResponse\x120\n" +
+	"\x05until\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\x05until\x123\n" +
+	"\atimeout\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\atimeout\"\x8e\x01\n" +
+	"\x05Route\x12\x1a\n" +
+	"\bidentity\x18\x01 \x01(\rR\bidentity\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x120\n" +
+	"\x05proto\x18\x03 \x01(\x0e2\x1a.clawker.admin.v1.ProtocolR\x05proto\x12#\n" +
+	"\rlistener_port\x18\x04 \x01(\rR\flistenerPort\"L\n" +
+	"\x19FirewallSyncRoutesRequest\x12/\n" +
+	"\x06routes\x18\x01 \x03(\v2\x17.clawker.admin.v1.RouteR\x06routes\"4\n" +
+	"\x1aFirewallSyncRoutesResponse\x12\x16\n" +
+	"\x06routes\x18\x01 \x01(\rR\x06routes\"\x17\n" +
+	"\x15FirewallStatusRequest\"\x8c\x01\n" +
+	"\x16FirewallStatusResponse\x12\x18\n" +
+	"\aenabled\x18\x01 \x01(\bR\aenabled\x127\n" +
+	"\x06agents\x18\x02 \x03(\v2\x1f.clawker.admin.v1.FirewallAgentR\x06agents\x12\x1f\n" +
+	"\vroute_count\x18\x03 \x01(\rR\n" +
+	"routeCount\"\xaa\x01\n" +
+	"\rFirewallAgent\x12!\n" +
+	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1b\n" +
+	"\tcgroup_id\x18\x02 \x01(\x04R\bcgroupId\x12\x1a\n" +
+	"\bdisabled\x18\x03 \x01(\bR\bdisabled\x12=\n" +
+	"\fbypass_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vbypassUntil*H\n" +
+	"\bProtocol\x12\x18\n" +
+	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
+	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
+	"\fPROTOCOL_UDP\x10\x022\xd1\x05\n" +
 	"\fAdminService\x12W\n" +
 	"\n" +
 	"ListAgents\x12#.clawker.admin.v1.ListAgentsRequest\x1a$.clawker.admin.v1.ListAgentsResponse\x12`\n" +
-	"\rGetSystemTime\x12&.clawker.admin.v1.GetSystemTimeRequest\x1a'.clawker.admin.v1.GetSystemTimeResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
+	"\rGetSystemTime\x12&.clawker.admin.v1.GetSystemTimeRequest\x1a'.clawker.admin.v1.GetSystemTimeResponse\x12c\n" +
+	"\x0eFirewallEnable\x12'.clawker.admin.v1.FirewallEnableRequest\x1a(.clawker.admin.v1.FirewallEnableResponse\x12f\n" +
+	"\x0fFirewallDisable\x12(.clawker.admin.v1.FirewallDisableRequest\x1a).clawker.admin.v1.FirewallDisableResponse\x12c\n" +
+	"\x0eFirewallBypass\x12'.clawker.admin.v1.FirewallBypassRequest\x1a(.clawker.admin.v1.FirewallBypassResponse\x12o\n" +
+	"\x12FirewallSyncRoutes\x12+.clawker.admin.v1.FirewallSyncRoutesRequest\x1a,.clawker.admin.v1.FirewallSyncRoutesResponse\x12c\n" +
+	"\x0eFirewallStatus\x12'.clawker.admin.v1.FirewallStatusRequest\x1a(.clawker.admin.v1.FirewallStatusResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -331,29 +1035,61 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(*ListAgentsRequest)(nil),     // 0: clawker.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 1: clawker.admin.v1.ListAgentsResponse
-	(*Agent)(nil),                 // 2: clawker.admin.v1.Agent
-	(*GetSystemTimeRequest)(nil),  // 3: clawker.admin.v1.GetSystemTimeRequest
-	(*GetSystemTimeResponse)(nil), // 4: clawker.admin.v1.GetSystemTimeResponse
-	(*timestamppb.Timestamp)(nil), // 5: google.protobuf.Timestamp
+	(Protocol)(0),                      // 0: clawker.admin.v1.Protocol
+	(*ListAgentsRequest)(nil),          // 1: clawker.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),         // 2: clawker.admin.v1.ListAgentsResponse
+	(*Agent)(nil),                      // 3: clawker.admin.v1.Agent
+	(*GetSystemTimeRequest)(nil),       // 4: clawker.admin.v1.GetSystemTimeRequest
+	(*GetSystemTimeResponse)(nil),      // 5: clawker.admin.v1.GetSystemTimeResponse
+	(*FirewallEnableRequest)(nil),      // 6: clawker.admin.v1.FirewallEnableRequest
+	(*FirewallEnableResponse)(nil),     // 7: clawker.admin.v1.FirewallEnableResponse
+	(*FirewallDisableRequest)(nil),     // 8: clawker.admin.v1.FirewallDisableRequest
+	(*FirewallDisableResponse)(nil),    // 9: clawker.admin.v1.FirewallDisableResponse
+	(*FirewallBypassRequest)(nil),      // 10: clawker.admin.v1.FirewallBypassRequest
+	(*FirewallBypassResponse)(nil),     // 11: clawker.admin.v1.FirewallBypassResponse
+	(*Route)(nil),                      // 12: clawker.admin.v1.Route
+	(*FirewallSyncRoutesRequest)(nil),  // 13: clawker.admin.v1.FirewallSyncRoutesRequest
+	(*FirewallSyncRoutesResponse)(nil), // 14: clawker.admin.v1.FirewallSyncRoutesResponse
+	(*FirewallStatusRequest)(nil),      // 15: clawker.admin.v1.FirewallStatusRequest
+	(*FirewallStatusResponse)(nil),     // 16: clawker.admin.v1.FirewallStatusResponse
+	(*FirewallAgent)(nil),              // 17: clawker.admin.v1.FirewallAgent
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 19: google.protobuf.Duration
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
-	2, // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
-	5, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
-	5, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	5, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
-	0, // 4: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
-	3, // 5: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
-	1, // 6: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
-	4, // 7: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	3,  // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
+	18, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
+	18, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	18, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
+	19, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
+	18, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
+	19, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
+	0,  // 7: clawker.admin.v1.Route.proto:type_name -> clawker.admin.v1.Protocol
+	12, // 8: clawker.admin.v1.FirewallSyncRoutesRequest.routes:type_name -> clawker.admin.v1.Route
+	17, // 9: clawker.admin.v1.FirewallStatusResponse.agents:type_name -> clawker.admin.v1.FirewallAgent
+	18, // 10: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
+	1,  // 11: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
+	4,  // 12: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
+	6,  // 13: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
+	8,  // 14: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
+	10, // 15: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
+	13, // 16: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
+	15, // 17: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
+	2,  // 18: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
+	5,  // 19: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
+	7,  // 20: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
+	9,  // 21: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
+	11, // 22: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
+	14, // 23: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
+	16, // 24: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -366,13 +1102,14 @@ func file_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   5,
+			NumEnums:      1,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_admin_v1_admin_proto_depIdxs,
+		EnumInfos:         file_admin_v1_admin_proto_enumTypes,
 		MessageInfos:      file_admin_v1_admin_proto_msgTypes,
 	}.Build()
 	File_admin_v1_admin_proto = out.File

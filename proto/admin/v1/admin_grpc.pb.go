@@ -23,8 +23,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListAgents_FullMethodName    = "/clawker.admin.v1.AdminService/ListAgents"
-	AdminService_GetSystemTime_FullMethodName = "/clawker.admin.v1.AdminService/GetSystemTime"
+	AdminService_ListAgents_FullMethodName         = "/clawker.admin.v1.AdminService/ListAgents"
+	AdminService_GetSystemTime_FullMethodName      = "/clawker.admin.v1.AdminService/GetSystemTime"
+	AdminService_FirewallEnable_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallEnable"
+	AdminService_FirewallDisable_FullMethodName    = "/clawker.admin.v1.AdminService/FirewallDisable"
+	AdminService_FirewallBypass_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallBypass"
+	AdminService_FirewallSyncRoutes_FullMethodName = "/clawker.admin.v1.AdminService/FirewallSyncRoutes"
+	AdminService_FirewallStatus_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallStatus"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -37,6 +42,24 @@ type AdminServiceClient interface {
 	// GetSystemTime returns the CP's wall clock; the CLI's clock-sync readiness
 	// gate polls it. Public scope: no bearer token required.
 	GetSystemTime(ctx context.Context, in *GetSystemTimeRequest, opts ...grpc.CallOption) (*GetSystemTimeResponse, error)
+	// FirewallEnable clears an agent container's disable and bypass: its
+	// egress is enforced again. Idempotent. FailedPrecondition when the
+	// firewall is off in settings, NotFound when no running agent container
+	// has the id, Unavailable while the control plane drains.
+	FirewallEnable(ctx context.Context, in *FirewallEnableRequest, opts ...grpc.CallOption) (*FirewallEnableResponse, error)
+	// FirewallDisable lets an agent container's egress through, without
+	// expiry, until FirewallEnable. Errors as FirewallEnable.
+	FirewallDisable(ctx context.Context, in *FirewallDisableRequest, opts ...grpc.CallOption) (*FirewallDisableResponse, error)
+	// FirewallBypass lets an agent container's egress through for a while;
+	// the expiry is kept in the BPF map, so the bypass ends on time even
+	// without a control plane. Errors as FirewallEnable, plus
+	// InvalidArgument for a timeout out of range.
+	FirewallBypass(ctx context.Context, in *FirewallBypassRequest, opts ...grpc.CallOption) (*FirewallBypassResponse, error)
+	// FirewallSyncRoutes replaces the whole route set in one step: every
+	// lookup sees the old set or the new one, never a mix.
+	FirewallSyncRoutes(ctx context.Context, in *FirewallSyncRoutesRequest, opts ...grpc.CallOption) (*FirewallSyncRoutesResponse, error)
+	// FirewallStatus reports what the eBPF programs enforce.
+	FirewallStatus(ctx context.Context, in *FirewallStatusRequest, opts ...grpc.CallOption) (*FirewallStatusResponse, error)
 }
 
 type adminServiceClient struct {
@@ -67,6 +90,56 @@ func (c *adminServiceClient) GetSystemTime(ctx context.Context, in *GetSystemTim
 	return out, nil
 }
 
+func (c *adminServiceClient) FirewallEnable(ctx context.Context, in *FirewallEnableRequest, opts ...grpc.CallOption) (*FirewallEnableResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallEnableResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallEnable_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallDisable(ctx context.Context, in *FirewallDisableRequest, opts ...grpc.CallOption) (*FirewallDisableResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallDisableResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallDisable_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallBypass(ctx context.Context, in *FirewallBypassRequest, opts ...grpc.CallOption) (*FirewallBypassResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallBypassResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallBypass_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallSyncRoutes(ctx context.Context, in *FirewallSyncRoutesRequest, opts ...grpc.CallOption) (*FirewallSyncRoutesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallSyncRoutesResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallSyncRoutes_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallStatus(ctx context.Context, in *FirewallStatusRequest, opts ...grpc.CallOption) (*FirewallStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallStatusResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -77,6 +150,24 @@ type AdminServiceServer interface {
 	// GetSystemTime returns the CP's wall clock; the CLI's clock-sync readiness
 	// gate polls it. Public scope: no bearer token required.
 	GetSystemTime(context.Context, *GetSystemTimeRequest) (*GetSystemTimeResponse, error)
+	// FirewallEnable clears an agent container's disable and bypass: its
+	// egress is enforced again. Idempotent. FailedPrecondition when the
+	// firewall is off in settings, NotFound when no running agent container
+	// has the id, Unavailable while the control plane drains.
+	FirewallEnable(context.Context, *FirewallEnableRequest) (*FirewallEnableResponse, error)
+	// FirewallDisable lets an agent container's egress through, without
+	// expiry, until FirewallEnable. Errors as FirewallEnable.
+	FirewallDisable(context.Context, *FirewallDisableRequest) (*FirewallDisableResponse, error)
+	// FirewallBypass lets an agent container's egress through for a while;
+	// the expiry is kept in the BPF map, so the bypass ends on time even
+	// without a control plane. Errors as FirewallEnable, plus
+	// InvalidArgument for a timeout out of range.
+	FirewallBypass(context.Context, *FirewallBypassRequest) (*FirewallBypassResponse, error)
+	// FirewallSyncRoutes replaces the whole route set in one step: every
+	// lookup sees the old set or the new one, never a mix.
+	FirewallSyncRoutes(context.Context, *FirewallSyncRoutesRequest) (*FirewallSyncRoutesResponse, error)
+	// FirewallStatus reports what the eBPF programs enforce.
+	FirewallStatus(context.Context, *FirewallStatusRequest) (*FirewallStatusResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -92,6 +183,21 @@ func (UnimplementedAdminServiceServer) ListAgents(context.Context, *ListAgentsRe
 }
 func (UnimplementedAdminServiceServer) GetSystemTime(context.Context, *GetSystemTimeRequest) (*GetSystemTimeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSystemTime not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallEnable(context.Context, *FirewallEnableRequest) (*FirewallEnableResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallEnable not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallDisable(context.Context, *FirewallDisableRequest) (*FirewallDisableResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallDisable not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallBypass(context.Context, *FirewallBypassRequest) (*FirewallBypassResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallBypass not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallSyncRoutes(context.Context, *FirewallSyncRoutesRequest) (*FirewallSyncRoutesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallSyncRoutes not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallStatus(context.Context, *FirewallStatusRequest) (*FirewallStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallStatus not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -150,6 +256,96 @@ func _AdminService_GetSystemTime_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_FirewallEnable_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallEnableRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallEnable(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallEnable_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallEnable(ctx, req.(*FirewallEnableRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallDisable_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallDisableRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallDisable(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallDisable_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallDisable(ctx, req.(*FirewallDisableRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallBypass_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallBypassRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallBypass(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallBypass_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallBypass(ctx, req.(*FirewallBypassRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallSyncRoutes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallSyncRoutesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallSyncRoutes(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallSyncRoutes_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallSyncRoutes(ctx, req.(*FirewallSyncRoutesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallStatus(ctx, req.(*FirewallStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -164,6 +360,26 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSystemTime",
 			Handler:    _AdminService_GetSystemTime_Handler,
+		},
+		{
+			MethodName: "FirewallEnable",
+			Handler:    _AdminService_FirewallEnable_Handler,
+		},
+		{
+			MethodName: "FirewallDisable",
+			Handler:    _AdminService_FirewallDisable_Handler,
+		},
+		{
+			MethodName: "FirewallBypass",
+			Handler:    _AdminService_FirewallBypass_Handler,
+		},
+		{
+			MethodName: "FirewallSyncRoutes",
+			Handler:    _AdminService_FirewallSyncRoutes_Handler,
+		},
+		{
+			MethodName: "FirewallStatus",
+			Handler:    _AdminService_FirewallStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

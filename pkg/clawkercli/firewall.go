@@ -1,0 +1,474 @@
+package clawkercli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/client"
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc/codes"
+	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/clawker/clawker-cp/pkg/adminclient"
+	"github.com/clawker/clawker-cp/pkg/agentrun"
+	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/settings"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+)
+
+const (
+	fwEnableUsage  = "clawker firewall enable --agent NAME [--project P]"
+	fwDisableUsage = "clawker firewall disable --agent NAME [--project P]"
+	fwBypassUsage  = "clawker firewall bypass DURATION --agent NAME [--project P]"
+)
+
+// The bypass lengths the control plane accepts (egress.MaxBypass and the
+// AdminService's lower bound); checked here too, so a typo does not bring
+// the control plane up for nothing.
+const (
+	minBypass = time.Second
+	maxBypass = time.Hour
+)
+
+// dockerTimeout bounds each Docker call of the firewall verbs and of
+// `controlplane down`'s agent check.
+const dockerTimeout = 30 * time.Second
+
+func firewallCommand(env Env) *cli.Command {
+	agentFlags := func() []cli.Flag {
+		return []cli.Flag{
+			&cli.StringFlag{Name: "agent", Usage: "agent name (required)"},
+			&cli.StringFlag{Name: "project", Usage: "project name (default: the current directory's name, made valid)"},
+			&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"},
+		}
+	}
+	return &cli.Command{
+		Name:  "firewall",
+		Usage: "switch the egress firewall of one agent off and on, or look at what it enforces",
+		Description: "The agent is container clawker.<project>.<agent>; the project defaults to the current directory's\n" +
+			"name. These verbs bring the control plane up first when it is not running.",
+		Subcommands: []*cli.Command{
+			{
+				Name:   "enable",
+				Usage:  "enforce an agent's egress again: clears a disable or a bypass",
+				Flags:  agentFlags(),
+				Action: func(c *cli.Context) error { return firewallMutate(c, env, "enable") },
+			},
+			{
+				Name:   "disable",
+				Usage:  "let an agent's egress through unfiltered until `clawker firewall enable`",
+				Flags:  agentFlags(),
+				Action: func(c *cli.Context) error { return firewallMutate(c, env, "disable") },
+			},
+			{
+				Name:      "bypass",
+				Usage:     "let an agent's egress through unfiltered for DURATION (1s to 1h, e.g. 30s or 5m)",
+				ArgsUsage: "DURATION",
+				Flags:     agentFlags(),
+				Action:    func(c *cli.Context) error { return firewallMutate(c, env, "bypass") },
+				Description: fwBypassUsage + " (flags may also come first)\n" +
+					"The bypass ends on time even if the control plane stops: its end is kept with the eBPF programs.",
+			},
+			{
+				Name:   "status",
+				Usage:  "show whether the firewall is on, the enforced agents and the number of routes",
+				Flags:  []cli.Flag{&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"}},
+				Action: func(c *cli.Context) error { return firewallStatus(c, env) },
+			},
+		},
+	}
+}
+
+// FirewallActionReport is `firewall enable|disable|bypass --format json`.
+type FirewallActionReport struct {
+	Action      string `json:"action"` // enable, disable or bypass
+	Project     string `json:"project"`
+	Agent       string `json:"agent"`
+	Container   string `json:"container"` // clawker.<project>.<agent>
+	ContainerID string `json:"container_id"`
+	// Until is when a bypass ends (UTC); Timeout its length, as Go writes
+	// durations ("30s", "5m0s").
+	Until   *time.Time `json:"until,omitempty"`
+	Timeout string     `json:"timeout,omitempty"`
+}
+
+func firewallMutate(c *cli.Context, env Env, action string) error {
+	usage := map[string]string{"enable": fwEnableUsage, "disable": fwDisableUsage, "bypass": fwBypassUsage}[action]
+	args, err := interspersed(c)
+	if err != nil {
+		return fmt.Errorf("firewall %s: %w (%s)", action, err, usage)
+	}
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	var timeout time.Duration
+	if action == "bypass" {
+		if timeout, err = bypassArg(args); err != nil {
+			return err
+		}
+	} else if len(args) > 0 {
+		return fmt.Errorf("firewall %s takes no arguments, got %q (%s)", action, args, usage)
+	}
+	project, agent, err := agentNames(c, usage)
+	if err != nil {
+		return err
+	}
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return err
+	}
+	s, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		return err
+	}
+	labels, err := debugLabels(env)
+	if err != nil {
+		return err
+	}
+	d, release, err := env.docker()
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	// Docker first: a wrong name is reported without bringing the control
+	// plane up.
+	target, err := findRunningAgent(c.Context, d, project, agent)
+	if err != nil {
+		return err
+	}
+	if _, _, err := ensureCPWith(c.Context, env, s, paths, d, labels); err != nil {
+		return err
+	}
+	cl, err := adminclient.Dial(c.Context, paths, s)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	ctx, cancel := context.WithTimeout(c.Context, adminclient.CallTimeout)
+	defer cancel()
+	rep := FirewallActionReport{Action: action, Project: project, Agent: agent, Container: target.name, ContainerID: target.id}
+	var line string
+	switch action {
+	case "enable":
+		_, err = cl.FirewallEnable(ctx, &adminv1.FirewallEnableRequest{ContainerId: target.id})
+		line = "firewall enabled for " + target.name
+	case "disable":
+		_, err = cl.FirewallDisable(ctx, &adminv1.FirewallDisableRequest{ContainerId: target.id})
+		line = "firewall disabled for " + target.name + " (until `clawker firewall enable`)"
+	case "bypass":
+		var resp *adminv1.FirewallBypassResponse
+		resp, err = cl.FirewallBypass(ctx, &adminv1.FirewallBypassRequest{ContainerId: target.id, Timeout: durationpb.New(timeout)})
+		if err == nil {
+			until := resp.GetUntil().AsTime().UTC()
+			applied := resp.GetTimeout().AsDuration()
+			rep.Until, rep.Timeout = &until, applied.String()
+			line = fmt.Sprintf("bypass for %s until %s (%s)", target.name, until.Format(time.RFC3339), shortDuration(applied))
+		}
+	}
+	if err != nil {
+		return rpcError("firewall "+action+" "+target.name, cl.Addr(), err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	_, err = fmt.Fprintln(env.Stdout, line)
+	return err
+}
+
+// bypassArg reads the one DURATION argument of `firewall bypass`.
+func bypassArg(args []string) (time.Duration, error) {
+	if len(args) != 1 {
+		if len(args) == 0 {
+			return 0, fmt.Errorf("DURATION: required: how long the bypass lasts, e.g. 30s or 5m (%s)", fwBypassUsage)
+		}
+		return 0, fmt.Errorf("firewall bypass takes one argument, DURATION, got %q (%s)", args, fwBypassUsage)
+	}
+	d, err := time.ParseDuration(args[0])
+	if err != nil {
+		return 0, fmt.Errorf("DURATION: %q is not a duration; write e.g. 30s, 5m or 1h (%s)", args[0], fwBypassUsage)
+	}
+	if d < minBypass || d > maxBypass {
+		return 0, fmt.Errorf("DURATION: %s is out of range: a bypass lasts %s to %s, e.g. 30s or 5m", args[0], minBypass, shortDuration(maxBypass))
+	}
+	return d, nil
+}
+
+// agentTarget is a running agent container.
+type agentTarget struct{ id, name string }
+
+// findRunningAgent finds clawker.<project>.<agent> as `clawker rm` does:
+// by name, insisting on clawker's agent labels; it must also run, since
+// the firewall enforces running agents only.
+func findRunningAgent(ctx context.Context, d cpboot.Docker, project, agent string) (agentTarget, error) {
+	name := agentrun.ContainerName(project, agent)
+	in, err := dockerx.Call(ctx, dockerTimeout, func(ctx context.Context) (client.ContainerInspectResult, error) {
+		return d.ContainerInspect(ctx, name, client.ContainerInspectOptions{})
+	})
+	notFound := fmt.Errorf("%w: %s (project %s, agent %s)", agentrun.ErrNotFound, name, project, agent)
+	if cerrdefs.IsNotFound(err) {
+		return agentTarget{}, notFound
+	}
+	if err != nil {
+		return agentTarget{}, fmt.Errorf("inspecting container %s: %w", name, err)
+	}
+	c := in.Container
+	// Docker's inspect also matches an id prefix: insist on the name.
+	if strings.TrimPrefix(c.Name, "/") != name {
+		return agentTarget{}, notFound
+	}
+	var l map[string]string
+	if c.Config != nil {
+		l = c.Config.Labels
+	}
+	if l[dockerx.LabelManaged] != "true" || l[dockerx.LabelPurpose] != dockerx.PurposeAgent ||
+		l[dockerx.LabelProject] != project || l[dockerx.LabelAgent] != agent {
+		return agentTarget{}, fmt.Errorf("%w: %s lacks the labels %s=true, %s=%s, %s=%s, %s=%s", agentrun.ErrNotAgent, name,
+			dockerx.LabelManaged, dockerx.LabelPurpose, dockerx.PurposeAgent, dockerx.LabelProject, project, dockerx.LabelAgent, agent)
+	}
+	if c.State == nil || !c.State.Running {
+		st := "unknown state"
+		if c.State != nil {
+			st = string(c.State.Status)
+		}
+		return agentTarget{}, fmt.Errorf("agent container %s is not running (%s): the firewall acts on running agents only", name, st)
+	}
+	return agentTarget{id: c.ID, name: name}, nil
+}
+
+// rpcError words a failed AdminService call: the control plane's own
+// message, which says what to do, or a hint for what the CLI can tell.
+func rpcError(what, addr string, err error) error {
+	st, ok := grpcstatus.FromError(err)
+	if !ok {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	switch st.Code() {
+	case codes.Unimplemented:
+		return fmt.Errorf("%s: the control plane at %s does not know this call: it runs an older clawker-cp; "+
+			"restart it (\"clawker controlplane down\", then \"clawker controlplane up\")", what, addr)
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%s: the control plane at %s did not answer within %s; check it with \"clawker controlplane status\"",
+			what, addr, adminclient.CallTimeout)
+	}
+	return fmt.Errorf("%s: %s", what, st.Message())
+}
+
+// FirewallStatusReport is `firewall status --format json`.
+type FirewallStatusReport struct {
+	// Enabled is settings' firewall.enable as the control plane runs it.
+	Enabled bool `json:"enabled"`
+	Routes  int  `json:"routes"`
+	// Agents are the enforced agent containers, by name.
+	Agents []FirewallAgentReport `json:"agents"`
+}
+
+// FirewallAgentReport is one enforced agent container.
+type FirewallAgentReport struct {
+	// Container is clawker.<project>.<agent>; empty (and Project and
+	// Agent too) when the registry does not know the container.
+	Container   string `json:"container"`
+	Project     string `json:"project"`
+	Agent       string `json:"agent"`
+	ContainerID string `json:"container_id"`
+	CgroupID    uint64 `json:"cgroup_id"`
+	// State is enforced, disabled or bypassed.
+	State string `json:"state"`
+	// BypassUntil is when a bypass ends (UTC), null without one.
+	BypassUntil *time.Time `json:"bypass_until"`
+}
+
+// The states of an agent's enforcement.
+const (
+	fwEnforced = "enforced"
+	fwDisabled = "disabled"
+	fwBypassed = "bypassed"
+)
+
+func firewallStatus(c *cli.Context, env Env) error {
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	if c.NArg() > 0 {
+		return fmt.Errorf("firewall status takes no arguments, got %q", c.Args().Slice())
+	}
+	paths, err := settings.ResolvePaths(env.Getenv)
+	if err != nil {
+		return err
+	}
+	s, err := settings.Load(paths.SettingsFile)
+	if err != nil {
+		return err
+	}
+	if err := ensureCP(c.Context, env); err != nil {
+		return err
+	}
+	cl, err := adminclient.Dial(c.Context, paths, s)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+
+	ctx, cancel := context.WithTimeout(c.Context, adminclient.CallTimeout)
+	defer cancel()
+	resp, err := cl.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+	if err != nil {
+		return rpcError("firewall status", cl.Addr(), err)
+	}
+	// Names come from the registry; without them the table shows ids.
+	var agents []*adminv1.Agent
+	if len(resp.GetAgents()) > 0 {
+		list, err := cl.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "note: agent names unavailable: %s\n", grpcstatus.Convert(err).Message())
+		}
+		agents = list.GetAgents()
+	}
+	rep := firewallReport(resp, agents)
+	if asJSON {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	return writeFirewallStatus(env.Stdout, rep)
+}
+
+// firewallReport joins the firewall's view with the registry's names and
+// sorts by name (unknown names last), then container id.
+func firewallReport(resp *adminv1.FirewallStatusResponse, registered []*adminv1.Agent) FirewallStatusReport {
+	byID := map[string]*adminv1.Agent{}
+	for _, a := range registered {
+		byID[a.GetContainerId()] = a
+	}
+	rep := FirewallStatusReport{Enabled: resp.GetEnabled(), Routes: int(resp.GetRouteCount()), Agents: []FirewallAgentReport{}}
+	for _, a := range resp.GetAgents() {
+		r := FirewallAgentReport{ContainerID: a.GetContainerId(), CgroupID: a.GetCgroupId(), State: fwEnforced, BypassUntil: utcTime(a.GetBypassUntil())}
+		if reg, ok := byID[a.GetContainerId()]; ok && reg.GetProject() != "" && reg.GetAgentName() != "" {
+			r.Project, r.Agent = reg.GetProject(), reg.GetAgentName()
+			r.Container = agentrun.ContainerName(r.Project, r.Agent)
+		}
+		switch {
+		case a.GetDisabled():
+			r.State = fwDisabled
+		case r.BypassUntil != nil:
+			r.State = fwBypassed
+		}
+		rep.Agents = append(rep.Agents, r)
+	}
+	sort.SliceStable(rep.Agents, func(i, j int) bool {
+		x, y := rep.Agents[i], rep.Agents[j]
+		if (x.Container == "") != (y.Container == "") {
+			return y.Container == ""
+		}
+		if x.Container != y.Container {
+			return x.Container < y.Container
+		}
+		return x.ContainerID < y.ContainerID
+	})
+	return rep
+}
+
+// writeFirewallStatus prints `firewall status`:
+//
+//	Firewall: enabled
+//	Routes: 12
+//	AGENT              CONTAINER     CGROUP  STATE
+//	clawker.myapp.dev  a1b2c3d4e5f6  4242    enforced
+func writeFirewallStatus(w io.Writer, rep FirewallStatusReport) error {
+	if !rep.Enabled {
+		_, err := fmt.Fprintln(w, "Firewall: disabled (firewall.enable: false in settings.yaml): no agent's egress is enforced")
+		return err
+	}
+	fmt.Fprintln(w, "Firewall: enabled")
+	fmt.Fprintf(w, "Routes: %d\n", rep.Routes)
+	if len(rep.Agents) == 0 {
+		_, err := fmt.Fprintln(w, "Agents: none enforced")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "AGENT\tCONTAINER\tCGROUP\tSTATE")
+	for _, a := range rep.Agents {
+		st := a.State
+		if a.State == fwBypassed {
+			st += " until " + tableTime(a.BypassUntil)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", orDash(a.Container), shortID(a.ContainerID), a.CgroupID, st)
+	}
+	return tw.Flush()
+}
+
+// shortDuration writes d without trailing zero units: 5m, 1h, 1h30m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// interspersed lets flags follow the arguments, as in `clawker firewall
+// bypass 5m --agent dev`: urfave/cli stops parsing flags at the first
+// argument, so the ones after it are set here. It returns the arguments.
+func interspersed(c *cli.Context) ([]string, error) {
+	in := c.Args().Slice()
+	var args []string
+	for i := 0; i < len(in); i++ {
+		a := in[i]
+		if a == "--" {
+			args = append(args, in[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			args = append(args, a)
+			continue
+		}
+		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		f := lookupFlag(c.Command.Flags, name)
+		if f == nil {
+			return nil, fmt.Errorf("flag provided but not defined: %s", a)
+		}
+		if !hasValue {
+			if _, isBool := f.(*cli.BoolFlag); isBool {
+				value = "true"
+			} else {
+				if i+1 >= len(in) {
+					return nil, fmt.Errorf("flag needs an argument: %s", a)
+				}
+				i++
+				value = in[i]
+			}
+		}
+		if err := c.Set(name, value); err != nil {
+			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, a, err)
+		}
+	}
+	return args, nil
+}
+
+func lookupFlag(flags []cli.Flag, name string) cli.Flag {
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				return f
+			}
+		}
+	}
+	return nil
+}
