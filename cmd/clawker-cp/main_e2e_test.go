@@ -680,25 +680,46 @@ func BenchmarkExecToHealthy(b *testing.B) {
 	}
 }
 
-// The firewall stack is not built yet: a CP asked to enforce it must refuse
-// to report ready rather than run unprotected, and say how to opt out.
-func TestFirewallEnabledRefusesToStart(t *testing.T) {
-	t.Parallel()
+// A CP asked to enforce a firewall whose stack is not there must refuse to
+// report ready rather than run unprotected, and say how to opt out. Two
+// ways to lack it: no agent network, and a network where nothing answers at
+// the stack's addresses.
+func TestFirewallEnabledWithoutStackRefusesToStart(t *testing.T) {
 	bin := cpBinary(t)
-	home := cptest.NewCPHome(t, "firewall: {enable: true}")
-	p := cptest.StartCP(t, home, bin)
-	if code := p.MustExit(t, exitTimeout); code != 1 {
-		t.Fatalf("exit code %d, want 1", code)
+	pinDir := cptest.TestPinDir(t)
+	cases := []struct {
+		name    string
+		network func(t *testing.T) string
+		want    []string
+	}{
+		{"no network", func(*testing.T) string { return "clawker-test-nonet-" + cptest.NewRunID() },
+			[]string{"agent network cannot be read", "firewall.enable: false"}},
+		{"no stack", func(t *testing.T) string {
+			return cptest.NewTestNet(t, cptest.RequireDocker(t), cptest.NewRunID(), cptest.TestNetOptions{}).Name
+		},
+			[]string{"no DNS server answers at", ".201:53", "firewall.enable: false"}},
 	}
-	failed := p.Events("startup_failed")
-	if len(failed) != 1 {
-		t.Fatalf("startup_failed lines %v, want one", failed)
-	}
-	if e, _ := failed[0]["error"].(string); !strings.Contains(e, "firewall.enable: false") || !strings.Contains(e, "firewall") {
-		t.Errorf("startup_failed error %q does not name the firewall and the opt-out", e)
-	}
-	if d := p.Events("drain_step"); len(d) != 0 {
-		t.Errorf("drain steps ran on a failure before ready: %v", d)
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			home := cptest.NewCPHome(t, "firewall: {enable: true}")
+			p := cptest.StartCP(t, home, bin, "CLAWKER_CP_DEBUG_PIN_DIR="+pinDir, "CLAWKER_CP_DEBUG_NETWORK="+c.network(t))
+			if code := p.MustExit(t, exitTimeout); code != 1 {
+				t.Fatalf("exit code %d, want 1", code)
+			}
+			failed := p.Events("startup_failed")
+			if len(failed) != 1 {
+				t.Fatalf("startup_failed lines %v, want one", failed)
+			}
+			e, _ := failed[0]["error"].(string)
+			for _, want := range c.want {
+				if !strings.Contains(e, want) {
+					t.Errorf("startup_failed error %q does not contain %q", e, want)
+				}
+			}
+			if d := p.Events("drain_step"); len(d) != 0 {
+				t.Errorf("drain steps ran on a failure before ready: %v", d)
+			}
+		})
 	}
 }
 

@@ -1,0 +1,409 @@
+package main_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	docker "github.com/moby/moby/client"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/clawker/clawker-cp/pkg/adminclient"
+	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/egress"
+	"github.com/clawker/clawker-cp/pkg/settings"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+)
+
+// The firewall end to end: a clawker-cp process on the host, with the
+// firewall enabled, a pin dir of its own and a test network as its agent
+// network; stand-ins for the stack at .200 (proxy) and .201 (DNS); an
+// "outside" host that is this test process listening on the network's
+// gateway (which the programs treat like any address outside the subnet);
+// and agent containers (labelled purpose=agent) whose attempts are made by
+// exec, so they run inside the container's cgroup. No packet leaves for an
+// address the test did not create: the network is internal, and every
+// target is a stand-in, the gateway listener, or an address nobody holds.
+//
+// These tests are not parallel: the CP enforces every purpose=agent
+// container on the host, so it must not run beside tests with agents of
+// their own.
+
+const proxyPort = 15001
+
+// outsideHost is a TCP and UDP listener on the gateway that answers with a
+// line and records who reached it.
+type outsideHost struct {
+	tcp   net.Listener
+	udp   net.PacketConn
+	mu    sync.Mutex
+	peers []netip.Addr
+}
+
+func listenOutside(t *testing.T, ip netip.Addr) *outsideHost {
+	t.Helper()
+	ln, err := net.Listen("tcp4", net.JoinHostPort(ip.String(), "0"))
+	if err != nil {
+		t.Fatalf("listening on the gateway %s: %v", ip, err)
+	}
+	pc, err := net.ListenPacket("udp4", net.JoinHostPort(ip.String(), "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &outsideHost{tcp: ln, udp: pc}
+	t.Cleanup(func() { ln.Close(); pc.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			h.record(c.RemoteAddr())
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				_, _ = bufio.NewReader(c).ReadString('\n')
+				fmt.Fprintln(c, "outside host")
+			}()
+		}
+	}()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			h.record(from)
+			_, _ = pc.WriteTo([]byte("outside host\n"), from)
+		}
+	}()
+	return h
+}
+
+func (h *outsideHost) record(a net.Addr) {
+	ap, _ := netip.ParseAddrPort(a.String())
+	h.mu.Lock()
+	h.peers = append(h.peers, ap.Addr().Unmap())
+	h.mu.Unlock()
+}
+
+// reachedBy counts the connections and datagrams from ip.
+func (h *outsideHost) reachedBy(ip netip.Addr) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, p := range h.peers {
+		if p == ip {
+			n++
+		}
+	}
+	return n
+}
+
+func (h *outsideHost) tcpTarget() string { return "tcp:" + h.tcp.Addr().String() }
+func (h *outsideHost) udpTarget() string { return "udp:" + h.udp.LocalAddr().String() }
+
+type fwRig struct {
+	d       *docker.Client
+	net     *cptest.TestNet
+	proxy   *cptest.StandinContainer
+	dns     *cptest.StandinContainer
+	outside *outsideHost
+	home    *cptest.Home
+	bin     string
+	pinDir  string
+	cp      *cptest.Process
+}
+
+var agentLabels = map[string]string{
+	dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeAgent,
+	dockerx.LabelProject: "fwtest", dockerx.LabelAgent: "probe",
+}
+
+func newFWRig(t *testing.T) *fwRig {
+	t.Helper()
+	d := cptest.RequireDocker(t)
+	r := &fwRig{d: d, bin: cpBinary(t), pinDir: cptest.TestPinDir(t)}
+	r.net = cptest.NewTestNet(t, d, cptest.NewRunID(), cptest.TestNetOptions{})
+	r.proxy, r.dns = r.net.StartFirewallStandins(t, proxyPort)
+	r.outside = listenOutside(t, r.net.Gateway)
+	r.home = cptest.NewCPHome(t, fmt.Sprintf("firewall: {enable: true, proxy_port: %d}\ncontrol_plane: {watcher: {enable: false}}\n", proxyPort))
+	r.startCP(t)
+	return r
+}
+
+func (r *fwRig) startCP(t *testing.T) {
+	t.Helper()
+	r.cp = cptest.StartCP(t, r.home, r.bin, "CLAWKER_CP_DEBUG_PIN_DIR="+r.pinDir, "CLAWKER_CP_DEBUG_NETWORK="+r.net.Name)
+	r.cp.WaitHealthy(t, healthyTimeout)
+}
+
+func (r *fwRig) admin(t *testing.T) *adminclient.Client {
+	t.Helper()
+	s, err := settings.Load(r.home.SettingsFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := adminclient.Dial(ctx, r.home.Paths(t), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// enforcedCgroup waits until the CP reports the container enforced on a
+// cgroup other than notOn, and returns that cgroup id.
+func (r *fwRig) enforcedCgroup(t *testing.T, c *adminclient.Client, containerID string, notOn uint64) uint64 {
+	t.Helper()
+	var cgid uint64
+	cptest.WaitFor(t, 30*time.Second, "container "+containerID[:12]+" enforced", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := c.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, a := range st.GetAgents() {
+			if a.GetContainerId() == containerID && a.GetCgroupId() != notOn {
+				cgid = a.GetCgroupId()
+				return true, ""
+			}
+		}
+		return false, fmt.Sprintf("%d agents enforced", len(st.GetAgents()))
+	})
+	return cgid
+}
+
+// hold starts a long-running container on the rig's network.
+func (r *fwRig) hold(t *testing.T, labels map[string]string) *cptest.ProbeContainer {
+	t.Helper()
+	return r.net.StartProbe(t, cptest.ProbeSpec{Args: []string{"-hold"}, Labels: labels})
+}
+
+func (r *fwRig) exec(t *testing.T, c *cptest.ProbeContainer, attempts ...string) cptest.ProbeResult {
+	t.Helper()
+	return cptest.ExecProbe(t, r.d, c.ID, "", append([]string{"-timeout", "2s"}, attempts...)...)
+}
+
+// redirectedToProxy: the TCP exchange worked and the proxy stand-in on
+// its catch-all port answered.
+func redirectedToProxy(o netprobe.Outcome) bool {
+	return o.OK && o.Reply == netprobe.Banner("proxy", proxyPort)
+}
+
+func reachedOutside(o netprobe.Outcome) bool { return o.OK && o.Reply == "outside host" }
+
+func denied(o netprobe.Outcome) bool { return !o.OK && o.Errno == "EPERM" }
+
+func TestFirewallEnforcesAgentContainers(t *testing.T) {
+	r := newFWRig(t)
+	admin := r.admin(t)
+	agent := r.hold(t, agentLabels)
+	other := r.hold(t, map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: "other"})
+	cgid := r.enforcedCgroup(t, admin, agent.ID, 0)
+	t.Logf("agent %s enforced on cgroup %d", agent.Name, cgid)
+
+	r.net.StartStandin(t, r.net.Addr(150), netprobe.StandinConfig{Name: "peer", TCPPorts: []int{8080}})
+	outTCP, outUDP := r.outside.tcpTarget(), r.outside.udpTarget()
+	mappedTCP := fmt.Sprintf("tcp:[::ffff:%s]:%d", r.net.Gateway, r.outside.tcp.Addr().(*net.TCPAddr).Port)
+	dnsAny := "dns:" + r.net.Gateway.String() // a resolver nobody runs
+	peerTCP := "tcp:" + netip.AddrPortFrom(r.net.Addr(150), 8080).String()
+	v6 := "tcp:[fd00:c1a:c4e::1]:443"
+
+	t.Run("decisions", func(t *testing.T) {
+		res := r.exec(t, agent, outTCP, mappedTCP, outTCP+",uid=1000", peerTCP, dnsAny, outUDP, "socket:raw", v6, "tcp:127.0.0.1:9,noread")
+		checks := []struct {
+			what string
+			ok   func(netprobe.Outcome) bool
+			want string
+		}{
+			{outTCP, redirectedToProxy, "TCP outside rewritten to the proxy's catch-all"},
+			{mappedTCP, redirectedToProxy, "IPv4-mapped IPv6 follows the IPv4 rules"},
+			{outTCP + ",uid=1000", redirectedToProxy, "a non-root uid is enforced like root"},
+			{peerTCP, func(o netprobe.Outcome) bool { return o.OK && o.Reply == netprobe.Banner("peer", 8080) }, "subnet peers are reached directly"},
+			{dnsAny, func(o netprobe.Outcome) bool {
+				return o.OK && len(o.Answers) == 1 && o.Answers[0] == netprobe.DefaultDNSAnswer.String() &&
+					o.RemoteAddr().Addr() == r.net.Gateway // the reply looks like it came from where it was sent
+			}, "DNS to any address answered by the DNS sibling"},
+			{outUDP, denied, "UDP other than DNS without a route is denied"},
+			{"socket:raw", denied, "raw sockets are denied"},
+			{v6, denied, "native IPv6 is denied"},
+			{"tcp:127.0.0.1:9,noread", func(o netprobe.Outcome) bool { return o.Errno == "ECONNREFUSED" }, "loopback passes (refused by nobody listening, not EPERM)"},
+		}
+		for _, c := range checks {
+			o := res.Must(t, c.what)
+			if !c.ok(o) {
+				t.Errorf("%s: %s; got ok=%v errno=%s reply=%q answers=%v remote=%s", c.what, c.want, o.OK, o.Errno, o.Reply, o.Answers, o.Remote)
+			}
+		}
+		if n := r.outside.reachedBy(agent.IP); n != 0 {
+			t.Errorf("the outside host was reached %d times by the enforced agent", n)
+		}
+		// The proxy stand-in saw the agent itself, with its original line.
+		o := res.Must(t, outTCP)
+		rec := r.proxy.WaitRecord(t, 10*time.Second, "the redirected connection", cptest.SentBy(o))
+		if rec.PeerIP() != agent.IP {
+			t.Errorf("proxy saw peer %s, want the agent %s", rec.PeerIP(), agent.IP)
+		}
+		r.dns.WaitRecord(t, 10*time.Second, "the redirected query", func(rec netprobe.Record) bool { return rec.PeerIP() == agent.IP })
+
+		// A container that is not an agent is left alone.
+		res = r.exec(t, other, outTCP, "socket:raw")
+		if o := res.Must(t, outTCP); !reachedOutside(o) {
+			t.Errorf("non-agent container: %+v, want the outside host reached directly", o)
+		}
+		if o := res.Must(t, "socket:raw"); !o.OK {
+			t.Errorf("non-agent container raw socket: %+v", o)
+		}
+	})
+
+	t.Run("bypass and disable", func(t *testing.T) {
+		ctx := context.Background()
+		b, err := admin.FirewallBypass(ctx, &adminv1.FirewallBypassRequest{ContainerId: agent.ID, Timeout: durationpb.New(2 * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o := r.exec(t, agent, outTCP).Must(t, outTCP); !reachedOutside(o) {
+			t.Errorf("during a bypass: %+v, want the outside host", o)
+		}
+		time.Sleep(time.Until(b.GetUntil().AsTime()) + 200*time.Millisecond)
+		if o := r.exec(t, agent, outTCP).Must(t, outTCP); !redirectedToProxy(o) {
+			t.Errorf("after the bypass ended: %+v, want the proxy", o)
+		}
+		if _, err := admin.FirewallDisable(ctx, &adminv1.FirewallDisableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatal(err)
+		}
+		if o := r.exec(t, agent, outUDP).Must(t, outUDP); !(o.OK && o.Reply == "outside host") {
+			t.Errorf("disabled: %+v, want the outside host over UDP", o)
+		}
+		if _, err := admin.FirewallEnable(ctx, &adminv1.FirewallEnableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatal(err)
+		}
+		if o := r.exec(t, agent, outUDP).Must(t, outUDP); !denied(o) {
+			t.Errorf("enabled again: %+v, want EPERM", o)
+		}
+	})
+
+	top := t
+	t.Run("CP killed, restarted, agent restarted", func(t *testing.T) {
+		ctx := context.Background()
+		// A bypass armed just before the CP dies still ends on time.
+		b, err := admin.FirewallBypass(ctx, &adminv1.FirewallBypassRequest{ContainerId: agent.ID, Timeout: durationpb.New(2 * time.Second)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.cp.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = r.cp.Wait(exitTimeout) // killed: no exit code
+		if !r.cp.Exited() {
+			t.Fatal("the CP survived SIGKILL")
+		}
+		time.Sleep(time.Until(b.GetUntil().AsTime()) + 200*time.Millisecond)
+		before := r.outside.reachedBy(agent.IP)
+		res := r.exec(t, agent, outTCP, outUDP)
+		if o := res.Must(t, outTCP); !redirectedToProxy(o) {
+			t.Errorf("CP dead, bypass expired: %+v, want the proxy", o)
+		}
+		if o := res.Must(t, outUDP); !denied(o) {
+			t.Errorf("CP dead: UDP %+v, want EPERM", o)
+		}
+
+		// Attempts run without pause while no CP runs and while a new one
+		// adopts the pins: none may reach the outside host.
+		loop := startLoop(t, r.d, agent.ID, outTCP)
+		time.Sleep(time.Second)
+		r.startCP(top) // lives past this subtest
+		admin = r.admin(top)
+		if got := r.enforcedCgroup(t, admin, agent.ID, 0); got != cgid {
+			t.Errorf("after re-adoption the agent is on cgroup %d, want %d", got, cgid)
+		}
+		time.Sleep(500 * time.Millisecond) // and a while under the new CP
+		outcomes := loop.stop(t)
+		if n := r.outside.reachedBy(agent.IP) - before; n != 0 {
+			t.Errorf("the outside host was reached %d times while the CP restarted", n)
+		}
+		for _, o := range outcomes {
+			if !redirectedToProxy(o) {
+				t.Errorf("during re-adoption: %+v", o)
+				break
+			}
+		}
+		t.Logf("%d attempts during the CP restart, all redirected", len(outcomes))
+		if len(r.cp.Events("ebpf_loaded")) != 1 {
+			t.Errorf("no ebpf_loaded line from the new CP")
+		}
+
+		// docker restart: a new cgroup, enforced again without anyone asking.
+		rctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		if _, err := r.d.ContainerRestart(rctx, agent.ID, docker.ContainerRestartOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		newCg := r.enforcedCgroup(t, admin, agent.ID, cgid)
+		if o := r.exec(t, agent, outTCP).Must(t, outTCP); !redirectedToProxy(o) {
+			t.Errorf("after docker restart: %+v, want the proxy", o)
+		}
+		cgid = newCg
+	})
+
+	t.Run("drain flushes everything", func(t *testing.T) {
+		if err := r.cp.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := r.cp.MustExit(t, exitTimeout); code != 0 {
+			t.Fatalf("exit %d", code)
+		}
+		ks, err := egress.KernelObjects(r.pinDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := ks.LinksOn(cgid); len(l) != 0 || ks.PinDirExists {
+			t.Errorf("after the drain: %d links on the agent's cgroup, pin dir exists=%v (%v)", len(l), ks.PinDirExists, ks.Pins)
+		}
+		if o := r.exec(t, agent, outTCP).Must(t, outTCP); !reachedOutside(o) {
+			t.Errorf("after FlushAll: %+v, want the outside host (enforcement lifted)", o)
+		}
+	})
+}
+
+// probeLoop is a probe looping on attempts inside a container by exec,
+// until stop.
+type probeLoop struct {
+	stopFile string
+	d        *docker.Client
+	id       string
+	done     chan cptest.ProbeResult
+}
+
+func startLoop(t *testing.T, d *docker.Client, id string, attempts ...string) *probeLoop {
+	t.Helper()
+	l := &probeLoop{stopFile: "/stop-" + cptest.NewRunID(), d: d, id: id, done: make(chan cptest.ProbeResult, 1)}
+	args := append([]string{"-timeout", "2s", "-loop", "-interval", "20ms", "-for", "2m", "-stop-file", l.stopFile}, attempts...)
+	go func() { l.done <- cptest.ExecProbe(t, d, id, "", args...) }()
+	return l
+}
+
+func (l *probeLoop) stop(t *testing.T) []netprobe.Outcome {
+	t.Helper()
+	cptest.TouchInContainer(t, l.d, l.id, l.stopFile)
+	select {
+	case res := <-l.done:
+		return res.Outcomes
+	case <-time.After(time.Minute):
+		t.Fatal("the probe loop did not stop")
+	}
+	return nil
+}
