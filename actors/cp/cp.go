@@ -265,6 +265,11 @@ func Start(opts Options) (*Instance, error) {
 				// It came back with an empty worldview: the feeder
 				// republishes the containers it knows.
 				c.Send(pids["dockerfeed"], &dockerfeed.Resync{})
+			case "ebpf":
+				// Its container-to-cgroup table starts empty (the pins
+				// and enrollments were re-adopted): enforce the running
+				// agents again.
+				c.Send(pids["firewall"], &firewall.Reenforce{})
 			}
 		},
 		OnDraining: func(c actor.Context, pids map[string]*actor.PID) {

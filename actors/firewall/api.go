@@ -67,6 +67,10 @@ type AgentEnforcement struct {
 	BypassUntil time.Time // zero when not bypassed
 }
 
+// Reenforce asks the firewall to enforce again every running agent
+// container of the worldview; sent when the eBPF owner restarted.
+type Reenforce struct{}
+
 // DefaultBypass is the length of a bypass asked for without one.
 const DefaultBypass = 30 * time.Second
 

@@ -23,6 +23,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
 )
@@ -125,6 +126,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.enqueue(ctx, ctx.Sender(), &ebpf.SyncRoutes{Routes: m.Routes}, a.result(time.Time{}))
 	case *GetStatus:
 		a.status(ctx)
+	case *Reenforce:
+		a.reenforce(ctx)
 
 	case *bypassExpired:
 		if t, ok := a.timers[m.containerID]; ok && t.until.Equal(m.until) {
@@ -210,6 +213,9 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 			// From here on every agent container that starts is enforced;
 			// the Docker feed, started after us, replays the running ones.
 			ctx.Send(a.cfg.Overseer, &overseer.Subscribe{Subscriber: ctx.Self()})
+			// After a restart of ours the worldview already holds running
+			// agents whose events we will not see again.
+			a.reenforce(ctx)
 			a.cfg.Log.Info("firewall enforcing", zap.String("event", "firewall_ready"),
 				zap.String("subnet", a.addrs.Subnet.String()), zap.String("proxy", a.addrs.Proxy.String()), zap.String("dns", a.addrs.DNS.String()))
 		}
@@ -224,6 +230,28 @@ func (a *Actor) agentConfig() egress.Config {
 
 func (a *Actor) enforceOrder(containerID string) *ebpf.Enforce {
 	return &ebpf.Enforce{ContainerID: containerID, Config: a.agentConfig()}
+}
+
+// reenforce enforces every agent container the overseer knows to be
+// running: after a restart of the firewall or of the eBPF owner (whose
+// container-to-cgroup table starts empty), nothing else would.
+func (a *Actor) reenforce(ctx actor.Context) {
+	if !a.cfg.Enable || !a.ready {
+		return
+	}
+	f := ctx.RequestFuture(a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout)
+	ctx.ReenterAfter(f, func(res interface{}, err error) {
+		st, ok := res.(*overseer.State)
+		if err != nil || !ok {
+			a.cfg.Log.Warn("cannot read the worldview to re-enforce agents", zap.String("event", "firewall_reenforce_failed"), zap.Error(err))
+			return
+		}
+		for _, c := range st.Containers {
+			if c.Purpose == dockerx.PurposeAgent && c.State == cpapi.ContainerRunning {
+				a.enqueue(ctx, nil, a.enforceOrder(c.ID), nil)
+			}
+		}
+	})
 }
 
 func (a *Actor) release(ctx actor.Context, c overseer.Container) {

@@ -143,7 +143,8 @@ func newFWRig(t *testing.T) *fwRig {
 
 func (r *fwRig) startCP(t *testing.T) {
 	t.Helper()
-	r.cp = cptest.StartCP(t, r.home, r.bin, "CLAWKER_CP_DEBUG_PIN_DIR="+r.pinDir, "CLAWKER_CP_DEBUG_NETWORK="+r.net.Name)
+	r.cp = cptest.StartCP(t, r.home, r.bin, "CLAWKER_CP_DEBUG_PIN_DIR="+r.pinDir, "CLAWKER_CP_DEBUG_NETWORK="+r.net.Name,
+		"CLAWKER_CP_DEBUG_FAULTS=1")
 	r.cp.WaitHealthy(t, healthyTimeout)
 }
 
@@ -293,6 +294,28 @@ func TestFirewallEnforcesAgentContainers(t *testing.T) {
 		}
 		if o := r.exec(t, agent, outUDP).Must(t, outUDP); !denied(o) {
 			t.Errorf("enabled again: %+v, want EPERM", o)
+		}
+	})
+
+	t.Run("eBPF owner restarted", func(t *testing.T) {
+		// A panic restarts the owner with an empty container table; the
+		// firewall enforces the running agents again, and the bypass order
+		// after it finds the agent.
+		postFault(t, r.cp, "ebpf", "panic", "")
+		cptest.WaitFor(t, 10*time.Second, "the eBPF owner restarted", func() (bool, string) {
+			return len(r.cp.Events("ebpf_loaded")) == 2, ""
+		})
+		if got := r.enforcedCgroup(t, admin, agent.ID, 0); got != cgid {
+			t.Errorf("after the owner's restart the agent is on cgroup %d, want %d", got, cgid)
+		}
+		if _, err := admin.FirewallDisable(context.Background(), &adminv1.FirewallDisableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatalf("disable after the owner's restart: %v", err)
+		}
+		if _, err := admin.FirewallEnable(context.Background(), &adminv1.FirewallEnableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatal(err)
+		}
+		if o := r.exec(t, agent, outTCP).Must(t, outTCP); !redirectedToProxy(o) {
+			t.Errorf("after the owner's restart: %+v, want the proxy", o)
 		}
 	})
 
