@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -33,6 +35,8 @@ import (
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/logging"
+	"github.com/clawker/clawker-cp/pkg/oauth"
+	"github.com/clawker/clawker-cp/pkg/ory"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -57,6 +61,10 @@ type Options struct {
 	NoMount bool
 	// Network is the agents' network; "" means clawker-net.
 	Network string
+	// OryDir holds the hydra, kratos and oathkeeper binaries the auth
+	// actor supervises; "" runs without them, and the AdminService then
+	// refuses every method but the public one (fail closed).
+	OryDir string
 	// SystemClock is the clock the AdminService's GetSystemTime reports;
 	// nil means time.Now. Tests skew it (CLAWKER_CP_DEBUG_CLOCK_SKEW).
 	SystemClock func() time.Time
@@ -148,6 +156,27 @@ func Start(opts Options) (*Instance, error) {
 	if agentNet.name == "" {
 		agentNet.name = dockerx.NetworkName
 	}
+	// The AdminService asks Hydra (the auth child, admin API on loopback,
+	// plain HTTP) about bearer tokens, and refuses non-public methods until
+	// the whole tree is ready (handOver).
+	var adminReady atomic.Bool
+	authCfg := auth.Config{
+		Enable: opts.OryDir != "", Tree: tree, Intensity: in,
+		BinDir: opts.OryDir, RunDir: filepath.Join(opts.Paths.CPDir, "ory"),
+		BindHost: opts.BindHost, Ports: ory.PortsFrom(s.ControlPlane), ServerBundleDir: opts.Paths.CPAuthDir,
+		Log: log.With(zap.String("actor", "auth")),
+	}
+	var introspector grpc.TokenIntrospector // nil: refuse (no Hydra to ask)
+	if authCfg.Enable {
+		in, err := oauth.NewIntrospector("http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ControlPlane.HydraAdminPort)), nil, "")
+		if err != nil {
+			return nil, err
+		}
+		introspector = in
+	} else {
+		log.Warn("no Ory binaries (--ory-dir): the AdminService refuses every method but GetSystemTime",
+			zap.String("event", "auth_unavailable"))
+	}
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
@@ -183,15 +212,18 @@ func Start(opts Options) (*Instance, error) {
 			Started: started,
 			Log:     log.With(zap.String("actor", "watcher")),
 		}))},
+		// auth before grpc: the AdminService serves only once Hydra,
+		// which validates its tokens, is up.
+		{Name: "auth", Props: props(auth.New(authCfg))},
 		{Name: "grpc", Props: props(grpc.New(grpc.Config{
 			Tree: tree, Intensity: in, BindHost: opts.BindHost,
 			AgentPort: s.ControlPlane.AgentPort, AdminPort: s.ControlPlane.AdminPort, AuthDir: opts.Paths.CPAuthDir,
 			Registry: pidOf("registry"), Overseer: pidOf("overseer"), Enforce: s.Firewall.Enable,
 			Firewall: pidOf("firewall"), Now: opts.SystemClock,
 			Heartbeat: s.ControlPlane.Sessions.Heartbeat, RequestTimeout: 5 * time.Second, StopTimeout: stepTimeout * 8 / 10,
+			Introspector: introspector, AdminReady: adminReady.Load,
 			Log: log.With(zap.String("actor", "grpc")),
 		}))},
-		{Name: "auth", Props: props(auth.New())},
 	}
 
 	// Probes of the subsystems' own ports and resources.
@@ -206,6 +238,7 @@ func Start(opts Options) (*Instance, error) {
 		portProbe("agent_port", s.ControlPlane.AgentPort),
 		portProbe("admin_port", s.ControlPlane.AdminPort),
 	}
+	resources = append(resources, authCfg.Probes()...)
 	if s.Firewall.Enable {
 		resources = append(resources, health.Probe{Name: "firewall_stack", Check: func(ctx context.Context) error {
 			subnet, gw, err := agentNet.resolve(ctx)
@@ -244,6 +277,7 @@ func Start(opts Options) (*Instance, error) {
 		}
 		c.Send(pids["health"], &health.RegisterProbes{Probes: probes})
 		c.Send(pids["health"], &health.SetReady{})
+		adminReady.Store(true)
 	}
 
 	exit := make(chan int, 1)

@@ -145,7 +145,7 @@ func (w *world) start(t *testing.T) *running {
 	logs := &lockedBuffer{}
 	enc := zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig())
 	log := zap.New(zapcore.NewCore(enc, logs, zapcore.DebugLevel))
-	inst, err := cp.Start(cp.Options{Settings: w.s, Paths: w.paths, Log: log, BindHost: "127.0.0.1"})
+	inst, err := cp.Start(cp.Options{Settings: w.s, Paths: w.paths, Log: log, BindHost: "127.0.0.1", OryDir: cptest.OryDir(t)})
 	if err != nil {
 		t.Fatalf("cp.Start: %v", err)
 	}
@@ -185,7 +185,7 @@ func (w *world) start(t *testing.T) *running {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), waitShort)
 	defer cancel()
-	if r.admin, err = adminclient.Dial(ctx, w.paths, w.s); err != nil {
+	if r.admin, err = adminclient.Dial(ctx, w.paths, w.s, adminclient.WithOAuth()); err != nil {
 		t.Fatalf("adminclient.Dial: %v", err)
 	}
 	return r

@@ -124,7 +124,8 @@ func start(t *testing.T, withFirewall bool) *fixture {
 		t.Fatal(err)
 	}
 	ports := cptest.FreePorts(t, 2)
-	home.SetAdminPort(t, ports[1])
+	tokens := adminclienttest.ServeTokenEndpoint(t, m)
+	home.SetPorts(t, ports[1], tokens.Port)
 
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
@@ -145,7 +146,8 @@ func start(t *testing.T, withFirewall bool) *fixture {
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
 		Firewall:  fwPID,
 		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
-		Log: zap.New(core),
+		Introspector: tokens,
+		Log:          zap.New(core),
 	}), in)}
 	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
@@ -160,7 +162,7 @@ func start(t *testing.T, withFirewall bool) *fixture {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := adminclient.Dial(ctx, paths, home.Settings(t))
+	c, err := adminclient.Dial(ctx, paths, home.Settings(t), adminclient.WithOAuth())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,18 @@ type Config struct {
 	RequestTimeout time.Duration
 	// StopTimeout bounds the graceful stop of the servers in grpc_stop.
 	StopTimeout time.Duration
-	Log         *zap.Logger
+	// Introspector validates the AdminService's bearer tokens (Hydra's
+	// admin API: oauth.NewIntrospector). Nil refuses every AdminService
+	// method but the public GetSystemTime (fail closed).
+	Introspector TokenIntrospector
+	// AdminReady reports whether the whole control plane is up; until then
+	// the AdminService's non-public methods answer FailedPrecondition. Nil
+	// means ready.
+	AdminReady func() bool
+	// AuthCacheTTL keeps positive introspections this long, never past a
+	// token's exp; 0 asks Hydra on every call.
+	AuthCacheTTL time.Duration
+	Log          *zap.Logger
 }
 
 // Actor owns the listeners and servers.
@@ -144,7 +155,8 @@ func (a *Actor) serve(ctx actor.Context) {
 	}
 	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
 	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, firewall: a.cfg.Firewall, enforce: a.cfg.Enforce})
-	a.adminSrv = ggrpc.NewServer(ggrpc.Creds(adminCreds))
+	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
+	a.adminSrv = ggrpc.NewServer(append([]ggrpc.ServerOption{ggrpc.Creds(adminCreds)}, authz.ServerOptions()...)...)
 	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, firewall: a.cfg.Firewall, now: a.cfg.Now})
 	for _, p := range []struct {
 		srv *ggrpc.Server

@@ -144,7 +144,7 @@ func newFWRig(t *testing.T) *fwRig {
 func (r *fwRig) startCP(t *testing.T) {
 	t.Helper()
 	r.cp = cptest.StartCP(t, r.home, r.bin, "CLAWKER_CP_DEBUG_PIN_DIR="+r.pinDir, "CLAWKER_CP_DEBUG_NETWORK="+r.net.Name,
-		"CLAWKER_CP_DEBUG_FAULTS=1")
+		"CLAWKER_CP_DEBUG_FAULTS=1", "CLAWKER_CP_ORY_DIR="+cptest.OryDir(t))
 	r.cp.WaitHealthy(t, healthyTimeout)
 }
 
@@ -156,7 +156,7 @@ func (r *fwRig) admin(t *testing.T) *adminclient.Client {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := adminclient.Dial(ctx, r.home.Paths(t), s)
+	c, err := adminclient.Dial(ctx, r.home.Paths(t), s, adminclient.WithOAuth())
 	if err != nil {
 		t.Fatal(err)
 	}

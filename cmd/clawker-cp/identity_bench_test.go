@@ -277,7 +277,7 @@ func BenchmarkListAgents10k(b *testing.B) {
 	b.Run("admin_grpc", func(b *testing.B) {
 		home := identityHome(b, "")
 		writeRegistry(b, home.Paths(b).RegistryDB)
-		p := cptest.StartCP(b, home, cpBinary(b))
+		p := cptest.StartCP(b, home, cpBinary(b), "CLAWKER_CP_ORY_DIR="+cptest.OryDir(b))
 		p.WaitHealthy(b, healthyTimeout)
 		cp := &identityCP{home: home, m: home.EnsureAuth(b), p: p}
 		admin := cp.admin(b)

@@ -30,10 +30,12 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 	"gopkg.in/yaml.v3"
 
+	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/agentdb"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/settings"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
@@ -84,7 +86,8 @@ func startIdentityCP(t testing.TB, extraSettings string) *identityCP {
 	t.Helper()
 	home := identityHome(t, extraSettings)
 	c := &identityCP{home: home, m: home.EnsureAuth(t)}
-	c.p = cptest.StartCP(t, home, cpBinary(t))
+	// With the Ory stack: the AdminService validates tokens with Hydra.
+	c.p = cptest.StartCP(t, home, cpBinary(t), "CLAWKER_CP_ORY_DIR="+cptest.OryDir(t))
 	c.p.WaitHealthy(t, healthyTimeout)
 	return c
 }
@@ -92,10 +95,22 @@ func startIdentityCP(t testing.TB, extraSettings string) *identityCP {
 func (c *identityCP) agentAddr(t testing.TB) string { return cptest.Loopback(c.home.Ports(t).Agent()) }
 func (c *identityCP) adminAddr(t testing.TB) string { return cptest.Loopback(c.home.Ports(t).Admin()) }
 
-// admin is an AdminService client with the CLI certificate.
+// admin is an AdminService client with the CLI certificate and a bearer
+// token from the CP's Hydra, as the CLI dials it.
 func (c *identityCP) admin(t testing.TB) adminv1.AdminServiceClient {
 	t.Helper()
-	return adminv1.NewAdminServiceClient(cptest.DialGRPC(t, c.adminAddr(t), cptest.ClientTLS(c.m, cptest.CLICert(c.m))))
+	s, err := settings.Load(c.home.SettingsFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	cl, err := adminclient.Dial(ctx, c.home.Paths(t), s, adminclient.WithOAuth())
+	if err != nil {
+		t.Fatalf("adminclient.Dial: %v", err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
 }
 
 // listAgents calls ListAgents with the CLI certificate.
@@ -687,7 +702,7 @@ func TestRegistrySurvivesRestart(t *testing.T) {
 	}
 	checkDrainSucceeded(t, checkDrain(t, cp.p))
 
-	second := cptest.StartCP(t, cp.home, cpBinary(t))
+	second := cptest.StartCP(t, cp.home, cpBinary(t), "CLAWKER_CP_ORY_DIR="+cptest.OryDir(t))
 	second.WaitHealthy(t, healthyTimeout)
 	cp.p = second
 	list := cp.listAgents(t, cp.admin(t))
@@ -974,4 +989,48 @@ func TestSilentAgentIsDisconnected(t *testing.T) {
 		conn := cp.connectedNames(t, admin)
 		return slices.Equal(conn, []string{a.name()}), fmt.Sprintf("connected %q", conn)
 	})
+}
+
+// TestAdminTokensEndToEnd: the AdminService of a CP running its Ory stack
+// refuses a call without a bearer token and serves one with a token from
+// the CP's Hydra; GetSystemTime stays public. Hydra killed: the token of
+// before is refused (Hydra's store is in memory, so it is never valid
+// again), the restarted Hydra has its clients back and a fresh token works.
+func TestAdminTokensEndToEnd(t *testing.T) {
+	t.Parallel()
+	cp := startIdentityCP(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	bare := adminv1.NewAdminServiceClient(cptest.DialGRPC(t, cp.adminAddr(t), cptest.ClientTLS(cp.m, cptest.CLICert(cp.m))))
+	if _, err := bare.ListAgents(ctx, &adminv1.ListAgentsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListAgents without a token: %v, want Unauthenticated", err)
+	}
+	if _, err := bare.GetSystemTime(ctx, &adminv1.GetSystemTimeRequest{}); err != nil {
+		t.Errorf("GetSystemTime without a token: %v", err)
+	}
+	withToken := cp.admin(t)
+	cp.listAgents(t, withToken)
+
+	started := cp.p.Events("ory_process_started")
+	var hydraPID int
+	for _, e := range started {
+		if e["server"] == "hydra" {
+			hydraPID = int(e["pid"].(float64))
+		}
+	}
+	if hydraPID == 0 {
+		t.Fatalf("no ory_process_started line for hydra in %v", started)
+	}
+	if err := syscall.Kill(hydraPID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := withToken.ListAgents(ctx, &adminv1.ListAgentsRequest{}); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ListAgents with a token of the killed Hydra: %v, want Unauthenticated", err)
+	}
+	cptest.WaitFor(t, 30*time.Second, "hydra restarted with its clients", func() (bool, string) {
+		return len(cp.p.Events("ory_clients_registered")) >= 2, ""
+	})
+	cp.p.WaitHealthy(t, healthyTimeout)
+	cp.listAgents(t, cp.admin(t))
 }

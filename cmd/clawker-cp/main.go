@@ -46,9 +46,11 @@ func main() {
 		Usage: "the clawker control plane (normally started by `clawker controlplane up`)",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "bind", Value: "127.0.0.1", Usage: "address the health port listens on (0.0.0.0 inside the container)"},
+			&cli.StringFlag{Name: "ory-dir", EnvVars: []string{"CLAWKER_CP_ORY_DIR"},
+				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
 		},
 		Action: func(c *cli.Context) error {
-			code = run(c.Context, c.String("bind"))
+			code = run(c.Context, c.String("bind"), c.String("ory-dir"))
 			return nil
 		},
 	}
@@ -59,7 +61,7 @@ func main() {
 	os.Exit(code)
 }
 
-func run(parent context.Context, bind string) int {
+func run(parent context.Context, bind, oryDir string) int {
 	paths, err := settings.ResolvePaths(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "clawker-cp:", err)
@@ -114,5 +116,5 @@ func run(parent context.Context, bind string) int {
 	return cp.Run(ctx, cp.Options{Settings: st, Paths: paths, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold,
 		// PID 1 means we are the container's init: pins must land on the
 		// host's bpffs bind-mounted at /sys/fs/bpf, never on a private one.
-		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, SystemClock: systemClock})
+		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, OryDir: oryDir, SystemClock: systemClock})
 }

@@ -41,7 +41,7 @@ const (
 func TestMain(m *testing.M) { cptest.Main(m) }
 
 // subsystems are the root's children, in start order.
-var subsystems = []string{"health", "overseer", "registry", "ebpf", "firewall", "netlogger", "dockerfeed", "watcher", "grpc", "auth"}
+var subsystems = []string{"health", "overseer", "registry", "ebpf", "firewall", "netlogger", "dockerfeed", "watcher", "auth", "grpc"}
 
 // grandchildren are the children of subsystems that have any.
 var grandchildren = map[string][]string{"firewall": {"dns", "proxy"}, "grpc": {"sessions"}}

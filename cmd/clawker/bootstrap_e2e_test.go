@@ -169,9 +169,17 @@ func (e *e2e) writeSettings(t *testing.T, extra string) {
 func bundleHash(t *testing.T, bins map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
-	for _, name := range []string{cpboot.CPBinary, cpboot.AgentBinary} {
-		b, err := os.ReadFile(bins[name])
+	// Every key but "clawker" is a file of the bundle at that path
+	// (clawker-cp, clawkerd, ory/hydra, ...).
+	for name, src := range bins {
+		if name == "clawker" {
+			continue
+		}
+		b, err := os.ReadFile(src)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o755); err != nil {

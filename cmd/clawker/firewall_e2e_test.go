@@ -133,10 +133,25 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 	}
 
 	// An agent that runs holds the CP up: down refuses, --force drains.
-	hold := e.clawker(t, cmdTimeout, "run", "--project", "fw", "--agent", "hold", n.Image, cptest.ProbePath, "-hold")
+	hold := e.clawker(t, cmdTimeout, "run", "--project", "fw", "--agent", "hold", "--format", "json", n.Image, cptest.ProbePath, "-hold")
 	if hold.Code != 0 {
 		t.Fatalf("clawker run (hold): exit %d\n%s", hold.Code, hold.Stderr)
 	}
+	var holdRep clawkercli.RunReport
+	if err := json.Unmarshal([]byte(hold.Stdout), &holdRep); err != nil {
+		t.Fatalf("run --format json: %v\n%s", err, hold.Stdout)
+	}
+	_, holdCgroup, err := egress.ContainerCgroup(holdRep.Agent.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cptest.WaitFor(t, 30*time.Second, "the hold agent enforced (its links listed by the kernel)", func() (bool, string) {
+		ks, err := egress.KernelObjects("")
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(ks.LinksOn(holdCgroup)) == 7, fmt.Sprintf("%d links", len(ks.LinksOn(holdCgroup)))
+	})
 	if r := e.clawker(t, cmdTimeout, "controlplane", "down"); r.Code == 0 || !strings.Contains(r.Stderr, "--force") || !strings.Contains(r.Stderr, "fw.hold") {
 		t.Errorf("down with an agent running: exit %d\n%s", r.Code, r.Stderr)
 	}
@@ -150,8 +165,12 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 	if ks.PinDirExists || len(ks.Pins) != 0 {
 		t.Errorf("after down --force: pins %v remain", ks.Pins)
 	}
-	for _, l := range ks.Links {
-		t.Errorf("after down --force: a clawker link remains: %+v", l)
+	// On the running agent's cgroup (other tests' cgroups are theirs).
+	for _, l := range ks.LinksOn(holdCgroup) {
+		t.Errorf("after down --force: a clawker link remains on the agent's cgroup: %+v", l)
+	}
+	if t.Failed() {
+		t.Logf("%s", e.cpLogs(t, 80))
 	}
 	for _, name := range []string{"fw.probe", "fw.hold"} {
 		if r := e.clawker(t, cmdTimeout, "rm", "-f", "--project", "fw", "--agent", strings.TrimPrefix(name, "fw.")); r.Code != 0 {

@@ -6,6 +6,11 @@
 // CLI's material is missing or broken, "clawker controlplane up" when
 // nothing listens on the admin port, restart the control plane when it
 // serves other auth material than the CLI holds.
+//
+// With WithOAuth, every method except the public ones (IsPublic) also
+// carries an OAuth2 bearer token that the CLI obtains from the control
+// plane's Hydra (client clawker-cli, scope admin) with a client assertion
+// signed by its signing key (pkg/oauth).
 package adminclient
 
 import (
@@ -28,6 +33,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/oauth"
 	"github.com/clawker/clawker-cp/pkg/settings"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
@@ -63,7 +69,11 @@ func (c *Client) Close() error { return c.conn.Close() }
 // makes one short call (GetSystemTime, public scope) so that a control plane
 // that is down or untrusted is reported here, with the fix, rather than as a
 // bare "Unavailable" from the first real call.
-func Dial(ctx context.Context, paths settings.Paths, s settings.Settings) (*Client, error) {
+func Dial(ctx context.Context, paths settings.Paths, s settings.Settings, opts ...Option) (*Client, error) {
+	var o dialOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	m, err := loadMaterial(paths.AuthDir)
 	if err != nil {
 		return nil, err
@@ -74,7 +84,7 @@ func Dial(ctx context.Context, paths settings.Paths, s settings.Settings) (*Clie
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ControlPlane.AdminPort))
 	rec := &recorder{}
-	conn, err := grpc.NewClient("passthrough:///"+addr,
+	dopts := []grpc.DialOption{
 		grpc.WithTransportCredentials(recordingCreds{credentials.NewTLS(tlsCfg), rec}),
 		grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 			var d net.Dialer
@@ -84,7 +94,19 @@ func Dial(ctx context.Context, paths settings.Paths, s settings.Settings) (*Clie
 			}
 			return c, err
 		}),
-	)
+	}
+	ts := o.tokens
+	if ts == nil && o.oauth {
+		if ts, err = NewTokenSource(m, s); err != nil {
+			return nil, err
+		}
+	}
+	if ts != nil {
+		dopts = append(dopts,
+			grpc.WithPerRPCCredentials(&oauth.PerRPCCredentials{Source: ts, Public: IsPublic}),
+			grpc.WithChainUnaryInterceptor(invalidateOnUnauthenticated(ts)))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+addr, dopts...)
 	if err != nil {
 		return nil, fmt.Errorf("admin client for %s: %w", addr, err)
 	}
@@ -98,6 +120,71 @@ func Dial(ctx context.Context, paths settings.Paths, s settings.Settings) (*Clie
 		return nil, err
 	}
 	return c, nil
+}
+
+// Option tunes Dial.
+type Option func(*dialOptions)
+
+type dialOptions struct {
+	oauth  bool
+	tokens *oauth.TokenSource
+}
+
+// WithOAuth makes every non-public call carry a bearer token from the
+// control plane's Hydra (NewTokenSource). Tokens are fetched on the first
+// call that needs one, so Dial and the public methods work without Hydra.
+func WithOAuth() Option { return func(o *dialOptions) { o.oauth = true } }
+
+// WithTokenSource is WithOAuth with a given source (one shared by several
+// connections, or one pointed elsewhere in tests).
+func WithTokenSource(ts *oauth.TokenSource) Option {
+	return func(o *dialOptions) { o.tokens = ts }
+}
+
+// IsPublic reports whether an AdminService method (full name) is served
+// without a bearer token. It must agree with the control plane's scope
+// map (actors/grpc AdminScopes; a test checks).
+func IsPublic(fullMethod string) bool {
+	return fullMethod == adminv1.AdminService_GetSystemTime_FullMethodName
+}
+
+// TokenURL is Hydra's token endpoint as the CLI reaches it: the public
+// port published on host loopback. It is also the client assertion's aud,
+// so Hydra's urls.self.public must be https://127.0.0.1:<hydra_public_port>/.
+func TokenURL(s settings.Settings) string {
+	return "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ControlPlane.HydraPublicPort)) + "/oauth2/token"
+}
+
+// NewTokenSource is the CLI's OAuth2 client: clawker-cli, scope admin, its
+// assertions signed by the signing key in m, Hydra's certificate verified
+// against the clawker CA as the control plane's server name.
+func NewTokenSource(m *certs.Material, s settings.Settings) (*oauth.TokenSource, error) {
+	if m.CA == nil || m.SigningKey == nil {
+		return nil, fmt.Errorf("CLI auth material in %s lacks the CA or the signing key; run \"clawker auth rotate\"", m.Dir)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(m.CA)
+	return oauth.NewTokenSource(oauth.Config{
+		TokenURL:   TokenURL(s),
+		ClientID:   oauth.ClientCLI,
+		Scopes:     []string{oauth.ScopeAdmin},
+		Key:        m.SigningKey,
+		RootCAs:    pool,
+		ServerName: certs.ServerCommonName,
+	})
+}
+
+// invalidateOnUnauthenticated drops the cached token when the control
+// plane refuses it (Hydra restarted with its in-memory store and forgot
+// it, or it was revoked), so the next call exchanges a new assertion.
+func invalidateOnUnauthenticated(ts *oauth.TokenSource) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if status.Code(err) == codes.Unauthenticated && !IsPublic(method) {
+			ts.Invalidate()
+		}
+		return err
+	}
 }
 
 // loadMaterial distinguishes "never created" from "broken": both are fixed

@@ -54,7 +54,7 @@ func agents(c *cli.Context, env Env) error {
 	if err := ensureCP(c.Context, env); err != nil {
 		return err
 	}
-	client, err := adminclient.Dial(c.Context, paths, s)
+	client, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
 	if err != nil {
 		return err
 	}

@@ -105,9 +105,10 @@ func seedAgents() []*adminv1.Agent {
 func runningCP(t *testing.T, agents ...*adminv1.Agent) (*adminclienttest.Home, *adminclienttest.Server) {
 	t.Helper()
 	h := adminclienttest.NewHome(t)
-	srv := adminclienttest.Serve(t, h.EnsureAuth(t))
+	m := h.EnsureAuth(t)
+	srv := adminclienttest.Serve(t, m)
 	srv.SetAgents(agents...)
-	h.SetAdminPort(t, srv.Port)
+	h.SetPorts(t, srv.Port, adminclienttest.ServeTokenEndpoint(t, m).Port)
 	return h, srv
 }
 
@@ -255,7 +256,7 @@ func TestAgentsAfterAuthRotate(t *testing.T) {
 	}
 	srv := adminclienttest.Serve(t, bundle)
 	srv.SetAgents(seedAgents()...)
-	h.SetAdminPort(t, srv.Port)
+	h.SetPorts(t, srv.Port, adminclienttest.ServeTokenEndpoint(t, bundle).Port)
 	r := runClawkerIn(h, "controlplane", "agents")
 	wantExit(t, r, 0)
 	if !strings.HasPrefix(r.stdout, "AGENT ") || strings.Count(r.stdout, "\n") != 3 {

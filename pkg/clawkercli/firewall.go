@@ -150,7 +150,7 @@ func firewallMutate(c *cli.Context, env Env, action string) error {
 	if _, _, err := ensureCPWith(c.Context, env, s, paths, d, labels); err != nil {
 		return err
 	}
-	cl, err := adminclient.Dial(c.Context, paths, s)
+	cl, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
 	if err != nil {
 		return err
 	}
@@ -317,7 +317,7 @@ func firewallStatus(c *cli.Context, env Env) error {
 	if err := ensureCP(c.Context, env); err != nil {
 		return err
 	}
-	cl, err := adminclient.Dial(c.Context, paths, s)
+	cl, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
 	if err != nil {
 		return err
 	}

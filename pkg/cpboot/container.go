@@ -57,12 +57,35 @@ type spec struct {
 	// Env is Options.Env; omitted when empty, so the hash of a container
 	// made without debug knobs is what it was before Env existed.
 	Env []string `json:",omitempty"`
+	// OryDir is clawker-cp's --ory-dir (ContainerOryDir) when the bundle
+	// carries the Ory servers; "" (omitted, so the hash is what it was
+	// before Ory) runs the CP without them.
+	OryDir string `json:",omitempty"`
 }
 
 const specLayout = 1
 
 func newSpec(s settings.Settings, p settings.Paths, socket string) spec {
 	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s)}
+}
+
+// withBundle is sp for a container of b's image: with --ory-dir when b
+// carries Ory.
+func (sp spec) withBundle(b *Bundle) spec {
+	sp.OryDir = ""
+	if b.HasOry() {
+		sp.OryDir = ContainerOryDir
+	}
+	return sp
+}
+
+// cmd is the container's command: arguments after the image's entrypoint
+// (/clawker-cp --bind 0.0.0.0).
+func (sp spec) cmd() []string {
+	if sp.OryDir == "" {
+		return nil
+	}
+	return []string{"--ory-dir", sp.OryDir}
 }
 
 func (sp spec) hash() string {
@@ -72,8 +95,9 @@ func (sp spec) hash() string {
 }
 
 // publishedPorts are the ports published on the host's 127.0.0.1, each at
-// the same number inside: admin (gRPC), health, Hydra public, Oathkeeper.
-// The agent port stays on clawker-net; the other Ory ports stay inside.
+// the same number inside: admin (gRPC), health, Hydra public (the token
+// endpoint) and Oathkeeper's proxy. The agent port stays on clawker-net;
+// the other Ory ports (Hydra admin, Kratos, Oathkeeper's API) stay inside.
 func publishedPorts(s settings.Settings) []int {
 	cp := s.ControlPlane
 	return []int{cp.AdminPort, cp.HealthPort, cp.HydraPublicPort, cp.OathkeeperPort}
@@ -108,6 +132,7 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 				"XDG_DATA_HOME=" + containerDataHome,
 				"XDG_STATE_HOME=" + containerStateHome,
 			}, sp.Env...),
+			Cmd:          sp.cmd(),
 			ExposedPorts: exposed,
 			Labels:       labels,
 		},

@@ -13,7 +13,9 @@
 //  2. an existing container is adopted (same binaries and settings), or
 //     replaced when no agent runs, or the call refuses
 //  3. image clawker-controlplane:bin-<hash> is built when missing
-//     (FROM scratch, from an in-memory context; nothing is pulled)
+//     (FROM scratch, from an in-memory context; nothing is pulled): /clawker-cp,
+//     /clawkerd and, when this clawker carries them, /ory/{hydra,kratos,oathkeeper},
+//     which clawker-cp then supervises (--ory-dir /ory)
 //  4. network clawker-net exists; the CP's address is its gateway's .202
 //  5. auth material exists and the server certificate names that address
 //  6. the container is created and started
@@ -191,7 +193,7 @@ func EnsureRunning(ctx context.Context, o Options) (Result, error) {
 			storeHash(o.Paths.StateDir, hash)
 		}
 	}
-	r := &run{o: &o, b: b, sp: newSpec(o.Settings, o.Paths, o.socket()), start: start}
+	r := &run{o: &o, b: b, sp: newSpec(o.Settings, o.Paths, o.socket()).withBundle(b), start: start}
 	r.sp.Env = o.Env
 	r.setHash(hash)
 

@@ -215,17 +215,18 @@ func TestBuildContext(t *testing.T) {
 		body, _ := io.ReadAll(tr)
 		files[h.Name], modes[h.Name] = string(body), h.Mode
 	}
-	want := "FROM scratch\nCOPY clawker-cp clawkerd /\n" +
+	want := "FROM scratch\nCOPY rootfs/ /\n" +
 		`LABEL dev.clawker.managed="true" dev.clawker.purpose="controlplane" dev.clawker.test="a \"quoted\" \\ value"` + "\n" +
 		"ENTRYPOINT [\"/clawker-cp\", \"--bind\", \"0.0.0.0\"]\n"
 	if files["Dockerfile"] != want {
 		t.Errorf("Dockerfile:\n%s\nwant:\n%s", files["Dockerfile"], want)
 	}
-	if files[CPBinary] != "cp-bytes" || files[AgentBinary] != "agent-bytes" || modes[CPBinary] != 0o755 {
+	if files["rootfs/"+CPBinary] != "cp-bytes" || files["rootfs/"+AgentBinary] != "agent-bytes" ||
+		modes["rootfs/"+CPBinary] != 0o755 || modes["rootfs/"+AgentBinary] != 0o755 || modes["rootfs/"] != 0o755 {
 		t.Errorf("binaries in the context: %q, modes %v", files, modes)
 	}
-	if _, ok := files["README.md"]; ok || len(files) != 3 {
-		t.Errorf("context holds %d files: %v", len(files), files)
+	if len(files) != 4 { // Dockerfile, rootfs/, the two binaries; no README, no ory/
+		t.Errorf("context holds %d entries: %v", len(files), files)
 	}
 	for _, bad := range []map[string]string{{"bad key": "v"}, {`k"`: "v"}, {"k": "line\nbreak"}} {
 		if err := buildContext(io.Discard, b, bad); err == nil {

@@ -1,8 +1,11 @@
 package cpboot
 
 import (
+	"archive/tar"
 	"context"
+	"io"
 	"maps"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -207,5 +210,97 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 	if err := os.WriteFile(dst, b, 0o755); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The image of a bundle with the Ory servers, against the real daemon and
+// its builder, under names of its own (no network, no fixed name, no
+// bpffs): /ory/{hydra,kratos,oathkeeper} are files of mode 0755 beside
+// /clawker-cp and /clawkerd, and the container's command appends
+// --ory-dir /ory to the image's entrypoint.
+func TestOryImageAgainstDocker(t *testing.T) {
+	d := cptest.RequireDocker(t)
+	run := cptest.NewRunID()
+	labels := cptest.TestLabels(run)
+	t.Cleanup(func() { cptest.RemoveLabelled(t, d, labels) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	files := oryFiles()
+	delete(files, CPBinary)
+	dir := writeTree(t, files)
+	copyFile(t, cptest.BuildStatic(t, "sleeper", cptest.SleeperSource), filepath.Join(dir, CPBinary))
+	b, err := BundleFromDir(dir)
+	if err != nil || !b.HasOry() {
+		t.Fatalf("bundle: Ory %v, %v", b != nil && b.HasOry(), err)
+	}
+	hash, _ := b.Hash()
+	ref := testRepo + ":bin-" + hash
+	if err := buildImage(ctx, d, b, ref, labels); err != nil {
+		t.Fatal(err)
+	}
+
+	s, p := testSettingsPaths(t)
+	sp := newSpec(s, p, dockerSocket).withBundle(b)
+	co, err := createOptions(&Options{Settings: s, Paths: p, Labels: labels}, sp, ref, hash, netip.MustParseAddr("172.18.0.202"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The product's command and image, nothing of its host wiring.
+	cr, err := d.ContainerCreate(ctx, client.ContainerCreateOptions{
+		Name:       "clawker-cpboot-test-" + run + "-ory",
+		Config:     &container.Config{Image: ref, Cmd: co.Config.Cmd, Labels: co.Config.Labels},
+		HostConfig: &container.HostConfig{NetworkMode: "none"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, err := d.ContainerExport(ctx, cr.ID, client.ContainerExportOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"ory/hydra": "hydra-bytes", "ory/kratos": "kratos-bytes", "ory/oathkeeper": "oathkeeper-bytes", "clawkerd": "agent-bytes"}
+	seen := map[string]bool{}
+	tr := tar.NewReader(exp)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("reading the export: %v", err)
+		}
+		name := strings.TrimSuffix(strings.TrimPrefix(h.Name, "./"), "/")
+		switch {
+		case name == "ory":
+			if h.Typeflag != tar.TypeDir || h.Mode&0o777 != 0o755 {
+				t.Errorf("/ory: type %c mode %o", h.Typeflag, h.Mode)
+			}
+		case name == CPBinary || want[name] != "":
+			body, _ := io.ReadAll(tr)
+			if h.Typeflag != tar.TypeReg || h.Mode&0o777 != 0o755 || (want[name] != "" && string(body) != want[name]) {
+				t.Errorf("/%s: type %c mode %o, %d bytes", name, h.Typeflag, h.Mode, len(body))
+			}
+		case name == "rootfs" || strings.HasPrefix(name, "rootfs/") || name == "hydra" || name == "Dockerfile":
+			t.Errorf("the image holds /%s: the context's layout leaked", name)
+		}
+		seen[name] = true
+	}
+	exp.Close()
+	for _, n := range []string{CPBinary, "clawkerd", "ory", "ory/hydra", "ory/kratos", "ory/oathkeeper"} {
+		if !seen[n] {
+			t.Errorf("the image has no /%s (has %v)", n, seen)
+		}
+	}
+
+	if _, err := d.ContainerStart(ctx, cr.ID, client.ContainerStartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cptest.WaitFor(t, 10*time.Second, "the sleeper's first line", func() (bool, string) {
+		tail, err := logTail(ctx, d, cr.ID, LogTailLines)
+		return err == nil && strings.Contains(tail, "sleeper: started [--bind 0.0.0.0 --ory-dir /ory]"), tail
+	})
+	if sr, err := stop(ctx, d, cr.ID, 10*time.Second); err != nil || sr.ExitCode != 0 {
+		t.Errorf("stop: %+v %v", sr, err)
 	}
 }

@@ -11,11 +11,13 @@ import (
 	"io/fs"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 )
 
 // embedded holds the binaries `go tool task build` (or
-// cptest.BuildClawkerWithCP) copied into embedded/ before building clawker.
+// cptest.BuildClawkerWithCP) copied into embedded/ before building clawker:
+// clawker-cp and clawkerd at its top, the Ory servers under embedded/ory/.
 // A checkout without them still compiles: the committed README.md is the
 // only file then.
 //
@@ -32,9 +34,24 @@ const (
 	AgentBinary = "clawkerd"
 )
 
-// binaryNames are the files of embedded/ that count as binaries; anything
-// else there (the README) is neither hashed nor copied into the image.
+// OryDir is the directory of the Ory servers, inside the bundle (ory/hydra,
+// ...) and in the control plane image (/ory/hydra, ...).
+const OryDir = "ory"
+
+// ContainerOryDir is where the image holds the Ory servers; clawker-cp is
+// started with --ory-dir set to it when the bundle carries them.
+const ContainerOryDir = "/" + OryDir
+
+// OryNames are the Ory servers a bundle carries all of or none of.
+var OryNames = []string{"hydra", "kratos", "oathkeeper"}
+
+// binaryNames are the files of embedded/ that count as binaries (Ory's by
+// their path, "ory/hydra"); anything else there (the README) is neither
+// hashed nor copied into the image.
 var binaryNames = []string{CPBinary, AgentBinary}
+
+// OryPath is the path of an Ory server in a bundle: "ory/" + name.
+func OryPath(name string) string { return OryDir + "/" + name }
 
 // ErrNotEmbedded is returned when this clawker carries no clawker-cp.
 var ErrNotEmbedded = errors.New("this clawker was built without the control plane; build it with `go tool task build`")
@@ -64,24 +81,51 @@ var embeddedBundle = sync.OnceValues(func() (*Bundle, error) {
 // ErrNotEmbedded when clawker-cp is not among them.
 func Embedded() (*Bundle, error) { return embeddedBundle() }
 
-// BundleFromDir reads the binaries (clawker-cp, clawkerd) in dir.
+// BundleFromDir reads the binaries in dir: clawker-cp, clawkerd and, when
+// present, ory/{hydra,kratos,oathkeeper}.
 func BundleFromDir(dir string) (*Bundle, error) { return newBundle(os.DirFS(dir)) }
 
+// newBundle reads the binaries of fsys. The Ory servers are optional as a
+// set: a bundle carries all three (and its control plane supervises them)
+// or none (the control plane runs without Ory; bundles of fakes in tests),
+// never some.
 func newBundle(fsys fs.FS) (*Bundle, error) {
 	b := &Bundle{fsys: fsys, sizes: map[string]int64{}}
-	for _, name := range binaryNames {
+	add := func(name string) (bool, error) {
 		fi, err := fs.Stat(fsys, name)
 		if errors.Is(err, fs.ErrNotExist) {
-			continue
+			return false, nil
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading the embedded %s: %w", name, err)
+			return false, fmt.Errorf("reading the embedded %s: %w", name, err)
 		}
 		if !fi.Mode().IsRegular() || fi.Size() == 0 {
-			return nil, fmt.Errorf("the embedded %s is not a binary (mode %s, %d bytes); rebuild clawker with `go tool task build`", name, fi.Mode(), fi.Size())
+			return false, fmt.Errorf("the embedded %s is not a binary (mode %s, %d bytes); rebuild clawker with `go tool task build`", name, fi.Mode(), fi.Size())
 		}
 		b.names = append(b.names, name)
 		b.sizes[name] = fi.Size()
+		return true, nil
+	}
+	for _, name := range binaryNames {
+		if _, err := add(name); err != nil {
+			return nil, err
+		}
+	}
+	var have, missing []string
+	for _, n := range OryNames {
+		ok, err := add(OryPath(n))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			have = append(have, OryPath(n))
+		} else {
+			missing = append(missing, OryPath(n))
+		}
+	}
+	if len(have) > 0 && len(missing) > 0 {
+		return nil, fmt.Errorf("the embedded Ory servers are incomplete: %s present, %s missing; rebuild clawker with `go tool task build`",
+			strings.Join(have, ", "), strings.Join(missing, ", "))
 	}
 	sort.Strings(b.names)
 	if _, ok := b.sizes[CPBinary]; !ok {
@@ -90,7 +134,11 @@ func newBundle(fsys fs.FS) (*Bundle, error) {
 	return b, nil
 }
 
-// Names lists the binaries, sorted.
+// HasOry reports whether the bundle carries the Ory servers (all three).
+func (b *Bundle) HasOry() bool { return b.Has(OryPath(OryNames[0])) }
+
+// Names lists the binaries, sorted, by their path in the bundle
+// ("clawker-cp", "ory/hydra").
 func (b *Bundle) Names() []string { return append([]string(nil), b.names...) }
 
 // Has reports whether the bundle carries name.
@@ -105,10 +153,13 @@ func (b *Bundle) Open(name string) (fs.File, error) {
 }
 
 // Hash is the first 16 hex digits of the SHA-256 over every binary's name
-// and content, in name order: the tag suffix of the control plane image
-// (clawker-controlplane:bin-<hash>) and the dev.clawker.binhash label. It
-// is computed on the first call (tens of milliseconds for the embedded
-// binaries).
+// (its path in the bundle) and content, in name order: the tag suffix of
+// the control plane image (clawker-controlplane:bin-<hash>) and the
+// dev.clawker.binhash label. The Ory servers count like the others, so a
+// new Ory build is a new image; a bundle without them hashes as bundles did
+// before Ory existed. It is computed on the first call (a few hundred
+// milliseconds for the embedded binaries, Ory included; the CLI caches it
+// per executable, see hashcache.go).
 func (b *Bundle) Hash() (string, error) {
 	b.hashOnce.Do(func() { b.hash, b.hashErr = b.computeHash() })
 	return b.hash, b.hashErr

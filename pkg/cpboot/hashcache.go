@@ -7,9 +7,10 @@ import (
 )
 
 // hashCacheFile, in Paths.StateDir, remembers the embedded binaries' hash
-// for the clawker executable that computed it. Hashing them costs tens of
-// milliseconds, the whole of a green `controlplane up` otherwise; the cache
-// makes that path one HTTP request and one inspect.
+// for the clawker executable that computed it. Hashing them (~180 MB with
+// the Ory servers) costs a few hundred milliseconds, the whole of a green
+// `controlplane up` otherwise; the cache makes that path one HTTP request
+// and one inspect.
 const hashCacheFile = "binhash.cache"
 
 type hashCache struct {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"path"
 	"sort"
 	"strings"
 	"time"
@@ -21,18 +22,20 @@ const ImageRepo = "clawker-controlplane"
 // ImageRef is the control plane image for a bundle hash.
 func ImageRef(hash string) string { return ImageRepo + ":bin-" + hash }
 
+// contextRoot is the directory of the build context holding the image's
+// file system: the binaries at their bundle paths (clawker-cp, clawkerd,
+// ory/hydra, ...).
+const contextRoot = "rootfs"
+
 // dockerfile is the control plane image: the binaries, the labels and the
-// entrypoint. One COPY and one LABEL instruction: the legacy builder of
+// entrypoint. One COPY (of a directory, whose contents land at /, the Ory
+// servers under /ory) and one LABEL instruction: the legacy builder of
 // Docker 20.10 commits a layer per instruction (and per label passed as a
 // build option), about a second each on a slow storage driver.
 func dockerfile(b *Bundle, labels map[string]string) (string, error) {
 	var s strings.Builder
 	s.WriteString("FROM scratch\n")
-	s.WriteString("COPY")
-	for _, name := range b.names {
-		s.WriteString(" " + name)
-	}
-	s.WriteString(" /\n")
+	s.WriteString("COPY " + contextRoot + "/ /\n")
 	if len(labels) > 0 {
 		keys := make([]string, 0, len(labels))
 		for k := range labels {
@@ -62,7 +65,9 @@ func isLabelKeyRune(r rune) bool {
 }
 
 // buildContext writes the tar the daemon builds from: the Dockerfile and
-// the binaries, streamed.
+// the binaries under rootfs/, streamed. Every binary is mode 0755, every
+// directory 0755, owned by root, dated 1970: the same bundle makes the same
+// context.
 func buildContext(w io.Writer, b *Bundle, labels map[string]string) error {
 	text, err := dockerfile(b, labels)
 	if err != nil {
@@ -77,8 +82,23 @@ func buildContext(w io.Writer, b *Bundle, labels map[string]string) error {
 	if _, err := tw.Write(df); err != nil {
 		return err
 	}
+	dirs := map[string]bool{}
+	var mkdir func(dir string) error // dir and its parents, each once
+	mkdir = func(dir string) error {
+		if dir == "." || dirs[dir] {
+			return nil
+		}
+		dirs[dir] = true
+		if err := mkdir(path.Dir(dir)); err != nil {
+			return err
+		}
+		return tw.WriteHeader(&tar.Header{Name: dir + "/", Mode: 0o755, ModTime: epoch, Typeflag: tar.TypeDir})
+	}
 	for _, name := range b.names {
-		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: b.sizes[name], ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
+		if err := mkdir(path.Dir(contextRoot + "/" + name)); err != nil {
+			return err
+		}
+		if err := tw.WriteHeader(&tar.Header{Name: contextRoot + "/" + name, Mode: 0o755, Size: b.sizes[name], ModTime: epoch, Typeflag: tar.TypeReg}); err != nil {
 			return err
 		}
 		f, err := b.Open(name)

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,15 +24,36 @@ const (
 )
 
 // embedDir is where pkg/cpboot embeds the binaries from, relative to the
-// module root.
+// module root; the Ory servers go to its ory/ (cpboot.OryDir; cptest does
+// not import cpboot, whose tests import cptest).
 const embedDir = "pkg/cpboot/embedded"
 
-var embedBuild buildEntry
+// EnvOryDir names the directory holding the Ory servers (hydra, kratos,
+// oathkeeper); unset means <module root>/bin/ory, where `go tool task ory`
+// builds them.
+const EnvOryDir = "CLAWKER_ORY_DIR"
+
+// OryNames are the Ory servers, as their binaries are named.
+var OryNames = []string{"hydra", "kratos", "oathkeeper"}
+
+var embedBuild struct {
+	buildEntry
+	oryDir    string // "" when built without Ory
+	oryReason string // why not, when oryDir is ""
+}
 
 // BuildClawkerWithCP builds clawker-cp and clawkerd (with BuildBinaries),
-// copies them into pkg/cpboot/embedded/ of the module, and builds clawker
-// with them embedded, once per test process. It returns binary name to path
-// for all three ("clawker", "clawker-cp", "clawkerd").
+// copies them and the Ory servers into pkg/cpboot/embedded/ of the module,
+// and builds clawker with them embedded, once per test process. It returns
+// each binary's path by its name in the bundle: "clawker", "clawker-cp",
+// "clawkerd" and, when Ory is embedded, "ory/hydra", "ory/kratos" and
+// "ory/oathkeeper" (so every key but "clawker" is a file of the bundle, at
+// that path).
+//
+// The Ory servers come from OryDir's directory. When they are missing the
+// test fails under CI=true (one line naming `go tool task ory`); elsewhere
+// clawker is built without them (the control plane then runs without Ory),
+// and t.Log says so.
 //
 // Several test processes may do this at once (go test runs packages in
 // parallel): a file lock keyed by the module root serialises the copy and
@@ -38,18 +62,79 @@ var embedBuild buildEntry
 func BuildClawkerWithCP(t testing.TB) map[string]string {
 	t.Helper()
 	bins := BuildBinaries(t, embedCPPkg, embedAgentPkg)
-	embedBuild.once.Do(func() { embedBuild.path, embedBuild.err = buildEmbedding(bins) })
+	embedBuild.once.Do(func() {
+		embedBuild.oryDir, embedBuild.oryReason = findOry()
+		if embedBuild.oryDir == "" && os.Getenv("CI") == "true" {
+			embedBuild.err = errors.New("CI=true and " + embedBuild.oryReason)
+			return
+		}
+		embedBuild.path, embedBuild.err = buildEmbedding(bins, embedBuild.oryDir)
+	})
 	if embedBuild.err != nil {
 		t.Fatalf("cptest: building clawker with the control plane embedded: %v", embedBuild.err)
 	}
-	return map[string]string{
+	out := map[string]string{
 		"clawker":    embedBuild.path,
 		"clawker-cp": bins["clawker-cp"],
 		"clawkerd":   bins["clawkerd"],
 	}
+	if embedBuild.oryDir == "" {
+		t.Logf("cptest: clawker is built without Ory (its control plane runs without it): %s", embedBuild.oryReason)
+		return out
+	}
+	for _, n := range OryNames {
+		out["ory/"+n] = filepath.Join(embedBuild.oryDir, n)
+	}
+	return out
 }
 
-func buildEmbedding(bins map[string]string) (string, error) {
+// OryDir returns the directory holding the Ory servers, for tests that run
+// clawker-cp as a host process (--ory-dir): $CLAWKER_ORY_DIR, else
+// <module root>/bin/ory. When one of the three is missing (or not
+// executable) it skips the test with a one-line reason naming `go tool task
+// ory`, or fails it under CI=true.
+func OryDir(t testing.TB) string {
+	t.Helper()
+	dir, reason := findOry()
+	if dir == "" {
+		skipOrFail(t, reason)
+	}
+	return dir
+}
+
+var oryRoot = sync.OnceValues(func() (string, error) {
+	goBin, err := goTool()
+	if err != nil {
+		return "", err
+	}
+	return moduleRoot(goBin)
+})
+
+// findOry returns the Ory directory when it holds all three servers,
+// executable; else "" and why not, in one line.
+func findOry() (dir, reason string) {
+	dir = os.Getenv(EnvOryDir)
+	if dir == "" {
+		root, err := oryRoot()
+		if err != nil {
+			return "", "no Ory servers: cannot locate the module root to find bin/ory: " + err.Error()
+		}
+		dir = filepath.Join(root, "bin", "ory")
+	}
+	var missing []string
+	for _, n := range OryNames {
+		fi, err := os.Stat(filepath.Join(dir, n))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return "", fmt.Sprintf("no Ory %s in %s: build them with `go tool task ory` (or set %s)", strings.Join(missing, ", "), dir, EnvOryDir)
+	}
+	return dir, ""
+}
+
+func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
 	goBin, err := goTool()
 	if err != nil {
 		return "", err
@@ -65,10 +150,28 @@ func buildEmbedding(bins map[string]string) (string, error) {
 	}
 	defer unlock()
 
+	embedded := filepath.Join(root, embedDir)
+	// Temporary copies go beside embedded/, never into it (a concurrent
+	// build would embed them).
+	tmpDir := filepath.Dir(embedded)
 	for _, name := range []string{"clawker-cp", "clawkerd"} {
-		if err := installFile(bins[name], filepath.Join(root, embedDir, name)); err != nil {
+		if err := installFile(bins[name], filepath.Join(embedded, name), tmpDir); err != nil {
 			return "", err
 		}
+	}
+	oryEmbedded := filepath.Join(embedded, "ory")
+	if oryDir != "" {
+		if err := os.MkdirAll(oryEmbedded, 0o755); err != nil {
+			return "", err
+		}
+		for _, n := range OryNames {
+			if err := installFile(filepath.Join(oryDir, n), filepath.Join(oryEmbedded, n), tmpDir); err != nil {
+				return "", err
+			}
+		}
+	} else if err := removeOry(oryEmbedded, tmpDir); err != nil {
+		// Left over from a build with Ory: this clawker is meant without.
+		return "", err
 	}
 	dir, err := buildDir()
 	if err != nil {
@@ -82,24 +185,39 @@ func buildEmbedding(bins map[string]string) (string, error) {
 	return out, goBuild(goBin, root, out, embedCLIPkg)
 }
 
-// installFile puts a copy of src at dst: written to a temporary file in
-// dst's parent's parent (outside the embedded directory, so no concurrent
-// build embeds it half-written) and renamed into place. Identical content is
-// left untouched.
-func installFile(src, dst string) error {
-	want, err := os.ReadFile(src)
+// removeOry removes embedded/ory: renamed out of embedded/ first, so a
+// concurrent build sees all of it or none.
+func removeOry(oryEmbedded, tmpDir string) error {
+	if _, err := os.Lstat(oryEmbedded); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	gone, err := os.MkdirTemp(tmpDir, ".ory-removed.*.tmp")
 	if err != nil {
 		return err
 	}
-	if have, err := os.ReadFile(dst); err == nil && bytes.Equal(have, want) {
-		return nil
+	defer os.RemoveAll(gone)
+	return os.Rename(oryEmbedded, filepath.Join(gone, "ory"))
+}
+
+// installFile puts a copy of src (mode 0755) at dst: written to a temporary
+// file in tmpDir (outside the embedded directory, so no concurrent build
+// embeds it half-written) and renamed into place. Identical content is left
+// untouched. Files are streamed: the Ory servers are ~50 MB each.
+func installFile(src, dst, tmpDir string) error {
+	if same, err := sameContent(src, dst); err != nil || same {
+		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(filepath.Dir(dst)), "."+filepath.Base(dst)+".*.tmp")
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	tmp, err := os.CreateTemp(tmpDir, "."+filepath.Base(dst)+".*.tmp")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if _, err := io.Copy(tmp, bytes.NewReader(want)); err != nil {
+	if _, err := io.Copy(tmp, in); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -111,6 +229,45 @@ func installFile(src, dst string) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), dst)
+}
+
+// sameContent reports whether dst exists with src's content. Only an
+// unreadable src is an error.
+func sameContent(src, dst string) (bool, error) {
+	a, err := os.Open(src)
+	if err != nil {
+		return false, err
+	}
+	defer a.Close()
+	b, err := os.Open(dst)
+	if err != nil {
+		return false, nil
+	}
+	defer b.Close()
+	ai, err := a.Stat()
+	if err != nil {
+		return false, err
+	}
+	if bi, err := b.Stat(); err != nil || bi.Size() != ai.Size() || bi.Mode()&0o111 == 0 {
+		return false, nil
+	}
+	bufA, bufB := make([]byte, 1<<20), make([]byte, 1<<20)
+	for {
+		n, errA := io.ReadFull(a, bufA)
+		m, errB := io.ReadFull(b, bufB)
+		if n != m || !bytes.Equal(bufA[:n], bufB[:m]) {
+			return false, nil
+		}
+		if errA == io.EOF || errA == io.ErrUnexpectedEOF {
+			return errB == errA, nil
+		}
+		if errA != nil {
+			return false, errA
+		}
+		if errB != nil {
+			return false, nil
+		}
+	}
 }
 
 // flockPath takes an exclusive flock on path, waiting up to timeout.

@@ -59,13 +59,13 @@ func NewCPHome(t testing.TB, extraSettings string) *Home {
 }
 
 // Env is the environment for a process using this home: the test process's
-// own, without any XDG_* variable or clawker-cp debug knob it may carry,
+// own, without any XDG_* variable, clawker-cp debug knob or Ory dir it may carry,
 // plus the home's three XDG directories.
 func (h *Home) Env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, "XDG_") || strings.HasPrefix(k, "CLAWKER_CP_DEBUG_") {
+		if strings.HasPrefix(k, "XDG_") || strings.HasPrefix(k, "CLAWKER_CP_DEBUG_") || k == "CLAWKER_CP_ORY_DIR" {
 			continue
 		}
 		env = append(env, kv)

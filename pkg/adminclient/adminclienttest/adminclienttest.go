@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -17,6 +18,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -93,6 +95,20 @@ func (h *Home) SetAdminPort(t testing.TB, port int) {
 	}
 }
 
+// SetPorts writes settings.yaml with control_plane.admin_port and
+// control_plane.hydra_public_port (where adminclient.WithOAuth gets tokens).
+func (h *Home) SetPorts(t testing.TB, adminPort, hydraPublicPort int) {
+	t.Helper()
+	p := h.Paths(t)
+	if err := os.MkdirAll(p.ConfigDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	data := fmt.Sprintf("control_plane:\n  admin_port: %d\n  hydra_public_port: %d\n", adminPort, hydraPublicPort)
+	if err := os.WriteFile(p.SettingsFile, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Settings loads the home's settings.yaml.
 func (h *Home) Settings(t testing.TB) settings.Settings {
 	t.Helper()
@@ -114,7 +130,8 @@ type Server struct {
 	mu     sync.Mutex
 	agents []*adminv1.Agent
 	calls  map[string]int
-	fw     firewallState // firewall.go
+	auth   map[string]string // method -> last authorization header ("" when absent)
+	fw     firewallState     // firewall.go
 }
 
 // Serve starts a fake AdminService with the CP's admin listener config:
@@ -136,8 +153,8 @@ func ServeTLS(t testing.TB, cfg *tls.Config) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &Server{Port: lis.Addr().(*net.TCPAddr).Port, calls: map[string]int{}}
-	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
+	s := &Server{Port: lis.Addr().(*net.TCPAddr).Port, calls: map[string]int{}, auth: map[string]string{}}
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)), grpc.UnaryInterceptor(s.recordAuth))
 	adminv1.RegisterAdminServiceServer(gs, s)
 	done := make(chan struct{})
 	go func() {
@@ -149,6 +166,28 @@ func ServeTLS(t testing.TB, cfg *tls.Config) *Server {
 		<-done
 	})
 	return s
+}
+
+// recordAuth notes each call's authorization header; the fake checks no
+// token (the control plane's interceptor is tested in actors/grpc).
+func (s *Server) recordAuth(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	v := ""
+	if vals := md.Get("authorization"); len(vals) > 0 {
+		v = vals[0]
+	}
+	s.mu.Lock()
+	s.auth[path.Base(info.FullMethod)] = v
+	s.mu.Unlock()
+	return handler(ctx, req)
+}
+
+// Authorization is the authorization header of the last call of method
+// (e.g. "ListAgents"), "" when it carried none.
+func (s *Server) Authorization(method string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.auth[method]
 }
 
 // SetAgents replaces what ListAgents returns.

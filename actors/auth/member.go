@@ -1,0 +1,202 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/ory"
+)
+
+// memberConfig is what one server's actor needs.
+type memberConfig struct {
+	name         string
+	binary       string
+	ory          ory.Config
+	readyTimeout time.Duration
+	stopGrace    time.Duration
+	output       io.Writer
+	log          *zap.Logger
+}
+
+// member owns one Ory server process: hydra, kratos or oathkeeper. At
+// every (re)start it writes the server's configuration, starts it, waits
+// for it off the mailbox and reports Ready. After Ready, an exit it did not
+// ask for is a failure: the actor panics and its supervisor (the auth
+// actor's strategy) restarts it, which starts a fresh process.
+type member struct {
+	cfg      memberConfig
+	spec     ory.Spec
+	proc     *ory.Process
+	cancel   context.CancelFunc
+	begin    time.Time
+	ready    bool
+	reported bool // Ready was sent to the parent for this incarnation
+	stopping bool
+}
+
+// processReady is WaitReady's outcome.
+type processReady struct {
+	proc *ory.Process
+	err  error
+}
+
+// processExited reports the exit of the process.
+type processExited struct {
+	proc *ory.Process
+	exit ory.Exit
+}
+
+// failMember makes a member fail on purpose (its parent decided that the
+// server is unusable): the supervisor restarts it and counts the restart.
+type failMember struct{ reason string }
+
+func newMember(cfg memberConfig) actor.Producer {
+	return func() actor.Actor { return &member{cfg: cfg} }
+}
+
+func (m *member) Receive(ctx actor.Context) {
+	switch msg := ctx.Message().(type) {
+	case *actor.Started:
+		m.start(ctx)
+	case *actor.Stopping, *actor.Restarting:
+		m.stop()
+	case *processReady:
+		m.onReady(ctx, msg)
+	case *processExited:
+		m.onExited(ctx, msg)
+	case *failMember:
+		panic(msg.reason)
+	case *supervise.DrainStep:
+		supervise.RefuseStep(ctx, msg)
+	}
+}
+
+func (m *member) report(ctx actor.Context, err error) {
+	if m.reported {
+		return
+	}
+	m.reported = true
+	supervise.ReportReady(ctx, err)
+}
+
+func (m *member) start(ctx actor.Context) {
+	name := m.cfg.name
+	spec, err := m.cfg.ory.Prepare(name)
+	if err != nil {
+		m.report(ctx, err)
+		return
+	}
+	probe, err := m.cfg.ory.Probe(name)
+	if err != nil {
+		spec.Files.Remove()
+		m.report(ctx, err)
+		return
+	}
+	m.spec = spec
+	m.begin = time.Now()
+	proc, err := ory.StartProcess(ory.ProcessConfig{
+		Name: name, Path: m.cfg.binary, Args: spec.Args, Env: ory.OfflineEnv, Dir: m.cfg.ory.RunDir,
+		Output: m.cfg.output, Ready: probe,
+	})
+	if err != nil {
+		spec.Files.Remove()
+		m.report(ctx, err)
+		return
+	}
+	m.proc = proc
+	m.cfg.log.Info("Ory server started", zap.String("event", "ory_process_started"), zap.String("server", name),
+		zap.Int("pid", proc.PID()), zap.String("binary", m.cfg.binary),
+		zap.String("config", spec.Config))
+
+	run, cancel := context.WithCancel(context.Background())
+	m.cancel = cancel
+	sys, self, timeout := ctx.ActorSystem(), ctx.Self(), m.cfg.readyTimeout
+	go func() {
+		err := proc.WaitReady(run, timeout)
+		if run.Err() == nil {
+			sys.Root.Send(self, &processReady{proc: proc, err: err})
+		}
+	}()
+	go func() {
+		select {
+		case e := <-proc.Exited():
+			if run.Err() == nil {
+				sys.Root.Send(self, &processExited{proc: proc, exit: e})
+			}
+		case <-run.Done():
+		}
+	}()
+}
+
+func (m *member) onReady(ctx actor.Context, msg *processReady) {
+	if msg.proc != m.proc || m.proc == nil {
+		return // from an earlier process
+	}
+	if msg.err != nil {
+		var nr *ory.NotReadyError
+		if errors.As(msg.err, &nr) && nr.Exit != nil {
+			return // onExited reports it
+		}
+		m.cfg.log.Error("Ory server did not become ready", zap.String("event", "ory_process_not_ready"),
+			zap.String("server", m.cfg.name), zap.Int("pid", m.proc.PID()), zap.Error(msg.err))
+		m.stop()
+		m.report(ctx, msg.err)
+		return
+	}
+	m.ready = true
+	m.cfg.log.Info("Ory server ready", zap.String("event", "ory_process_ready"), zap.String("server", m.cfg.name),
+		zap.Int("pid", m.proc.PID()), zap.Float64("ready_ms", ms(time.Since(m.begin))))
+	m.report(ctx, nil)
+}
+
+func (m *member) onExited(ctx actor.Context, msg *processExited) {
+	if msg.proc != m.proc || m.proc == nil || m.stopping {
+		return
+	}
+	e := msg.exit
+	m.cfg.log.Error("Ory server exited", zap.String("event", "ory_process_exited"), zap.String("server", m.cfg.name),
+		zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal), zap.Bool("was_ready", m.ready),
+		zap.Float64("uptime_ms", ms(time.Since(m.begin))))
+	if !m.ready {
+		// Not a crash of a running server but a failed start: say so to
+		// the parent, which decides (fail the CP's start-up, or restart us).
+		m.stop()
+		m.report(ctx, fmt.Errorf("%s exited before it was ready (%s); its output is in the control plane's stderr, prefixed %q",
+			m.cfg.name, e, m.cfg.name+": "))
+		return
+	}
+	m.stop()
+	panic(fmt.Sprintf("%s exited unexpectedly (%s, pid %d)", m.cfg.name, e, e.PID))
+}
+
+// stop ends the process (SIGTERM, SIGKILL after the grace) and removes its
+// configuration files. Idempotent.
+func (m *member) stop() {
+	if m.cancel != nil {
+		m.cancel()
+		m.cancel = nil
+	}
+	if m.proc == nil {
+		return
+	}
+	m.stopping = true
+	proc := m.proc
+	begin := time.Now()
+	_, already := proc.ExitStatus()
+	e := proc.Stop(m.cfg.stopGrace)
+	m.spec.Files.Remove()
+	if !already {
+		m.cfg.log.Info("Ory server stopped", zap.String("event", "ory_process_stopped"), zap.String("server", m.cfg.name),
+			zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal),
+			zap.Float64("stop_ms", ms(time.Since(begin))))
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
