@@ -69,8 +69,9 @@ type Config struct {
 	// BindHost is where Hydra public and the Oathkeeper proxy listen (the
 	// CP's BindHost); every other Ory listener is on 127.0.0.1.
 	BindHost string
-	// Ports come from settings (ory.PortsFrom); Ports.Health is the
-	// upstream of the /debug/* rules.
+	// Ports come from settings (ory.PortsFrom); Ports.Debug, the upstream
+	// of the /debug/* rules, is the CP's internal debug listener
+	// (health.ListenDebug).
 	Ports ory.Ports
 	// IssuerURL is Hydra's issuer; "" means https://127.0.0.1:<hydra_public_port>/.
 	IssuerURL string

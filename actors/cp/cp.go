@@ -47,7 +47,10 @@ type Options struct {
 	Log      *zap.Logger
 	// BindHost is the address the health port listens on: 127.0.0.1 on a
 	// host, 0.0.0.0 inside the container (where Docker publishes it to the
-	// host's loopback only).
+	// host's loopback only). /debug/actors and /debug/state are served on
+	// an internal listener on 127.0.0.1 (a port the kernel picks at start),
+	// the upstream of Oathkeeper; the health port serves them too only when
+	// BindHost is a loopback address (see package health).
 	BindHost string
 	// DebugFaults enables POST /debug/faults (tests only).
 	DebugFaults bool
@@ -156,6 +159,15 @@ func Start(opts Options) (*Instance, error) {
 	if agentNet.name == "" {
 		agentNet.name = dockerx.NetworkName
 	}
+	// The internal listener of /debug/actors and /debug/state, bound before
+	// the tree starts so that Oathkeeper's rules can name its port.
+	debug, err := health.ListenDebug(net.JoinHostPort(ory.LoopbackHost, "0"))
+	if err != nil {
+		sys.Shutdown()
+		return nil, err
+	}
+	ports := ory.PortsFrom(s.ControlPlane)
+	ports.Debug = debug.Port()
 	// The AdminService asks Hydra (the auth child, admin API on loopback,
 	// plain HTTP) about bearer tokens, and refuses non-public methods until
 	// the whole tree is ready (handOver).
@@ -163,13 +175,15 @@ func Start(opts Options) (*Instance, error) {
 	authCfg := auth.Config{
 		Enable: opts.OryDir != "", Tree: tree, Intensity: in,
 		BinDir: opts.OryDir, RunDir: filepath.Join(opts.Paths.CPDir, "ory"),
-		BindHost: opts.BindHost, Ports: ory.PortsFrom(s.ControlPlane), ServerBundleDir: opts.Paths.CPAuthDir,
+		BindHost: opts.BindHost, Ports: ports, ServerBundleDir: opts.Paths.CPAuthDir,
 		Log: log.With(zap.String("actor", "auth")),
 	}
 	var introspector grpc.TokenIntrospector // nil: refuse (no Hydra to ask)
 	if authCfg.Enable {
 		in, err := oauth.NewIntrospector("http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ControlPlane.HydraAdminPort)), nil, "")
 		if err != nil {
+			_ = debug.Close()
+			sys.Shutdown()
 			return nil, err
 		}
 		introspector = in
@@ -180,6 +194,7 @@ func Start(opts Options) (*Instance, error) {
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
+			Debug:        debug,
 			Tree:         tree,
 			RootPath:     root.Name,
 			ProbeTimeout: 2 * time.Second,
@@ -309,10 +324,14 @@ func Start(opts Options) (*Instance, error) {
 		OnDraining: func(c actor.Context, pids map[string]*actor.PID) {
 			c.Send(pids["health"], &health.SetDraining{})
 		},
-		Exit: func(code int) { exit <- code },
+		Exit: func(code int) {
+			_ = debug.Close() // in case no health actor ever took it
+			exit <- code
+		},
 	}), in)
 	rootPID, err := sys.Root.SpawnNamed(rootProps, root.Name)
 	if err != nil {
+		_ = debug.Close()
 		sys.Shutdown()
 		return nil, err
 	}

@@ -1,7 +1,21 @@
-// Package health is the actor behind the CP's plain-HTTP health port:
-// GET /healthz (503 until ready, then every registered probe must pass),
+// Package health is the actor behind the CP's plain-HTTP listeners.
+//
+// The health port (Config.Addr) serves GET /healthz (503 until ready, then
+// every registered probe must pass) and, when the fault knob is on, POST
+// /debug/faults.
+//
 // GET /debug/actors (the live actor tree) and GET /debug/state (the
-// overseer's worldview).
+// overseer's worldview: every managed container and agent Session) are
+// served on the internal debug listener (Config.Debug), bound to 127.0.0.1
+// inside the CP. It is the upstream of Oathkeeper, which serves both paths
+// on oathkeeper_port to bearer tokens with scope admin only.
+//
+// Inside the container the health port listens on 0.0.0.0: Docker
+// publishes it on the host's loopback, but the agents on clawker-net reach
+// it too, so there it serves no /debug/actors or /debug/state. When the
+// health port itself is bound to a loopback address (a CP run as a host
+// process: tests and development), no agent can reach it and it serves
+// both paths as well, besides the internal listener.
 package health
 
 import (
@@ -11,7 +25,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
 
@@ -42,7 +58,13 @@ type SetDraining struct{}
 
 // Config configures the health actor.
 type Config struct {
-	Addr         string // host:port to listen on
+	// Addr is the health port's host:port. When its host is a loopback
+	// address, the health port serves /debug/actors and /debug/state too
+	// (see the package comment).
+	Addr string
+	// Debug is the internal listener of /debug/actors and /debug/state
+	// (Oathkeeper's upstream); nil serves them on no internal listener.
+	Debug        *DebugListener
 	Tree         *supervise.Tree
 	RootPath     string        // the root actor's path in Tree
 	ProbeTimeout time.Duration // bound on each probe
@@ -59,10 +81,12 @@ func New(cfg Config) actor.Producer {
 	return func() actor.Actor { return &Actor{cfg: cfg, probes: map[string]Probe{}} }
 }
 
-// Actor owns the health listener and the probe set.
+// Actor owns the health port, the internal debug listener and the probe
+// set.
 type Actor struct {
 	cfg      Config
-	srv      *http.Server
+	srv      *http.Server // the health port
+	debugSrv *http.Server // the internal debug listener
 	ready    bool
 	draining bool
 	probes   map[string]Probe
@@ -109,36 +133,138 @@ func (a *Actor) listen(ctx actor.Context) error {
 		return fmt.Errorf("health port: %w (is another control plane running? change control_plane.health_port)", err)
 	}
 	h := &handler{cfg: a.cfg, sys: ctx.ActorSystem(), self: ctx.Self()}
+	debugHere := LoopbackOnly(a.cfg.Addr)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", h.healthz)
-	mux.HandleFunc("GET /debug/actors", h.actors)
-	mux.HandleFunc("GET /debug/state", h.state)
+	if debugHere {
+		h.routeDebug(mux)
+	}
 	if a.cfg.Faults {
 		mux.HandleFunc("POST /debug/faults", h.faults)
 	}
-	a.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	srv := a.srv
-	go func() {
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.cfg.Log.Error("health listener failed", zap.String("event", "health_unavailable"), zap.Error(err))
+	var dln net.Listener
+	if a.cfg.Debug != nil {
+		if dln, err = a.cfg.Debug.listen(); err != nil {
+			_ = ln.Close()
+			return err
 		}
-	}()
-	a.cfg.Log.Info("health port listening", zap.String("event", "health_listening"), zap.String("addr", ln.Addr().String()))
+	}
+	a.srv = a.serve(ln, mux, "health listener failed")
+	fields := []zap.Field{zap.String("event", "health_listening"), zap.String("addr", ln.Addr().String()),
+		zap.Bool("debug_on_health_port", debugHere)}
+	if dln != nil {
+		dmux := http.NewServeMux()
+		h.routeDebug(dmux)
+		a.debugSrv = a.serve(dln, dmux, "debug listener failed")
+		fields = append(fields, zap.String("debug_addr", dln.Addr().String()))
+	}
+	a.cfg.Log.Info("health port listening", fields...)
 	return nil
 }
 
-// close shuts the listener down; bounded so a stuck client cannot hold the
+// serve serves mux on ln until the returned server is shut down.
+func (a *Actor) serve(ln net.Listener, mux *http.ServeMux, failed string) *http.Server {
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.cfg.Log.Error(failed, zap.String("event", "health_unavailable"), zap.Error(err))
+		}
+	}()
+	return srv
+}
+
+// LoopbackOnly reports whether addr (host:port) listens on a loopback
+// address only: 127.0.0.0/8, ::1 or localhost. An empty host, 0.0.0.0 or
+// any other address is reachable from outside the host (in the container:
+// from clawker-net).
+func LoopbackOnly(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// DebugListener is the internal listener of /debug/actors and /debug/state.
+// The control plane binds it before the actor tree starts, so its port is
+// known when Oathkeeper's rules are written; the first health actor serves
+// that listener, and a restarted one binds the same address again (the
+// rules name it).
+type DebugListener struct {
+	addr string
+	port int
+
+	mu sync.Mutex
+	ln net.Listener // bound, not served yet
+}
+
+// ListenDebug binds the internal debug listener on addr, which must be a
+// loopback address; port 0 lets the kernel pick one (see Port).
+func ListenDebug(addr string) (*DebugListener, error) {
+	if !LoopbackOnly(addr) {
+		return nil, fmt.Errorf("debug listener: %s is not a loopback address", addr)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug listener: %w", err)
+	}
+	tcp := ln.Addr().(*net.TCPAddr)
+	return &DebugListener{addr: net.JoinHostPort(tcp.IP.String(), strconv.Itoa(tcp.Port)), port: tcp.Port, ln: ln}, nil
+}
+
+// Addr is the listener's host:port.
+func (d *DebugListener) Addr() string { return d.addr }
+
+// Port is the listener's port.
+func (d *DebugListener) Port() int { return d.port }
+
+// listen hands out the listener bound by ListenDebug once, then binds Addr
+// again.
+func (d *DebugListener) listen() (net.Listener, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if ln := d.ln; ln != nil {
+		d.ln = nil
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", d.addr)
+	if err != nil {
+		return nil, fmt.Errorf("debug listener: binding %s again: %w", d.addr, err)
+	}
+	return ln, nil
+}
+
+// Close releases the listener bound by ListenDebug if no health actor took
+// it; one that did closes it when it stops.
+func (d *DebugListener) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ln == nil {
+		return nil
+	}
+	err := d.ln.Close()
+	d.ln = nil
+	return err
+}
+
+// close shuts the listeners down; bounded so a stuck client cannot hold the
 // actor (and with it the drain) hostage.
 func (a *Actor) close() {
-	if a.srv == nil {
-		return
+	for _, srv := range []*http.Server{a.srv, a.debugSrv} {
+		if srv == nil {
+			continue
+		}
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if err := srv.Shutdown(c); err != nil {
+			_ = srv.Close()
+		}
+		cancel()
 	}
-	c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := a.srv.Shutdown(c); err != nil {
-		_ = a.srv.Close()
-	}
-	a.srv = nil
+	a.srv, a.debugSrv = nil, nil
 }
 
 // handler serves HTTP on net/http's goroutines. It reaches the actor's state
@@ -147,6 +273,12 @@ type handler struct {
 	cfg  Config
 	sys  *actor.ActorSystem
 	self *actor.PID
+}
+
+// routeDebug adds GET /debug/actors and GET /debug/state to mux.
+func (h *handler) routeDebug(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/actors", h.actors)
+	mux.HandleFunc("GET /debug/state", h.state)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v interface{}) {

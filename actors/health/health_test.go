@@ -194,6 +194,12 @@ type rig struct {
 
 func startRig(t *testing.T, faults, withVictim bool, addr string) *rig {
 	t.Helper()
+	return startRigDebug(t, faults, withVictim, addr, nil)
+}
+
+// startRigDebug is startRig with an internal debug listener (nil: none).
+func startRigDebug(t *testing.T, faults, withVictim bool, addr string, debug *health.DebugListener) *rig {
+	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:" + strconv.Itoa(cptest.FreePorts(t, 1)[0])
 	}
@@ -204,7 +210,7 @@ func startRig(t *testing.T, faults, withVictim bool, addr string) *rig {
 	r := &rig{sys: sys, tree: tree, base: "http://" + addr, ready: make(chan *supervise.Ready, 8)}
 	p := &parent{
 		cfg: health.Config{
-			Addr: addr, Tree: tree, RootPath: "hp", ProbeTimeout: 500 * time.Millisecond,
+			Addr: addr, Debug: debug, Tree: tree, RootPath: "hp", ProbeTimeout: 500 * time.Millisecond,
 			Faults: faults, Log: zap.NewNop(),
 		},
 		tree: tree, victim: withVictim, ready: r.ready,

@@ -47,9 +47,10 @@ const CallTimeout = 5 * time.Second
 // short because a healthy CP on loopback answers in milliseconds.
 const ProbeTimeout = 2 * time.Second
 
-// restartHint is the fix when the CP serves material the CLI does not
-// match: it reloads the bundle `clawker auth rotate` wrote.
-const restartHint = `if "clawker auth rotate" ran since the control plane started, restart it ("clawker controlplane down", then "clawker controlplane up")`
+// RestartHint is the fix when the CP serves material the CLI does not
+// match (or its Hydra refuses the CLI's assertions): a restart reloads the
+// bundle `clawker auth rotate` wrote.
+const RestartHint = `if "clawker auth rotate" ran since the control plane started, restart it ("clawker controlplane down", then "clawker controlplane up")`
 
 // Client is an open connection to the AdminService. Close it when done.
 type Client struct {
@@ -74,7 +75,7 @@ func Dial(ctx context.Context, paths settings.Paths, s settings.Settings, opts .
 	for _, opt := range opts {
 		opt(&o)
 	}
-	m, err := loadMaterial(paths.AuthDir)
+	m, err := LoadMaterial(paths.AuthDir)
 	if err != nil {
 		return nil, err
 	}
@@ -187,9 +188,11 @@ func invalidateOnUnauthenticated(ts *oauth.TokenSource) grpc.UnaryClientIntercep
 	}
 }
 
-// loadMaterial distinguishes "never created" from "broken": both are fixed
-// by the same command, but the first deserves a one-line message.
-func loadMaterial(dir string) (*certs.Material, error) {
+// LoadMaterial loads the CLI's auth material from dir. It distinguishes
+// "never created" from "broken": both are fixed by the same command
+// ("clawker auth rotate", which its errors name), but the first deserves a
+// one-line message.
+func LoadMaterial(dir string) (*certs.Material, error) {
 	if _, err := os.Stat(filepath.Join(dir, certs.CACertFile)); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("no CLI auth material in %s; run \"clawker auth rotate\"", dir)
 	}
@@ -225,16 +228,16 @@ func probeError(ctx context.Context, addr string, err error, rec *recorder) erro
 	case dialErr != nil:
 		return fmt.Errorf("cannot reach the control plane at %s: %v; check it with \"clawker controlplane status\"", addr, dialErr)
 	case errors.As(hsErr, &unknownCA):
-		return fmt.Errorf("the service at %s presented a certificate that clawker's CA did not sign, so it was refused: either another program holds the admin port or the control plane runs with other auth material; %s", addr, restartHint)
+		return fmt.Errorf("the service at %s presented a certificate that clawker's CA did not sign, so it was refused: either another program holds the admin port or the control plane runs with other auth material; %s", addr, RestartHint)
 	case hsErr != nil:
-		return fmt.Errorf("TLS handshake with the control plane at %s failed: %v; %s", addr, hsErr, restartHint)
+		return fmt.Errorf("TLS handshake with the control plane at %s failed: %v; %s", addr, hsErr, RestartHint)
 	case st.Code() == codes.DeadlineExceeded:
 		return fmt.Errorf("the control plane at %s did not answer within %s; check it with \"clawker controlplane status\"", addr, ProbeTimeout)
 	default:
 		// The TLS 1.3 client finishes its handshake before the server
 		// checks the client certificate, so a CP that does not trust this
 		// CLI shows up here, as a closed connection.
-		return fmt.Errorf("the control plane at %s refused the connection (%s); it may not trust this CLI's certificate; %s", addr, st.Message(), restartHint)
+		return fmt.Errorf("the control plane at %s refused the connection (%s); it may not trust this CLI's certificate; %s", addr, st.Message(), RestartHint)
 	}
 }
 

@@ -130,11 +130,17 @@ func DefaultEnv() Env {
 const NoBootstrapEnv = "CLAWKER_NO_BOOTSTRAP"
 
 func loadSettings(env Env) (settings.Settings, error) {
+	_, s, err := loadPathsSettings(env)
+	return s, err
+}
+
+func loadPathsSettings(env Env) (settings.Paths, settings.Settings, error) {
 	paths, err := settings.ResolvePaths(env.Getenv)
 	if err != nil {
-		return settings.Settings{}, err
+		return settings.Paths{}, settings.Settings{}, err
 	}
-	return settings.Load(paths.SettingsFile)
+	s, err := settings.Load(paths.SettingsFile)
+	return paths, s, err
 }
 
 // healthBase is the CP's health port as seen from the host.

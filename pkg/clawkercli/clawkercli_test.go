@@ -25,7 +25,10 @@ import (
 var update = flag.Bool("update", false, "rewrite the testdata/*.golden files from the current output")
 
 // cliEnv points the CLI at a settings.yaml in a temp XDG_CONFIG_HOME whose
-// control_plane.health_port is port.
+// control_plane.health_port is port, and whose oathkeeper_port is one
+// nothing listens on: tree and state fall back to the health port, as with
+// a control plane without Ory (and never reach the proxy of a real control
+// plane on the default port).
 func cliEnv(t *testing.T, port int) (clawkercli.Env, *bytes.Buffer, *bytes.Buffer) {
 	t.Helper()
 	dir := t.TempDir()
@@ -33,7 +36,11 @@ func cliEnv(t *testing.T, port int) (clawkercli.Env, *bytes.Buffer, *bytes.Buffe
 	if err := os.MkdirAll(cfg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	yaml := "control_plane:\n  health_port: " + strconv.Itoa(port) + "\n"
+	proxy := deadPort(t)
+	for proxy == port {
+		proxy = deadPort(t)
+	}
+	yaml := "control_plane:\n  health_port: " + strconv.Itoa(port) + "\n  oathkeeper_port: " + strconv.Itoa(proxy) + "\n"
 	if err := os.WriteFile(filepath.Join(cfg, "settings.yaml"), []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}

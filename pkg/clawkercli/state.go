@@ -14,7 +14,8 @@ import (
 )
 
 // stateCommand is `clawker controlplane state`: the overseer's worldview,
-// read from the health port's /debug/state.
+// read from /debug/state through the control plane's Oathkeeper (see
+// getDebug).
 func stateCommand(env Env) *cli.Command {
 	return &cli.Command{
 		Name:   "state",
@@ -29,7 +30,7 @@ func state(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	s, err := loadSettings(env)
+	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
 	}
@@ -37,7 +38,7 @@ func state(c *cli.Context, env Env) error {
 		return err
 	}
 	var st cpapi.WorldState
-	body, err := getDebug(healthBase(s), "/debug/state", &st)
+	body, err := getDebug(c.Context, paths, s, "/debug/state", &st)
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -19,7 +18,7 @@ func tree(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	s, err := loadSettings(env)
+	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
 	}
@@ -27,7 +26,7 @@ func tree(c *cli.Context, env Env) error {
 		return err
 	}
 	var root cpapi.ActorNode
-	if _, err := getDebug(healthBase(s), "/debug/actors", &root); err != nil {
+	if _, err := getDebug(c.Context, paths, s, "/debug/actors", &root); err != nil {
 		return err
 	}
 	if asJSON {
@@ -76,25 +75,4 @@ func oneLine(s string) string {
 		s = string(r[:77]) + "..."
 	}
 	return s
-}
-
-// getDebug GETs one of the health port's debug endpoints, decodes its JSON
-// into v and returns the raw body as well.
-func getDebug(base, path string, v interface{}) ([]byte, error) {
-	resp, err := httpClient.Get(base + path)
-	if err != nil {
-		return nil, fmt.Errorf("the control plane is not running (nothing answers at %s); start it with `clawker controlplane up`", base)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s answered %s: %s", path, resp.Status, strings.TrimSpace(string(body)))
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return nil, fmt.Errorf("%s: unreadable answer: %w", path, err)
-	}
-	return body, nil
 }

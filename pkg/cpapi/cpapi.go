@@ -1,6 +1,7 @@
-// Package cpapi holds the JSON shapes the control plane serves on its health
-// port (/healthz, /debug/actors). The CP encodes them and the CLI decodes them,
-// so both sides share one definition.
+// Package cpapi holds the JSON shapes the control plane serves over HTTP:
+// /healthz on its health port, /debug/actors and /debug/state through
+// Oathkeeper. The CP encodes them and the CLI decodes them, so both sides
+// share one definition.
 package cpapi
 
 import "time"

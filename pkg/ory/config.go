@@ -52,8 +52,9 @@ const (
 // KratosSchemaID is the one identity schema Kratos knows.
 const KratosSchemaID = "operator"
 
-// ProtectedPaths are the paths Oathkeeper proxies to the health port, for
-// bearer tokens with scope admin only.
+// ProtectedPaths are the paths Oathkeeper proxies to the control plane's
+// internal debug listener (Ports.Debug), for bearer tokens with scope admin
+// only.
 var ProtectedPaths = []string{"/debug/actors", "/debug/state"}
 
 // Ports are the listeners of the three servers (control_plane.* in
@@ -69,12 +70,14 @@ type Ports struct {
 	// settings have no key for it, so 0 (the default) lets the kernel pick a
 	// free loopback port.
 	OathkeeperMetrics int
-	// Health is the control plane's health port: the upstream of
-	// ProtectedPaths.
-	Health int
+	// Debug is the control plane's internal debug listener on 127.0.0.1
+	// (actors/health): the upstream of ProtectedPaths. Settings have no
+	// key for it: the control plane binds it at start and sets it here.
+	Debug int
 }
 
-// PortsFrom takes the ports from settings.
+// PortsFrom takes the ports from settings; Debug is left 0 for the caller
+// to set.
 func PortsFrom(cp settings.ControlPlane) Ports {
 	return Ports{
 		HydraPublic:   cp.HydraPublicPort,
@@ -83,7 +86,6 @@ func PortsFrom(cp settings.ControlPlane) Ports {
 		KratosAdmin:   cp.KratosAdminPort,
 		Oathkeeper:    cp.OathkeeperPort,
 		OathkeeperAPI: cp.OathkeeperAPIPort,
-		Health:        cp.HealthPort,
 	}
 }
 
@@ -194,7 +196,7 @@ func (c Config) Validate() error {
 		{"hydra_public_port", c.Ports.HydraPublic}, {"hydra_admin_port", c.Ports.HydraAdmin},
 		{"kratos_public_port", c.Ports.KratosPublic}, {"kratos_admin_port", c.Ports.KratosAdmin},
 		{"oathkeeper_port", c.Ports.Oathkeeper}, {"oathkeeper_api_port", c.Ports.OathkeeperAPI},
-		{"health_port", c.Ports.Health},
+		{"the internal debug listener's port", c.Ports.Debug},
 	}
 	for _, p := range ports {
 		if p.port < 1 || p.port > 65535 {
@@ -421,13 +423,14 @@ func (c Config) OathkeeperConfig(rulesPath string) ([]byte, error) {
 
 // OathkeeperRules renders the access rules: each of ProtectedPaths, GET
 // only, needs a bearer token that Hydra says is active and carries scope
-// admin, and is forwarded unchanged to the health port on loopback.
+// admin, and is forwarded unchanged to the internal debug listener on
+// loopback.
 func (c Config) OathkeeperRules() ([]byte, error) {
 	var rules []any
 	for _, p := range ProtectedPaths {
 		rules = append(rules, map[string]any{
 			"id":          "clawker" + strings.ReplaceAll(p, "/", "-"),
-			"description": p + " of the health port, for the admin scope",
+			"description": p + " of the control plane's internal debug listener, for the admin scope",
 			"match": map[string]any{
 				// Any scheme and host the proxy was reached by; the
 				// query string is not part of the match.
@@ -441,7 +444,7 @@ func (c Config) OathkeeperRules() ([]byte, error) {
 			"authorizer": map[string]any{"handler": "allow"},
 			"mutators":   []any{map[string]any{"handler": "noop"}},
 			"upstream": map[string]any{
-				"url":           "http://" + hostPort(LoopbackHost, c.Ports.Health),
+				"url":           "http://" + hostPort(LoopbackHost, c.Ports.Debug),
 				"preserve_host": false,
 			},
 		})

@@ -25,7 +25,7 @@ func testConfig(t *testing.T) ory.Config {
 		BindHost: "0.0.0.0",
 		Ports: ory.Ports{
 			HydraPublic: 4444, HydraAdmin: 4445, KratosPublic: 4433, KratosAdmin: 4434,
-			Oathkeeper: 4456, OathkeeperAPI: 4457, Health: 7080,
+			Oathkeeper: 4456, OathkeeperAPI: 4457, Debug: 38123,
 		},
 	}.FromServerBundle(filepath.Join(dir, "bundle"))
 }
@@ -247,7 +247,8 @@ func TestOathkeeperConfig(t *testing.T) {
 		want(t, r, "match.methods", []string{"GET"})
 		want(t, r, "authenticators.0.handler", "oauth2_introspection")
 		want(t, r, "authenticators.0.config.required_scope", []string{ory.ScopeAdmin})
-		want(t, r, "upstream.url", "http://127.0.0.1:7080")
+		// The internal debug listener, never the health port.
+		want(t, r, "upstream.url", "http://127.0.0.1:38123")
 	}
 }
 
@@ -260,6 +261,7 @@ func TestValidate(t *testing.T) {
 	cases := map[string]func(*ory.Config){
 		"run dir":   func(c *ory.Config) { c.RunDir = "relative" },
 		"a port":    func(c *ory.Config) { c.Ports.KratosAdmin = 0 },
+		"no debug":  func(c *ory.Config) { c.Ports.Debug = 0 },
 		"TLS":       func(c *ory.Config) { c.TLSKeyFile = "" },
 		"http":      func(c *ory.Config) { c.IssuerURL = "http://127.0.0.1:4444/" },
 		"no server": nil,
@@ -285,7 +287,8 @@ func TestValidate(t *testing.T) {
 func TestPortsFrom(t *testing.T) {
 	t.Parallel()
 	p := ory.PortsFrom(settings.Default().ControlPlane)
-	if p != (ory.Ports{HydraPublic: 4444, HydraAdmin: 4445, KratosPublic: 4433, KratosAdmin: 4434, Oathkeeper: 4456, OathkeeperAPI: 4457, Health: 7080}) {
+	// No settings key names the debug upstream: the control plane sets it.
+	if p != (ory.Ports{HydraPublic: 4444, HydraAdmin: 4445, KratosPublic: 4433, KratosAdmin: 4434, Oathkeeper: 4456, OathkeeperAPI: 4457}) {
 		t.Errorf("PortsFrom(defaults) = %+v", p)
 	}
 }

@@ -145,9 +145,11 @@ func (p *Process) wait() {
 	e.Stopped = p.stopped
 	p.exit = e
 	p.mu.Unlock()
+	// done first: whoever receives from Exited must find ExitStatus
+	// reporting the exit (exited is buffered, the send never blocks).
+	close(p.done)
 	p.exited <- e
 	close(p.exited)
-	close(p.done)
 }
 
 // Name is the configured name.

@@ -114,7 +114,7 @@ func TestRealKratosStarts(t *testing.T) {
 // TestRealStack runs the three servers as the auth actor does and checks
 // the whole path: clients registered in Hydra, a token exchanged over TLS
 // with a client assertion, and Oathkeeper letting an admin token through to
-// the health port's /debug/* while refusing the rest.
+// the internal debug listener's /debug/* while refusing the rest.
 func TestRealStack(t *testing.T) {
 	t.Parallel()
 	bin := orytest.BinDir(t)
@@ -122,8 +122,8 @@ func TestRealStack(t *testing.T) {
 	cfg := env.Config
 	out := &syncBuf{}
 
-	// The health port's stand-in.
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Ports.Health)))
+	// The internal debug listener's stand-in.
+	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Ports.Debug)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -78,8 +78,8 @@ type Env struct {
 }
 
 // NewEnv creates auth material in a temporary directory, writes the
-// server bundle, and returns a Config with free loopback ports (the health
-// port included, on which nothing listens unless the test starts
+// server bundle, and returns a Config with free loopback ports (the debug
+// upstream included, on which nothing listens unless the test starts
 // something), the run dir inside the test's temp dir.
 func NewEnv(t testing.TB) Env {
 	t.Helper()
@@ -102,7 +102,7 @@ func NewEnv(t testing.TB) Env {
 		BindHost: "127.0.0.1",
 		Ports: ory.Ports{
 			HydraPublic: p[0], HydraAdmin: p[1], KratosPublic: p[2], KratosAdmin: p[3],
-			Oathkeeper: p[4], OathkeeperAPI: p[5], Health: p[6],
+			Oathkeeper: p[4], OathkeeperAPI: p[5], Debug: p[6],
 		},
 	}.FromServerBundle(bundle)
 	return Env{Config: cfg, Material: m, BundleDir: bundle}
