@@ -118,11 +118,14 @@ func (w *world) agent(t *testing.T, project, name string) cptest.AgentFiles {
 	return cptest.WriteAgentFiles(t, w.m, certs.AgentIdentity{Project: project, Agent: name, ContainerID: cptest.RandomContainerID(t)})
 }
 
-// clawkerd starts clawkerd for files against this world's agent port.
+// clawkerd starts clawkerd for files against this world's agent port,
+// with the client assertion `clawker run` would copy in beside them: the
+// control plane runs Ory, so a new binding needs a clawker-agent token.
 func (w *world) clawkerd(t *testing.T, files cptest.AgentFiles, command ...string) *cptest.Clawkerd {
 	t.Helper()
+	tok := cptest.WriteAgentToken(t, w.home, w.m, files.Dir)
 	return cptest.StartClawkerd(t, w.home, w.bin, cptest.ClawkerdConfig{
-		CPAddr: w.agentAddr(), Files: files, Heartbeat: heartbeat, MaxBackoff: maxBackoff, Command: command,
+		CPAddr: w.agentAddr(), Files: files, Heartbeat: heartbeat, MaxBackoff: maxBackoff, Command: command, Token: &tok,
 	})
 }
 
@@ -387,11 +390,11 @@ func TestSessionDispatch(t *testing.T) {
 	marker := filepath.Join(t.TempDir(), "marker")
 	d := w.clawkerd(t, files, "sh", "-c", `touch "$1"; sleep 600`, "sh", marker)
 
-	// No CP yet: clawkerd retries (connection refused) and holds the
-	// command back.
+	// No CP yet: clawkerd retries (connection refused: its token exchange
+	// first, as no Hydra answers either) and holds the command back.
 	d.WaitFor(t, waitShort, "clawkerd to retry twice against the stopped CP", func() (bool, string) {
 		n := d.EventCount("reconnecting")
-		return n >= 2 && d.EventCount("register_retry") >= 2, fmt.Sprintf("%d reconnects", n)
+		return n >= 2 && d.EventCount("agent_token_failed") >= 2, fmt.Sprintf("%d reconnects", n)
 	})
 	if fileExists(marker) {
 		t.Fatal("the user command ran before any Session was established")
@@ -419,6 +422,10 @@ func TestSessionDispatch(t *testing.T) {
 	}
 	if reg := r.events("agent_registered"); len(reg) == 0 || reg[0]["agent"] != name || reg[0]["created"] != true {
 		t.Errorf("agent_registered events %v, want the first to create the binding", reg)
+	}
+	// The binding was made with the token clawkerd got once Hydra was up.
+	if n := d.EventCount("agent_token_obtained"); n != 1 {
+		t.Errorf("clawkerd logged agent_token_obtained %d times, want once", n)
 	}
 	if a := r.waitListedConnected(t, files, true); !a.GetLastSeen().AsTime().Before(time.Now().Add(time.Second)) {
 		t.Errorf("last_seen %v is in the future", a.GetLastSeen().AsTime())

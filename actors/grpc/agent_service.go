@@ -22,6 +22,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/registry"
 	"github.com/clawker/clawker-cp/pkg/agentdb"
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/oauth"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
@@ -45,6 +46,10 @@ type agentService struct {
 	peers
 	firewall *actor.PID
 	enforce  bool
+	// tokens checks the agent tokens of new bindings (Register); nil when
+	// the control plane has no Hydra to ask, and then a certificate alone
+	// makes a binding.
+	tokens *Authz
 }
 
 // identity is what the live TLS handshake proves about the caller.
@@ -116,6 +121,20 @@ func (s *agentService) fail(id identity, err error) error {
 }
 
 // Register binds the caller's certificate to its container in the registry.
+//
+// When the control plane runs Ory (tokens set), creating a binding the
+// registry does not hold yet also takes a bearer token that Hydra says is
+// an active access token with scope agent:self:register: clawkerd gets one
+// with the client assertion `clawker run` minted for it with the CLI's
+// signing key, so only a container the CLI started can become an agent.
+// No token: PermissionDenied, reason agent_token_missing; a token refused
+// (inactive, expired, not an access token, without that scope, as an
+// admin token is): PermissionDenied, agent_token_invalid; Hydra not
+// answering: Unavailable, and clawkerd retries. Registering an existing
+// binding again (the same certificate and container, after a reconnect or
+// a control plane restart, whose Hydra has forgotten every token) needs no
+// token: the certificate minted for that container is the proof, and the
+// one-shot assertion could not be exchanged again anyway.
 func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterRequest) (*agentv1.RegisterResponse, error) {
 	id, _, err := identify(ctx)
 	if err != nil {
@@ -124,6 +143,9 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	if req.GetProject() != id.Project || req.GetAgentName() != id.Agent {
 		return nil, s.fail(id, refuse("agent_san_mismatch", "request names %s.%s but the certificate is for %s",
 			req.GetProject(), req.GetAgentName(), id.name()))
+	}
+	if err := s.authorizeNewBinding(ctx, id); err != nil {
+		return nil, err
 	}
 	res, err := s.ask(s.registry, &registry.Register{Agent: agentdb.Agent{
 		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
@@ -143,6 +165,47 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created),
 		zap.Bool("enforced", enforced))
 	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt), Enforced: enforced}, nil
+}
+
+// authorizeNewBinding is Register's token check (see Register): nil when
+// no token is needed or the caller's is good, else the status to answer.
+// A binding removed between this lookup and the registration (its
+// container destroyed) would be made again without a token; the
+// container is gone, so nobody can use it.
+func (s *agentService) authorizeNewBinding(ctx context.Context, id identity) error {
+	if s.tokens == nil {
+		return nil
+	}
+	res, err := s.ask(s.registry, &registry.Get{Key: id.Key})
+	if err != nil {
+		return s.fail(id, fmt.Errorf("registry: %w", err))
+	}
+	switch g := res.(*registry.GetResult); {
+	case g.Err == nil:
+		return nil // registered before: the certificate is the proof
+	case !errors.Is(g.Err, agentdb.ErrNotFound):
+		return s.fail(id, fmt.Errorf("registry: %w", g.Err))
+	}
+	token, reason := bearerToken(ctx)
+	switch reason {
+	case "token_missing":
+		return s.fail(id, refuse("agent_token_missing", "a new agent binding needs a bearer token of client %s with scope %s "+
+			"(clawkerd gets one with the client assertion clawker run copies in); none was sent", oauth.ClientAgent, oauth.ScopeAgentRegister))
+	case "":
+	default:
+		return s.fail(id, refuse("agent_token_invalid", "the agent token is refused: malformed bearer token (%s)", reason))
+	}
+	in, why, msg, err := s.tokens.check(ctx, token, oauth.ScopeAgentRegister)
+	if err != nil {
+		s.log.Warn("agent token not validated", zap.String("event", "register_failed"), zap.String("reason", "introspection_failed"),
+			zap.Error(err), zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()),
+			zap.String("thumbprint", id.Thumbprint))
+		return status.Error(codes.Unavailable, "the agent token cannot be validated now, retry")
+	}
+	if why != "" {
+		return s.fail(id, refuse("agent_token_invalid", "the agent token is refused: %s (%s; client %q, scope %q)", msg, why, in.ClientID, in.Scope))
+	}
+	return nil
 }
 
 // ensureEnforced asks the firewall to enforce the caller's container (the

@@ -165,23 +165,41 @@ func (a *Authz) authorize(ctx context.Context, method string) error {
 	if reason != "" {
 		return a.refuse(ctx, method, codes.Unauthenticated, reason, "missing or malformed bearer token", nil)
 	}
-	in, err := a.introspect(ctx, token)
-	if err != nil {
+	in, reason, msg, err := a.check(ctx, token, scope)
+	switch {
+	case err != nil:
 		return a.refuse(ctx, method, codes.Unauthenticated, "introspection_failed", "the token could not be validated", err)
+	case reason == "scope_missing":
+		return a.refuse(ctx, method, codes.PermissionDenied, reason, msg, nil,
+			zap.String("client_id", in.ClientID), zap.String("scope", in.Scope), zap.String("required", scope))
+	case reason != "":
+		return a.refuse(ctx, method, codes.Unauthenticated, reason, msg, nil, zap.String("client_id", in.ClientID))
+	}
+	return nil
+}
+
+// check decides whether token grants scope: it must be active (per
+// Hydra, asked within IntrospectTimeout), unexpired, an access token, and
+// carry scope. A refusal comes back as a reason (token_inactive,
+// token_expired, not_access_token, scope_missing) and a message, with the
+// introspection; err means Hydra gave no answer (in is nil).
+func (a *Authz) check(ctx context.Context, token, scope string) (in *oauth.Introspection, reason, msg string, err error) {
+	in, err = a.introspect(ctx, token)
+	if err != nil {
+		return nil, "", "", err
 	}
 	now := a.cfg.Now()
 	switch {
 	case !in.Active:
-		return a.refuse(ctx, method, codes.Unauthenticated, "token_inactive", "the token is not active (expired, revoked or unknown)", nil, zap.String("client_id", in.ClientID))
+		return in, "token_inactive", "the token is not active (expired, revoked or unknown)", nil
 	case in.Expiry != 0 && !now.Before(in.ExpiresAt()):
-		return a.refuse(ctx, method, codes.Unauthenticated, "token_expired", "the token has expired", nil, zap.String("client_id", in.ClientID))
+		return in, "token_expired", "the token has expired", nil
 	case in.TokenUse != "" && in.TokenUse != "access_token":
-		return a.refuse(ctx, method, codes.Unauthenticated, "not_access_token", "the token is not an access token", nil, zap.String("client_id", in.ClientID))
+		return in, "not_access_token", "the token is not an access token", nil
 	case !in.HasScope(scope):
-		return a.refuse(ctx, method, codes.PermissionDenied, "scope_missing", "the token lacks scope "+scope, nil,
-			zap.String("client_id", in.ClientID), zap.String("scope", in.Scope), zap.String("required", scope))
+		return in, "scope_missing", "the token lacks scope " + scope, nil
 	}
-	return nil
+	return in, "", "", nil
 }
 
 // introspect asks the introspector, or the positive cache when enabled.

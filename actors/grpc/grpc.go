@@ -1,7 +1,9 @@
 // Package grpc owns the CP's two gRPC listeners: the AgentService on
 // agent_port (clawkerd: Register and the long-lived Session) and the
 // AdminService on admin_port (the CLI). Both are mTLS; the admin listener
-// admits only the CLI certificate. Under its child "sessions" live one actor
+// admits only the CLI certificate. Bearer tokens are checked with Hydra:
+// the AdminService's on every non-public method, an agent's on a Register
+// that creates a binding. Under its child "sessions" live one actor
 // per connected clawkerd. Its drain step, grpc_stop, ends every Session and
 // then stops both servers gracefully (bounded).
 package grpc
@@ -49,9 +51,12 @@ type Config struct {
 	RequestTimeout time.Duration
 	// StopTimeout bounds the graceful stop of the servers in grpc_stop.
 	StopTimeout time.Duration
-	// Introspector validates the AdminService's bearer tokens (Hydra's
-	// admin API: oauth.NewIntrospector). Nil refuses every AdminService
-	// method but the public GetSystemTime (fail closed).
+	// Introspector validates bearer tokens (Hydra's admin API:
+	// oauth.NewIntrospector): the AdminService's, and the agent tokens a
+	// Register must carry to create a new binding (scope
+	// agent:self:register). Nil refuses every AdminService method but the
+	// public GetSystemTime (fail closed), and lets a certificate alone
+	// create a binding: without Ory no agent could get a token.
 	Introspector TokenIntrospector
 	// AdminReady reports whether the whole control plane is up; until then
 	// the AdminService's non-public methods answer FailedPrecondition. Nil
@@ -153,8 +158,12 @@ func (a *Actor) serve(ctx actor.Context) {
 		a.cfg.Log.Error("admin TLS config", zap.String("event", "grpc_unavailable"), zap.Error(err))
 		return
 	}
+	var agentTokens *Authz
+	if a.cfg.Introspector != nil {
+		agentTokens = NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
+	}
 	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
-	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, firewall: a.cfg.Firewall, enforce: a.cfg.Enforce})
+	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, firewall: a.cfg.Firewall, enforce: a.cfg.Enforce, tokens: agentTokens})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	a.adminSrv = ggrpc.NewServer(append([]ggrpc.ServerOption{ggrpc.Creds(adminCreds)}, authz.ServerOptions()...)...)
 	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, firewall: a.cfg.Firewall, now: a.cfg.Now})

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -35,6 +36,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/oauth"
 	"github.com/clawker/clawker-cp/pkg/settings"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
@@ -56,6 +58,10 @@ type identityCP struct {
 	home *cptest.Home
 	m    *certs.Material
 	p    *cptest.Process
+	// agentToken puts a clawker-agent token from the CP's Hydra on every
+	// call, as clawkerd sends one on its first Register: with Ory, a new
+	// binding needs it.
+	agentToken grpc.DialOption
 }
 
 // noDrainToZero keeps the watcher from draining the CP for want of agent
@@ -86,7 +92,9 @@ func startIdentityCP(t testing.TB, extraSettings string) *identityCP {
 	t.Helper()
 	home := identityHome(t, extraSettings)
 	c := &identityCP{home: home, m: home.EnsureAuth(t)}
-	// With the Ory stack: the AdminService validates tokens with Hydra.
+	c.agentToken = cptest.AgentTokenCreds(t, home, c.m)
+	// With the Ory stack: the AdminService validates tokens with Hydra,
+	// and a new agent binding needs a clawker-agent token.
 	c.p = cptest.StartCP(t, home, cpBinary(t), "CLAWKER_CP_ORY_DIR="+cptest.OryDir(t))
 	c.p.WaitHealthy(t, healthyTimeout)
 	return c
@@ -136,12 +144,13 @@ type testAgent struct {
 }
 
 // newAgent mints a certificate for project.name in a new container and
-// makes a client for it (clawkerd's own TLS config, built from the PEMs).
+// makes a client for it (clawkerd's own TLS config, built from the PEMs)
+// that carries a clawker-agent token (agentToken).
 func (c *identityCP) newAgent(t testing.TB, project, name string) *testAgent {
 	t.Helper()
 	id := certs.AgentIdentity{Project: project, Agent: name, ContainerID: cptest.RandomContainerID(t)}
 	cfg, leaf := cptest.AgentTLSConfig(t, c.m, id)
-	conn := cptest.DialGRPC(t, c.agentAddr(t), cfg)
+	conn := cptest.DialGRPC(t, c.agentAddr(t), cfg, c.agentToken)
 	return &testAgent{id: id, leaf: leaf, tls: cfg, conn: conn, client: agentv1.NewAgentServiceClient(conn)}
 }
 
@@ -608,12 +617,41 @@ func TestRefusals(t *testing.T) {
 				bound.key = r.GetAgentKey()
 				bound.Unlock()
 				// Same container, same name, a new key pair: a replay of
-				// the container id by someone who obtained another cert.
+				// the container id by someone who obtained another cert
+				// (and an agent token: the registry refuses it).
 				cfg, _ := cptest.AgentTLSConfig(t, cp.m, first.id)
-				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg)
+				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg, cp.agentToken)
 				return conn, register(conn, first.id.Project, first.id.Agent)
 			},
 			code: codes.PermissionDenied, event: "register_failed", reason: "container_bound", agentLabel: "p.replayed",
+		},
+		{
+			name: "new binding without an agent token",
+			try: func(t *testing.T, cp *identityCP) (*cptest.Conn, error) {
+				id := certs.AgentIdentity{Project: "p", Agent: "tokenless", ContainerID: cptest.RandomContainerID(t)}
+				cfg, _ := cptest.AgentTLSConfig(t, cp.m, id)
+				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg)
+				return conn, register(conn, id.Project, id.Agent)
+			},
+			code: codes.PermissionDenied, event: "register_failed", reason: "agent_token_missing", agentLabel: "p.tokenless",
+		},
+		{
+			name: "new binding with the CLI's admin token",
+			try: func(t *testing.T, cp *identityCP) (*cptest.Conn, error) {
+				s, err := settings.Load(cp.home.SettingsFile(t))
+				if err != nil {
+					t.Fatal(err)
+				}
+				admin, err := adminclient.NewTokenSource(cp.m, s)
+				if err != nil {
+					t.Fatal(err)
+				}
+				id := certs.AgentIdentity{Project: "p", Agent: "admin-token", ContainerID: cptest.RandomContainerID(t)}
+				cfg, _ := cptest.AgentTLSConfig(t, cp.m, id)
+				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg, grpc.WithPerRPCCredentials(&oauth.PerRPCCredentials{Source: admin}))
+				return conn, register(conn, id.Project, id.Agent)
+			},
+			code: codes.PermissionDenied, event: "register_failed", reason: "agent_token_invalid", agentLabel: "p.admin-token",
 		},
 		{
 			name: "Session without Register",
@@ -754,7 +792,7 @@ func TestSIGKILLDuringRegisterBurst(t *testing.T) {
 	}
 	conns := make([]*cptest.Conn, pool)
 	for i, mc := range certsPool {
-		conns[i] = cptest.DialGRPC(t, cp.agentAddr(t), mc.tls) // lazy: connects on first call
+		conns[i] = cptest.DialGRPC(t, cp.agentAddr(t), mc.tls, cp.agentToken) // lazy: connects on first call
 	}
 
 	type ack struct {

@@ -54,6 +54,10 @@ type agentsE2E struct {
 	e       *e2e
 	project string
 	agents  []*agent
+	// ory: the clawker under test embeds the Ory servers, so the control
+	// plane runs them and clawker run gives each agent a client assertion
+	// for its clawker-agent token.
+	ory bool
 }
 
 // TestAgents drives `clawker run`, `clawker rm` and the CP's supervision of
@@ -79,7 +83,8 @@ func TestAgents(t *testing.T) {
 	e.home = cptest.NewHome(t)
 	e.home.WriteSettingsWithPorts(t, agSettingsLongGrace)
 
-	a := &agentsE2E{e: e, project: "e2e-" + run}
+	_, ory := bins["ory/hydra"]
+	a := &agentsE2E{e: e, project: "e2e-" + run, ory: ory}
 	a.buildImages(t)
 	// Runs before the removal above (cleanups run last first).
 	t.Cleanup(func() {
@@ -125,14 +130,21 @@ func (a *agentsE2E) buildImages(t *testing.T) {
 		}
 		cptest.BuildImage(t, e.d, ag.image, cptest.ScratchImage{
 			Files: map[string]string{"agent": prog}, Entrypoint: []string{"/agent"}, Cmd: []string{"image-cmd"},
-			User: user, Env: []string{"MARKER_STAT=" + strings.Join(markerStat, ":")}, Labels: e.labels,
+			User: user, Env: []string{"MARKER_STAT=" + strings.Join(a.markerStat(), ":")}, Labels: e.labels,
 		})
 		a.agents = append(a.agents, ag)
 	}
 }
 
-// markerStat is what the agent program stats: the injected files.
-var markerStat = []string{agentrun.Dir, agentrun.ClawkerdPath, agentrun.CAPath, agentrun.CertPath, agentrun.KeyPath}
+// markerStat is what the agent program stats: the injected files (the
+// client assertion too when the control plane runs Ory).
+func (a *agentsE2E) markerStat() []string {
+	files := []string{agentrun.Dir, agentrun.ClawkerdPath, agentrun.CAPath, agentrun.CertPath, agentrun.KeyPath}
+	if a.ory {
+		files = append(files, agentrun.AssertionPath)
+	}
+	return files
+}
 
 // Case 1: two agents run; both register, hold Sessions, and their programs
 // start only after their Sessions are established.
@@ -173,6 +185,17 @@ func (a *agentsE2E) testRun(t *testing.T) {
 	start := time.Now()
 	a.waitConnected(t, "both agents registered and connected", nil)
 	t.Logf("both agents listed as connected %s after the second run returned", time.Since(start).Round(time.Millisecond))
+	// With Ory, each clawkerd got its clawker-agent token from Hydra on
+	// clawker-net and made its binding with it.
+	for _, ag := range a.agents {
+		if !a.ory {
+			break
+		}
+		out, err := e.logs(ag.id, "200")
+		if err != nil || !strings.Contains(out, `"event":"agent_token_obtained"`) || !strings.Contains(out, `"with_token":true`) {
+			t.Errorf("%s: no agent_token_obtained / registered with_token in its log (%v):\n%s", ag.name, err, out)
+		}
+	}
 	table := e.clawker(t, cmdTimeout, "controlplane", "agents")
 	for _, ag := range a.agents {
 		if table.Code != 0 || !strings.Contains(table.Stdout, ag.id[:12]) || !strings.Contains(table.Stdout, ag.name) {
@@ -283,6 +306,20 @@ func (a *agentsE2E) checkContainer(t *testing.T, ag *agent) {
 			t.Errorf("%s: env %q lacks %q", name, c.Config.Env, want)
 		}
 	}
+	// With Ory: where clawkerd exchanges its client assertion (Hydra's
+	// public port at the CP's clawker-net address) and the audience it
+	// names (Hydra's own token URL); without, none of it.
+	hydra := strconv.Itoa(e.home.Ports(t).HydraPublic())
+	token := []string{
+		"CLAWKERD_TOKEN_URL=https://" + cpIP.String() + ":" + hydra + "/oauth2/token",
+		"CLAWKERD_TOKEN_AUDIENCE=https://127.0.0.1:" + hydra + "/oauth2/token",
+		"CLAWKERD_ASSERTION=" + agentrun.AssertionPath,
+	}
+	for _, want := range token {
+		if got := slices.Contains(c.Config.Env, want); got != a.ory {
+			t.Errorf("%s: env %q has %q: %v, want %v (Ory embedded: %v)", name, c.Config.Env, want, got, a.ory, a.ory)
+		}
+	}
 	if !slices.Equal(c.Config.Entrypoint, []string{agentrun.ClawkerdPath}) || !slices.Equal(c.Config.Cmd, append([]string{"--", "/agent"}, ag.argv...)) {
 		t.Errorf("%s: entrypoint %q cmd %q", name, c.Config.Entrypoint, c.Config.Cmd)
 	}
@@ -348,7 +385,7 @@ func (a *agentsE2E) checkMarker(t *testing.T, ag *agent) {
 	// The injected files, seen from inside: owned by the image's user,
 	// 0500 for the directory and clawkerd, 0400 for the rest.
 	own := fmt.Sprintf("%d:%d", ag.uid, ag.uid)
-	for _, f := range markerStat {
+	for _, f := range a.markerStat() {
 		mode := "0400"
 		if f == agentrun.Dir || f == agentrun.ClawkerdPath {
 			mode = "0500"

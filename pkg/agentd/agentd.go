@@ -5,6 +5,9 @@
 // the user's command once the first Session is established. With
 // Config.RequireEnforced, no Session opens (so no command starts) before a
 // Register answered that the control plane's firewall enforces the agent.
+// With Config.AssertionFile, the first Register carries an access token
+// of client clawker-agent, exchanged for the client assertion `clawker
+// run` copied in (token.go).
 //
 // It depends on the standard library, gRPC, the generated agent protos and
 // pkg/certs only, so the binary stays small (cmd/clawkerd checks this).
@@ -87,7 +90,14 @@ func Run(ctx context.Context, cfg Config, userArgv []string) int {
 		log.error("config_invalid", "invalid configuration", "error", err.Error())
 		return ExitConfig
 	}
-	return newAgent(cfg, tlsCfg, userArgv).run(ctx)
+	tok, err := cfg.agentToken(tlsCfg)
+	if err != nil {
+		log.error("config_invalid", "invalid configuration", "error", err.Error())
+		return ExitConfig
+	}
+	a := newAgent(cfg, tlsCfg, userArgv)
+	a.token = tok
+	return a.run(ctx)
 }
 
 type agent struct {
@@ -96,6 +106,8 @@ type agent struct {
 	log   eventLog
 	procs *procTable
 	work  *workload // nil without a user command
+	// token is the agent's token (token.go); nil without --assertion.
+	token *agentToken
 
 	estOnce     sync.Once
 	established chan struct{} // closed by the first ControlMessage ever
@@ -148,7 +160,8 @@ func newAgent(cfg Config, tlsCfg *tls.Config, argv []string) *agent {
 
 func (a *agent) run(ctx context.Context) int {
 	a.log.info("clawkerd_starting", "clawkerd starting", "cp_addr", a.cfg.CPAddr, "project", a.cfg.Project,
-		"agent", a.cfg.Agent, "heartbeat", a.cfg.Heartbeat.String(), "pid", os.Getpid(), "reap", a.cfg.Reap)
+		"agent", a.cfg.Agent, "heartbeat", a.cfg.Heartbeat.String(), "pid", os.Getpid(), "reap", a.cfg.Reap,
+		"agent_token", a.token != nil)
 	if a.cfg.Reap {
 		stop := startReaper(a.procs, a.log)
 		defer stop()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -44,6 +45,18 @@ type Config struct {
 	// waiting_for_enforcement and registers again with the reconnect
 	// backoff. The rule holds for every Register, reconnects included.
 	RequireEnforced bool
+	// AssertionFile holds a client assertion of client clawker-agent
+	// (`clawker run` copies one in when the control plane runs Ory).
+	// clawkerd exchanges it at TokenURL, once, before its first
+	// Register, and sends the access token on Register (token.go).
+	// "": no token.
+	AssertionFile string
+	// TokenURL is Hydra's token endpoint as reached from this container;
+	// required with AssertionFile, https only.
+	TokenURL string
+	// TokenAudience is the token endpoint as Hydra names itself; when set,
+	// the assertion must be addressed to it (checked at start).
+	TokenAudience string
 
 	// Logger receives every log line; nil means JSON to stderr.
 	Logger *slog.Logger
@@ -92,6 +105,12 @@ var settings = []setting{
 	{"server-name", "CLAWKERD_SERVER_NAME", DefaultServerName, "name the control plane's certificate must carry"},
 	{"require-enforced", "CLAWKERD_REQUIRE_ENFORCED", "false", "open the Session and start the command only once Register answers enforced=true " +
 		"(the control plane's egress firewall enforces this container), registering again with backoff until then; the bare flag means true"},
+	{"assertion", "CLAWKERD_ASSERTION", "", "path to a client assertion of client clawker-agent (clawker run copies one in when the control plane runs Ory); " +
+		"exchanged once at --token-url, before the first Register, for the access token a new agent's Register must carry"},
+	{"token-url", "CLAWKERD_TOKEN_URL", "", "the control plane's OAuth2 token endpoint as reached from here, https://<control plane>:<hydra_public_port>/oauth2/token " +
+		"(required with --assertion); its certificate is verified with --ca as --server-name"},
+	{"token-audience", "CLAWKERD_TOKEN_AUDIENCE", "", "the token endpoint as the control plane names itself; the assertion must be addressed to it " +
+		"(checked at start; empty: not checked)"},
 }
 
 // boolSettings are the settings given as a boolean flag: the bare flag
@@ -138,6 +157,16 @@ says its egress firewall enforces this container). The command inherits
 clawkerd's stdio; clawkerd exits with the command's exit code. Without a
 command, clawkerd holds the Session until the control plane sends Shutdown
 or a signal arrives.
+
+With --assertion, clawkerd first exchanges the client assertion at
+--token-url for an access token of client clawker-agent (scope
+agent:self:register) and sends it on Register: a control plane running Ory
+creates a new agent's binding only for such a Register. A failed exchange
+is logged (agent_token_failed) and tried again with the reconnect backoff
+until the assertion expires; past that, or once the assertion is known to
+be used (a restart in the same container), clawkerd registers without a
+token (agent_token_abandoned), which the control plane accepts for an
+existing binding only.
 
 Flags (each falls back to its environment variable; a flag wins):
 `)
@@ -230,6 +259,10 @@ func ParseArgs(args []string, getenv func(string) string) (Config, []string, err
 		Agent:      value("agent"),
 		Home:       value("home"),
 		ServerName: value("server-name"),
+
+		AssertionFile: value("assertion"),
+		TokenURL:      value("token-url"),
+		TokenAudience: value("token-audience"),
 	}
 	if cfg.Home == "" && getenv != nil {
 		cfg.Home = getenv("HOME")
@@ -313,6 +346,19 @@ func (c Config) validate() error {
 	}
 	if c.MaxBackoff <= 0 {
 		return configErr("max-backoff", "must be positive")
+	}
+	switch {
+	case c.AssertionFile == "" && c.TokenURL != "":
+		return configErr("assertion", "required with --token-url: path to the client assertion to exchange there")
+	case c.AssertionFile == "" && c.TokenAudience != "":
+		return configErr("assertion", "required with --token-audience: path to the client assertion to check")
+	case c.AssertionFile != "" && c.TokenURL == "":
+		return configErr("token-url", "required with --assertion: where to exchange it")
+	case c.TokenURL != "":
+		u, err := url.Parse(c.TokenURL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+			return configErr("token-url", "%q is not an https URL", c.TokenURL)
+		}
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -106,6 +107,11 @@ func (a *agent) connectLoop(ctx context.Context) {
 // runSession dials, registers and holds one Session until it ends. It
 // reports whether the Session was established (the CP sent something).
 func (a *agent) runSession(ctx context.Context) (established bool, err error) {
+	// The agent's token, exchanged before the first Register (token.go).
+	bearer, err := a.bearer(ctx)
+	if err != nil {
+		return false, err
+	}
 	// A fresh connection per attempt: our backoff, not gRPC's, paces the
 	// reconnects, and nothing of a broken connection is reused.
 	conn, err := grpc.NewClient(a.cfg.CPAddr,
@@ -117,7 +123,7 @@ func (a *agent) runSession(ctx context.Context) (established bool, err error) {
 	}
 	defer conn.Close()
 	client := agentv1.NewAgentServiceClient(conn)
-	if err := a.register(ctx, client); err != nil {
+	if err := a.register(ctx, client, bearer); err != nil {
 		return false, err
 	}
 
@@ -185,13 +191,20 @@ func (a *agent) runSession(ctx context.Context) (established bool, err error) {
 	return established, cause
 }
 
-func (a *agent) register(ctx context.Context, client agentv1.AgentServiceClient) error {
+// register calls Register, with "authorization: Bearer <bearer>" unless
+// bearer is empty.
+func (a *agent) register(ctx context.Context, client agentv1.AgentServiceClient, bearer string) error {
 	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
+	if bearer != "" {
+		rctx = metadata.AppendToOutgoingContext(rctx, "authorization", "Bearer "+bearer)
+	}
 	resp, err := client.Register(rctx, &agentv1.RegisterRequest{Project: a.cfg.Project, AgentName: a.cfg.Agent})
 	if err == nil {
+		a.registered()
 		a.log.info("registered", "registered with the control plane", "agent_key", resp.GetAgentKey(),
-			"registered_at", resp.GetRegisteredAt().AsTime().UTC().Format(time.RFC3339), "enforced", resp.GetEnforced())
+			"registered_at", resp.GetRegisteredAt().AsTime().UTC().Format(time.RFC3339), "enforced", resp.GetEnforced(),
+			"with_token", bearer != "")
 		if a.cfg.RequireEnforced && !resp.GetEnforced() {
 			a.notEnforced++
 			a.log.info("waiting_for_enforcement", "the control plane does not enforce this agent's egress yet; the command waits, registering again",

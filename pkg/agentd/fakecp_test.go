@@ -21,6 +21,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -118,8 +119,9 @@ func (l *logSink) waitEvent(t *testing.T, event string) map[string]any {
 // --- fake control plane ----------------------------------------------------------
 
 type registration struct {
-	req *agentv1.RegisterRequest
-	id  certs.AgentIdentity
+	req  *agentv1.RegisterRequest
+	id   certs.AgentIdentity
+	auth []string // the call's authorization metadata
 }
 
 // fakeCP is a minimal AgentService over real mTLS.
@@ -214,8 +216,9 @@ func (f *fakeCP) Register(ctx context.Context, req *agentv1.RegisterRequest) (*a
 	if err != nil {
 		f.t.Errorf("fake CP: Register without agent identity: %v", err)
 	}
+	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
-	f.registers = append(f.registers, registration{req: req, id: id})
+	f.registers = append(f.registers, registration{req: req, id: id, auth: md.Get("authorization")})
 	n := len(f.registers)
 	f.mu.Unlock()
 	if f.registerErr != nil {

@@ -21,6 +21,25 @@
 //	/clawker/agent.crt  0400  CN clawkerd, urn:clawker:agent:<project>.<agent>,
 //	                          urn:clawker:container:<id>; valid CertValidity
 //	/clawker/agent.key  0400  its private key, minted on the host, never stored there
+//	/clawker/agent.assertion
+//	                    0400  only when the control plane runs Ory (Spec.Token): a
+//	                          client assertion for clawker-agent, see below
+//
+// The agent's token. When the control plane runs the Ory servers, creating
+// a new binding in its registry takes more than a certificate: Register must
+// carry an access token of client clawker-agent with scope
+// agent:self:register. Create mints the means to get one: a client assertion
+// (RFC 7523, private_key_jwt) for clawker-agent, signed ES256 with the CLI's
+// signing key (whose public half Hydra holds as that client's JWKS), aud
+// Hydra's token endpoint as Hydra names itself
+// (https://127.0.0.1:<hydra_public_port>/oauth2/token), a random jti, and
+// exp AssertionValidity after it is minted: long enough for the image to
+// start, short enough to be worthless soon after. clawkerd exchanges it once,
+// before its first Register, at Token.URL (the same endpoint as reached from
+// clawker-net), and sends the access token on Register. Hydra refuses a jti
+// it has seen before exp, so the file is good for one exchange; a clawkerd
+// that starts again (docker restart) re-registers its existing binding
+// without a token, which its certificate alone proves.
 //
 // Whatever fails after the container was created removes it again: no
 // half-made agent is left behind.
@@ -30,6 +49,7 @@ package agentrun
 
 import (
 	"context"
+	"crypto/ecdsa"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -46,6 +66,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/oauth"
 )
 
 // Where clawkerd and the agent's credentials are put inside the container.
@@ -55,6 +76,8 @@ const (
 	CAPath       = Dir + "/ca.crt"
 	CertPath     = Dir + "/agent.crt"
 	KeyPath      = Dir + "/agent.key"
+	// AssertionPath is the clawker-agent client assertion (Spec.Token).
+	AssertionPath = Dir + "/agent.assertion"
 )
 
 // Modes of what Create copies in.
@@ -71,6 +94,13 @@ const (
 // register again, e.g. after a control plane restart: remove it and run it
 // again. Renewing over the Session is future work.
 const CertValidity = 24 * time.Hour
+
+// AssertionValidity is the lifetime of the client assertion Create copies
+// in (Spec.Token): clawkerd exchanges it within seconds of the container's
+// start, so ten minutes cover a slow image start and little else. Past
+// it, a clawkerd that never got its token registers without one, and the
+// control plane refuses to create its binding.
+const AssertionValidity = 10 * time.Minute
 
 // ContainerPrefix starts every agent container's name.
 const ContainerPrefix = "clawker."
@@ -134,6 +164,47 @@ type Spec struct {
 	Binaries *cpboot.Bundle
 	// CertValidity is the certificate's lifetime; 0 means CertValidity.
 	CertValidity time.Duration
+	// Token, when set, has clawkerd get an access token of clawker-agent
+	// before its first Register (see the package comment). Set it when
+	// the control plane runs Ory, which then refuses a new binding
+	// without one; nil changes nothing.
+	Token *Token
+}
+
+// Token says where clawkerd exchanges the client assertion Create mints.
+type Token struct {
+	// URL is where clawkerd posts the exchange: Hydra's token endpoint at
+	// the control plane's address on clawker-net,
+	// https://<cp address>:<hydra_public_port>/oauth2/token. clawkerd
+	// verifies the endpoint's certificate with ca.crt, as the server name
+	// it verifies the agent port with (certs.ServerCommonName), so the
+	// address need not be one of the certificate's IP SANs.
+	URL string
+	// Audience is the assertion's aud: Hydra's token endpoint as Hydra
+	// computes it (its urls.self.public + "oauth2/token", that is
+	// https://127.0.0.1:<hydra_public_port>/oauth2/token). It differs from
+	// URL, and it is the one Hydra checks.
+	Audience string
+	// Validity is the assertion's lifetime; 0 means AssertionValidity.
+	Validity time.Duration
+}
+
+// AgentAssertion mints the client assertion clawkerd exchanges for its
+// token: iss = sub = clawker-agent, aud = audience, a random jti, iat =
+// now and exp = now + validity (AssertionValidity when 0), signed ES256
+// with key, the CLI's signing key. It returns the compact JWS and exp.
+func AgentAssertion(key *ecdsa.PrivateKey, audience string, now time.Time, validity time.Duration) (string, time.Time, error) {
+	if validity <= 0 {
+		validity = AssertionValidity
+	}
+	// Whole seconds: exp is a NumericDate, and NotAfter should say what
+	// the token endpoint will check.
+	now = now.Truncate(time.Second)
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: audience, IssuedAt: now, TTL: validity}.Sign(key)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return jws, now.Add(validity), nil
 }
 
 // Result says what Create made.
@@ -147,6 +218,9 @@ type Result struct {
 	// Owner is the uid:gid owning /clawker and its files: the image's user.
 	Owner        string    `json:"owner"`
 	CertNotAfter time.Time `json:"cert_not_after"`
+	// AssertionNotAfter is the exp of the client assertion copied in;
+	// zero without Spec.Token.
+	AssertionNotAfter time.Time `json:"assertion_not_after,omitzero"`
 	// Durations of the steps.
 	CreateMS float64 `json:"create_ms"`
 	InjectMS float64 `json:"inject_ms"` // owner lookup, mint, copy
@@ -220,6 +294,14 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 	if s.Auth == nil || s.Auth.CA == nil || s.Auth.CAKey == nil {
 		return Result{}, errors.New("the auth material has no CA key: agent certificates are minted on the host")
 	}
+	if t := s.Token; t != nil {
+		switch {
+		case t.URL == "" || t.Audience == "":
+			return Result{}, errors.New("the agent token needs the token endpoint's URL and audience")
+		case s.Auth.SigningKey == nil:
+			return Result{}, errors.New("the auth material has no signing key: the agent's client assertion is minted on the host; run `clawker auth rotate`")
+		}
+	}
 	validity := s.CertValidity
 	if validity <= 0 {
 		validity = CertValidity
@@ -291,12 +373,21 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 		res.CertNotAfter = leaf.NotAfter.UTC()
 	}
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Auth.CA.Raw})
+	files := []file{{CAPath, caPEM}, {CertPath, certPEM}, {KeyPath, keyPEM}}
+	if s.Token != nil {
+		// Minted last, right before the copy and the start: its validity
+		// counts from as close to clawkerd's first breath as the host can.
+		jws, exp, err := AgentAssertion(s.Auth.SigningKey, s.Token.Audience, time.Now(), s.Token.Validity)
+		if err != nil {
+			return res, fmt.Errorf("minting the agent's client assertion: %w", err)
+		}
+		res.AssertionNotAfter = exp.UTC()
+		files = append(files, file{AssertionPath, []byte(jws)})
+	}
 	err = dockerx.Do(ctx, copyTimeout, func(ctx context.Context) error {
 		pr, pw := io.Pipe()
 		go func() {
-			pw.CloseWithError(writeTar(pw, own, time.Now(), bin, []file{
-				{CAPath, caPEM}, {CertPath, certPEM}, {KeyPath, keyPEM},
-			}))
+			pw.CloseWithError(writeTar(pw, own, time.Now(), bin, files))
 		}()
 		defer pr.Close()
 		_, err := d.CopyToContainer(ctx, created.ID, client.CopyToContainerOptions{DestinationPath: "/", Content: pr})
@@ -355,6 +446,12 @@ const (
 	EnvHeartbeat = "CLAWKERD_HEARTBEAT"
 
 	EnvRequireEnforced = "CLAWKERD_REQUIRE_ENFORCED"
+
+	// With Spec.Token: where to exchange the assertion, the audience it
+	// must name, and the file holding it.
+	EnvTokenURL      = "CLAWKERD_TOKEN_URL"
+	EnvTokenAudience = "CLAWKERD_TOKEN_AUDIENCE"
+	EnvAssertion     = "CLAWKERD_ASSERTION"
 )
 
 // createOptions is the agent container: see the package comment for what
@@ -373,6 +470,9 @@ func createOptions(s Spec, name, network string, argv []string) client.Container
 	}
 	if s.RequireEnforced {
 		env = append(env, EnvRequireEnforced+"=1")
+	}
+	if s.Token != nil {
+		env = append(env, EnvTokenURL+"="+s.Token.URL, EnvTokenAudience+"="+s.Token.Audience, EnvAssertion+"="+AssertionPath)
 	}
 	return client.ContainerCreateOptions{
 		Name: name,

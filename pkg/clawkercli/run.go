@@ -11,6 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/agentrun"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
@@ -28,8 +29,10 @@ func runCommand(env Env) *cli.Command {
 		Description: "Brings the control plane up if needed, then creates container clawker.<project>.<agent> from IMAGE on\n" +
 			"clawker-net, fully unprivileged (all capabilities dropped, Docker's default seccomp and AppArmor\n" +
 			"profiles, no mounts), copies clawkerd and a freshly minted agent certificate (valid " + agentrun.CertValidity.String() + ")\n" +
-			"into /clawker/, and starts it. Before creating it, waits (up to 30s) until the control plane's clock has\n" +
-			"reached the host's. clawkerd registers with the control plane and starts the command only once its\n" +
+			"into /clawker/ (when the control plane runs Ory, also a client assertion valid " + agentrun.AssertionValidity.String() + " that clawkerd\n" +
+			"trades for the token a new agent's first Register needs), and starts it. Before creating it, waits (up to\n" +
+			"30s) until the control plane's clock has reached the host's. clawkerd registers with the control plane\n" +
+			"and starts the command only once its\n" +
 			"Session is established and, with firewall.enable, once the control plane's firewall enforces the\n" +
 			"container. The command is the image's entrypoint followed by CMD, or by\n" +
 			"the image's own CMD when none is given, as with docker run. IMAGE must be present: nothing is pulled.\n" +
@@ -99,6 +102,11 @@ func runAgent(c *cli.Context, env Env) error {
 		return err
 	}
 	res, err := agentrun.Create(c.Context, ad, agentrun.Spec{
+		// With Ory the control plane refuses a new binding without a
+		// clawker-agent token: clawkerd gets one with the assertion
+		// copied in, posted to Hydra's public port at the CP's address on
+		// clawker-net (Hydra public listens on the CP's bind host).
+		Token:     agentToken(cp, s),
 		Project:   project,
 		Agent:     agent,
 		Image:     image,
@@ -128,6 +136,21 @@ func runAgent(c *cli.Context, env Env) error {
 	}
 	_, err = fmt.Fprintln(env.Stdout, res.ID)
 	return err
+}
+
+// agentToken is the clawker-agent token clawkerd gets before its first
+// Register, when the control plane runs Ory (nil otherwise): the exchange
+// goes to Hydra's public port at the CP's address on clawker-net, and the
+// assertion names Hydra's token endpoint as Hydra computes it, the same
+// URL the CLI itself posts to on host loopback.
+func agentToken(cp cpboot.Result, s settings.Settings) *agentrun.Token {
+	if !cp.Ory {
+		return nil
+	}
+	return &agentrun.Token{
+		URL:      "https://" + net.JoinHostPort(cp.IP.String(), strconv.Itoa(s.ControlPlane.HydraPublicPort)) + "/oauth2/token",
+		Audience: adminclient.TokenURL(s),
+	}
 }
 
 // agentNames reads --project and --agent and checks them against the
@@ -225,7 +248,7 @@ func ensureCPForRun(ctx context.Context, env Env, s settings.Settings, paths set
 		if !st.Running || !st.IP.IsValid() {
 			return res, false, fmt.Errorf("the control plane is not running; start it with `clawker controlplane up`")
 		}
-		res.IP = st.IP
+		res.IP, res.Ory = st.IP, st.Ory
 	}
 	if !res.IP.IsValid() {
 		return res, bootstrapped, fmt.Errorf("the control plane has no address on %s", cpboot.NetworkName)

@@ -32,6 +32,7 @@ import (
 type agentDocker struct {
 	cpboot.Docker
 	cpIP       netip.Addr
+	cpOry      bool                                      // the CP's command has --ory-dir
 	containers map[string]*client.ContainerCreateOptions // by name
 	ids        map[string]string                         // name -> id
 	running    map[string]bool                           // by name
@@ -99,9 +100,13 @@ func (d *agentDocker) ContainerStart(_ context.Context, id string, _ client.Cont
 
 func (d *agentDocker) ContainerInspect(_ context.Context, name string, _ client.ContainerInspectOptions) (client.ContainerInspectResult, error) {
 	if name == cpboot.ContainerName {
+		var cmd []string
+		if d.cpOry {
+			cmd = []string{"--ory-dir", "/ory"}
+		}
 		return client.ContainerInspectResult{Container: container.InspectResponse{
 			ID: strings.Repeat("cd", 32), Name: "/" + name, State: cpRunning,
-			Config: &container.Config{Labels: map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: cpboot.PurposeControlPlane}},
+			Config: &container.Config{Cmd: cmd, Labels: map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: cpboot.PurposeControlPlane}},
 			NetworkSettings: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
 				cpboot.NetworkName: {IPAddress: d.cpIP},
 			}},
@@ -317,6 +322,49 @@ func TestRunWithoutBootstrap(t *testing.T) {
 	}
 	if code != 0 || !slices.Contains(d.containers["clawker.myapp.dev"].Config.Env, "CLAWKERD_CP_ADDR=172.30.0.202:7555") {
 		t.Errorf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+// When the control plane runs Ory (the bootstrap says so, or, without a
+// bootstrap, its container's command), run copies a clawker-agent client
+// assertion in and tells clawkerd to exchange it at Hydra's public port on
+// the CP's clawker-net address; the audience is Hydra's own token URL.
+func TestRunWithOry(t *testing.T) {
+	for _, bootstrap := range []bool{true, false} {
+		env, d, spy, _, stderr := runEnv(t)
+		spy.res.Ory = true
+		d.cpOry = true
+		if !bootstrap {
+			env.Bootstrap = nil
+		}
+		code := run(t, env, "run", "--project", "myapp", "--agent", "dev", "--format", "json", "agent:1")
+		if !embedsClawkerd() {
+			t.Skip("this test binary embeds no clawkerd")
+		}
+		if code != 0 {
+			t.Fatalf("bootstrap %v: exit %d, stderr %q", bootstrap, code, stderr.String())
+		}
+		o := d.containers["clawker.myapp.dev"]
+		for _, want := range []string{
+			"CLAWKERD_TOKEN_URL=https://172.30.0.202:4444/oauth2/token",
+			"CLAWKERD_TOKEN_AUDIENCE=https://127.0.0.1:4444/oauth2/token",
+			"CLAWKERD_ASSERTION=/clawker/agent.assertion",
+		} {
+			if !slices.Contains(o.Config.Env, want) {
+				t.Errorf("bootstrap %v: env %q lacks %q", bootstrap, o.Config.Env, want)
+			}
+		}
+		if !slices.Contains(d.copied, "clawker/agent.assertion") {
+			t.Errorf("bootstrap %v: copied %q", bootstrap, d.copied)
+		}
+	}
+	// Without Ory: no token (TestRun checks the exact files copied).
+	env, d, _, _, _ := runEnv(t)
+	if code := run(t, env, "run", "--project", "myapp", "--agent", "dev", "agent:1"); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if slices.ContainsFunc(d.containers["clawker.myapp.dev"].Config.Env, func(e string) bool { return strings.HasPrefix(e, "CLAWKERD_TOKEN") }) {
+		t.Errorf("env without Ory %q", d.containers["clawker.myapp.dev"].Config.Env)
 	}
 }
 

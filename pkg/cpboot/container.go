@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -85,8 +86,11 @@ func (sp spec) cmd() []string {
 	if sp.OryDir == "" {
 		return nil
 	}
-	return []string{"--ory-dir", sp.OryDir}
+	return []string{oryDirFlag, sp.OryDir}
 }
+
+// oryDirFlag is clawker-cp's flag naming the Ory servers' directory.
+const oryDirFlag = "--ory-dir"
 
 func (sp spec) hash() string {
 	b, _ := json.Marshal(sp)
@@ -188,8 +192,10 @@ type State struct {
 	BinHash      string `json:"binhash,omitempty"`
 	SpecHash     string `json:"spechash,omitempty"`
 	// Ours: labelled managed=true, purpose=controlplane.
-	Ours bool       `json:"ours"`
-	IP   netip.Addr `json:"ip,omitzero"`
+	Ours bool `json:"ours"`
+	// Ory: its command runs the Ory servers (--ory-dir).
+	Ory bool       `json:"ory,omitempty"`
+	IP  netip.Addr `json:"ip,omitzero"`
 	// ConfiguredIP is the static address asked for at creation.
 	ConfiguredIP netip.Addr `json:"-"`
 	NetworkID    string     `json:"-"`
@@ -225,6 +231,7 @@ func inspectContainer(ctx context.Context, d Docker, name string) (State, error)
 		st.BinHash = l[LabelBinHash]
 		st.SpecHash = l[LabelSpecHash]
 		st.Ours = l[LabelManaged] == "true" && l[LabelPurpose] == PurposeControlPlane
+		st.Ory = slices.Contains(c.Config.Cmd, oryDirFlag)
 	}
 	if c.NetworkSettings != nil {
 		if ep := c.NetworkSettings.Networks[NetworkName]; ep != nil {

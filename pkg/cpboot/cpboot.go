@@ -142,6 +142,11 @@ type Result struct {
 	Image       string     `json:"image"`
 	BinHash     string     `json:"binhash"`
 	IP          netip.Addr `json:"ip,omitzero"`
+	// Ory: the control plane runs the Ory servers (its container was made
+	// with --ory-dir, because the binaries carry them). It then refuses a
+	// new agent binding without a clawker-agent token: `clawker run`
+	// gives clawkerd the means to get one.
+	Ory bool `json:"ory,omitempty"`
 	// ImageBuilt: the image was missing and was built.
 	ImageBuilt bool `json:"image_built,omitempty"`
 	// PrunedImages are older control plane tags removed after the build.
@@ -195,6 +200,9 @@ func EnsureRunning(ctx context.Context, o Options) (Result, error) {
 	}
 	r := &run{o: &o, b: b, sp: newSpec(o.Settings, o.Paths, o.socket()).withBundle(b), start: start}
 	r.sp.Env = o.Env
+	// Whatever succeeds below ends with a container of this spec running
+	// (the spec hash, --ory-dir included, is on its label).
+	r.res.Ory = r.sp.OryDir != ""
 	r.setHash(hash)
 
 	if ok, err := r.fastPath(ctx); err != nil || ok {

@@ -263,8 +263,17 @@ func TestEnsureRunningOrySpec(t *testing.T) {
 	}
 	d := running(newSpec(s, p, dockerSocket).withBundle(b).hash())
 	res, err := EnsureRunning(context.Background(), Options{Settings: s, Paths: p, Docker: d, Binaries: b})
-	if err != nil || res.Outcome != OutcomeAlreadyRunning {
+	if err != nil || res.Outcome != OutcomeAlreadyRunning || !res.Ory {
 		t.Errorf("with --ory-dir: %+v, %v", res, err)
+	}
+	// Inspect tells a container running the Ory servers by its command.
+	d.c.Config.Cmd = []string{"--ory-dir", "/ory"}
+	if st, err := Inspect(context.Background(), d); err != nil || !st.Ory {
+		t.Errorf("inspect with --ory-dir: %+v, %v", st, err)
+	}
+	d.c.Config.Cmd = nil
+	if st, err := Inspect(context.Background(), d); err != nil || st.Ory {
+		t.Errorf("inspect without --ory-dir: %+v, %v", st, err)
 	}
 	r := &run{o: &Options{Settings: s, Paths: p}, b: b, sp: newSpec(s, p, dockerSocket).withBundle(b)}
 	r.setHash(hash)

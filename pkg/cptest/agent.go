@@ -85,6 +85,10 @@ type ClawkerdConfig struct {
 	MaxBackoff time.Duration
 	// Command is the user's command, passed after "--"; empty means none.
 	Command []string
+	// Token, when set, is passed as --assertion, --token-url and
+	// --token-audience (WriteAgentToken): clawkerd exchanges the assertion
+	// before its first Register, as a control plane with Ory requires.
+	Token *AgentToken
 }
 
 // Clawkerd is a started clawkerd process.
@@ -106,6 +110,9 @@ func (cfg ClawkerdConfig) Args() []string {
 	}
 	if cfg.MaxBackoff > 0 {
 		args = append(args, "--max-backoff", cfg.MaxBackoff.String())
+	}
+	if t := cfg.Token; t != nil {
+		args = append(args, "--assertion", t.Assertion, "--token-url", t.URL, "--token-audience", t.Audience)
 	}
 	if len(cfg.Command) > 0 {
 		args = append(append(args, "--"), cfg.Command...)

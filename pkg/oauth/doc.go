@@ -16,7 +16,12 @@
 // Clients and scopes as Hydra knows them:
 //
 //	clawker-cli     scope admin                 (the CLI, every AdminService method)
-//	clawker-agent   scope agent:self:register   (clawkerd)
+//	clawker-agent   scope agent:self:register   (clawkerd, a Register that creates a binding)
+//
+// clawker-agent's assertion is minted on the host too, by `clawker run`
+// (pkg/agentrun, with Assertion), and copied into the agent container;
+// clawkerd exchanges it with a small client of its own (pkg/agentd), so
+// that it links no JOSE library.
 package oauth
 
 // Client IDs and scopes registered in Hydra.

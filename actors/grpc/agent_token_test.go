@@ -1,0 +1,331 @@
+package grpc_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+
+	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
+	"github.com/clawker/clawker-cp/actors/registry"
+	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/adminclient/adminclienttest"
+	"github.com/clawker/clawker-cp/pkg/agentdb"
+	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/oauth"
+	"github.com/clawker/clawker-cp/pkg/oauth/hydratest"
+	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
+)
+
+// fakeRegistry is a real actor answering Get and Register from a map, as
+// the registry would (a second certificate for a bound container aside).
+type fakeRegistry struct {
+	mu        sync.Mutex
+	rows      map[string]agentdb.Agent // by key
+	registers int
+	getErr    error // when set, Get answers it
+}
+
+func (r *fakeRegistry) Receive(ctx actor.Context) {
+	switch m := ctx.Message().(type) {
+	case *registry.Get:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.getErr != nil {
+			ctx.Respond(&registry.GetResult{Err: r.getErr})
+			return
+		}
+		a, ok := r.rows[m.Key]
+		if !ok {
+			ctx.Respond(&registry.GetResult{Err: fmt.Errorf("%w: %s", agentdb.ErrNotFound, m.Key)})
+			return
+		}
+		ctx.Respond(&registry.GetResult{Agent: a})
+	case *registry.Register:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		r.registers++
+		a := m.Agent
+		a.Key = agentdb.Key(a.Thumbprint, a.ContainerID)
+		old, exists := r.rows[a.Key]
+		if exists {
+			a = old
+		} else {
+			r.rows[a.Key] = a
+		}
+		ctx.Respond(&registry.RegisterResult{Agent: a, Created: !exists})
+	}
+}
+
+func (r *fakeRegistry) counts() (rows, registers int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.rows), r.registers
+}
+
+// fakeIntrospector answers from a table of tokens; unknown tokens are
+// inactive; down makes every call fail (Hydra unreachable).
+type fakeIntrospector struct {
+	mu     sync.Mutex
+	tokens map[string]*oauth.Introspection
+	down   bool
+	calls  int
+}
+
+func (f *fakeIntrospector) Introspect(_ context.Context, token string) (*oauth.Introspection, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.down {
+		return nil, errors.New("introspection endpoint http://127.0.0.1:4445/admin/oauth2/introspect: connection refused")
+	}
+	if in, ok := f.tokens[token]; ok {
+		return in, nil
+	}
+	return &oauth.Introspection{Active: false}, nil
+}
+
+func (f *fakeIntrospector) setDown(down bool) {
+	f.mu.Lock()
+	f.down = down
+	f.mu.Unlock()
+}
+
+func activeToken(client, scope string) *oauth.Introspection {
+	return &oauth.Introspection{Active: true, ClientID: client, Subject: client, Scope: scope, TokenUse: "access_token",
+		TokenType: "Bearer", Expiry: time.Now().Add(time.Hour).Unix()}
+}
+
+// agentFixture is the real grpc actor's AgentService wired to a fake
+// registry and, unless nil, an introspector.
+type agentFixture struct {
+	m    *certs.Material
+	addr string
+	reg  *fakeRegistry
+	logs *observer.ObservedLogs
+}
+
+func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture {
+	t.Helper()
+	home := adminclienttest.NewHome(t)
+	m := home.EnsureAuth(t)
+	paths := home.Paths(t)
+	if err := m.WriteServerBundle(paths.CPAuthDir); err != nil {
+		t.Fatal(err)
+	}
+	ports := cptest.FreePorts(t, 2)
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
+	t.Cleanup(sys.Shutdown)
+	reg := &fakeRegistry{rows: map[string]agentdb.Agent{}}
+	regPID := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return reg }))
+	core, logs := observer.New(zapcore.DebugLevel)
+	tree := supervise.NewTree()
+	intensity := supervise.Intensity{Max: 3, Window: time.Minute}
+	p := &parent{ready: make(chan error, 1), props: tree.Props(cpgrpc.New(cpgrpc.Config{
+		Tree: tree, Intensity: intensity, BindHost: "127.0.0.1",
+		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
+		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
+		Introspector: in,
+		Log:          zap.New(core),
+	}), intensity)}
+	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
+	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
+	select {
+	case err := <-p.ready:
+		if err != nil {
+			t.Fatalf("grpc actor did not start: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("grpc actor did not report Ready")
+	}
+	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}
+}
+
+// agent is a client with a fresh agent certificate for project p.
+func (f *agentFixture) agent(t *testing.T, name string) (agentv1.AgentServiceClient, certs.AgentIdentity) {
+	t.Helper()
+	id := certs.AgentIdentity{Project: "p", Agent: name, ContainerID: cptest.RandomContainerID(t)}
+	cfg, _ := cptest.AgentTLSConfig(t, f.m, id)
+	return agentv1.NewAgentServiceClient(cptest.DialGRPC(t, f.addr, cfg)), id
+}
+
+// register calls Register as id, with "authorization: <auth>" unless "".
+func register(t *testing.T, c agentv1.AgentServiceClient, id certs.AgentIdentity, auth string) (*agentv1.RegisterResponse, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if auth != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
+	}
+	return c.Register(ctx, &agentv1.RegisterRequest{Project: id.Project, AgentName: id.Agent})
+}
+
+// refusedFor is the register_failed line about agent name ("p.<name>").
+func (f *agentFixture) refusedFor(t *testing.T, name string) map[string]any {
+	t.Helper()
+	for _, e := range f.logs.FilterField(zap.String("event", "register_failed")).All() {
+		if ctx := e.ContextMap(); ctx["agent"] == "p."+name {
+			return ctx
+		}
+	}
+	t.Fatalf("no register_failed line for p.%s", name)
+	return nil
+}
+
+// With Hydra (an introspector), a new binding needs a clawker-agent
+// token; re-registering an existing one does not.
+func TestRegisterAgentToken(t *testing.T) {
+	in := &fakeIntrospector{tokens: map[string]*oauth.Introspection{
+		"agent-token":    activeToken(oauth.ClientAgent, oauth.ScopeAgentRegister),
+		"admin-token":    activeToken(oauth.ClientCLI, oauth.ScopeAdmin),
+		"expired-token":  {Active: true, ClientID: oauth.ClientAgent, Scope: oauth.ScopeAgentRegister, TokenUse: "access_token", Expiry: time.Now().Add(-time.Minute).Unix()},
+		"refresh-token":  {Active: true, ClientID: oauth.ClientAgent, Scope: oauth.ScopeAgentRegister, TokenUse: "refresh_token"},
+		"inactive-token": {Active: false},
+	}}
+	f := startAgentService(t, in)
+
+	t.Run("new binding without a token", func(t *testing.T) {
+		c, id := f.agent(t, "tokenless")
+		_, err := register(t, c, id, "")
+		wantCode(t, err, codes.PermissionDenied, oauth.ClientAgent, oauth.ScopeAgentRegister)
+		if l := f.refusedFor(t, "tokenless"); l["reason"] != "agent_token_missing" || l["container_id"] != id.ContainerID {
+			t.Errorf("register_failed = %v", l)
+		}
+	})
+	t.Run("new binding with a clawker-agent token", func(t *testing.T) {
+		c, id := f.agent(t, "good")
+		resp, err := register(t, c, id, "Bearer agent-token")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l := f.logs.FilterField(zap.String("event", "agent_registered")).FilterField(zap.String("agent", "p.good")).All(); len(l) != 1 ||
+			l[0].ContextMap()["created"] != true {
+			t.Errorf("agent_registered = %v", l)
+		}
+		// Registering again (a reconnect, a control plane restart whose
+		// Hydra forgot every token): no token needed, none checked.
+		calls := in.calls
+		resp2, err := register(t, c, id, "")
+		if err != nil {
+			t.Fatalf("re-register without a token: %v", err)
+		}
+		if resp2.GetAgentKey() != resp.GetAgentKey() || in.calls != calls {
+			t.Errorf("re-register: key %s (first %s), %d introspections", resp2.GetAgentKey(), resp.GetAgentKey(), in.calls-calls)
+		}
+		// A stale token on a re-registration is not even looked at.
+		if _, err := register(t, c, id, "Bearer inactive-token"); err != nil {
+			t.Errorf("re-register with a stale token: %v", err)
+		}
+	})
+	for _, tc := range []struct {
+		name, auth, why string
+	}{
+		{"admin", "Bearer admin-token", "scope_missing"},
+		{"inactive", "Bearer inactive-token", "token_inactive"},
+		{"expired", "Bearer expired-token", "token_expired"},
+		{"refresh", "Bearer refresh-token", "not_access_token"},
+		{"malformed", "Bearer not a token", "token_malformed"},
+		{"basic", "Basic YWdlbnQ6c2VjcmV0", "token_malformed"},
+	} {
+		t.Run("new binding with a refused token: "+tc.name, func(t *testing.T) {
+			c, id := f.agent(t, tc.name)
+			_, err := register(t, c, id, tc.auth)
+			wantCode(t, err, codes.PermissionDenied, tc.why)
+			if l := f.refusedFor(t, tc.name); l["reason"] != "agent_token_invalid" {
+				t.Errorf("register_failed = %v", l)
+			}
+		})
+	}
+	t.Run("introspection down", func(t *testing.T) {
+		in.setDown(true)
+		defer in.setDown(false)
+		c, id := f.agent(t, "unlucky")
+		_, err := register(t, c, id, "Bearer agent-token")
+		wantCode(t, err, codes.Unavailable, "retry")
+		if l := f.refusedFor(t, "unlucky"); l["reason"] != "introspection_failed" {
+			t.Errorf("register_failed = %v", l)
+		}
+		// clawkerd retries; Hydra is back.
+		in.setDown(false)
+		if _, err := register(t, c, id, "Bearer agent-token"); err != nil {
+			t.Errorf("after Hydra came back: %v", err)
+		}
+	})
+	t.Run("registry down", func(t *testing.T) {
+		f.reg.mu.Lock()
+		f.reg.getErr = errors.New("database is locked")
+		f.reg.mu.Unlock()
+		defer func() { f.reg.mu.Lock(); f.reg.getErr = nil; f.reg.mu.Unlock() }()
+		c, id := f.agent(t, "later")
+		_, err := register(t, c, id, "Bearer agent-token")
+		wantCode(t, err, codes.Unavailable)
+	})
+
+	// Only the two good agents made bindings: no refusal reached the
+	// registry's Register.
+	if rows, _ := f.reg.counts(); rows != 2 {
+		t.Errorf("%d bindings, want 2 (good, unlucky)", rows)
+	}
+	for _, e := range f.logs.All() {
+		if strings.Contains(fmt.Sprint(e.ContextMap()), "agent-token") {
+			t.Errorf("a token was logged: %v", e.ContextMap())
+		}
+	}
+}
+
+// Without Hydra (no introspector) nothing changes: a certificate alone
+// makes a binding, and a token sent anyway is ignored.
+func TestRegisterWithoutIntrospector(t *testing.T) {
+	f := startAgentService(t, nil)
+	c, id := f.agent(t, "plain")
+	if _, err := register(t, c, id, ""); err != nil {
+		t.Fatal(err)
+	}
+	c, id = f.agent(t, "extra")
+	if _, err := register(t, c, id, "Bearer whatever"); err != nil {
+		t.Fatal(err)
+	}
+	if rows, _ := f.reg.counts(); rows != 2 {
+		t.Errorf("%d bindings", rows)
+	}
+}
+
+// With a real Hydra: a clawker-agent token (client_credentials, the
+// CLI's signing key) creates a binding; the CLI's admin token does not.
+func TestRegisterAgentTokenWithHydra(t *testing.T) {
+	e := startHydraEnv(t, hydratest.Options{})
+	f := startAgentService(t, e.intro)
+	token := func(id, scope string) string {
+		tok, err := e.source(t, id, e.m.SigningKey, scope).Token(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return "Bearer " + tok.AccessToken
+	}
+	// Two homes: f's CA signs the agent certificates, e's signing key is
+	// the JWKS of Hydra's clients; the service only asks Hydra.
+	c, id := f.agent(t, "admin")
+	_, err := register(t, c, id, token(oauth.ClientCLI, oauth.ScopeAdmin))
+	wantCode(t, err, codes.PermissionDenied, "scope_missing")
+	c, id = f.agent(t, "agent")
+	if _, err := register(t, c, id, token(oauth.ClientAgent, oauth.ScopeAgentRegister)); err != nil {
+		t.Fatalf("Register with a clawker-agent token from Hydra: %v\nhydra:\n%s", err, e.hydra.Tail(20))
+	}
+	if rows, _ := f.reg.counts(); rows != 1 {
+		t.Errorf("%d bindings, want 1", rows)
+	}
+}
