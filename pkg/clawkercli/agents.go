@@ -13,7 +13,6 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clawker/clawker-cp/pkg/adminclient"
-	"github.com/clawker/clawker-cp/pkg/settings"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
@@ -43,18 +42,7 @@ func agents(c *cli.Context, env Env) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("controlplane agents takes no arguments, got %q", c.Args().Slice())
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
-	s, err := settings.Load(paths.SettingsFile)
-	if err != nil {
-		return err
-	}
-	if err := ensureCP(c.Context, env); err != nil {
-		return err
-	}
-	client, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
+	client, err := dialAdmin(c, env)
 	if err != nil {
 		return err
 	}

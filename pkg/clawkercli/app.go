@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -141,6 +142,20 @@ func loadPathsSettings(env Env) (settings.Paths, settings.Settings, error) {
 	}
 	s, err := settings.Load(paths.SettingsFile)
 	return paths, s, err
+}
+
+// dialAdmin brings the control plane up when needed and opens the
+// AdminService with the CLI certificate and a bearer token: what every
+// admin verb does first.
+func dialAdmin(c *cli.Context, env Env) (*adminclient.Client, error) {
+	paths, s, err := loadPathsSettings(env)
+	if err != nil {
+		return nil, err
+	}
+	if err := ensureCP(c.Context, env); err != nil {
+		return nil, err
+	}
+	return adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
 }
 
 // healthBase is the CP's health port as seen from the host.

@@ -306,18 +306,7 @@ func firewallStatus(c *cli.Context, env Env) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("firewall status takes no arguments, got %q", c.Args().Slice())
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
-	s, err := settings.Load(paths.SettingsFile)
-	if err != nil {
-		return err
-	}
-	if err := ensureCP(c.Context, env); err != nil {
-		return err
-	}
-	cl, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
+	cl, err := dialAdmin(c, env)
 	if err != nil {
 		return err
 	}
