@@ -21,7 +21,6 @@ import (
 	"github.com/clawker/clawker-cp/pkg/agentrun"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
-	"github.com/clawker/clawker-cp/pkg/settings"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
@@ -123,11 +122,7 @@ func firewallMutate(c *cli.Context, env Env, action string) error {
 	if err != nil {
 		return err
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
-	s, err := settings.Load(paths.SettingsFile)
+	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
 	}

@@ -67,11 +67,7 @@ func runAgent(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
-	s, err := settings.Load(paths.SettingsFile)
+	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
 	}
@@ -204,11 +200,7 @@ func ensureCP(ctx context.Context, env Env) error {
 	if env.Bootstrap == nil {
 		return nil
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
-	s, err := settings.Load(paths.SettingsFile)
+	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
 	}
