@@ -8,11 +8,14 @@ bin=$root/bin
 
 config=${XDG_CONFIG_HOME:-$HOME/.config}/clawker
 if [ ! -f "$config/settings.yaml" ]; then
-  # The firewall stack is not built yet and a CP asked to enforce it refuses
-  # to start; a fresh machine gets settings that say so (README, "What runs today").
+  # The firewall stack (Envoy, CoreDNS) is not built yet, and a CP asked to
+  # enforce refuses to start unless something answers at .200/.201 of
+  # clawker-net; a fresh machine gets settings that say so (README, "What
+  # runs today").
   mkdir -p -m 0700 "$config"
   printf '%s\n' \
-    '# Written by scripts/up.sh: the firewall stack is not built yet.' \
+    '# Written by scripts/up.sh: the firewall stack (Envoy, CoreDNS) is not built yet,' \
+    '# so egress enforcement is off; enable it once a stack answers at .200/.201.' \
     'firewall:' \
     '  enable: false' \
     'control_plane:' \
@@ -21,6 +24,6 @@ if [ ! -f "$config/settings.yaml" ]; then
     '    # minute after `up`. Remove for the product behaviour (exit once no' \
     '    # agent container is left).' \
     '    enable: false' >"$config/settings.yaml"
-  echo "wrote $config/settings.yaml (firewall.enable: false: no egress enforcement yet; control_plane.watcher.enable: false: no drain-to-zero)"
+  echo "wrote $config/settings.yaml (firewall.enable: false: no firewall stack to enforce through yet; control_plane.watcher.enable: false: no drain-to-zero)"
 fi
 exec "$bin/clawker" controlplane up
