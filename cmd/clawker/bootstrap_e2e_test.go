@@ -291,7 +291,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 		t.Errorf("GET %s: %d %v", health, code, err)
 	}
 	st := e.clawker(t, cmdTimeout, "controlplane", "status")
-	if st.Code != 0 || st.Stdout != "Container: running\nHealthz: ✓\n" {
+	if st.Code != 0 || st.Stdout != "Container: running\nHealthz: ✓\nFirewall: off (firewall.enable: false)\n" {
 		t.Errorf("status: exit %d\n%s%s", st.Code, st.Stdout, st.Stderr)
 	}
 

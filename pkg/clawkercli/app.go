@@ -36,6 +36,10 @@ type Env struct {
 	// sets one with the defaults. nil skips it (in-process tests without
 	// an AdminService).
 	ClockGate *ClockGate
+	// AskFirewall makes `controlplane status` and `up` add the firewall's
+	// state from the AdminService once /healthz is green; DefaultEnv sets
+	// it. Off in tests whose fakes have no AdminService.
+	AskFirewall bool
 }
 
 // docker returns a Docker client and a function that releases it.
@@ -119,7 +123,7 @@ func Run(env Env, args []string) int {
 // talk to whatever control plane answers instead of bringing the container
 // up first: tests run clawker-cp as a host process.
 func DefaultEnv() Env {
-	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning, ClockGate: &ClockGate{}}
+	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning, ClockGate: &ClockGate{}, AskFirewall: true}
 	if os.Getenv(NoBootstrapEnv) == "1" {
 		fmt.Fprintln(os.Stderr, "clawker: "+NoBootstrapEnv+"=1: not bringing the control plane up")
 		env.Bootstrap = nil

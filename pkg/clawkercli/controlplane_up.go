@@ -77,6 +77,7 @@ func controlplaneUp(c *cli.Context, env Env) error {
 	// EnsureRunning returns only once the container runs and /healthz
 	// answered 200: no need to ask Docker again.
 	st := StatusReport{Container: "running", Healthz: probeHealth(healthBase(s))}
+	addFirewall(c.Context, env, &st)
 	if asJSON {
 		st.Bootstrap = &res
 	}

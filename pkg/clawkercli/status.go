@@ -10,9 +10,11 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/settings"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
 // StatusReport is `controlplane status --format json`.
@@ -25,8 +27,51 @@ type StatusReport struct {
 	// answers on the health port anyway: one started as a host process
 	// (scripts/up.sh before the container bootstrap, or a test).
 	OutsideDocker bool `json:"outside_docker,omitempty"`
+	// Firewall is the firewall's state as the AdminService reports it,
+	// asked only once /healthz is green.
+	Firewall *FirewallSummary `json:"firewall,omitempty"`
 	// Bootstrap is what `controlplane up` did before the status was taken.
 	Bootstrap *cpboot.Result `json:"bootstrap,omitempty"`
+}
+
+// FirewallSummary is the firewall part of a StatusReport.
+type FirewallSummary struct {
+	Enabled bool `json:"enabled"`
+	// Agents is how many agent containers the programs enforce; Rules how
+	// many routes are installed.
+	Agents int `json:"agents"`
+	Rules  int `json:"rules"`
+	// Error says why the state could not be read (then the rest is zero).
+	Error string `json:"error,omitempty"`
+}
+
+// addFirewall asks the AdminService for the firewall's state when the
+// control plane is healthy (and env asks for it).
+func addFirewall(ctx context.Context, env Env, rep *StatusReport) {
+	if !env.AskFirewall || rep.Healthz == nil || !rep.Healthz.OK {
+		return
+	}
+	fw := &FirewallSummary{}
+	rep.Firewall = fw
+	paths, s, err := loadPathsSettings(env)
+	if err != nil {
+		fw.Error = err.Error()
+		return
+	}
+	cl, err := adminclient.Dial(ctx, paths, s, adminclient.WithOAuth())
+	if err != nil {
+		fw.Error = err.Error()
+		return
+	}
+	defer cl.Close()
+	cctx, cancel := context.WithTimeout(ctx, adminclient.CallTimeout)
+	defer cancel()
+	resp, err := cl.FirewallStatus(cctx, &adminv1.FirewallStatusRequest{})
+	if err != nil {
+		fw.Error = rpcError("firewall status", cl.Addr(), err).Error()
+		return
+	}
+	fw.Enabled, fw.Agents, fw.Rules = resp.GetEnabled(), len(resp.GetAgents()), int(resp.GetRouteCount())
 }
 
 // HealthReport is the healthz part of a StatusReport.
@@ -57,6 +102,7 @@ func status(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	addFirewall(c.Context, env, &rep)
 	return printStatus(env.Stdout, rep, asJSON)
 }
 
@@ -125,5 +171,14 @@ func writeStatus(w io.Writer, r StatusReport) {
 		fmt.Fprintf(w, "Healthz: ✗ (failing: %s)\n", strings.Join(r.Healthz.Failing, ", "))
 	default:
 		fmt.Fprintf(w, "Healthz: ✗ (%s)\n", r.Healthz.Status)
+	}
+	switch fw := r.Firewall; {
+	case fw == nil:
+	case fw.Error != "":
+		fmt.Fprintf(w, "Firewall: ✗ (%s)\n", fw.Error)
+	case !fw.Enabled:
+		fmt.Fprintln(w, "Firewall: off (firewall.enable: false)")
+	default:
+		fmt.Fprintf(w, "Firewall: ✓ (%d agents enforced)\nRules: %d active\n", fw.Agents, fw.Rules)
 	}
 }
