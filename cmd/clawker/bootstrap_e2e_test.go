@@ -446,15 +446,13 @@ func testFirewallEnabled(t *testing.T, e *e2e) {
 	}
 	t.Logf("failed after %s:\n%s", took.Round(time.Millisecond), res.Stderr)
 
-	// Fixed settings: up starts a control plane with them. The failed
-	// container is removed first: Docker's restart policy may have begun a
-	// retry that read the old settings before they were fixed, and up
-	// adopts a container it finds starting, so it would report that
-	// retry's failure (noted as a product limitation).
+	// Fixed settings: the next up starts it, even while Docker's restart
+	// policy is still retrying the failed one (a retry that is not green is
+	// stopped and started afresh, since it may have read the old settings),
+	// or finds it already green when a retry picked up the fixed settings.
 	e.writeSettings(t, "")
-	e.removeCP(t)
 	res2, _ := e.mustUp(t, cmdTimeout)
-	if res2.Outcome != cpboot.OutcomeCreated {
+	if res2.Outcome != cpboot.OutcomeStarted && res2.Outcome != cpboot.OutcomeAdopted && res2.Outcome != cpboot.OutcomeAlreadyRunning {
 		t.Errorf("up after the fix: %+v", res2)
 	}
 }

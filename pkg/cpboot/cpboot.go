@@ -338,6 +338,19 @@ func (r *run) ensure(ctx context.Context) error {
 			return err
 		}
 	}
+	if r.current(st) && st.Running && !st.Restarting && st.RestartCount > 0 {
+		// A retry of the on-failure policy that is not green yet: it may
+		// have read settings fixed only since, and would then fail again.
+		// A healthy one is left alone; one still starting is restarted.
+		if code, _ := getHealthz(ctx, r.healthURL(), time.Second); code != http.StatusOK {
+			if _, err := stop(ctx, o.Docker, st.ID, 10*time.Second); err != nil {
+				return err
+			}
+			if st, err = Inspect(ctx, o.Docker); err != nil {
+				return err
+			}
+		}
+	}
 	if r.current(st) && st.Running && !st.Restarting {
 		// Someone (another clawker) started it: wait for it.
 		r.res.Outcome, r.res.ContainerID, r.res.IP = OutcomeAdopted, st.ID, st.IP
