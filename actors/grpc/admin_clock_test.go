@@ -2,39 +2,18 @@ package grpc_test
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
 
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
-	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/adminclient/adminclienttest"
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
-
-// clockParent stands in for the root: it spawns the grpc actor and passes
-// its Ready on.
-type clockParent struct {
-	props *actor.Props
-	ready chan error
-}
-
-func (p *clockParent) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case *actor.Started:
-		if _, err := ctx.SpawnNamed(p.props, "grpc"); err != nil {
-			p.ready <- err
-		}
-	case *supervise.Ready:
-		p.ready <- m.Err
-	}
-}
 
 // startWithClock runs the real grpc actor with now as Config.Now and dials
 // its AdminService with the CLI's client over mTLS.
@@ -48,29 +27,14 @@ func startWithClock(t *testing.T, now func() time.Time) *adminclient.Client {
 	}
 	ports := cptest.FreePorts(t, 2)
 	home.SetAdminPort(t, ports[1])
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
-	tree := supervise.NewTree()
-	in := supervise.Intensity{Max: 3, Window: time.Minute}
-	p := &clockParent{ready: make(chan error, 1), props: tree.Props(cpgrpc.New(cpgrpc.Config{
-		Tree: tree, Intensity: in, BindHost: "127.0.0.1",
+	sys := newTestSystem(t)
+	spawnGRPC(t, sys, cpgrpc.Config{
+		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
 		Now:       now,
 		Heartbeat: time.Second, RequestTimeout: time.Second, StopTimeout: time.Second,
 		Log: zap.NewNop(),
-	}), in)}
-	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
-	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	select {
-	case err := <-p.ready:
-		if err != nil {
-			t.Fatalf("grpc actor did not start: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("grpc actor did not report Ready")
-	}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	c, err := adminclient.Dial(ctx, paths, home.Settings(t))

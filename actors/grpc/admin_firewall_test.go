@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"reflect"
 	"strings"
 	"sync"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/firewall"
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
-	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/adminclient/adminclienttest"
 	"github.com/clawker/clawker-cp/pkg/cptest"
@@ -86,24 +84,6 @@ func ok(msg interface{}) interface{} {
 	return &firewall.Result{}
 }
 
-// parent stands in for the root: it spawns the grpc actor and passes its
-// Ready on.
-type parent struct {
-	props *actor.Props
-	ready chan error
-}
-
-func (p *parent) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case *actor.Started:
-		if _, err := ctx.SpawnNamed(p.props, "grpc"); err != nil {
-			p.ready <- err
-		}
-	case *supervise.Ready:
-		p.ready <- m.Err
-	}
-}
-
 type fixture struct {
 	fw     *fakeFirewall
 	fwPID  *actor.PID
@@ -127,10 +107,7 @@ func start(t *testing.T, withFirewall bool) *fixture {
 	tokens := adminclienttest.ServeTokenEndpoint(t, m)
 	home.SetPorts(t, ports[1], tokens.Port)
 
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
+	sys := newTestSystem(t)
 	core, logs := observer.New(zapcore.DebugLevel)
 	f := &fixture{fw: &fakeFirewall{answer: ok}, sys: sys, logs: logs}
 	var fwPID *actor.PID
@@ -139,26 +116,14 @@ func start(t *testing.T, withFirewall bool) *fixture {
 		fwPID = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return fw }))
 		f.fwPID = fwPID
 	}
-	tree := supervise.NewTree()
-	in := supervise.Intensity{Max: 3, Window: time.Minute}
-	p := &parent{ready: make(chan error, 1), props: tree.Props(cpgrpc.New(cpgrpc.Config{
-		Tree: tree, Intensity: in, BindHost: "127.0.0.1",
+	spawnGRPC(t, sys, cpgrpc.Config{
+		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
 		Firewall:  fwPID,
 		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
 		Introspector: tokens,
 		Log:          zap.New(core),
-	}), in)}
-	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
-	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	select {
-	case err := <-p.ready:
-		if err != nil {
-			t.Fatalf("grpc actor did not start: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("grpc actor did not report Ready")
-	}
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

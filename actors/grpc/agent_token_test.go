@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -19,7 +18,6 @@ import (
 
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/actors/registry"
-	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/adminclient/adminclienttest"
 	"github.com/clawker/clawker-cp/pkg/agentdb"
 	"github.com/clawker/clawker-cp/pkg/certs"
@@ -126,32 +124,17 @@ func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture 
 		t.Fatal(err)
 	}
 	ports := cptest.FreePorts(t, 2)
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
+	sys := newTestSystem(t)
 	reg := &fakeRegistry{rows: map[string]agentdb.Agent{}}
 	regPID := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return reg }))
 	core, logs := observer.New(zapcore.DebugLevel)
-	tree := supervise.NewTree()
-	intensity := supervise.Intensity{Max: 3, Window: time.Minute}
-	p := &parent{ready: make(chan error, 1), props: tree.Props(cpgrpc.New(cpgrpc.Config{
-		Tree: tree, Intensity: intensity, BindHost: "127.0.0.1",
+	spawnGRPC(t, sys, cpgrpc.Config{
+		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
 		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
 		Introspector: in,
 		Log:          zap.New(core),
-	}), intensity)}
-	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
-	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	select {
-	case err := <-p.ready:
-		if err != nil {
-			t.Fatalf("grpc actor did not start: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("grpc actor did not report Ready")
-	}
+	})
 	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}
 }
 
