@@ -125,15 +125,39 @@ func (w walker) mapping(n *yaml.Node, v reflect.Value, prefix string) error {
 		w.lines[key] = k.Line
 
 		var err error
-		if f.Kind() == reflect.Struct {
+		switch f.Kind() {
+		case reflect.Struct:
 			err = w.mapping(val, f, key)
-		} else {
+		case reflect.Slice:
+			err = stringList(deref(val), f, key)
+		default:
 			err = leaf(deref(val), f, key)
 		}
 		if err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// stringList assigns a sequence of strings to v (the only list type in
+// Settings). An empty list is kept empty: validation says what it needs.
+func stringList(n *yaml.Node, v reflect.Value, key string) error {
+	if isNull(n) {
+		return &Error{Key: key, Line: n.Line, Msg: key + ": has no value; write a list such as [\"a\", \"b\"] or remove the key"}
+	}
+	if n.Kind != yaml.SequenceNode {
+		return &Error{Key: key, Line: n.Line, Msg: fmt.Sprintf("%s: must be a list (- item per line, or [a, b]), not %s", key, kindName(n))}
+	}
+	out := make([]string, 0, len(n.Content))
+	for i, item := range n.Content {
+		item = deref(item)
+		if item.Kind != yaml.ScalarNode || item.ShortTag() != "!!str" {
+			return &Error{Key: key, Line: item.Line, Msg: fmt.Sprintf("%s: entry %d must be a string, not %s; quote it", key, i, kindName(item))}
+		}
+		out = append(out, item.Value)
+	}
+	v.Set(reflect.ValueOf(out))
 	return nil
 }
 

@@ -10,6 +10,7 @@ package settings
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 )
 
@@ -31,6 +32,10 @@ type ControlPlane struct {
 	OathkeeperAPIPort int `yaml:"oathkeeper_api_port"`
 	KratosPublicPort  int `yaml:"kratos_public_port"`
 	KratosAdminPort   int `yaml:"kratos_admin_port"`
+	// StackPort is the mTLS service the firewall siblings (DNS, proxy)
+	// use to fetch their policy and report DNS answers. Only certificates
+	// the CP minted for its own siblings are accepted there.
+	StackPort int `yaml:"stack_port"`
 
 	Supervisor Supervisor `yaml:"supervisor"`
 	Watcher    Watcher    `yaml:"watcher"`
@@ -71,13 +76,28 @@ type Watcher struct {
 	ZeroStreak   int           `yaml:"zero_streak"`
 }
 
-// Firewall controls the Envoy + CoreDNS + eBPF firewall stack.
+// Firewall controls the firewall stack: the DNS sibling, the egress
+// proxy sibling and the eBPF programs on every agent's cgroup.
 type Firewall struct {
 	Enable bool `yaml:"enable"`
 	// ProxyPort is the egress proxy's catch-all listener at <network>.200:
 	// TCP without a route is redirected there and decided by SNI/Host.
 	ProxyPort int `yaml:"proxy_port"`
+	// UpstreamDNS is where the DNS sibling forwards the names the rules
+	// allow (ip:port, in order). The default is Docker's embedded resolver
+	// as a container on clawker-net sees it, which forwards to whatever
+	// the host uses.
+	UpstreamDNS []string `yaml:"upstream_dns"`
+	// PrivateDestinations are CIDRs an allowed name may resolve into
+	// although they are private, loopback, link-local or CGNAT. Empty by
+	// default: an allowed name must never become a path to the operator's
+	// LAN or a cloud metadata service (DNS rebinding).
+	PrivateDestinations []string `yaml:"private_destinations"`
 }
+
+// DefaultUpstreamDNS is Docker's embedded resolver, as every container on a
+// user-defined network sees it.
+const DefaultUpstreamDNS = "127.0.0.11:53"
 
 // Default returns the settings used when settings.yaml is absent, and the
 // base that a present file is overlaid onto.
@@ -93,6 +113,7 @@ func Default() Settings {
 			OathkeeperAPIPort: 4457,
 			KratosPublicPort:  4433,
 			KratosAdminPort:   4434,
+			StackPort:         7445,
 			Supervisor: Supervisor{
 				MaxRestarts:      5,
 				RestartWindow:    30 * time.Second,
@@ -110,7 +131,7 @@ func Default() Settings {
 				LastSeenFlush: 5 * time.Second,
 			},
 		},
-		Firewall: Firewall{Enable: true, ProxyPort: 15001},
+		Firewall: Firewall{Enable: true, ProxyPort: 15001, UpstreamDNS: []string{DefaultUpstreamDNS}},
 	}
 }
 
@@ -133,6 +154,7 @@ func (s Settings) Ports() []NamedPort {
 		{"control_plane.oathkeeper_api_port", cp.OathkeeperAPIPort},
 		{"control_plane.kratos_public_port", cp.KratosPublicPort},
 		{"control_plane.kratos_admin_port", cp.KratosAdminPort},
+		{"control_plane.stack_port", cp.StackPort},
 	}
 }
 
@@ -170,6 +192,10 @@ func (s Settings) Validate() error {
 		return invalid("firewall.proxy_port", "%d is out of range; use a port from 1 to 65535", p)
 	}
 
+	if err := validateFirewallLists(s.Firewall); err != nil {
+		return err
+	}
+
 	sv, w := s.ControlPlane.Supervisor, s.ControlPlane.Watcher
 	if sv.MaxRestarts < 0 {
 		return invalid("control_plane.supervisor.max_restarts", "%d is negative; use 0 or more", sv.MaxRestarts)
@@ -195,6 +221,42 @@ func (s Settings) Validate() error {
 		return invalid("control_plane.watcher.zero_streak", "%d is too small; use 1 or more", w.ZeroStreak)
 	}
 	return nil
+}
+
+// validateFirewallLists checks firewall.upstream_dns (IPv4 ip:port) and
+// firewall.private_destinations (IPv4 CIDRs or addresses).
+func validateFirewallLists(f Firewall) error {
+	if len(f.UpstreamDNS) == 0 {
+		return invalid("firewall.upstream_dns", "is empty; list at least one resolver as ip:port, such as %q", DefaultUpstreamDNS)
+	}
+	for i, u := range f.UpstreamDNS {
+		ap, err := netip.ParseAddrPort(u)
+		if err != nil || !ap.Addr().Is4() || ap.Port() == 0 {
+			return invalid("firewall.upstream_dns", "entry %d (%q) is not an IPv4 ip:port; write one such as %q", i, u, DefaultUpstreamDNS)
+		}
+	}
+	for i, c := range f.PrivateDestinations {
+		if _, err := ParsePrefix(c); err != nil {
+			return invalid("firewall.private_destinations", "entry %d (%q) is not an IPv4 CIDR or address; write one such as \"172.30.0.1/32\" or \"10.0.0.0/8\"", i, c)
+		}
+	}
+	return nil
+}
+
+// ParsePrefix reads one firewall.private_destinations entry: an IPv4 CIDR,
+// or a plain address meaning /32.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if !a.Is4() {
+			return netip.Prefix{}, fmt.Errorf("%q is not IPv4", s)
+		}
+		return netip.PrefixFrom(a, 32), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}, fmt.Errorf("%q is not an IPv4 CIDR", s)
+	}
+	return p.Masked(), nil
 }
 
 func invalid(key, format string, args ...any) *Error {

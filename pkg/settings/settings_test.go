@@ -344,6 +344,7 @@ func TestPorts(t *testing.T) {
 		{"control_plane.oathkeeper_api_port", 4457},
 		{"control_plane.kratos_public_port", 4433},
 		{"control_plane.kratos_admin_port", 4434},
+		{"control_plane.stack_port", 7445},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("Ports() = %v\nwant      %v", got, want)
@@ -462,5 +463,32 @@ func TestResolvePaths(t *testing.T) {
 				t.Fatalf("got  %+v\nwant %+v", got, want)
 			}
 		})
+	}
+}
+
+func TestFirewallLists(t *testing.T) {
+	s, err := parse([]byte("firewall:\n  upstream_dns: [\"172.30.0.1:53\", 10.0.0.2:5353]\n  private_destinations:\n    - 172.30.0.1\n    - 10.0.0.0/8\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(s.Firewall.UpstreamDNS, []string{"172.30.0.1:53", "10.0.0.2:5353"}) ||
+		!reflect.DeepEqual(s.Firewall.PrivateDestinations, []string{"172.30.0.1", "10.0.0.0/8"}) {
+		t.Fatalf("lists: %+v", s.Firewall)
+	}
+	if d := Default().Firewall.UpstreamDNS; !reflect.DeepEqual(d, []string{DefaultUpstreamDNS}) {
+		t.Fatalf("default upstream_dns %v", d)
+	}
+	for _, c := range []struct{ yaml, want string }{
+		{"firewall:\n  upstream_dns: []\n", "firewall.upstream_dns: is empty; list at least one resolver"},
+		{"firewall:\n  upstream_dns: 1.1.1.1:53\n", "firewall.upstream_dns: must be a list"},
+		{"firewall:\n  upstream_dns: [\"dns.example:53\"]\n", `firewall.upstream_dns: entry 0 ("dns.example:53") is not an IPv4 ip:port`},
+		{"firewall:\n  upstream_dns: [53]\n", "firewall.upstream_dns: entry 0 must be a string"},
+		{"firewall:\n  private_destinations: [\"10.0.0.0/33\"]\n", `firewall.private_destinations: entry 0 ("10.0.0.0/33") is not an IPv4 CIDR or address`},
+		{"firewall:\n  private_destinations: [\"fd00::/8\"]\n", `firewall.private_destinations: entry 0 ("fd00::/8") is not an IPv4 CIDR`},
+	} {
+		_, err := parse([]byte(c.yaml))
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.yaml, err, c.want)
+		}
 	}
 }
