@@ -37,6 +37,15 @@ var adminScopes = map[string]string{
 	adminv1.AdminService_FirewallBypass_FullMethodName:     oauth.ScopeAdmin,
 	adminv1.AdminService_FirewallSyncRoutes_FullMethodName: oauth.ScopeAdmin,
 	adminv1.AdminService_FirewallStatus_FullMethodName:     oauth.ScopeAdmin,
+
+	adminv1.AdminService_FirewallInit_FullMethodName:            oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallRemove_FullMethodName:          oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallAddRules_FullMethodName:        oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallRemoveRule_FullMethodName:      oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallListRules_FullMethodName:       oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallReload_FullMethodName:          oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallResolveHostname_FullMethodName: oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallRotateCA_FullMethodName:        oauth.ScopeAdmin,
 }
 
 // AdminScopes returns a copy of the AdminService's method-to-scope map

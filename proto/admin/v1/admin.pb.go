@@ -78,6 +78,71 @@ func (Protocol) EnumDescriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// RuleStatus is what a request did to one rule.
+type RuleStatus int32
+
+const (
+	RuleStatus_RULE_STATUS_UNSPECIFIED RuleStatus = 0
+	// RULE_STATUS_ADDED: the rule was new.
+	RuleStatus_RULE_STATUS_ADDED RuleStatus = 1
+	// RULE_STATUS_MODIFIED: a rule with this (dst, proto, port) existed with
+	// another action, which was replaced.
+	RuleStatus_RULE_STATUS_MODIFIED RuleStatus = 2
+	// RULE_STATUS_UNCHANGED: the same rule was already stored.
+	RuleStatus_RULE_STATUS_UNCHANGED RuleStatus = 3
+	// RULE_STATUS_REMOVED: the rule (or, with all, every rule) was removed.
+	RuleStatus_RULE_STATUS_REMOVED RuleStatus = 4
+	// RULE_STATUS_NOT_FOUND: no rule has this (dst, proto, port).
+	RuleStatus_RULE_STATUS_NOT_FOUND RuleStatus = 5
+)
+
+// Enum value maps for RuleStatus.
+var (
+	RuleStatus_name = map[int32]string{
+		0: "RULE_STATUS_UNSPECIFIED",
+		1: "RULE_STATUS_ADDED",
+		2: "RULE_STATUS_MODIFIED",
+		3: "RULE_STATUS_UNCHANGED",
+		4: "RULE_STATUS_REMOVED",
+		5: "RULE_STATUS_NOT_FOUND",
+	}
+	RuleStatus_value = map[string]int32{
+		"RULE_STATUS_UNSPECIFIED": 0,
+		"RULE_STATUS_ADDED":       1,
+		"RULE_STATUS_MODIFIED":    2,
+		"RULE_STATUS_UNCHANGED":   3,
+		"RULE_STATUS_REMOVED":     4,
+		"RULE_STATUS_NOT_FOUND":   5,
+	}
+)
+
+func (x RuleStatus) Enum() *RuleStatus {
+	p := new(RuleStatus)
+	*p = x
+	return p
+}
+
+func (x RuleStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RuleStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_admin_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (RuleStatus) Type() protoreflect.EnumType {
+	return &file_admin_v1_admin_proto_enumTypes[1]
+}
+
+func (x RuleStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RuleStatus.Descriptor instead.
+func (RuleStatus) EnumDescriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type ListAgentsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -824,7 +889,18 @@ type FirewallStatusResponse struct {
 	// agents lists every enforced agent container.
 	Agents []*FirewallAgent `protobuf:"bytes,2,rep,name=agents,proto3" json:"agents,omitempty"`
 	// route_count is the number of routes installed.
-	RouteCount    uint32 `protobuf:"varint,3,opt,name=route_count,json=routeCount,proto3" json:"route_count,omitempty"`
+	RouteCount uint32 `protobuf:"varint,3,opt,name=route_count,json=routeCount,proto3" json:"route_count,omitempty"`
+	// stack lists the firewall stack's members, in start order; empty with
+	// the firewall off.
+	Stack []*StackMember `protobuf:"bytes,4,rep,name=stack,proto3" json:"stack,omitempty"`
+	// network is the agent network's name (clawker-net); empty with the
+	// firewall off.
+	Network string `protobuf:"bytes,5,opt,name=network,proto3" json:"network,omitempty"`
+	// subnet is the agent network's subnet, e.g. 172.18.0.0/24; empty with
+	// the firewall off.
+	Subnet string `protobuf:"bytes,6,opt,name=subnet,proto3" json:"subnet,omitempty"`
+	// rules is the number of stored egress rules.
+	Rules         uint32 `protobuf:"varint,7,opt,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -880,6 +956,117 @@ func (x *FirewallStatusResponse) GetRouteCount() uint32 {
 	return 0
 }
 
+func (x *FirewallStatusResponse) GetStack() []*StackMember {
+	if x != nil {
+		return x.Stack
+	}
+	return nil
+}
+
+func (x *FirewallStatusResponse) GetNetwork() string {
+	if x != nil {
+		return x.Network
+	}
+	return ""
+}
+
+func (x *FirewallStatusResponse) GetSubnet() string {
+	if x != nil {
+		return x.Subnet
+	}
+	return ""
+}
+
+func (x *FirewallStatusResponse) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
+}
+
+// StackMember is one member of the firewall stack.
+type StackMember struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name says what it is, e.g. "DNS" or "proxy".
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// address is where agents reach it, host:port.
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	// container_id is its Docker container's full id; empty when it has
+	// none (not started, or a stand-in the control plane did not start).
+	ContainerId string `protobuf:"bytes,3,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
+	// healthy reports whether it answered its last health check.
+	Healthy bool `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	// error says why it is not healthy; empty when healthy.
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StackMember) Reset() {
+	*x = StackMember{}
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StackMember) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StackMember) ProtoMessage() {}
+
+func (x *StackMember) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StackMember.ProtoReflect.Descriptor instead.
+func (*StackMember) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StackMember) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *StackMember) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *StackMember) GetContainerId() string {
+	if x != nil {
+		return x.ContainerId
+	}
+	return ""
+}
+
+func (x *StackMember) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *StackMember) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // FirewallAgent is one enforced agent container.
 type FirewallAgent struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -898,7 +1085,7 @@ type FirewallAgent struct {
 
 func (x *FirewallAgent) Reset() {
 	*x = FirewallAgent{}
-	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1097,7 @@ func (x *FirewallAgent) String() string {
 func (*FirewallAgent) ProtoMessage() {}
 
 func (x *FirewallAgent) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1110,7 @@ func (x *FirewallAgent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallAgent.ProtoReflect.Descriptor instead.
 func (*FirewallAgent) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FirewallAgent) GetContainerId() string {
@@ -952,6 +1139,832 @@ func (x *FirewallAgent) GetBypassUntil() *timestamppb.Timestamp {
 		return x.BypassUntil
 	}
 	return nil
+}
+
+type FirewallInitRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallInitRequest) Reset() {
+	*x = FirewallInitRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallInitRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallInitRequest) ProtoMessage() {}
+
+func (x *FirewallInitRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallInitRequest.ProtoReflect.Descriptor instead.
+func (*FirewallInitRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+type FirewallInitResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// stack lists the members as they stand after the bring-up.
+	Stack         []*StackMember `protobuf:"bytes,1,rep,name=stack,proto3" json:"stack,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallInitResponse) Reset() {
+	*x = FirewallInitResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallInitResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallInitResponse) ProtoMessage() {}
+
+func (x *FirewallInitResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallInitResponse.ProtoReflect.Descriptor instead.
+func (*FirewallInitResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *FirewallInitResponse) GetStack() []*StackMember {
+	if x != nil {
+		return x.Stack
+	}
+	return nil
+}
+
+type FirewallRemoveRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// force stops the stack even while agents are enforced (their egress is
+	// then refused, never let through).
+	Force         bool `protobuf:"varint,1,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRemoveRequest) Reset() {
+	*x = FirewallRemoveRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRemoveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRemoveRequest) ProtoMessage() {}
+
+func (x *FirewallRemoveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRemoveRequest.ProtoReflect.Descriptor instead.
+func (*FirewallRemoveRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *FirewallRemoveRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type FirewallRemoveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRemoveResponse) Reset() {
+	*x = FirewallRemoveResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRemoveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRemoveResponse) ProtoMessage() {}
+
+func (x *FirewallRemoveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRemoveResponse.ProtoReflect.Descriptor instead.
+func (*FirewallRemoveResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+// EgressRule is one egress rule: traffic to dst over proto on port is
+// allowed or denied.
+type EgressRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dst is a hostname ("example.com"; ".example.com" is the apex and every
+	// name under it), an IP address or a CIDR.
+	Dst string `protobuf:"bytes,1,opt,name=dst,proto3" json:"dst,omitempty"`
+	// proto is https, http, tcp or ssh; empty means https.
+	Proto string `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"`
+	// port is one port ("443") or an inclusive range ("8000-8100"); empty
+	// means the proto's usual port.
+	Port string `protobuf:"bytes,3,opt,name=port,proto3" json:"port,omitempty"`
+	// action is allow or deny; empty means allow.
+	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
+	// id is the rule's identity in the store; set in answers, ignored in
+	// requests.
+	Id            uint32 `protobuf:"varint,5,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EgressRule) Reset() {
+	*x = EgressRule{}
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EgressRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EgressRule) ProtoMessage() {}
+
+func (x *EgressRule) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EgressRule.ProtoReflect.Descriptor instead.
+func (*EgressRule) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *EgressRule) GetDst() string {
+	if x != nil {
+		return x.Dst
+	}
+	return ""
+}
+
+func (x *EgressRule) GetProto() string {
+	if x != nil {
+		return x.Proto
+	}
+	return ""
+}
+
+func (x *EgressRule) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *EgressRule) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *EgressRule) GetId() uint32 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+type FirewallAddRulesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rules are added in one batch; at least one.
+	Rules         []*EgressRule `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallAddRulesRequest) Reset() {
+	*x = FirewallAddRulesRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallAddRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallAddRulesRequest) ProtoMessage() {}
+
+func (x *FirewallAddRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallAddRulesRequest.ProtoReflect.Descriptor instead.
+func (*FirewallAddRulesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FirewallAddRulesRequest) GetRules() []*EgressRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type FirewallAddRulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// statuses[i] is what happened to request.rules[i]: ADDED, MODIFIED or
+	// UNCHANGED.
+	Statuses []RuleStatus `protobuf:"varint,1,rep,packed,name=statuses,proto3,enum=clawker.admin.v1.RuleStatus" json:"statuses,omitempty"`
+	// rules[i] is request.rules[i] as stored: canonical, defaults filled in,
+	// with its id.
+	Rules []*EgressRule `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
+	// total is the number of rules stored after the batch.
+	Total         uint32 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallAddRulesResponse) Reset() {
+	*x = FirewallAddRulesResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallAddRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallAddRulesResponse) ProtoMessage() {}
+
+func (x *FirewallAddRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallAddRulesResponse.ProtoReflect.Descriptor instead.
+func (*FirewallAddRulesResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FirewallAddRulesResponse) GetStatuses() []RuleStatus {
+	if x != nil {
+		return x.Statuses
+	}
+	return nil
+}
+
+func (x *FirewallAddRulesResponse) GetRules() []*EgressRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *FirewallAddRulesResponse) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+type FirewallRemoveRuleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// dst, proto and port name the rule, as in EgressRule (the same
+	// defaults apply). Leave them empty with all.
+	Dst   string `protobuf:"bytes,1,opt,name=dst,proto3" json:"dst,omitempty"`
+	Proto string `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"`
+	Port  string `protobuf:"bytes,3,opt,name=port,proto3" json:"port,omitempty"`
+	// all removes every rule.
+	All           bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRemoveRuleRequest) Reset() {
+	*x = FirewallRemoveRuleRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRemoveRuleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRemoveRuleRequest) ProtoMessage() {}
+
+func (x *FirewallRemoveRuleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRemoveRuleRequest.ProtoReflect.Descriptor instead.
+func (*FirewallRemoveRuleRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *FirewallRemoveRuleRequest) GetDst() string {
+	if x != nil {
+		return x.Dst
+	}
+	return ""
+}
+
+func (x *FirewallRemoveRuleRequest) GetProto() string {
+	if x != nil {
+		return x.Proto
+	}
+	return ""
+}
+
+func (x *FirewallRemoveRuleRequest) GetPort() string {
+	if x != nil {
+		return x.Port
+	}
+	return ""
+}
+
+func (x *FirewallRemoveRuleRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+type FirewallRemoveRuleResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status is REMOVED or NOT_FOUND (with all, always REMOVED).
+	Status RuleStatus `protobuf:"varint,1,opt,name=status,proto3,enum=clawker.admin.v1.RuleStatus" json:"status,omitempty"`
+	// rule is the asked rule in canonical form (its action and id as they
+	// were stored when REMOVED); unset with all.
+	Rule *EgressRule `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	// removed is the number of rules removed.
+	Removed uint32 `protobuf:"varint,3,opt,name=removed,proto3" json:"removed,omitempty"`
+	// total is the number of rules stored after the removal.
+	Total         uint32 `protobuf:"varint,4,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRemoveRuleResponse) Reset() {
+	*x = FirewallRemoveRuleResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRemoveRuleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRemoveRuleResponse) ProtoMessage() {}
+
+func (x *FirewallRemoveRuleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRemoveRuleResponse.ProtoReflect.Descriptor instead.
+func (*FirewallRemoveRuleResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *FirewallRemoveRuleResponse) GetStatus() RuleStatus {
+	if x != nil {
+		return x.Status
+	}
+	return RuleStatus_RULE_STATUS_UNSPECIFIED
+}
+
+func (x *FirewallRemoveRuleResponse) GetRule() *EgressRule {
+	if x != nil {
+		return x.Rule
+	}
+	return nil
+}
+
+func (x *FirewallRemoveRuleResponse) GetRemoved() uint32 {
+	if x != nil {
+		return x.Removed
+	}
+	return 0
+}
+
+func (x *FirewallRemoveRuleResponse) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+type FirewallListRulesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallListRulesRequest) Reset() {
+	*x = FirewallListRulesRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallListRulesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallListRulesRequest) ProtoMessage() {}
+
+func (x *FirewallListRulesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallListRulesRequest.ProtoReflect.Descriptor instead.
+func (*FirewallListRulesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+type FirewallListRulesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rules are every stored rule, in canonical order.
+	Rules         []*EgressRule `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallListRulesResponse) Reset() {
+	*x = FirewallListRulesResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallListRulesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallListRulesResponse) ProtoMessage() {}
+
+func (x *FirewallListRulesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallListRulesResponse.ProtoReflect.Descriptor instead.
+func (*FirewallListRulesResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *FirewallListRulesResponse) GetRules() []*EgressRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+type FirewallReloadRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallReloadRequest) Reset() {
+	*x = FirewallReloadRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallReloadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallReloadRequest) ProtoMessage() {}
+
+func (x *FirewallReloadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallReloadRequest.ProtoReflect.Descriptor instead.
+func (*FirewallReloadRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+type FirewallReloadResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// rules is the number of rules handed to the stack.
+	Rules         uint32 `protobuf:"varint,1,opt,name=rules,proto3" json:"rules,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallReloadResponse) Reset() {
+	*x = FirewallReloadResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallReloadResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallReloadResponse) ProtoMessage() {}
+
+func (x *FirewallReloadResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallReloadResponse.ProtoReflect.Descriptor instead.
+func (*FirewallReloadResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *FirewallReloadResponse) GetRules() uint32 {
+	if x != nil {
+		return x.Rules
+	}
+	return 0
+}
+
+type FirewallResolveHostnameRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallResolveHostnameRequest) Reset() {
+	*x = FirewallResolveHostnameRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallResolveHostnameRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallResolveHostnameRequest) ProtoMessage() {}
+
+func (x *FirewallResolveHostnameRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallResolveHostnameRequest.ProtoReflect.Descriptor instead.
+func (*FirewallResolveHostnameRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *FirewallResolveHostnameRequest) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+type FirewallResolveHostnameResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// addresses are the hostname's IPv4 and IPv6 addresses, sorted.
+	Addresses     []string `protobuf:"bytes,1,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallResolveHostnameResponse) Reset() {
+	*x = FirewallResolveHostnameResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallResolveHostnameResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallResolveHostnameResponse) ProtoMessage() {}
+
+func (x *FirewallResolveHostnameResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallResolveHostnameResponse.ProtoReflect.Descriptor instead.
+func (*FirewallResolveHostnameResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *FirewallResolveHostnameResponse) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
+type FirewallRotateCARequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRotateCARequest) Reset() {
+	*x = FirewallRotateCARequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRotateCARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRotateCARequest) ProtoMessage() {}
+
+func (x *FirewallRotateCARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRotateCARequest.ProtoReflect.Descriptor instead.
+func (*FirewallRotateCARequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+}
+
+type FirewallRotateCAResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallRotateCAResponse) Reset() {
+	*x = FirewallRotateCAResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallRotateCAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallRotateCAResponse) ProtoMessage() {}
+
+func (x *FirewallRotateCAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallRotateCAResponse.ProtoReflect.Descriptor instead.
+func (*FirewallRotateCAResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -998,21 +2011,80 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06routes\x18\x01 \x03(\v2\x17.clawker.admin.v1.RouteR\x06routes\"4\n" +
 	"\x1aFirewallSyncRoutesResponse\x12\x16\n" +
 	"\x06routes\x18\x01 \x01(\rR\x06routes\"\x17\n" +
-	"\x15FirewallStatusRequest\"\x8c\x01\n" +
+	"\x15FirewallStatusRequest\"\x89\x02\n" +
 	"\x16FirewallStatusResponse\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x127\n" +
 	"\x06agents\x18\x02 \x03(\v2\x1f.clawker.admin.v1.FirewallAgentR\x06agents\x12\x1f\n" +
 	"\vroute_count\x18\x03 \x01(\rR\n" +
-	"routeCount\"\xaa\x01\n" +
+	"routeCount\x123\n" +
+	"\x05stack\x18\x04 \x03(\v2\x1d.clawker.admin.v1.StackMemberR\x05stack\x12\x18\n" +
+	"\anetwork\x18\x05 \x01(\tR\anetwork\x12\x16\n" +
+	"\x06subnet\x18\x06 \x01(\tR\x06subnet\x12\x14\n" +
+	"\x05rules\x18\a \x01(\rR\x05rules\"\x8e\x01\n" +
+	"\vStackMember\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12!\n" +
+	"\fcontainer_id\x18\x03 \x01(\tR\vcontainerId\x12\x18\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"\xaa\x01\n" +
 	"\rFirewallAgent\x12!\n" +
 	"\fcontainer_id\x18\x01 \x01(\tR\vcontainerId\x12\x1b\n" +
 	"\tcgroup_id\x18\x02 \x01(\x04R\bcgroupId\x12\x1a\n" +
 	"\bdisabled\x18\x03 \x01(\bR\bdisabled\x12=\n" +
-	"\fbypass_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vbypassUntil*H\n" +
+	"\fbypass_until\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\vbypassUntil\"\x15\n" +
+	"\x13FirewallInitRequest\"K\n" +
+	"\x14FirewallInitResponse\x123\n" +
+	"\x05stack\x18\x01 \x03(\v2\x1d.clawker.admin.v1.StackMemberR\x05stack\"-\n" +
+	"\x15FirewallRemoveRequest\x12\x14\n" +
+	"\x05force\x18\x01 \x01(\bR\x05force\"\x18\n" +
+	"\x16FirewallRemoveResponse\"p\n" +
+	"\n" +
+	"EgressRule\x12\x10\n" +
+	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
+	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\tR\x04port\x12\x16\n" +
+	"\x06action\x18\x04 \x01(\tR\x06action\x12\x0e\n" +
+	"\x02id\x18\x05 \x01(\rR\x02id\"M\n" +
+	"\x17FirewallAddRulesRequest\x122\n" +
+	"\x05rules\x18\x01 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\"\x9e\x01\n" +
+	"\x18FirewallAddRulesResponse\x128\n" +
+	"\bstatuses\x18\x01 \x03(\x0e2\x1c.clawker.admin.v1.RuleStatusR\bstatuses\x122\n" +
+	"\x05rules\x18\x02 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\rR\x05total\"i\n" +
+	"\x19FirewallRemoveRuleRequest\x12\x10\n" +
+	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
+	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\tR\x04port\x12\x10\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\"\xb4\x01\n" +
+	"\x1aFirewallRemoveRuleResponse\x124\n" +
+	"\x06status\x18\x01 \x01(\x0e2\x1c.clawker.admin.v1.RuleStatusR\x06status\x120\n" +
+	"\x04rule\x18\x02 \x01(\v2\x1c.clawker.admin.v1.EgressRuleR\x04rule\x12\x18\n" +
+	"\aremoved\x18\x03 \x01(\rR\aremoved\x12\x14\n" +
+	"\x05total\x18\x04 \x01(\rR\x05total\"\x1a\n" +
+	"\x18FirewallListRulesRequest\"O\n" +
+	"\x19FirewallListRulesResponse\x122\n" +
+	"\x05rules\x18\x01 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\"\x17\n" +
+	"\x15FirewallReloadRequest\".\n" +
+	"\x16FirewallReloadResponse\x12\x14\n" +
+	"\x05rules\x18\x01 \x01(\rR\x05rules\"<\n" +
+	"\x1eFirewallResolveHostnameRequest\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\"?\n" +
+	"\x1fFirewallResolveHostnameResponse\x12\x1c\n" +
+	"\taddresses\x18\x01 \x03(\tR\taddresses\"\x19\n" +
+	"\x17FirewallRotateCARequest\"\x1a\n" +
+	"\x18FirewallRotateCAResponse*H\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
-	"\fPROTOCOL_UDP\x10\x022\xd1\x05\n" +
+	"\fPROTOCOL_UDP\x10\x02*\xa9\x01\n" +
+	"\n" +
+	"RuleStatus\x12\x1b\n" +
+	"\x17RULE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11RULE_STATUS_ADDED\x10\x01\x12\x18\n" +
+	"\x14RULE_STATUS_MODIFIED\x10\x02\x12\x19\n" +
+	"\x15RULE_STATUS_UNCHANGED\x10\x03\x12\x17\n" +
+	"\x13RULE_STATUS_REMOVED\x10\x04\x12\x19\n" +
+	"\x15RULE_STATUS_NOT_FOUND\x10\x052\xaf\f\n" +
 	"\fAdminService\x12W\n" +
 	"\n" +
 	"ListAgents\x12#.clawker.admin.v1.ListAgentsRequest\x1a$.clawker.admin.v1.ListAgentsResponse\x12`\n" +
@@ -1021,7 +2093,15 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x0fFirewallDisable\x12(.clawker.admin.v1.FirewallDisableRequest\x1a).clawker.admin.v1.FirewallDisableResponse\x12c\n" +
 	"\x0eFirewallBypass\x12'.clawker.admin.v1.FirewallBypassRequest\x1a(.clawker.admin.v1.FirewallBypassResponse\x12o\n" +
 	"\x12FirewallSyncRoutes\x12+.clawker.admin.v1.FirewallSyncRoutesRequest\x1a,.clawker.admin.v1.FirewallSyncRoutesResponse\x12c\n" +
-	"\x0eFirewallStatus\x12'.clawker.admin.v1.FirewallStatusRequest\x1a(.clawker.admin.v1.FirewallStatusResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
+	"\x0eFirewallStatus\x12'.clawker.admin.v1.FirewallStatusRequest\x1a(.clawker.admin.v1.FirewallStatusResponse\x12]\n" +
+	"\fFirewallInit\x12%.clawker.admin.v1.FirewallInitRequest\x1a&.clawker.admin.v1.FirewallInitResponse\x12c\n" +
+	"\x0eFirewallRemove\x12'.clawker.admin.v1.FirewallRemoveRequest\x1a(.clawker.admin.v1.FirewallRemoveResponse\x12i\n" +
+	"\x10FirewallAddRules\x12).clawker.admin.v1.FirewallAddRulesRequest\x1a*.clawker.admin.v1.FirewallAddRulesResponse\x12o\n" +
+	"\x12FirewallRemoveRule\x12+.clawker.admin.v1.FirewallRemoveRuleRequest\x1a,.clawker.admin.v1.FirewallRemoveRuleResponse\x12l\n" +
+	"\x11FirewallListRules\x12*.clawker.admin.v1.FirewallListRulesRequest\x1a+.clawker.admin.v1.FirewallListRulesResponse\x12c\n" +
+	"\x0eFirewallReload\x12'.clawker.admin.v1.FirewallReloadRequest\x1a(.clawker.admin.v1.FirewallReloadResponse\x12~\n" +
+	"\x17FirewallResolveHostname\x120.clawker.admin.v1.FirewallResolveHostnameRequest\x1a1.clawker.admin.v1.FirewallResolveHostnameResponse\x12i\n" +
+	"\x10FirewallRotateCA\x12).clawker.admin.v1.FirewallRotateCARequest\x1a*.clawker.admin.v1.FirewallRotateCAResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1035,61 +2115,104 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_admin_v1_admin_proto_rawDescData
 }
 
-var file_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_admin_v1_admin_proto_goTypes = []any{
-	(Protocol)(0),                      // 0: clawker.admin.v1.Protocol
-	(*ListAgentsRequest)(nil),          // 1: clawker.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),         // 2: clawker.admin.v1.ListAgentsResponse
-	(*Agent)(nil),                      // 3: clawker.admin.v1.Agent
-	(*GetSystemTimeRequest)(nil),       // 4: clawker.admin.v1.GetSystemTimeRequest
-	(*GetSystemTimeResponse)(nil),      // 5: clawker.admin.v1.GetSystemTimeResponse
-	(*FirewallEnableRequest)(nil),      // 6: clawker.admin.v1.FirewallEnableRequest
-	(*FirewallEnableResponse)(nil),     // 7: clawker.admin.v1.FirewallEnableResponse
-	(*FirewallDisableRequest)(nil),     // 8: clawker.admin.v1.FirewallDisableRequest
-	(*FirewallDisableResponse)(nil),    // 9: clawker.admin.v1.FirewallDisableResponse
-	(*FirewallBypassRequest)(nil),      // 10: clawker.admin.v1.FirewallBypassRequest
-	(*FirewallBypassResponse)(nil),     // 11: clawker.admin.v1.FirewallBypassResponse
-	(*Route)(nil),                      // 12: clawker.admin.v1.Route
-	(*FirewallSyncRoutesRequest)(nil),  // 13: clawker.admin.v1.FirewallSyncRoutesRequest
-	(*FirewallSyncRoutesResponse)(nil), // 14: clawker.admin.v1.FirewallSyncRoutesResponse
-	(*FirewallStatusRequest)(nil),      // 15: clawker.admin.v1.FirewallStatusRequest
-	(*FirewallStatusResponse)(nil),     // 16: clawker.admin.v1.FirewallStatusResponse
-	(*FirewallAgent)(nil),              // 17: clawker.admin.v1.FirewallAgent
-	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 19: google.protobuf.Duration
+	(Protocol)(0),                           // 0: clawker.admin.v1.Protocol
+	(RuleStatus)(0),                         // 1: clawker.admin.v1.RuleStatus
+	(*ListAgentsRequest)(nil),               // 2: clawker.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),              // 3: clawker.admin.v1.ListAgentsResponse
+	(*Agent)(nil),                           // 4: clawker.admin.v1.Agent
+	(*GetSystemTimeRequest)(nil),            // 5: clawker.admin.v1.GetSystemTimeRequest
+	(*GetSystemTimeResponse)(nil),           // 6: clawker.admin.v1.GetSystemTimeResponse
+	(*FirewallEnableRequest)(nil),           // 7: clawker.admin.v1.FirewallEnableRequest
+	(*FirewallEnableResponse)(nil),          // 8: clawker.admin.v1.FirewallEnableResponse
+	(*FirewallDisableRequest)(nil),          // 9: clawker.admin.v1.FirewallDisableRequest
+	(*FirewallDisableResponse)(nil),         // 10: clawker.admin.v1.FirewallDisableResponse
+	(*FirewallBypassRequest)(nil),           // 11: clawker.admin.v1.FirewallBypassRequest
+	(*FirewallBypassResponse)(nil),          // 12: clawker.admin.v1.FirewallBypassResponse
+	(*Route)(nil),                           // 13: clawker.admin.v1.Route
+	(*FirewallSyncRoutesRequest)(nil),       // 14: clawker.admin.v1.FirewallSyncRoutesRequest
+	(*FirewallSyncRoutesResponse)(nil),      // 15: clawker.admin.v1.FirewallSyncRoutesResponse
+	(*FirewallStatusRequest)(nil),           // 16: clawker.admin.v1.FirewallStatusRequest
+	(*FirewallStatusResponse)(nil),          // 17: clawker.admin.v1.FirewallStatusResponse
+	(*StackMember)(nil),                     // 18: clawker.admin.v1.StackMember
+	(*FirewallAgent)(nil),                   // 19: clawker.admin.v1.FirewallAgent
+	(*FirewallInitRequest)(nil),             // 20: clawker.admin.v1.FirewallInitRequest
+	(*FirewallInitResponse)(nil),            // 21: clawker.admin.v1.FirewallInitResponse
+	(*FirewallRemoveRequest)(nil),           // 22: clawker.admin.v1.FirewallRemoveRequest
+	(*FirewallRemoveResponse)(nil),          // 23: clawker.admin.v1.FirewallRemoveResponse
+	(*EgressRule)(nil),                      // 24: clawker.admin.v1.EgressRule
+	(*FirewallAddRulesRequest)(nil),         // 25: clawker.admin.v1.FirewallAddRulesRequest
+	(*FirewallAddRulesResponse)(nil),        // 26: clawker.admin.v1.FirewallAddRulesResponse
+	(*FirewallRemoveRuleRequest)(nil),       // 27: clawker.admin.v1.FirewallRemoveRuleRequest
+	(*FirewallRemoveRuleResponse)(nil),      // 28: clawker.admin.v1.FirewallRemoveRuleResponse
+	(*FirewallListRulesRequest)(nil),        // 29: clawker.admin.v1.FirewallListRulesRequest
+	(*FirewallListRulesResponse)(nil),       // 30: clawker.admin.v1.FirewallListRulesResponse
+	(*FirewallReloadRequest)(nil),           // 31: clawker.admin.v1.FirewallReloadRequest
+	(*FirewallReloadResponse)(nil),          // 32: clawker.admin.v1.FirewallReloadResponse
+	(*FirewallResolveHostnameRequest)(nil),  // 33: clawker.admin.v1.FirewallResolveHostnameRequest
+	(*FirewallResolveHostnameResponse)(nil), // 34: clawker.admin.v1.FirewallResolveHostnameResponse
+	(*FirewallRotateCARequest)(nil),         // 35: clawker.admin.v1.FirewallRotateCARequest
+	(*FirewallRotateCAResponse)(nil),        // 36: clawker.admin.v1.FirewallRotateCAResponse
+	(*timestamppb.Timestamp)(nil),           // 37: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),             // 38: google.protobuf.Duration
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
-	3,  // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
-	18, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
-	18, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	18, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
-	19, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
-	18, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
-	19, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
+	4,  // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
+	37, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
+	37, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	37, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
+	38, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
+	37, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
+	38, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
 	0,  // 7: clawker.admin.v1.Route.proto:type_name -> clawker.admin.v1.Protocol
-	12, // 8: clawker.admin.v1.FirewallSyncRoutesRequest.routes:type_name -> clawker.admin.v1.Route
-	17, // 9: clawker.admin.v1.FirewallStatusResponse.agents:type_name -> clawker.admin.v1.FirewallAgent
-	18, // 10: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
-	1,  // 11: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
-	4,  // 12: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
-	6,  // 13: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
-	8,  // 14: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
-	10, // 15: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
-	13, // 16: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
-	15, // 17: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
-	2,  // 18: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
-	5,  // 19: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
-	7,  // 20: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
-	9,  // 21: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
-	11, // 22: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
-	14, // 23: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
-	16, // 24: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
-	18, // [18:25] is the sub-list for method output_type
-	11, // [11:18] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 8: clawker.admin.v1.FirewallSyncRoutesRequest.routes:type_name -> clawker.admin.v1.Route
+	19, // 9: clawker.admin.v1.FirewallStatusResponse.agents:type_name -> clawker.admin.v1.FirewallAgent
+	18, // 10: clawker.admin.v1.FirewallStatusResponse.stack:type_name -> clawker.admin.v1.StackMember
+	37, // 11: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
+	18, // 12: clawker.admin.v1.FirewallInitResponse.stack:type_name -> clawker.admin.v1.StackMember
+	24, // 13: clawker.admin.v1.FirewallAddRulesRequest.rules:type_name -> clawker.admin.v1.EgressRule
+	1,  // 14: clawker.admin.v1.FirewallAddRulesResponse.statuses:type_name -> clawker.admin.v1.RuleStatus
+	24, // 15: clawker.admin.v1.FirewallAddRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
+	1,  // 16: clawker.admin.v1.FirewallRemoveRuleResponse.status:type_name -> clawker.admin.v1.RuleStatus
+	24, // 17: clawker.admin.v1.FirewallRemoveRuleResponse.rule:type_name -> clawker.admin.v1.EgressRule
+	24, // 18: clawker.admin.v1.FirewallListRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
+	2,  // 19: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
+	5,  // 20: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
+	7,  // 21: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
+	9,  // 22: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
+	11, // 23: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
+	14, // 24: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
+	16, // 25: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
+	20, // 26: clawker.admin.v1.AdminService.FirewallInit:input_type -> clawker.admin.v1.FirewallInitRequest
+	22, // 27: clawker.admin.v1.AdminService.FirewallRemove:input_type -> clawker.admin.v1.FirewallRemoveRequest
+	25, // 28: clawker.admin.v1.AdminService.FirewallAddRules:input_type -> clawker.admin.v1.FirewallAddRulesRequest
+	27, // 29: clawker.admin.v1.AdminService.FirewallRemoveRule:input_type -> clawker.admin.v1.FirewallRemoveRuleRequest
+	29, // 30: clawker.admin.v1.AdminService.FirewallListRules:input_type -> clawker.admin.v1.FirewallListRulesRequest
+	31, // 31: clawker.admin.v1.AdminService.FirewallReload:input_type -> clawker.admin.v1.FirewallReloadRequest
+	33, // 32: clawker.admin.v1.AdminService.FirewallResolveHostname:input_type -> clawker.admin.v1.FirewallResolveHostnameRequest
+	35, // 33: clawker.admin.v1.AdminService.FirewallRotateCA:input_type -> clawker.admin.v1.FirewallRotateCARequest
+	3,  // 34: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
+	6,  // 35: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
+	8,  // 36: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
+	10, // 37: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
+	12, // 38: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
+	15, // 39: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
+	17, // 40: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
+	21, // 41: clawker.admin.v1.AdminService.FirewallInit:output_type -> clawker.admin.v1.FirewallInitResponse
+	23, // 42: clawker.admin.v1.AdminService.FirewallRemove:output_type -> clawker.admin.v1.FirewallRemoveResponse
+	26, // 43: clawker.admin.v1.AdminService.FirewallAddRules:output_type -> clawker.admin.v1.FirewallAddRulesResponse
+	28, // 44: clawker.admin.v1.AdminService.FirewallRemoveRule:output_type -> clawker.admin.v1.FirewallRemoveRuleResponse
+	30, // 45: clawker.admin.v1.AdminService.FirewallListRules:output_type -> clawker.admin.v1.FirewallListRulesResponse
+	32, // 46: clawker.admin.v1.AdminService.FirewallReload:output_type -> clawker.admin.v1.FirewallReloadResponse
+	34, // 47: clawker.admin.v1.AdminService.FirewallResolveHostname:output_type -> clawker.admin.v1.FirewallResolveHostnameResponse
+	36, // 48: clawker.admin.v1.AdminService.FirewallRotateCA:output_type -> clawker.admin.v1.FirewallRotateCAResponse
+	34, // [34:49] is the sub-list for method output_type
+	19, // [19:34] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -1102,8 +2225,8 @@ func file_admin_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   17,
+			NumEnums:      2,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

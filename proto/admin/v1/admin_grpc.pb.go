@@ -23,13 +23,21 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_ListAgents_FullMethodName         = "/clawker.admin.v1.AdminService/ListAgents"
-	AdminService_GetSystemTime_FullMethodName      = "/clawker.admin.v1.AdminService/GetSystemTime"
-	AdminService_FirewallEnable_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallEnable"
-	AdminService_FirewallDisable_FullMethodName    = "/clawker.admin.v1.AdminService/FirewallDisable"
-	AdminService_FirewallBypass_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallBypass"
-	AdminService_FirewallSyncRoutes_FullMethodName = "/clawker.admin.v1.AdminService/FirewallSyncRoutes"
-	AdminService_FirewallStatus_FullMethodName     = "/clawker.admin.v1.AdminService/FirewallStatus"
+	AdminService_ListAgents_FullMethodName              = "/clawker.admin.v1.AdminService/ListAgents"
+	AdminService_GetSystemTime_FullMethodName           = "/clawker.admin.v1.AdminService/GetSystemTime"
+	AdminService_FirewallEnable_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallEnable"
+	AdminService_FirewallDisable_FullMethodName         = "/clawker.admin.v1.AdminService/FirewallDisable"
+	AdminService_FirewallBypass_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallBypass"
+	AdminService_FirewallSyncRoutes_FullMethodName      = "/clawker.admin.v1.AdminService/FirewallSyncRoutes"
+	AdminService_FirewallStatus_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallStatus"
+	AdminService_FirewallInit_FullMethodName            = "/clawker.admin.v1.AdminService/FirewallInit"
+	AdminService_FirewallRemove_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallRemove"
+	AdminService_FirewallAddRules_FullMethodName        = "/clawker.admin.v1.AdminService/FirewallAddRules"
+	AdminService_FirewallRemoveRule_FullMethodName      = "/clawker.admin.v1.AdminService/FirewallRemoveRule"
+	AdminService_FirewallListRules_FullMethodName       = "/clawker.admin.v1.AdminService/FirewallListRules"
+	AdminService_FirewallReload_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallReload"
+	AdminService_FirewallResolveHostname_FullMethodName = "/clawker.admin.v1.AdminService/FirewallResolveHostname"
+	AdminService_FirewallRotateCA_FullMethodName        = "/clawker.admin.v1.AdminService/FirewallRotateCA"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -58,8 +66,43 @@ type AdminServiceClient interface {
 	// FirewallSyncRoutes replaces the whole route set in one step: every
 	// lookup sees the old set or the new one, never a mix.
 	FirewallSyncRoutes(ctx context.Context, in *FirewallSyncRoutesRequest, opts ...grpc.CallOption) (*FirewallSyncRoutesResponse, error)
-	// FirewallStatus reports what the eBPF programs enforce.
+	// FirewallStatus reports what the eBPF programs enforce, the stack's
+	// members and the number of egress rules.
 	FirewallStatus(ctx context.Context, in *FirewallStatusRequest, opts ...grpc.CallOption) (*FirewallStatusResponse, error)
+	// FirewallInit brings the firewall stack (DNS server, egress proxy) up
+	// and answers once every member is healthy. Idempotent. Unavailable with
+	// reason STACK_UNHEALTHY when a member does not come up, reason
+	// QUEUE_CLOSED while the control plane drains.
+	FirewallInit(ctx context.Context, in *FirewallInitRequest, opts ...grpc.CallOption) (*FirewallInitResponse, error)
+	// FirewallRemove stops the firewall stack. Errors as FirewallInit.
+	FirewallRemove(ctx context.Context, in *FirewallRemoveRequest, opts ...grpc.CallOption) (*FirewallRemoveResponse, error)
+	// FirewallAddRules adds or updates egress rules as one batch: either
+	// every rule is stored or none is. A rule is known by its (dst, proto,
+	// port); adding one that exists with another action modifies it.
+	// InvalidArgument with reason RULE_INVALID, naming every bad field, when
+	// any rule is malformed; Internal with reason RULE_STORE when the store
+	// cannot be read or written; Unavailable with reason QUEUE_CLOSED while
+	// the control plane drains.
+	FirewallAddRules(ctx context.Context, in *FirewallAddRulesRequest, opts ...grpc.CallOption) (*FirewallAddRulesResponse, error)
+	// FirewallRemoveRule removes one rule, by its (dst, proto, port), or
+	// every rule. A rule that does not exist answers status NOT_FOUND, not
+	// an error. Errors as FirewallAddRules.
+	FirewallRemoveRule(ctx context.Context, in *FirewallRemoveRuleRequest, opts ...grpc.CallOption) (*FirewallRemoveRuleResponse, error)
+	// FirewallListRules lists the stored rules in their canonical order.
+	// Internal with reason RULE_STORE when the store cannot be read.
+	FirewallListRules(ctx context.Context, in *FirewallListRulesRequest, opts ...grpc.CallOption) (*FirewallListRulesResponse, error)
+	// FirewallReload reads the rule store again (after it was edited by
+	// hand, say) and hands the rules to the stack. Errors as
+	// FirewallAddRules.
+	FirewallReload(ctx context.Context, in *FirewallReloadRequest, opts ...grpc.CallOption) (*FirewallReloadResponse, error)
+	// FirewallResolveHostname looks a hostname up from the control plane's
+	// own network namespace, to show what a rule's dst resolves to there.
+	// InvalidArgument for an empty or malformed hostname, NotFound when it
+	// does not resolve, DeadlineExceeded after 5s.
+	FirewallResolveHostname(ctx context.Context, in *FirewallResolveHostnameRequest, opts ...grpc.CallOption) (*FirewallResolveHostnameResponse, error)
+	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
+	// it answers Unimplemented until TLS inspection lands.
+	FirewallRotateCA(ctx context.Context, in *FirewallRotateCARequest, opts ...grpc.CallOption) (*FirewallRotateCAResponse, error)
 }
 
 type adminServiceClient struct {
@@ -140,6 +183,86 @@ func (c *adminServiceClient) FirewallStatus(ctx context.Context, in *FirewallSta
 	return out, nil
 }
 
+func (c *adminServiceClient) FirewallInit(ctx context.Context, in *FirewallInitRequest, opts ...grpc.CallOption) (*FirewallInitResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallInitResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallInit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallRemove(ctx context.Context, in *FirewallRemoveRequest, opts ...grpc.CallOption) (*FirewallRemoveResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallRemoveResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallRemove_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallAddRules(ctx context.Context, in *FirewallAddRulesRequest, opts ...grpc.CallOption) (*FirewallAddRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallAddRulesResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallAddRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallRemoveRule(ctx context.Context, in *FirewallRemoveRuleRequest, opts ...grpc.CallOption) (*FirewallRemoveRuleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallRemoveRuleResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallRemoveRule_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallListRules(ctx context.Context, in *FirewallListRulesRequest, opts ...grpc.CallOption) (*FirewallListRulesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallListRulesResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallListRules_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallReload(ctx context.Context, in *FirewallReloadRequest, opts ...grpc.CallOption) (*FirewallReloadResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallReloadResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallReload_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallResolveHostname(ctx context.Context, in *FirewallResolveHostnameRequest, opts ...grpc.CallOption) (*FirewallResolveHostnameResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallResolveHostnameResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallResolveHostname_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) FirewallRotateCA(ctx context.Context, in *FirewallRotateCARequest, opts ...grpc.CallOption) (*FirewallRotateCAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallRotateCAResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallRotateCA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -166,8 +289,43 @@ type AdminServiceServer interface {
 	// FirewallSyncRoutes replaces the whole route set in one step: every
 	// lookup sees the old set or the new one, never a mix.
 	FirewallSyncRoutes(context.Context, *FirewallSyncRoutesRequest) (*FirewallSyncRoutesResponse, error)
-	// FirewallStatus reports what the eBPF programs enforce.
+	// FirewallStatus reports what the eBPF programs enforce, the stack's
+	// members and the number of egress rules.
 	FirewallStatus(context.Context, *FirewallStatusRequest) (*FirewallStatusResponse, error)
+	// FirewallInit brings the firewall stack (DNS server, egress proxy) up
+	// and answers once every member is healthy. Idempotent. Unavailable with
+	// reason STACK_UNHEALTHY when a member does not come up, reason
+	// QUEUE_CLOSED while the control plane drains.
+	FirewallInit(context.Context, *FirewallInitRequest) (*FirewallInitResponse, error)
+	// FirewallRemove stops the firewall stack. Errors as FirewallInit.
+	FirewallRemove(context.Context, *FirewallRemoveRequest) (*FirewallRemoveResponse, error)
+	// FirewallAddRules adds or updates egress rules as one batch: either
+	// every rule is stored or none is. A rule is known by its (dst, proto,
+	// port); adding one that exists with another action modifies it.
+	// InvalidArgument with reason RULE_INVALID, naming every bad field, when
+	// any rule is malformed; Internal with reason RULE_STORE when the store
+	// cannot be read or written; Unavailable with reason QUEUE_CLOSED while
+	// the control plane drains.
+	FirewallAddRules(context.Context, *FirewallAddRulesRequest) (*FirewallAddRulesResponse, error)
+	// FirewallRemoveRule removes one rule, by its (dst, proto, port), or
+	// every rule. A rule that does not exist answers status NOT_FOUND, not
+	// an error. Errors as FirewallAddRules.
+	FirewallRemoveRule(context.Context, *FirewallRemoveRuleRequest) (*FirewallRemoveRuleResponse, error)
+	// FirewallListRules lists the stored rules in their canonical order.
+	// Internal with reason RULE_STORE when the store cannot be read.
+	FirewallListRules(context.Context, *FirewallListRulesRequest) (*FirewallListRulesResponse, error)
+	// FirewallReload reads the rule store again (after it was edited by
+	// hand, say) and hands the rules to the stack. Errors as
+	// FirewallAddRules.
+	FirewallReload(context.Context, *FirewallReloadRequest) (*FirewallReloadResponse, error)
+	// FirewallResolveHostname looks a hostname up from the control plane's
+	// own network namespace, to show what a rule's dst resolves to there.
+	// InvalidArgument for an empty or malformed hostname, NotFound when it
+	// does not resolve, DeadlineExceeded after 5s.
+	FirewallResolveHostname(context.Context, *FirewallResolveHostnameRequest) (*FirewallResolveHostnameResponse, error)
+	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
+	// it answers Unimplemented until TLS inspection lands.
+	FirewallRotateCA(context.Context, *FirewallRotateCARequest) (*FirewallRotateCAResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -198,6 +356,30 @@ func (UnimplementedAdminServiceServer) FirewallSyncRoutes(context.Context, *Fire
 }
 func (UnimplementedAdminServiceServer) FirewallStatus(context.Context, *FirewallStatusRequest) (*FirewallStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FirewallStatus not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallInit(context.Context, *FirewallInitRequest) (*FirewallInitResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallInit not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallRemove(context.Context, *FirewallRemoveRequest) (*FirewallRemoveResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallRemove not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallAddRules(context.Context, *FirewallAddRulesRequest) (*FirewallAddRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallAddRules not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallRemoveRule(context.Context, *FirewallRemoveRuleRequest) (*FirewallRemoveRuleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallRemoveRule not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallListRules(context.Context, *FirewallListRulesRequest) (*FirewallListRulesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallListRules not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallReload(context.Context, *FirewallReloadRequest) (*FirewallReloadResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallReload not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallResolveHostname(context.Context, *FirewallResolveHostnameRequest) (*FirewallResolveHostnameResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallResolveHostname not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallRotateCA(context.Context, *FirewallRotateCARequest) (*FirewallRotateCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallRotateCA not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -346,6 +528,150 @@ func _AdminService_FirewallStatus_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_FirewallInit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallInitRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallInit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallInit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallInit(ctx, req.(*FirewallInitRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallRemove_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallRemoveRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallRemove(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallRemove_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallRemove(ctx, req.(*FirewallRemoveRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallAddRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallAddRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallAddRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallAddRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallAddRules(ctx, req.(*FirewallAddRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallRemoveRule_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallRemoveRuleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallRemoveRule(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallRemoveRule_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallRemoveRule(ctx, req.(*FirewallRemoveRuleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallListRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallListRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallListRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallListRules_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallListRules(ctx, req.(*FirewallListRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallReload_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallReloadRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallReload(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallReload_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallReload(ctx, req.(*FirewallReloadRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallResolveHostname_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallResolveHostnameRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallResolveHostname(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallResolveHostname_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallResolveHostname(ctx, req.(*FirewallResolveHostnameRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_FirewallRotateCA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallRotateCARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallRotateCA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallRotateCA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallRotateCA(ctx, req.(*FirewallRotateCARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -380,6 +706,38 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FirewallStatus",
 			Handler:    _AdminService_FirewallStatus_Handler,
+		},
+		{
+			MethodName: "FirewallInit",
+			Handler:    _AdminService_FirewallInit_Handler,
+		},
+		{
+			MethodName: "FirewallRemove",
+			Handler:    _AdminService_FirewallRemove_Handler,
+		},
+		{
+			MethodName: "FirewallAddRules",
+			Handler:    _AdminService_FirewallAddRules_Handler,
+		},
+		{
+			MethodName: "FirewallRemoveRule",
+			Handler:    _AdminService_FirewallRemoveRule_Handler,
+		},
+		{
+			MethodName: "FirewallListRules",
+			Handler:    _AdminService_FirewallListRules_Handler,
+		},
+		{
+			MethodName: "FirewallReload",
+			Handler:    _AdminService_FirewallReload_Handler,
+		},
+		{
+			MethodName: "FirewallResolveHostname",
+			Handler:    _AdminService_FirewallResolveHostname_Handler,
+		},
+		{
+			MethodName: "FirewallRotateCA",
+			Handler:    _AdminService_FirewallRotateCA_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
