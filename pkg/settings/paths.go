@@ -24,10 +24,10 @@ type Paths struct {
 	CPDir      string // DataDir/controlplane
 	CPAuthDir  string // CPDir/auth: the server bundle (ca.crt, server.crt/key, signing.jwk.json)
 	RegistryDB string // CPDir/controlplane.db
-	// FirewallDir holds the egress rule store. It lives under CPDir
-	// because CPDir is the only data directory the control plane's
-	// container mounts: anywhere else the rules would not outlive it.
-	FirewallDir string // CPDir/firewall
+	// FirewallDir holds the egress rule store (egress-rules.yaml and the
+	// rules' identities). The control plane's container mounts it beside
+	// CPDir: the CP is the rules' only writer.
+	FirewallDir string // DataDir/firewall
 }
 
 // ResolvePaths computes Paths from the environment. getenv is injected (pass
@@ -57,7 +57,7 @@ func ResolvePaths(getenv func(string) string) (Paths, error) {
 		CPDir:        filepath.Join(data, "controlplane"),
 		CPAuthDir:    filepath.Join(data, "controlplane", "auth"),
 		RegistryDB:   filepath.Join(data, "controlplane", "controlplane.db"),
-		FirewallDir:  filepath.Join(data, "controlplane", "firewall"),
+		FirewallDir:  filepath.Join(data, "firewall"),
 	}, nil
 }
 

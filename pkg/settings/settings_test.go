@@ -459,7 +459,7 @@ func TestResolvePaths(t *testing.T) {
 			want.CPDir = want.DataDir + "/controlplane"
 			want.CPAuthDir = want.DataDir + "/controlplane/auth"
 			want.RegistryDB = want.DataDir + "/controlplane/controlplane.db"
-			want.FirewallDir = want.DataDir + "/controlplane/firewall"
+			want.FirewallDir = want.DataDir + "/firewall"
 			if got != want {
 				t.Fatalf("got  %+v\nwant %+v", got, want)
 			}
