@@ -1,0 +1,29 @@
+// Package egressproxy is clawker's transparent egress proxy: the catch-all
+// listener (<net>.200:15001) that the kernel (cgroup BPF) redirects every agent
+// TCP connection to when its destination is outside the agent network.
+//
+// The kernel rewrote the destination, so the proxy never knows where the agent
+// meant to go. It decides on the NAME the agent itself announced instead:
+//
+//   - TLS: the SNI of the ClientHello, read without terminating TLS (no MITM,
+//     the agent sees the real server certificate). The catch-all treats every
+//     TLS connection as port 443: the proxy dials the allowed name at the port
+//     the rule allowed, never the agent's port (which it cannot see anyway).
+//     Other ports arrive later through dedicated per-port listeners fed by the
+//     kernel's (identity, port) routes; they are not this listener's business.
+//   - Plain HTTP/1.x: the Host (or absolute-form URI host) of EVERY request on
+//     the connection, at the port named in the Host (default 80).
+//   - Anything else is reset.
+//
+// An allowed name is resolved through the DNS sibling, each IPv4 answer is
+// checked against the policy's private/metadata floor (DNS rebinding), and
+// exactly one checked IP is dialled — there is no second lookup between check
+// and use. TLS bytes are then spliced between the two bare *net.TCPConn values
+// so Linux moves them with splice(2); nothing may wrap those conns, since any
+// wrapper silently turns splice off.
+//
+// Policies are swapped in place (SetPolicy): a new connection is decided by the
+// policy current at its accept, and on every swap the live connections are
+// re-decided; only those the new policy refuses are reset. Without a policy the
+// proxy refuses everything (fail closed).
+package egressproxy
