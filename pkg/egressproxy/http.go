@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/internal/rulesshim"
+	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
 )
 
 // httpIdleTimeout bounds the wait for the next request on a kept-alive

@@ -8,7 +8,7 @@ import (
 	"net/netip"
 	"strings"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/internal/rulesshim"
+	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
 )
 
 // Kind is what the first bytes of a connection look like.

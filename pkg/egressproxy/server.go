@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/internal/rulesshim"
+	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
 )
 
 // Resolver resolves an allowed name. The main wires a net.Resolver whose Dial
@@ -366,7 +366,6 @@ func (s *Server) handle(c *liveConn, pol *egressrules.Policy) {
 		} else {
 			l.reason = "neither TLS nor HTTP/1.x"
 		}
-		l.up = int64(len(pk.Bytes))
 		reset(c.client)
 	}
 }
@@ -386,14 +385,12 @@ func (s *Server) handleTLS(c *liveConn, pol *egressrules.Policy, pk Peeked, peek
 		l.verdict = "denied"
 		l.reason = peekErr.Error()
 		l.closedBy = "policy"
-		l.up = int64(len(pk.Bytes))
 		sendAlert(c.client, alertAccessDenied)
 		return
 	}
 	d := decide(pol, pk.SNI, egressrules.HTTPS, 443)
 	d = s.setKey(c, pol, d, pk.SNI, egressrules.HTTPS, 443)
 	l.rule, l.reason = ruleKey(d), d.Reason
-	l.up = int64(len(pk.Bytes))
 	if !d.Allow {
 		l.verdict = "denied"
 		l.closedBy = "policy"
@@ -420,6 +417,7 @@ func (s *Server) handleTLS(c *liveConn, pol *egressrules.Policy, pk Peeked, peek
 		l.reason = "writing ClientHello upstream: " + err.Error()
 		return
 	}
+	l.up = int64(len(pk.Bytes))
 	var upN, downN int64
 	upN, downN, l.closedBy = pipe(c.client, up)
 	l.up += upN

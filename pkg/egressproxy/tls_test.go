@@ -143,8 +143,8 @@ func TestTLSNoSNIRefused(t *testing.T) {
 func echConfig(t *testing.T, pub []byte, publicName string) []byte {
 	t.Helper()
 	var c []byte
-	c = append(c, 7)                                      // config_id
-	c = binary.BigEndian.AppendUint16(c, 0x0020)          // KEM DHKEM(X25519, HKDF-SHA256)
+	c = append(c, 7)                             // config_id
+	c = binary.BigEndian.AppendUint16(c, 0x0020) // KEM DHKEM(X25519, HKDF-SHA256)
 	c = binary.BigEndian.AppendUint16(c, uint16(len(pub)))
 	c = append(c, pub...)
 	c = binary.BigEndian.AppendUint16(c, 4)      // cipher_suites length

@@ -1,0 +1,185 @@
+// Command clawker-proxy is the firewall stack's egress proxy sibling: the
+// catch-all listener the kernel redirects agents' outbound TCP to. All the
+// logic is in pkg/egressproxy; this main only wires flags, the DNS sibling,
+// an optional policy file and signals.
+//
+// It runs as a non-root user on a read-only root filesystem: it writes
+// nothing to disk (access log on stdout, diagnostics on stderr).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/clawker/clawker-cp/pkg/egressproxy"
+	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+)
+
+// config is everything run needs; main fills it from flags.
+type config struct {
+	Listen        string // catch-all proxy listener
+	Health        string // GET /healthz listener
+	DNS           string // the DNS sibling, ip:port
+	PolicyFile    string // optional egressrules.Doc JSON, for standalone use
+	PeekTimeout   time.Duration
+	DialTimeout   time.Duration
+	ShutdownGrace time.Duration // how long SIGTERM lets live connections finish
+}
+
+func main() {
+	var cfg config
+	flag.StringVar(&cfg.Listen, "listen", ":15001", "catch-all proxy listen address")
+	flag.StringVar(&cfg.Health, "health", ":15002", "health listen address (GET /healthz)")
+	flag.StringVar(&cfg.DNS, "dns", "", "DNS sibling ip:port used to resolve allowed names (required)")
+	flag.StringVar(&cfg.PolicyFile, "policy-file", "", "egressrules.Doc JSON file to load at start and on SIGHUP (optional)")
+	flag.DurationVar(&cfg.PeekTimeout, "peek-timeout", 5*time.Second, "deadline for a connection's ClientHello or request headers")
+	flag.DurationVar(&cfg.DialTimeout, "dial-timeout", 5*time.Second, "deadline for resolving and for each upstream dial")
+	flag.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 8*time.Second, "on SIGTERM, how long live connections may finish (below Docker's 10 s stop timeout)")
+	flag.Parse()
+	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	log.SetOutput(os.Stderr) // stdout carries the access log only
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := run(ctx, cfg); err != nil {
+		log.Printf("clawker-proxy: %v", err)
+		os.Exit(1)
+	}
+}
+
+// run starts the proxy and its health endpoint, loads the policy file when
+// one is given, and serves until ctx is done; it then stops accepting, gives
+// live connections ShutdownGrace to end and returns nil.
+//
+// The control plane's policy push (mTLS) plugs in where marked below: it
+// must only call srv.SetPolicy and must not block run.
+func run(ctx context.Context, cfg config) error {
+	if cfg.DNS == "" {
+		// Never fall back to the system resolver: it would bypass the DNS
+		// sibling, which records every answer for the kernel.
+		return errors.New("--dns is required (the DNS sibling's ip:port)")
+	}
+	if _, err := netip.ParseAddrPort(cfg.DNS); err != nil {
+		return fmt.Errorf("--dns %q: want ip:port: %v", cfg.DNS, err)
+	}
+	srv := egressproxy.New(egressproxy.Config{
+		Resolver:    siblingResolver(cfg.DNS),
+		PeekTimeout: cfg.PeekTimeout,
+		DialTimeout: cfg.DialTimeout,
+		AccessLog:   os.Stdout,
+		Logf:        log.Printf,
+	})
+
+	if cfg.PolicyFile != "" {
+		if err := loadPolicyFile(srv, cfg.PolicyFile); err != nil {
+			return err
+		}
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		go func() {
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-hup:
+					// A bad file keeps the current policy rather than
+					// failing open or closed.
+					if err := loadPolicyFile(srv, cfg.PolicyFile); err != nil {
+						log.Printf("clawker-proxy: reload: %v (keeping the current policy)", err)
+					}
+				}
+			}
+		}()
+	}
+
+	// Control-plane policy push goes here (started in its own goroutine,
+	// calling srv.SetPolicy on each new policy). Until a policy arrives the
+	// proxy refuses everything.
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return err
+	}
+	hln, err := net.Listen("tcp", cfg.Health)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	hs := &http.Server{Handler: srv.HealthHandler(), ReadHeaderTimeout: 5 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	go func() { errc <- hs.Serve(hln) }()
+	log.Printf("clawker-proxy: listening on %s, health on %s, resolving via %s", ln.Addr(), hln.Addr(), cfg.DNS)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		// A listener died under us: shut down and report it.
+	}
+	log.Printf("clawker-proxy: shutting down (grace %v)", cfg.ShutdownGrace)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownGrace)
+	defer cancel()
+	hs.Shutdown(sctx)
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Printf("clawker-proxy: grace expired, closed the remaining connections")
+	}
+	if serveErr != nil && !errors.Is(serveErr, egressproxy.ErrServerClosed) && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	return nil
+}
+
+func loadPolicyFile(srv *egressproxy.Server, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("policy file: %w", err)
+	}
+	var doc egressrules.Doc
+	if err := json.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("policy file %s: %w", path, err)
+	}
+	p, err := doc.Compile()
+	if err != nil {
+		return fmt.Errorf("policy file %s: %w", path, err)
+	}
+	srv.SetPolicy(p)
+	log.Printf("clawker-proxy: loaded policy generation %d (%d rules) from %s", doc.Generation, len(doc.Rules), path)
+	return nil
+}
+
+// rootedResolver asks for the name as an absolute one ("name."), so the
+// resolver's search domains can never turn an allowed name into another.
+type rootedResolver struct{ r *net.Resolver }
+
+func (r rootedResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if !strings.HasSuffix(host, ".") {
+		host += "."
+	}
+	return r.r.LookupNetIP(ctx, network, host)
+}
+
+// siblingResolver sends every query to the DNS sibling, whatever
+// /etc/resolv.conf says.
+func siblingResolver(addr string) egressproxy.Resolver {
+	var d net.Dialer
+	return rootedResolver{&net.Resolver{
+		PreferGo: true,
+		Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return d.DialContext(ctx, network, addr)
+		},
+	}}
+}
