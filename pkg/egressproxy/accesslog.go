@@ -41,7 +41,9 @@ type accessLog struct {
 	closed  bool
 }
 
-const accessLogQueue = 4096
+// accessLogQueue is how many lines may wait for a slow writer; a var so a
+// test can make it tiny.
+var accessLogQueue = 4096
 
 func newAccessLog(w io.Writer) *accessLog {
 	l := &accessLog{w: w, done: make(chan struct{})}

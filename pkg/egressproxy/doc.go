@@ -15,6 +15,14 @@
 //     the connection, at the port named in the Host (default 80).
 //   - Anything else is reset.
 //
+// Limits of deciding on names without terminating TLS: the proxy sees only
+// the outer SNI. A ClientHello carrying ECH (real or GREASE) is decided on
+// that outer name, so allowing a shared ECH public name (a CDN's) admits what
+// hides behind it; the DNS sibling keeps SNI visible by answering HTTPS/SVCB
+// without ech. Likewise domain fronting (an inner Host other than the SNI) is
+// only detectable on legs that terminate and inspect. CONNECT is refused: the
+// catch-all is transparent, agents never talk to it as a forward proxy.
+//
 // An allowed name is resolved through the DNS sibling, each IPv4 answer is
 // checked against the policy's private/metadata floor (DNS rebinding), and
 // exactly one checked IP is dialled — there is no second lookup between check

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package egressproxy
+
+import "time"
+
+func cpuTime() time.Duration { return 0 }
