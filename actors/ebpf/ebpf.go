@@ -18,6 +18,7 @@ package ebpf
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"sort"
 	"time"
@@ -43,6 +44,8 @@ type Programs interface {
 	Enable(cgid uint64) error
 	SyncRoutes(routes []egress.Route) error
 	Routes() ([]egress.Route, error)
+	SetIdentity(ip netip.Addr, id uint32) error
+	DeleteIdentity(ip netip.Addr) error
 	Reused() []string
 	Migrated() []egress.Migration
 	Close() error
@@ -124,7 +127,16 @@ type SetDisabled struct {
 // SyncRoutes swaps the route set. Answered with *Done.
 type SyncRoutes struct{ Routes []egress.Route }
 
-// Done answers Release, SetBypass, SetDisabled and SyncRoutes.
+// SetIdentities records DNS-learned addresses in the kernel's IP ->
+// identity table (Set) and forgets expired ones (Delete). Answered with
+// *Done once the map holds them.
+type SetIdentities struct {
+	Set    map[netip.Addr]uint32
+	Delete []netip.Addr
+}
+
+// Done answers Release, SetBypass, SetDisabled, SyncRoutes and
+// SetIdentities.
 type Done struct{ Err error }
 
 // GetState asks for what the programs enforce; answered with *State.
@@ -198,6 +210,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 			err = a.progs.SyncRoutes(m.Routes)
 		}
 		ctx.Respond(&Done{Err: err})
+	case *SetIdentities:
+		ctx.Respond(&Done{Err: a.setIdentities(m)})
 	case *GetState:
 		ctx.Respond(a.state())
 	case *supervise.DrainStep:
@@ -208,6 +222,26 @@ func (a *Actor) Receive(ctx actor.Context) {
 		outcome, detail := a.flush()
 		supervise.AnswerStep(ctx, m.Step, outcome, detail)
 	}
+}
+
+// setIdentities writes the IP -> identity entries of DNS answers. Each
+// entry is one map update of microseconds: this stays on the mailbox.
+func (a *Actor) setIdentities(m *SetIdentities) error {
+	if a.progs == nil {
+		return ErrNotLoaded
+	}
+	var errs []error
+	for ip, id := range m.Set {
+		if err := a.progs.SetIdentity(ip, id); err != nil {
+			errs = append(errs, fmt.Errorf("identity of %s: %w", ip, err))
+		}
+	}
+	for _, ip := range m.Delete {
+		if err := a.progs.DeleteIdentity(ip); err != nil {
+			errs = append(errs, fmt.Errorf("forgetting %s: %w", ip, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (a *Actor) start() error {

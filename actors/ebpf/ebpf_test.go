@@ -2,7 +2,9 @@ package ebpf_test
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sort"
@@ -107,8 +109,20 @@ func (f *fakePrograms) Enable(cgid uint64) error {
 }
 func (f *fakePrograms) SyncRoutes([]egress.Route) error { return nil }
 func (f *fakePrograms) Routes() ([]egress.Route, error) { return nil, nil }
-func (f *fakePrograms) Reused() []string                { return nil }
-func (f *fakePrograms) Migrated() []egress.Migration    { return nil }
+func (f *fakePrograms) SetIdentity(ip netip.Addr, id uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log(fmt.Sprintf("identity %s=%d", ip, id))
+	return nil
+}
+func (f *fakePrograms) DeleteIdentity(ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log("forget " + ip.String())
+	return nil
+}
+func (f *fakePrograms) Reused() []string             { return nil }
+func (f *fakePrograms) Migrated() []egress.Migration { return nil }
 func (f *fakePrograms) Close() error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

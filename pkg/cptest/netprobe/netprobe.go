@@ -129,7 +129,12 @@ type Outcome struct {
 	Reply   string   `json:"reply,omitempty"`
 	Answers []string `json:"answers,omitempty"` // DNS: A/AAAA addresses
 	RCode   int      `json:"rcode,omitempty"`   // DNS response code
-	Reason  string   `json:"reason,omitempty"`  // "done" lines only
+	// HTTP: the response status code, the server certificate's SHA-256
+	// (https) and how many body bytes were read.
+	Status int    `json:"status,omitempty"`
+	Cert   string `json:"cert,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
+	Reason string `json:"reason,omitempty"` // "done" lines only
 }
 
 // RemoteAddr is Remote parsed (zero when it does not parse).

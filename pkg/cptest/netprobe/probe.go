@@ -31,12 +31,21 @@ import (
 //	                   stream, dgram, raw, seqpacket; tcp, udp, icmp,
 //	                   icmpv6, sctp, mptcp) or number
 //	sleep:DURATION     pause (between attempts of one round)
+//	http:HOST[:PORT]   GET http://HOST[:PORT]PATH (package net: resolves
+//	                   HOST through the container's resolver, so DNS goes
+//	                   through the firewall like an agent's would)
+//	https:HOST[:PORT]  the same over TLS with SNI HOST; the certificate is
+//	                   not verified but its SHA-256 is reported (Cert), so
+//	                   a test can tell the server's own from a MITM's
 //
 // Options: send=TEXT (the line sent; default "probe <seq> <attempt>"),
 // nosend, noread (OK once connected or sent), connect (udp, dns),
 // name=NAME and type=A|AAAA|N (dns, dnstcp), timeout=DURATION (overrides
 // -timeout), uid=N and gid=N (run the attempt in a child process with
-// these ids; needs CAP_SETUID and CAP_SETGID, gid defaults to uid).
+// these ids; needs CAP_SETUID and CAP_SETGID, gid defaults to uid),
+// ip=IP (http, https: dial IP instead of resolving HOST, SNI and Host
+// still HOST), path=/P (http, https; default /), read=N (http, https: read
+// N bytes of the body and report how many came; 0 reads one line).
 type Attempt struct {
 	Spec   string // as given
 	Kind   string
@@ -57,6 +66,12 @@ type Attempt struct {
 	UID, GID int
 	// childSpec is Spec without uid and gid: what the child is given.
 	childSpec string
+	// Host, DialIP, Path, ReadBytes: http and https attempts.
+	Host      string
+	Port      uint16
+	DialIP    netip.Addr
+	Path      string
+	ReadBytes int64
 }
 
 // sendLine is the line an attempt sends, newline excluded.
@@ -94,8 +109,20 @@ func ParseAttempt(spec string) (Attempt, error) {
 		if a.Sleep, err = time.ParseDuration(arg); err != nil {
 			return a, fmt.Errorf("attempt %q: %w", spec, err)
 		}
+	case "http", "https":
+		a.Host, a.Path, a.Port = arg, "/", 443
+		if kind == "http" {
+			a.Port = 80
+		}
+		if h, p, ok := strings.Cut(arg, ":"); ok {
+			n, err := strconv.ParseUint(p, 10, 16)
+			if err != nil {
+				return a, fmt.Errorf("attempt %q: port %q: %w", spec, p, err)
+			}
+			a.Host, a.Port = h, uint16(n)
+		}
 	default:
-		return a, fmt.Errorf("attempt %q: unknown kind %q (tcp, udp, dns, dnstcp, socket, sleep)", spec, kind)
+		return a, fmt.Errorf("attempt %q: unknown kind %q (tcp, udp, dns, dnstcp, socket, sleep, http, https)", spec, kind)
 	}
 	child := []string{parts[0]}
 	gidSet := false
@@ -115,6 +142,16 @@ func ParseAttempt(spec string) (Attempt, error) {
 			a.Connect = true
 		case "name":
 			a.Name = val
+		case "ip":
+			if a.DialIP, err = netip.ParseAddr(val); err != nil {
+				return bad(err)
+			}
+		case "path":
+			a.Path = val
+		case "read":
+			if a.ReadBytes, err = strconv.ParseInt(val, 10, 64); err != nil || a.ReadBytes < 0 {
+				return bad(errors.New("want a byte count"))
+			}
 		case "type":
 			if a.QType, err = ParseType(val); err != nil {
 				return bad(err)

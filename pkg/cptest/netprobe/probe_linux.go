@@ -36,6 +36,8 @@ func runAttempt(a Attempt, seq int64, timeout time.Duration) Outcome {
 		dnsUDPAttempt(&o, a, deadline, timeout)
 	case "dnstcp":
 		dnsTCPAttempt(&o, a, deadline, timeout)
+	case "http", "https":
+		httpAttempt(&o, a, deadline)
 	case "socket":
 		fd, err := unix.Socket(a.Family, a.Type|unix.SOCK_CLOEXEC, a.Proto)
 		if err != nil {
