@@ -1314,7 +1314,7 @@ type EgressRule struct {
 	// proto is https, http, tcp or ssh; empty means https.
 	Proto string `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"`
 	// port is one port ("443") or an inclusive range ("8000-8100"); empty
-	// means the proto's usual port.
+	// means the proto's default (https 443, http 80, ssh 22; tcp has none).
 	Port string `protobuf:"bytes,3,opt,name=port,proto3" json:"port,omitempty"`
 	// action is allow or deny; empty means allow.
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
@@ -1575,8 +1575,8 @@ type FirewallRemoveRuleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// status is REMOVED or NOT_FOUND (with all, always REMOVED).
 	Status RuleStatus `protobuf:"varint,1,opt,name=status,proto3,enum=clawker.admin.v1.RuleStatus" json:"status,omitempty"`
-	// rule is the asked rule in canonical form (its action and id as they
-	// were stored when REMOVED); unset with all.
+	// rule is the asked rule in canonical form, defaults filled in (its
+	// action and id are not set); unset with all.
 	Rule *EgressRule `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
 	// removed is the number of rules removed.
 	Removed uint32 `protobuf:"varint,3,opt,name=removed,proto3" json:"removed,omitempty"`
