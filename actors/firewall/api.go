@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/clawker/clawker-cp/pkg/egress"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // The firewall's mutations. Each is asked with RequestFuture and answered
@@ -57,6 +58,23 @@ type Status struct {
 	// Agents lists every enforced container, by container id.
 	Agents []AgentEnforcement
 	Routes int
+	// Stack lists the stack's members in start order (empty with the
+	// firewall disabled).
+	Stack []StackMember
+	// Network and Subnet are the agent network's name and subnet (empty
+	// with the firewall disabled).
+	Network, Subnet string
+	// Rules is the number of stored egress rules.
+	Rules int
+}
+
+// StackMember is one member of the firewall stack as Status reports it.
+type StackMember struct {
+	Name        string // what it is, e.g. "DNS"
+	Address     string // host:port where agents reach it
+	ContainerID string // empty when the CP did not start it
+	Healthy     bool
+	Error       string // why it is not healthy
 }
 
 // AgentEnforcement is one container's entry.
@@ -66,6 +84,44 @@ type AgentEnforcement struct {
 	Disabled    bool
 	BypassUntil time.Time // zero when not bypassed
 }
+
+// The egress rules. Each is answered with *RulesResult; the mutations run
+// on the mailbox, so two of them never interleave their store updates.
+
+// AddRules adds or updates rules as one batch: all are stored or none.
+type AddRules struct{ Rules []egressrules.Rule }
+
+// RemoveRule removes Rule (known by its Key), or every rule with All.
+type RemoveRule struct {
+	Rule egressrules.Rule
+	All  bool
+}
+
+// ListRules asks for the stored rules.
+type ListRules struct{}
+
+// ReloadRules reads the store again and publishes it, changed or not: it
+// is how a hand-edited store reaches the stack.
+type ReloadRules struct{}
+
+// RulesResult answers AddRules, RemoveRule, ListRules and ReloadRules.
+type RulesResult struct {
+	// Statuses is index-aligned with AddRules.Rules; one status for a
+	// RemoveRule (REMOVED with All); empty for ListRules and ReloadRules.
+	Statuses []egressrules.Status
+	// Removed counts the rules a RemoveRule removed.
+	Removed int
+	// Rules is the whole store after the request, in canonical order.
+	Rules []egressrules.Entry
+	Err   error
+}
+
+// StackUp brings the stack up; answered with *Result.
+type StackUp struct{}
+
+// StackDown stops the stack (with Force even while agents are enforced);
+// answered with *Result.
+type StackDown struct{ Force bool }
 
 // Reenforce asks the firewall to enforce again every running agent
 // container of the worldview; sent when the eBPF owner restarted.
@@ -86,6 +142,13 @@ var (
 	ErrUnknownContainer = errors.New("no running agent container with this id")
 	// ErrBadDuration: a bypass duration out of range (InvalidArgument).
 	ErrBadDuration = errors.New("bypass duration must be between 1s and 1h")
+	// ErrRuleStore wraps a failure to read or write the rule store
+	// (Internal, reason RULE_STORE). A malformed rule is not one: it
+	// answers the egressrules.FieldErrors (InvalidArgument, RULE_INVALID).
+	ErrRuleStore = errors.New("egress rule store")
+	// ErrStackUnhealthy wraps a stack member that is not healthy
+	// (Unavailable, reason STACK_UNHEALTHY).
+	ErrStackUnhealthy = errors.New("the firewall stack is not healthy")
 )
 
 // StatusError answers GetStatus when the eBPF owner could not say.

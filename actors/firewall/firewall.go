@@ -26,6 +26,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // Config wires the firewall actor.
@@ -50,6 +51,16 @@ type Config struct {
 	// OpTimeout bounds one order to the eBPF owner.
 	OpTimeout time.Duration
 	Log       *zap.Logger
+
+	// RulesDir is the egress rule store's directory (settings'
+	// Paths.FirewallDir); empty refuses every rule request.
+	RulesDir string
+	// Publish, when set, receives the whole store after every change and
+	// once at start; it is called from the mailbox and must not block.
+	Publish func(egressrules.Doc)
+	// PrivateDestinations is settings' firewall.private_destinations,
+	// copied into every published Doc.
+	PrivateDestinations []string
 }
 
 // Actor is the firewall.
@@ -57,6 +68,7 @@ type Actor struct {
 	cfg         Config
 	addrs       stack.Addrs
 	queueClosed bool
+	rules       rulesState // rules.go
 	dns, proxy  *actor.PID
 	ready       bool
 
@@ -95,6 +107,7 @@ func New(cfg Config) actor.Producer {
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
+		a.startRules()
 		a.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
 		a.cancelTimers()
@@ -128,6 +141,18 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.status(ctx)
 	case *Reenforce:
 		a.reenforce(ctx)
+	case *AddRules:
+		a.addRules(ctx, m)
+	case *RemoveRule:
+		a.removeRule(ctx, m)
+	case *ListRules:
+		a.listRules(ctx)
+	case *ReloadRules:
+		a.reloadRules(ctx)
+	case *StackUp:
+		a.stackUp(ctx, m)
+	case *StackDown:
+		a.stackDown(ctx, m)
 
 	case *bypassExpired:
 		if t, ok := a.timers[m.containerID]; ok && t.until.Equal(m.until) {
@@ -410,7 +435,7 @@ func (a *Actor) logOrder(order, res interface{}, err error) {
 func (a *Actor) status(ctx actor.Context) {
 	sender := ctx.Sender()
 	if !a.cfg.Enable {
-		a.answer(ctx, sender, &Status{})
+		a.answer(ctx, sender, a.fillStatus(&Status{}))
 		return
 	}
 	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
@@ -431,7 +456,7 @@ func (a *Actor) status(ctx actor.Context) {
 				Disabled: ag.Enrollment.Disabled, BypassUntil: ag.Enrollment.BypassUntil,
 			})
 		}
-		a.answer(ctx, sender, out)
+		a.answer(ctx, sender, a.fillStatus(out))
 	})
 }
 

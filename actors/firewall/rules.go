@@ -1,0 +1,222 @@
+package firewall
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
+)
+
+// The egress rules. The store is a file under Config.RulesDir; its
+// mutations run here, on the mailbox, so two batches never interleave
+// (the store's own file lock guards against other processes). Store I/O
+// takes a few milliseconds, which the mailbox can afford. After every
+// change the whole store is handed to Config.Publish as a Doc whose
+// generation only grows, so a consumer can drop a stale Doc.
+//
+// Rules are stored whatever firewall.enable says: they are configuration,
+// and can be prepared before the firewall is switched on.
+
+// rulesState is the actor's part that owns the store.
+type rulesState struct {
+	store *egressrules.Store // nil without Config.RulesDir
+	gen   uint64             // generation of the last Doc published
+	count int                // rules at the last successful read
+}
+
+// errNoRuleStore answers every rule request of a firewall started without
+// Config.RulesDir.
+var errNoRuleStore = fmt.Errorf("%w: not configured (this control plane runs without a rules directory)", ErrRuleStore)
+
+// startRules opens the store and publishes what it holds. The generation
+// starts at the boot instant in nanoseconds, so the Docs of a restarted
+// actor or control plane never go backwards.
+func (a *Actor) startRules() {
+	a.rules.gen = uint64(time.Now().UnixNano())
+	if a.cfg.RulesDir == "" {
+		return
+	}
+	a.rules.store = egressrules.OpenStore(a.cfg.RulesDir)
+	entries, err := a.rules.store.List()
+	if err != nil {
+		// Nothing is published: the stack keeps refusing every
+		// destination (fail closed) until a reload or a change succeeds.
+		a.rulesLog().Error("cannot read the egress rule store", zap.String("event", "egress_rules_load_failed"),
+			zap.String("dir", a.cfg.RulesDir), zap.Error(err))
+		return
+	}
+	a.publish(entries)
+	a.rulesLog().Info("egress rules loaded", zap.String("event", "egress_rules_loaded"),
+		zap.Int("rules", len(entries)), zap.Uint64("generation", a.rules.gen))
+}
+
+func (a *Actor) addRules(ctx actor.Context, m *AddRules) {
+	a.answer(ctx, ctx.Sender(), a.doAddRules(m))
+}
+
+func (a *Actor) doAddRules(m *AddRules) *RulesResult {
+	if err := a.rulesMutable(); err != nil {
+		return &RulesResult{Err: err}
+	}
+	// Validate first: a batch with one bad rule stores nothing, and the
+	// error names every bad field at once.
+	rules, err := egressrules.Validate(m.Rules)
+	if err != nil {
+		return &RulesResult{Err: err}
+	}
+	statuses, entries, err := a.rules.store.Add(rules)
+	if err != nil {
+		return &RulesResult{Err: storeErr(err)}
+	}
+	a.rules.count = len(entries)
+	changed := 0
+	for _, st := range statuses {
+		if st != egressrules.Unchanged {
+			changed++
+		}
+	}
+	if changed > 0 {
+		a.publish(entries)
+	}
+	a.rulesLog().Info("egress rules added", zap.String("event", "egress_rules_added"),
+		zap.Int("asked", len(rules)), zap.Int("changed", changed), zap.Int("rules", len(entries)))
+	return &RulesResult{Statuses: statuses, Rules: entries}
+}
+
+func (a *Actor) removeRule(ctx actor.Context, m *RemoveRule) {
+	a.answer(ctx, ctx.Sender(), a.doRemoveRule(m))
+}
+
+func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
+	if err := a.rulesMutable(); err != nil {
+		return &RulesResult{Err: err}
+	}
+	if m.All {
+		n, entries, err := a.rules.store.RemoveAll()
+		if err != nil {
+			return &RulesResult{Err: storeErr(err)}
+		}
+		a.rules.count = len(entries)
+		if n > 0 {
+			a.publish(entries)
+		}
+		a.rulesLog().Info("egress rules removed", zap.String("event", "egress_rules_removed"),
+			zap.Bool("all", true), zap.Int("removed", n), zap.Int("rules", len(entries)))
+		return &RulesResult{Statuses: []egressrules.Status{egressrules.Removed}, Removed: n, Rules: entries}
+	}
+	rule, err := m.Rule.Canonical()
+	if err != nil {
+		return &RulesResult{Err: err}
+	}
+	st, entries, err := a.rules.store.Remove(rule)
+	if err != nil {
+		return &RulesResult{Err: storeErr(err)}
+	}
+	a.rules.count = len(entries)
+	n := 0
+	if st == egressrules.Removed {
+		n = 1
+		a.publish(entries)
+	}
+	a.rulesLog().Info("egress rule removed", zap.String("event", "egress_rules_removed"),
+		zap.String("rule", rule.Key()), zap.String("status", string(st)), zap.Int("rules", len(entries)))
+	return &RulesResult{Statuses: []egressrules.Status{st}, Removed: n, Rules: entries}
+}
+
+// listRules is a read: it is answered after the queue closed too.
+func (a *Actor) listRules(ctx actor.Context) {
+	res := &RulesResult{}
+	if a.rules.store == nil {
+		res.Err = errNoRuleStore
+	} else if res.Rules, res.Err = a.rules.store.List(); res.Err != nil {
+		res.Err = storeErr(res.Err)
+	} else {
+		a.rules.count = len(res.Rules)
+	}
+	a.answer(ctx, ctx.Sender(), res)
+}
+
+func (a *Actor) reloadRules(ctx actor.Context) {
+	res := &RulesResult{}
+	if res.Err = a.rulesMutable(); res.Err == nil {
+		if res.Rules, res.Err = a.rules.store.List(); res.Err != nil {
+			res.Err = storeErr(res.Err)
+		} else {
+			a.rules.count = len(res.Rules)
+			a.publish(res.Rules)
+			a.rulesLog().Info("egress rules reloaded", zap.String("event", "egress_rules_reloaded"),
+				zap.Int("rules", len(res.Rules)), zap.Uint64("generation", a.rules.gen))
+		}
+	}
+	a.answer(ctx, ctx.Sender(), res)
+}
+
+// rulesMutable refuses a rule mutation once the drain closed the queue,
+// as every other mutation.
+func (a *Actor) rulesMutable() error {
+	if a.queueClosed {
+		return ErrQueueClosed
+	}
+	if a.rules.store == nil {
+		return errNoRuleStore
+	}
+	return nil
+}
+
+// publish hands the whole store to Config.Publish under the next
+// generation.
+func (a *Actor) publish(entries []egressrules.Entry) {
+	if a.cfg.Publish == nil {
+		return
+	}
+	a.rules.gen++
+	a.cfg.Publish(egressrules.Doc{
+		Generation:          a.rules.gen,
+		Rules:               append([]egressrules.Entry(nil), entries...),
+		PrivateDestinations: append([]string(nil), a.cfg.PrivateDestinations...),
+	})
+}
+
+// fillStatus adds the rule count and the agent network to a status. A
+// store that cannot be read reports the last count read, and says so in
+// the log.
+func (a *Actor) fillStatus(st *Status) *Status {
+	if a.rules.store != nil {
+		if entries, err := a.rules.store.List(); err != nil {
+			a.rulesLog().Warn("cannot read the egress rule store for the status", zap.String("event", "egress_rules_read_failed"), zap.Error(err))
+		} else {
+			a.rules.count = len(entries)
+		}
+	}
+	st.Rules = a.rules.count
+	if a.cfg.Enable && a.addrs.Subnet.IsValid() {
+		st.Network, st.Subnet = dockerx.NetworkName, a.addrs.Subnet.String()
+	}
+	return st
+}
+
+// storeErr marks a store failure as ErrRuleStore, unless it is the
+// store's verdict on a malformed rule of the request. A bad rule in a
+// hand-edited file is a store failure: the file is what needs fixing.
+func storeErr(err error) error {
+	var fe *egressrules.FieldError
+	var file *egressrules.FileError
+	if errors.As(err, &fe) && !errors.As(err, &file) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrRuleStore, err)
+}
+
+// rulesLog is Config.Log, or a logger that drops everything: a firewall
+// built for tests may have none.
+func (a *Actor) rulesLog() *zap.Logger {
+	if a.cfg.Log == nil {
+		return zap.NewNop()
+	}
+	return a.cfg.Log
+}
