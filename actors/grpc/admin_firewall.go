@@ -1,13 +1,20 @@
 package grpc
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -15,6 +22,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/pkg/egress"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
@@ -110,6 +118,10 @@ func (s *adminService) FirewallStatus(context.Context, *adminv1.FirewallStatusRe
 		Enabled:    st.Enabled,
 		RouteCount: uint32(st.Routes),
 		Agents:     make([]*adminv1.FirewallAgent, 0, len(st.Agents)),
+		Stack:      stackMembers(st.Stack),
+		Network:    st.Network,
+		Subnet:     st.Subnet,
+		Rules:      uint32(st.Rules),
 	}
 	for _, a := range st.Agents {
 		fa := &adminv1.FirewallAgent{ContainerId: a.ContainerID, CgroupId: a.CgroupID, Disabled: a.Disabled}
@@ -123,7 +135,7 @@ func (s *adminService) FirewallStatus(context.Context, *adminv1.FirewallStatusRe
 
 // mutate asks the firewall for a mutation answered with *firewall.Result
 // and returns it, or the status error its Err maps to.
-func (s *adminService) mutate(msg interface{}) (*firewall.Result, error) {
+func (s *adminService) mutate(msg any) (*firewall.Result, error) {
 	res, err := s.askFirewall(msg)
 	if err != nil {
 		return nil, err
@@ -142,7 +154,7 @@ func (s *adminService) mutate(msg interface{}) (*firewall.Result, error) {
 // answer in time (or no actor to answer) is Unavailable: the CP is
 // overloaded, restarting the firewall or shutting down, and a retry may
 // succeed.
-func (s *adminService) askFirewall(msg interface{}) (interface{}, error) {
+func (s *adminService) askFirewall(msg any) (any, error) {
 	if s.firewall == nil {
 		return nil, status.Error(codes.Unavailable, "firewall: this control plane runs no firewall actor")
 	}
@@ -158,21 +170,30 @@ func (s *adminService) askFirewall(msg interface{}) (interface{}, error) {
 	return res, nil
 }
 
-// firewallStatus maps the firewall actor's errors to status codes; the
-// message is the actor's, which already says what to do.
+// firewallStatus maps the firewall actor's errors to status codes, with a
+// stable reason where a client may act on it; the message is the actor's,
+// which already says what to do.
 func firewallStatus(err error) error {
-	code := codes.Internal
+	code, reason := codes.Internal, ""
 	switch {
+	case errors.Is(err, firewall.ErrRuleStore):
+		// Before the field errors: a bad rule in the stored file is the
+		// store's problem, not the request's.
+		reason = ReasonRuleStore
+	case len(fieldErrors(err)) > 0:
+		return ruleInvalid(err)
 	case errors.Is(err, firewall.ErrFirewallDisabled):
 		code = codes.FailedPrecondition
 	case errors.Is(err, firewall.ErrQueueClosed):
-		code = codes.Unavailable
+		code, reason = codes.Unavailable, ReasonQueueClosed
 	case errors.Is(err, firewall.ErrUnknownContainer):
 		code = codes.NotFound
 	case errors.Is(err, firewall.ErrBadDuration):
 		code = codes.InvalidArgument
+	case errors.Is(err, firewall.ErrStackUnhealthy):
+		code, reason = codes.Unavailable, ReasonStackUnhealthy
 	}
-	return status.Error(code, err.Error())
+	return reasonError(code, reason, err.Error())
 }
 
 // logMutation writes the one line each mutation leaves: Info when it was
@@ -276,4 +297,362 @@ func convertRoutes(in []*adminv1.Route) ([]egress.Route, error) {
 		out = append(out, er)
 	}
 	return out, nil
+}
+
+// The stable reasons of the firewall's errors, attached to the status as
+// an errdetails.ErrorInfo in domain ErrorDomain, so a client can tell
+// them apart without parsing the message.
+const (
+	ErrorDomain = "clawker.dev"
+	// ReasonRuleInvalid: a rule is malformed (InvalidArgument); the
+	// message has one line per bad field.
+	ReasonRuleInvalid = "RULE_INVALID"
+	// ReasonQueueClosed: the control plane drains (Unavailable).
+	ReasonQueueClosed = "QUEUE_CLOSED"
+	// ReasonStackUnhealthy: a stack member is not healthy (Unavailable).
+	ReasonStackUnhealthy = "STACK_UNHEALTHY"
+	// ReasonRuleStore: the rule store cannot be read or written
+	// (Internal).
+	ReasonRuleStore = "RULE_STORE"
+)
+
+// resolveTimeout bounds FirewallResolveHostname's lookup.
+const resolveTimeout = 5 * time.Second
+
+// lookupFunc resolves a name as net.Resolver.LookupNetIP does.
+type lookupFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
+
+// lookupNetIP holds the resolver: the system's, or a test's stand-in for
+// DNS (atomic: a test swaps it while the server runs).
+var lookupNetIP atomic.Pointer[lookupFunc]
+
+func init() {
+	f := lookupFunc(net.DefaultResolver.LookupNetIP)
+	lookupNetIP.Store(&f)
+}
+
+// FirewallInit brings the stack up; the answer carries the members as
+// they stand afterwards.
+func (s *adminService) FirewallInit(context.Context, *adminv1.FirewallInitRequest) (*adminv1.FirewallInitResponse, error) {
+	_, err := s.mutate(&firewall.StackUp{})
+	s.logMutation("init", err)
+	if err != nil {
+		return nil, err
+	}
+	out := &adminv1.FirewallInitResponse{}
+	// The members' state is a courtesy: the bring-up succeeded either way.
+	if res, err := s.askFirewall(&firewall.GetStatus{}); err == nil {
+		if st, ok := res.(*firewall.Status); ok {
+			out.Stack = stackMembers(st.Stack)
+		}
+	}
+	return out, nil
+}
+
+// FirewallRemove stops the stack.
+func (s *adminService) FirewallRemove(_ context.Context, req *adminv1.FirewallRemoveRequest) (*adminv1.FirewallRemoveResponse, error) {
+	_, err := s.mutate(&firewall.StackDown{Force: req.GetForce()})
+	s.logMutation("remove", err, zap.Bool("force", req.GetForce()))
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.FirewallRemoveResponse{}, nil
+}
+
+// FirewallAddRules adds a batch of rules: all of them or, when one is
+// malformed, none.
+func (s *adminService) FirewallAddRules(_ context.Context, req *adminv1.FirewallAddRulesRequest) (*adminv1.FirewallAddRulesResponse, error) {
+	rules, err := convertRules(req.GetRules())
+	var res *firewall.RulesResult
+	if err == nil {
+		res, err = s.askRules(&firewall.AddRules{Rules: rules})
+	}
+	if err == nil && len(res.Statuses) != len(rules) {
+		err = status.Errorf(codes.Internal, "firewall: %d statuses for %d rules", len(res.Statuses), len(rules))
+	}
+	s.logMutation("add_rules", err, zap.Int("rules", len(req.GetRules())))
+	if err != nil {
+		return nil, err
+	}
+	stored := make(map[string]egressrules.Entry, len(res.Rules))
+	for _, e := range res.Rules {
+		stored[e.Key()] = e
+	}
+	out := &adminv1.FirewallAddRulesResponse{Total: uint32(len(res.Rules))}
+	for i, r := range rules {
+		out.Statuses = append(out.Statuses, ruleStatus(res.Statuses[i]))
+		e, ok := stored[r.Key()]
+		if !ok { // not in the store it just wrote: report the rule as asked
+			e = egressrules.Entry{Rule: r}
+		}
+		out.Rules = append(out.Rules, egressRule(e))
+	}
+	return out, nil
+}
+
+// FirewallRemoveRule removes one rule, or all of them; a rule that is not
+// stored is a status, not an error.
+func (s *adminService) FirewallRemoveRule(_ context.Context, req *adminv1.FirewallRemoveRuleRequest) (*adminv1.FirewallRemoveRuleResponse, error) {
+	msg, err := removeRequest(req)
+	var res *firewall.RulesResult
+	if err == nil {
+		res, err = s.askRules(msg)
+	}
+	if err == nil && len(res.Statuses) != 1 {
+		err = status.Errorf(codes.Internal, "firewall: %d statuses for one removal", len(res.Statuses))
+	}
+	fields := []zap.Field{zap.Bool("all", msg.All)}
+	if !msg.All {
+		fields = append(fields, zap.String("rule", msg.Rule.Key()))
+	}
+	if err == nil {
+		fields = append(fields, zap.String("status", string(res.Statuses[0])), zap.Int("removed", res.Removed))
+	}
+	s.logMutation("remove_rule", err, fields...)
+	if err != nil {
+		return nil, err
+	}
+	out := &adminv1.FirewallRemoveRuleResponse{Status: ruleStatus(res.Statuses[0]), Removed: uint32(res.Removed), Total: uint32(len(res.Rules))}
+	if !msg.All {
+		r := egressRule(egressrules.Entry{Rule: msg.Rule})
+		r.Action = ""
+		out.Rule = r
+	}
+	return out, nil
+}
+
+// FirewallListRules lists the store in its canonical order.
+func (s *adminService) FirewallListRules(context.Context, *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
+	res, err := s.askRules(&firewall.ListRules{})
+	if err != nil {
+		return nil, err
+	}
+	out := &adminv1.FirewallListRulesResponse{Rules: make([]*adminv1.EgressRule, 0, len(res.Rules))}
+	for _, e := range res.Rules {
+		out.Rules = append(out.Rules, egressRule(e))
+	}
+	return out, nil
+}
+
+// FirewallReload reads the store again and hands it to the stack.
+func (s *adminService) FirewallReload(context.Context, *adminv1.FirewallReloadRequest) (*adminv1.FirewallReloadResponse, error) {
+	res, err := s.askRules(&firewall.ReloadRules{})
+	var fields []zap.Field
+	if err == nil {
+		fields = append(fields, zap.Int("rules", len(res.Rules)))
+	}
+	s.logMutation("reload", err, fields...)
+	if err != nil {
+		return nil, err
+	}
+	return &adminv1.FirewallReloadResponse{Rules: uint32(len(res.Rules))}, nil
+}
+
+// FirewallResolveHostname looks a name up from the control plane's own
+// network namespace. The lookup runs in the handler, not on the firewall's
+// mailbox: a DNS wait of up to resolveTimeout must not hold up the action
+// queue behind it.
+func (s *adminService) FirewallResolveHostname(ctx context.Context, req *adminv1.FirewallResolveHostnameRequest) (*adminv1.FirewallResolveHostnameResponse, error) {
+	host := strings.TrimSuffix(strings.TrimSpace(req.GetHostname()), ".")
+	if host == "" {
+		return nil, status.Error(codes.InvalidArgument, "hostname: required: give a name such as example.com")
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return &adminv1.FirewallResolveHostnameResponse{Addresses: []string{ip.String()}}, nil
+	}
+	if len(host) > 253 || strings.ContainsAny(host, " \t/:@") {
+		return nil, status.Errorf(codes.InvalidArgument, "hostname: %q is not a hostname; give a name such as example.com", req.GetHostname())
+	}
+	ctx, cancel := context.WithTimeout(ctx, resolveTimeout)
+	defer cancel()
+	ips, err := (*lookupNetIP.Load())(ctx, "ip", host)
+	var dnsErr *net.DNSError
+	switch {
+	case err == nil && len(ips) == 0, errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return nil, status.Errorf(codes.NotFound, "hostname: %s does not resolve from the control plane", host)
+	case ctx.Err() != nil || errors.As(err, &dnsErr) && dnsErr.IsTimeout:
+		return nil, status.Errorf(codes.DeadlineExceeded, "hostname: no answer for %s within %s from the control plane's resolver", host, resolveTimeout)
+	case err != nil:
+		return nil, status.Errorf(codes.Unavailable, "hostname: looking up %s: %v", host, err)
+	}
+	seen := make(map[netip.Addr]bool, len(ips))
+	addrs := make([]netip.Addr, 0, len(ips))
+	for _, ip := range ips {
+		if ip = ip.Unmap(); !seen[ip] {
+			seen[ip] = true
+			addrs = append(addrs, ip)
+		}
+	}
+	slices.SortFunc(addrs, netip.Addr.Compare)
+	out := &adminv1.FirewallResolveHostnameResponse{Addresses: make([]string, 0, len(addrs))}
+	for _, ip := range addrs {
+		out.Addresses = append(out.Addresses, ip.String())
+	}
+	return out, nil
+}
+
+// FirewallRotateCA belongs to TLS inspection, which does not exist yet.
+func (s *adminService) FirewallRotateCA(context.Context, *adminv1.FirewallRotateCARequest) (*adminv1.FirewallRotateCAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "FirewallRotateCA: there is no TLS-inspection CA to rotate yet; it comes with the TLS-inspection work")
+}
+
+// askRules asks the firewall a rule request answered with
+// *firewall.RulesResult and returns it, or the status error its Err maps
+// to.
+func (s *adminService) askRules(msg any) (*firewall.RulesResult, error) {
+	res, err := s.askFirewall(msg)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := res.(*firewall.RulesResult)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to %T", res, msg)
+	}
+	if r.Err != nil {
+		return nil, firewallStatus(r.Err)
+	}
+	return r, nil
+}
+
+// reasonError is a status error with an ErrorInfo carrying reason (none
+// when reason is empty).
+func reasonError(code codes.Code, reason, msg string) error {
+	st := status.New(code, msg)
+	if reason == "" {
+		return st.Err()
+	}
+	if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// ruleInvalid is the RULE_INVALID status for err: one line per bad field.
+func ruleInvalid(err error) error {
+	fes := fieldErrors(err)
+	lines := make([]string, 0, len(fes))
+	for _, fe := range fes {
+		lines = append(lines, fe.Error())
+	}
+	if len(lines) == 0 {
+		lines = append(lines, err.Error())
+	}
+	return reasonError(codes.InvalidArgument, ReasonRuleInvalid, strings.Join(lines, "\n"))
+}
+
+// fieldErrors collects every *egressrules.FieldError in err's tree, in
+// order (Validate joins one per bad field).
+func fieldErrors(err error) []*egressrules.FieldError {
+	var out []*egressrules.FieldError
+	var walk func(error)
+	walk = func(err error) {
+		if fe, ok := err.(*egressrules.FieldError); ok {
+			out = append(out, fe)
+			return
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			if e := u.Unwrap(); e != nil {
+				walk(e)
+			}
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
+}
+
+// convertRules turns the request's rules into canonical ones, or answers
+// RULE_INVALID naming every bad field of every rule at once.
+func convertRules(in []*adminv1.EgressRule) ([]egressrules.Rule, error) {
+	if len(in) == 0 {
+		return nil, reasonError(codes.InvalidArgument, ReasonRuleInvalid, "rules: required: give at least one rule")
+	}
+	rules := make([]egressrules.Rule, len(in))
+	var portErrs []error
+	badPort := map[int]bool{}
+	for i, r := range in {
+		port, err := egressrules.ParsePortRange(r.GetPort())
+		if err != nil {
+			fe := *err.(*egressrules.FieldError)
+			fe.Index = i
+			portErrs = append(portErrs, &fe)
+			badPort[i] = true
+		}
+		rules[i] = egressrules.Rule{Dst: r.GetDst(), Proto: egressrules.Proto(r.GetProto()), Port: port, Action: egressrules.Action(r.GetAction())}
+	}
+	canon, err := egressrules.Validate(rules)
+	if err == nil && len(portErrs) == 0 {
+		return canon, nil
+	}
+	// A port that did not parse reached Validate as "the default": drop
+	// what Validate says about it, the parse error says it better.
+	var errs []error
+	for _, fe := range fieldErrors(err) {
+		if !(fe.Field == "port" && badPort[fe.Index]) {
+			errs = append(errs, fe)
+		}
+	}
+	errs = append(errs, portErrs...)
+	// By rule, then in the order the fields are written.
+	rank := map[string]int{"dst": 0, "proto": 1, "port": 2, "action": 3}
+	slices.SortStableFunc(errs, func(a, b error) int {
+		x, y := a.(*egressrules.FieldError), b.(*egressrules.FieldError)
+		return cmp.Or(cmp.Compare(x.Index, y.Index), cmp.Compare(rank[x.Field], rank[y.Field]))
+	})
+	return nil, ruleInvalid(errors.Join(errs...))
+}
+
+// removeRequest checks a FirewallRemoveRuleRequest: all, or a rule.
+func removeRequest(req *adminv1.FirewallRemoveRuleRequest) (*firewall.RemoveRule, error) {
+	hasRule := req.GetDst() != "" || req.GetProto() != "" || req.GetPort() != ""
+	switch {
+	case req.GetAll() && hasRule:
+		return &firewall.RemoveRule{All: true}, reasonError(codes.InvalidArgument, ReasonRuleInvalid,
+			"all: set either all or a rule's dst (with its proto and port), not both")
+	case req.GetAll():
+		return &firewall.RemoveRule{All: true}, nil
+	}
+	port, err := egressrules.ParsePortRange(req.GetPort())
+	if err != nil {
+		return &firewall.RemoveRule{}, ruleInvalid(err)
+	}
+	r, err := egressrules.Rule{Dst: req.GetDst(), Proto: egressrules.Proto(req.GetProto()), Port: port}.Canonical()
+	if err != nil {
+		return &firewall.RemoveRule{Rule: r}, ruleInvalid(err)
+	}
+	return &firewall.RemoveRule{Rule: r}, nil
+}
+
+func egressRule(e egressrules.Entry) *adminv1.EgressRule {
+	return &adminv1.EgressRule{Dst: e.Dst, Proto: string(e.Proto), Port: e.Port.String(), Action: string(e.Action), Id: e.ID}
+}
+
+func ruleStatus(st egressrules.Status) adminv1.RuleStatus {
+	switch st {
+	case egressrules.Added:
+		return adminv1.RuleStatus_RULE_STATUS_ADDED
+	case egressrules.Modified:
+		return adminv1.RuleStatus_RULE_STATUS_MODIFIED
+	case egressrules.Unchanged:
+		return adminv1.RuleStatus_RULE_STATUS_UNCHANGED
+	case egressrules.Removed:
+		return adminv1.RuleStatus_RULE_STATUS_REMOVED
+	case egressrules.NotFound:
+		return adminv1.RuleStatus_RULE_STATUS_NOT_FOUND
+	}
+	return adminv1.RuleStatus_RULE_STATUS_UNSPECIFIED
+}
+
+func stackMembers(in []firewall.StackMember) []*adminv1.StackMember {
+	out := make([]*adminv1.StackMember, 0, len(in))
+	for _, m := range in {
+		out = append(out, &adminv1.StackMember{Name: m.Name, Address: m.Address, ContainerId: m.ContainerID, Healthy: m.Healthy, Error: m.Error})
+	}
+	return out
 }

@@ -44,7 +44,8 @@ type fakeFirewall struct {
 
 func (f *fakeFirewall) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
-	case *firewall.Enable, *firewall.Disable, *firewall.Bypass, *firewall.SyncRoutes, *firewall.GetStatus:
+	case *firewall.Enable, *firewall.Disable, *firewall.Bypass, *firewall.SyncRoutes, *firewall.GetStatus,
+		*firewall.StackUp, *firewall.StackDown, *firewall.AddRules, *firewall.RemoveRule, *firewall.ListRules, *firewall.ReloadRules:
 		f.mu.Lock()
 		f.got = append(f.got, m)
 		answer := f.answer
@@ -97,6 +98,20 @@ type fixture struct {
 // and dials it with the CLI's own client over mTLS.
 func start(t *testing.T, withFirewall bool) *fixture {
 	t.Helper()
+	f := &fixture{fw: &fakeFirewall{answer: ok}}
+	return f.serve(t, func(sys *actor.ActorSystem) *actor.PID {
+		if !withFirewall {
+			return nil
+		}
+		fw := f.fw
+		return sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return fw }))
+	})
+}
+
+// serve runs the grpc actor wired to the firewall spawnFirewall returns
+// (nil: none) and dials it.
+func (f *fixture) serve(t *testing.T, spawnFirewall func(*actor.ActorSystem) *actor.PID) *fixture {
+	t.Helper()
 	home := adminclienttest.NewHome(t)
 	m := home.EnsureAuth(t)
 	paths := home.Paths(t)
@@ -109,13 +124,9 @@ func start(t *testing.T, withFirewall bool) *fixture {
 
 	sys := newTestSystem(t)
 	core, logs := observer.New(zapcore.DebugLevel)
-	f := &fixture{fw: &fakeFirewall{answer: ok}, sys: sys, logs: logs}
-	var fwPID *actor.PID
-	if withFirewall {
-		fw := f.fw
-		fwPID = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return fw }))
-		f.fwPID = fwPID
-	}
+	f.sys, f.logs = sys, logs
+	fwPID := spawnFirewall(sys)
+	f.fwPID = fwPID
 	spawnGRPC(t, sys, cpgrpc.Config{
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
