@@ -212,6 +212,7 @@ func Start(opts Options) (*Instance, error) {
 			Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout,
 			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), Network: agentNet.resolve, ProxyPort: uint16(s.Firewall.ProxyPort),
 			StackWait: stackWait, OpTimeout: 5 * time.Second,
+			RulesDir: opts.Paths.FirewallDir, PrivateDestinations: s.Firewall.PrivateDestinations,
 			Log: log.With(zap.String("actor", "firewall")),
 		}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
