@@ -25,6 +25,8 @@ import (
 )
 
 const (
+	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny]"
+	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] | clawker firewall remove --all"
 	fwEnableUsage  = "clawker firewall enable --agent NAME [--project P]"
 	fwDisableUsage = "clawker firewall disable --agent NAME [--project P]"
 	fwBypassUsage  = "clawker firewall bypass DURATION --agent NAME [--project P]"
@@ -50,12 +52,64 @@ func firewallCommand(env Env) *cli.Command {
 			&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"},
 		}
 	}
+	formatFlag := func() cli.Flag {
+		return &cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"}
+	}
 	return &cli.Command{
 		Name:  "firewall",
-		Usage: "switch the egress firewall of one agent off and on, or look at what it enforces",
-		Description: "The agent is container clawker.<project>.<agent>; the project defaults to the current directory's\n" +
-			"name. These verbs bring the control plane up first when it is not running.",
+		Usage: "manage the egress firewall: its stack, its rules, and the enforcement of one agent",
+		Description: "For enable, disable and bypass the agent is container clawker.<project>.<agent>; the project\n" +
+			"defaults to the current directory's name. These verbs bring the control plane up first when it is not running.",
 		Subcommands: []*cli.Command{
+			{
+				Name:   "up",
+				Usage:  "bring the firewall stack (DNS server and egress proxy) up and wait until it is healthy",
+				Action: func(c *cli.Context) error { return firewallUp(c, env) },
+			},
+			{
+				Name:   "down",
+				Usage:  "stop the firewall stack",
+				Flags:  []cli.Flag{&cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "stop it even while agents are enforced (their egress is then refused)"}},
+				Action: func(c *cli.Context) error { return firewallDown(c, env) },
+			},
+			{
+				Name:   "list",
+				Usage:  "list the egress rules",
+				Flags:  []cli.Flag{formatFlag()},
+				Action: func(c *cli.Context) error { return firewallList(c, env) },
+			},
+			{
+				Name:      "add",
+				Usage:     "add an egress rule, or change the action of an existing one",
+				ArgsUsage: "DST",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "proto", Usage: "https, http, tcp or ssh (default https)"},
+					&cli.StringFlag{Name: "port", Usage: "a port (443) or a range (8000-8100) (default: the proto's, https 443, http 80, ssh 22)"},
+					&cli.StringFlag{Name: "action", Usage: "allow or deny (default allow)"},
+					formatFlag(),
+				},
+				Description: fwAddUsage + " (flags may also come first)\n" +
+					"DST is a name (example.com), a name and all its subdomains (.example.com), an IPv4 address or a CIDR.",
+				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
+			},
+			{
+				Name:      "remove",
+				Usage:     "remove an egress rule, or all of them with --all",
+				ArgsUsage: "DST",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "proto", Usage: "the rule's proto (default https)"},
+					&cli.StringFlag{Name: "port", Usage: "the rule's port or range (default: the proto's)"},
+					&cli.BoolFlag{Name: "all", Usage: "remove every rule"},
+					formatFlag(),
+				},
+				Description: fwRemoveUsage + " (flags may also come first)\nA rule is known by its DST, proto and port; its action does not matter.",
+				Action:      func(c *cli.Context) error { return firewallRemove(c, env) },
+			},
+			{
+				Name:   "reload",
+				Usage:  "read the rule store again (after editing it by hand) and hand the rules to the stack",
+				Action: func(c *cli.Context) error { return firewallReload(c, env) },
+			},
 			{
 				Name:   "enable",
 				Usage:  "enforce an agent's egress again: clears a disable or a bypass",
@@ -267,8 +321,24 @@ type FirewallStatusReport struct {
 	// Enabled is settings' firewall.enable as the control plane runs it.
 	Enabled bool `json:"enabled"`
 	Routes  int  `json:"routes"`
+	// Stack lists the stack's members in start order; Network and Subnet
+	// name the agent network. All three are empty with the firewall off.
+	Stack   []FirewallMemberReport `json:"stack"`
+	Network string                 `json:"network"`
+	Subnet  string                 `json:"subnet"`
+	// Rules is the number of stored egress rules.
+	Rules int `json:"rules"`
 	// Agents are the enforced agent containers, by name.
 	Agents []FirewallAgentReport `json:"agents"`
+}
+
+// FirewallMemberReport is one member of the firewall stack.
+type FirewallMemberReport struct {
+	Name        string `json:"name"`
+	Address     string `json:"address"`
+	ContainerID string `json:"container_id"`
+	Healthy     bool   `json:"healthy"`
+	Error       string `json:"error,omitempty"`
 }
 
 // FirewallAgentReport is one enforced agent container.
@@ -338,7 +408,16 @@ func firewallReport(resp *adminv1.FirewallStatusResponse, registered []*adminv1.
 	for _, a := range registered {
 		byID[a.GetContainerId()] = a
 	}
-	rep := FirewallStatusReport{Enabled: resp.GetEnabled(), Routes: int(resp.GetRouteCount()), Agents: []FirewallAgentReport{}}
+	rep := FirewallStatusReport{
+		Enabled: resp.GetEnabled(), Routes: int(resp.GetRouteCount()),
+		Stack: []FirewallMemberReport{}, Network: resp.GetNetwork(), Subnet: resp.GetSubnet(), Rules: int(resp.GetRules()),
+		Agents: []FirewallAgentReport{},
+	}
+	for _, m := range resp.GetStack() {
+		rep.Stack = append(rep.Stack, FirewallMemberReport{
+			Name: m.GetName(), Address: m.GetAddress(), ContainerID: m.GetContainerId(), Healthy: m.GetHealthy(), Error: m.GetError(),
+		})
+	}
 	for _, a := range resp.GetAgents() {
 		r := FirewallAgentReport{ContainerID: a.GetContainerId(), CgroupID: a.GetCgroupId(), State: fwEnforced, BypassUntil: utcTime(a.GetBypassUntil())}
 		if reg, ok := byID[a.GetContainerId()]; ok && reg.GetProject() != "" && reg.GetAgentName() != "" {
@@ -369,6 +448,10 @@ func firewallReport(resp *adminv1.FirewallStatusResponse, registered []*adminv1.
 // writeFirewallStatus prints `firewall status`:
 //
 //	Firewall: enabled
+//	DNS: ✓ 172.18.0.201:53
+//	proxy: ✗ connection refused
+//	Network: clawker-net 172.18.0.0/24
+//	Rules: 3 active
 //	Routes: 12
 //	AGENT              CONTAINER     CGROUP  STATE
 //	clawker.myapp.dev  a1b2c3d4e5f6  4242    enforced
@@ -378,6 +461,11 @@ func writeFirewallStatus(w io.Writer, rep FirewallStatusReport) error {
 		return err
 	}
 	fmt.Fprintln(w, "Firewall: enabled")
+	writeStack(w, rep.Stack)
+	if rep.Network != "" {
+		fmt.Fprintf(w, "Network: %s %s\n", rep.Network, rep.Subnet)
+	}
+	fmt.Fprintf(w, "Rules: %d active\n", rep.Rules)
 	fmt.Fprintf(w, "Routes: %d\n", rep.Routes)
 	if len(rep.Agents) == 0 {
 		_, err := fmt.Fprintln(w, "Agents: none enforced")
@@ -455,4 +543,284 @@ func lookupFlag(flags []cli.Flag, name string) cli.Flag {
 		}
 	}
 	return nil
+}
+
+// writeStack prints one line per stack member: "DNS: ✓ 172.18.0.201:53",
+// or "DNS: ✗ <why>" when it is not healthy.
+func writeStack(w io.Writer, members []FirewallMemberReport) {
+	for _, m := range members {
+		if m.Healthy {
+			fmt.Fprintf(w, "%s: ✓ %s\n", m.Name, m.Address)
+			continue
+		}
+		why := m.Error
+		if why == "" {
+			why = "not healthy"
+		}
+		fmt.Fprintf(w, "%s: ✗ %s\n", m.Name, why)
+	}
+}
+
+// firewallCall dials the AdminService (bringing the control plane up
+// when needed) and runs one call within adminclient.CallTimeout.
+func firewallCall(c *cli.Context, env Env, call func(ctx context.Context, cl *adminclient.Client) error) error {
+	cl, err := dialAdmin(c, env)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(c.Context, adminclient.CallTimeout)
+	defer cancel()
+	return call(ctx, cl)
+}
+
+// noArgs refuses arguments to a verb that takes none.
+func noArgs(c *cli.Context, verb string) error {
+	if c.NArg() > 0 {
+		return fmt.Errorf("firewall %s takes no arguments, got %q", verb, c.Args().Slice())
+	}
+	return nil
+}
+
+func firewallUp(c *cli.Context, env Env) error {
+	if err := noArgs(c, "up"); err != nil {
+		return err
+	}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		resp, err := cl.FirewallInit(ctx, &adminv1.FirewallInitRequest{})
+		if err != nil {
+			return rpcError("firewall up", cl.Addr(), err)
+		}
+		fmt.Fprintln(env.Stdout, "firewall stack up")
+		writeStack(env.Stdout, firewallReport(&adminv1.FirewallStatusResponse{Stack: resp.GetStack()}, nil).Stack)
+		return nil
+	})
+}
+
+func firewallDown(c *cli.Context, env Env) error {
+	if err := noArgs(c, "down"); err != nil {
+		return err
+	}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		if _, err := cl.FirewallRemove(ctx, &adminv1.FirewallRemoveRequest{Force: c.Bool("force")}); err != nil {
+			return rpcError("firewall down", cl.Addr(), err)
+		}
+		_, err := fmt.Fprintln(env.Stdout, "firewall stack down")
+		return err
+	})
+}
+
+func firewallReload(c *cli.Context, env Env) error {
+	if err := noArgs(c, "reload"); err != nil {
+		return err
+	}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		resp, err := cl.FirewallReload(ctx, &adminv1.FirewallReloadRequest{})
+		if err != nil {
+			return rpcError("firewall reload", cl.Addr(), err)
+		}
+		_, err = fmt.Fprintf(env.Stdout, "reloaded %s\n", plural(int(resp.GetRules()), "rule"))
+		return err
+	})
+}
+
+// FirewallRuleReport is one egress rule in `firewall list|add|remove
+// --format json`.
+type FirewallRuleReport struct {
+	// Key is "dst:proto:port", the rule's identity.
+	Key    string `json:"key"`
+	Dst    string `json:"dst"`
+	Proto  string `json:"proto"`
+	Port   string `json:"port"` // "443" or "8000-8100"
+	Action string `json:"action,omitempty"`
+	ID     uint32 `json:"id,omitempty"`
+	// Status is what add or remove did: added, updated, unchanged,
+	// removed or not_found; empty in list.
+	Status string `json:"status,omitempty"`
+}
+
+func ruleReport(r *adminv1.EgressRule) FirewallRuleReport {
+	return FirewallRuleReport{Key: ruleKey(r), Dst: r.GetDst(), Proto: r.GetProto(), Port: r.GetPort(), Action: r.GetAction(), ID: r.GetId()}
+}
+
+// ruleKey is the rule's identity as the control plane writes it.
+func ruleKey(r *adminv1.EgressRule) string {
+	return r.GetDst() + ":" + r.GetProto() + ":" + r.GetPort()
+}
+
+// ruleStatusWord is how add and remove name a status.
+func ruleStatusWord(st adminv1.RuleStatus) string {
+	switch st {
+	case adminv1.RuleStatus_RULE_STATUS_ADDED:
+		return "added"
+	case adminv1.RuleStatus_RULE_STATUS_MODIFIED:
+		return "updated"
+	case adminv1.RuleStatus_RULE_STATUS_UNCHANGED:
+		return "unchanged"
+	case adminv1.RuleStatus_RULE_STATUS_REMOVED:
+		return "removed"
+	case adminv1.RuleStatus_RULE_STATUS_NOT_FOUND:
+		return "not_found"
+	}
+	return strings.ToLower(strings.TrimPrefix(st.String(), "RULE_STATUS_"))
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func firewallList(c *cli.Context, env Env) error {
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	if err := noArgs(c, "list"); err != nil {
+		return err
+	}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		resp, err := cl.FirewallListRules(ctx, &adminv1.FirewallListRulesRequest{})
+		if err != nil {
+			return rpcError("firewall list", cl.Addr(), err)
+		}
+		rules := make([]FirewallRuleReport, 0, len(resp.GetRules()))
+		for _, r := range resp.GetRules() {
+			rules = append(rules, ruleReport(r))
+		}
+		if asJSON {
+			return writeJSON(env.Stdout, rules)
+		}
+		return writeRules(env.Stdout, rules)
+	})
+}
+
+// writeRules prints `firewall list`:
+//
+//	DST          PROTO  PORT  ACTION  ID
+//	example.com  https  443   allow   1
+func writeRules(w io.Writer, rules []FirewallRuleReport) error {
+	if len(rules) == 0 {
+		_, err := fmt.Fprintln(w, "No egress rules. Add one: clawker firewall add example.com")
+		return err
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "DST\tPROTO\tPORT\tACTION\tID")
+	for _, r := range rules {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", r.Dst, r.Proto, r.Port, r.Action, r.ID)
+	}
+	return tw.Flush()
+}
+
+func firewallAdd(c *cli.Context, env Env) error {
+	args, err := interspersed(c)
+	if err != nil {
+		return fmt.Errorf("firewall add: %w (%s)", err, fwAddUsage)
+	}
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	switch {
+	case len(args) == 0:
+		return fmt.Errorf("DST: required: the destination, e.g. example.com, .example.com or 10.0.0.0/8 (%s)", fwAddUsage)
+	case len(args) > 1:
+		return fmt.Errorf("firewall add takes one argument, DST, got %q (%s)", args, fwAddUsage)
+	}
+	// The control plane judges the rule: its message names each bad field.
+	rule := &adminv1.EgressRule{Dst: args[0], Proto: c.String("proto"), Port: c.String("port"), Action: c.String("action")}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		resp, err := cl.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: []*adminv1.EgressRule{rule}})
+		if err != nil {
+			return rpcError("firewall add", cl.Addr(), err)
+		}
+		if len(resp.GetRules()) != len(resp.GetStatuses()) {
+			return fmt.Errorf("firewall add: the control plane answered %d statuses for %d rules", len(resp.GetStatuses()), len(resp.GetRules()))
+		}
+		reports := make([]FirewallRuleReport, 0, len(resp.GetRules()))
+		for i, r := range resp.GetRules() {
+			rep := ruleReport(r)
+			rep.Status = ruleStatusWord(resp.GetStatuses()[i])
+			reports = append(reports, rep)
+		}
+		if asJSON {
+			return writeJSON(env.Stdout, reports)
+		}
+		for _, r := range reports {
+			fmt.Fprintf(env.Stdout, "%s %s\n", r.Status, r.Key)
+		}
+		return nil
+	})
+}
+
+// FirewallRemoveReport is `firewall remove --format json`.
+type FirewallRemoveReport struct {
+	// Status is removed or not_found.
+	Status string `json:"status"`
+	// Rule is the rule asked for (null with --all).
+	Rule *FirewallRuleReport `json:"rule"`
+	// Removed is how many rules were removed; Remaining how many are left.
+	Removed   int `json:"removed"`
+	Remaining int `json:"remaining"`
+}
+
+func firewallRemove(c *cli.Context, env Env) error {
+	args, err := interspersed(c)
+	if err != nil {
+		return fmt.Errorf("firewall remove: %w (%s)", err, fwRemoveUsage)
+	}
+	asJSON, err := checkFormat(c)
+	if err != nil {
+		return err
+	}
+	all := c.Bool("all")
+	switch {
+	case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != ""):
+		return fmt.Errorf("--all: give either --all or a rule (DST with --proto and --port), not both (%s)", fwRemoveUsage)
+	case !all && len(args) == 0:
+		return fmt.Errorf("DST: required: the rule's destination, or --all for every rule (%s)", fwRemoveUsage)
+	case len(args) > 1:
+		return fmt.Errorf("firewall remove takes one argument, DST, got %q (%s)", args, fwRemoveUsage)
+	}
+	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port")}
+	if !all {
+		req.Dst = args[0]
+	}
+	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+		resp, err := cl.FirewallRemoveRule(ctx, req)
+		if err != nil {
+			return rpcError("firewall remove", cl.Addr(), err)
+		}
+		rep := FirewallRemoveReport{Status: ruleStatusWord(resp.GetStatus()), Removed: int(resp.GetRemoved()), Remaining: int(resp.GetTotal())}
+		var key string
+		if resp.GetRule() != nil {
+			r := ruleReport(resp.GetRule())
+			rep.Rule, key = &r, r.Key
+		}
+		notFound := resp.GetStatus() == adminv1.RuleStatus_RULE_STATUS_NOT_FOUND
+		switch {
+		case asJSON:
+			if err := writeJSON(env.Stdout, rep); err != nil {
+				return err
+			}
+		case all:
+			fmt.Fprintf(env.Stdout, "removed %s\n", plural(rep.Removed, "rule"))
+		case !notFound:
+			fmt.Fprintf(env.Stdout, "removed %s\n", key)
+		}
+		if notFound {
+			// A miss is not the control plane's error, but the rule the
+			// user meant is not there: say so and fail, as rm would.
+			return fmt.Errorf("not found: %s", key)
+		}
+		return nil
+	})
+}
+
+// plural is "1 rule" or "3 rules".
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }

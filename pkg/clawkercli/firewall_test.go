@@ -310,7 +310,10 @@ func TestFirewallRefused(t *testing.T) {
 }
 
 func sampleFirewallStatus() *adminv1.FirewallStatusResponse {
-	return &adminv1.FirewallStatusResponse{Enabled: true, RouteCount: 12, Agents: []*adminv1.FirewallAgent{
+	return &adminv1.FirewallStatusResponse{Enabled: true, RouteCount: 12, Network: "clawker-net", Subnet: "172.18.0.0/24", Rules: 3, Stack: []*adminv1.StackMember{
+		{Name: "DNS", Address: "172.18.0.201:53", ContainerId: devID, Healthy: true},
+		{Name: "proxy", Address: "172.18.0.200:15001", Error: "dial tcp 172.18.0.200:15001: connection refused"},
+	}, Agents: []*adminv1.FirewallAgent{
 		{ContainerId: reviewID, CgroupId: 4243, BypassUntil: ts("2026-05-12T09:47:18.5Z")},
 		{ContainerId: strings.Repeat("9", 64), CgroupId: 4250, Disabled: true},
 		{ContainerId: devID, CgroupId: 4242},
@@ -326,6 +329,9 @@ func TestFirewallStatus(t *testing.T) {
 		{"firewall_status_text", sampleFirewallStatus(), nil},
 		{"firewall_status_json", sampleFirewallStatus(), []string{"--format", "json"}},
 		{"firewall_status_no_agents", &adminv1.FirewallStatusResponse{Enabled: true, RouteCount: 3}, nil},
+		{"firewall_status_healthy", &adminv1.FirewallStatusResponse{Enabled: true, Network: "clawker-net", Subnet: "172.18.0.0/24", Stack: []*adminv1.StackMember{
+			{Name: "DNS", Address: "172.18.0.201:53", Healthy: true}, {Name: "proxy", Address: "172.18.0.200:15001", Healthy: true},
+		}}, nil},
 		{"firewall_status_disabled", &adminv1.FirewallStatusResponse{}, nil},
 		{"firewall_status_disabled_json", &adminv1.FirewallStatusResponse{}, []string{"--format", "json"}},
 	} {

@@ -21,7 +21,8 @@ type firewallState struct {
 	requests []proto.Message
 	errs     map[string]error
 	status   *adminv1.FirewallStatusResponse
-	now      time.Time // zero: the real clock
+	answers  map[string]proto.Message // by method, SetFirewallAnswer
+	now      time.Time                // zero: the real clock
 }
 
 // FirewallRequests returns a copy of every Firewall* request served, in
@@ -54,6 +55,17 @@ func (s *Server) SetFirewallStatus(st *adminv1.FirewallStatusResponse) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fw.status = proto.Clone(st).(*adminv1.FirewallStatusResponse)
+}
+
+// SetFirewallAnswer sets what method (e.g. "FirewallAddRules") answers;
+// until set, the rule and stack methods answer an empty response.
+func (s *Server) SetFirewallAnswer(method string, resp proto.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fw.answers == nil {
+		s.fw.answers = map[string]proto.Message{}
+	}
+	s.fw.answers[method] = proto.Clone(resp)
 }
 
 // SetClock fixes the time FirewallBypass counts its end from.
@@ -126,4 +138,49 @@ func (s *Server) FirewallStatus(_ context.Context, req *adminv1.FirewallStatusRe
 		return &adminv1.FirewallStatusResponse{}, nil
 	}
 	return proto.Clone(s.fw.status).(*adminv1.FirewallStatusResponse), nil
+}
+
+// answer records a request of method and returns the answer set for it
+// (a fresh zero resp when none), or the error set for it.
+func answer[T proto.Message](s *Server, method string, req proto.Message, zero T) (T, error) {
+	if err := s.record(method, req); err != nil {
+		var none T
+		return none, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a, ok := s.fw.answers[method].(T); ok {
+		return proto.Clone(a).(T), nil
+	}
+	return zero, nil
+}
+
+// FirewallInit implements adminv1.AdminServiceServer.
+func (s *Server) FirewallInit(_ context.Context, req *adminv1.FirewallInitRequest) (*adminv1.FirewallInitResponse, error) {
+	return answer(s, "FirewallInit", req, &adminv1.FirewallInitResponse{})
+}
+
+// FirewallRemove implements adminv1.AdminServiceServer.
+func (s *Server) FirewallRemove(_ context.Context, req *adminv1.FirewallRemoveRequest) (*adminv1.FirewallRemoveResponse, error) {
+	return answer(s, "FirewallRemove", req, &adminv1.FirewallRemoveResponse{})
+}
+
+// FirewallAddRules implements adminv1.AdminServiceServer.
+func (s *Server) FirewallAddRules(_ context.Context, req *adminv1.FirewallAddRulesRequest) (*adminv1.FirewallAddRulesResponse, error) {
+	return answer(s, "FirewallAddRules", req, &adminv1.FirewallAddRulesResponse{})
+}
+
+// FirewallRemoveRule implements adminv1.AdminServiceServer.
+func (s *Server) FirewallRemoveRule(_ context.Context, req *adminv1.FirewallRemoveRuleRequest) (*adminv1.FirewallRemoveRuleResponse, error) {
+	return answer(s, "FirewallRemoveRule", req, &adminv1.FirewallRemoveRuleResponse{})
+}
+
+// FirewallListRules implements adminv1.AdminServiceServer.
+func (s *Server) FirewallListRules(_ context.Context, req *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
+	return answer(s, "FirewallListRules", req, &adminv1.FirewallListRulesResponse{})
+}
+
+// FirewallReload implements adminv1.AdminServiceServer.
+func (s *Server) FirewallReload(_ context.Context, req *adminv1.FirewallReloadRequest) (*adminv1.FirewallReloadResponse, error) {
+	return answer(s, "FirewallReload", req, &adminv1.FirewallReloadResponse{})
 }
