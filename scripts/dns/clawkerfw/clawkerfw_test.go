@@ -44,6 +44,7 @@ var zone = []string{
 	"cname.test. 60 IN CNAME edge.cdn.test.",
 	"edge.cdn.test. 60 IN A 203.0.113.20",
 	`https.test. 60 IN HTTPS 1 . alpn="h2" ech="AEX+DQBBWQAgACBmb28tYmFyLWJhei1xdXV4LWZvby1iYXItYmF6AAQAAQABABJwdWJsaWMuZXhhbXBsZS5jb20AAA==" ipv4hint="203.0.113.30" ipv6hint="2001:db8::30"`,
+	`https.test. 60 IN SVCB 1 svc.https.test. port="8443" ech="AEX+DQBBWQAgACBmb28tYmFyLWJhei1xdXV4LWZvby1iYXItYmF6AAQAAQABABJwdWJsaWMuZXhhbXBsZS5jb20AAA=="`,
 	"+extra https.test. 60 IN A 203.0.113.30",
 	"+extra https.test. 60 IN AAAA 2001:db8::30",
 	"a.wild.test. 60 IN A 203.0.113.40",
@@ -340,7 +341,14 @@ func TestHTTPSLosesECHHintsAndAddresses(t *testing.T) {
 	if n := w.up.Count("https.test", dns.TypeHTTPS); n != 1 {
 		t.Fatalf("upstream asked %d times", n)
 	}
-	if m := w.fw.Metrics(); m.ECHStripped != 2 {
+	m := w.ask(t, "tcp", "https.test", dns.TypeSVCB)
+	if len(m.Answer) != 1 {
+		t.Fatalf("SVCB answer %v", m.Answer)
+	}
+	if s := m.Answer[0].(*dns.SVCB); len(s.Value) != 1 || s.Value[0].Key() != dns.SVCB_PORT || s.Target != "svc.https.test." {
+		t.Fatalf("SVCB %s", s)
+	}
+	if m := w.fw.Metrics(); m.ECHStripped != 3 {
 		t.Fatalf("metrics %s", m)
 	}
 }
