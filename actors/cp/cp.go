@@ -6,10 +6,12 @@ package cp
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/dockerfeed"
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall"
+	"github.com/clawker/clawker-cp/actors/firewall/dns"
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/actors/health"
@@ -34,10 +37,12 @@ import (
 	"github.com/clawker/clawker-cp/actors/watcher"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 	"github.com/clawker/clawker-cp/pkg/logging"
 	"github.com/clawker/clawker-cp/pkg/oauth"
 	"github.com/clawker/clawker-cp/pkg/ory"
 	"github.com/clawker/clawker-cp/pkg/settings"
+	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
 
 // Options are what Run needs from the outside world.
@@ -68,6 +73,14 @@ type Options struct {
 	// actor supervises; "" runs without them, and the AdminService then
 	// refuses every method but the public one (fail closed).
 	OryDir string
+	// StackDir holds the firewall siblings' binaries (clawker-dns,
+	// clawker-proxy): with the firewall enabled the CP builds their images
+	// and runs them itself. "" adopts whatever answers at the stack's
+	// addresses (a stack run by hand; the kernel-only tests).
+	StackDir string
+	// SiblingLabels are put on the sibling containers (tests remove by
+	// them).
+	SiblingLabels map[string]string
 	// SystemClock is the clock the AdminService's GetSystemTime reports;
 	// nil means time.Now. Tests skew it (CLAWKER_CP_DEBUG_CLOCK_SKEW).
 	SystemClock func() time.Time
@@ -191,6 +204,22 @@ func Start(opts Options) (*Instance, error) {
 		log.Warn("no Ory binaries (--ory-dir): the AdminService refuses every method but GetSystemTime",
 			zap.String("event", "auth_unavailable"))
 	}
+	stackCfg, err := stackConfig(opts, agentNet.name, func(ctx context.Context, _ string, answers []stackapi.Answer) error {
+		res, err := sys.Root.RequestFuture(pidOf("firewall/dns"), &dns.ReportAnswers{Answers: answers}, 2*time.Second).Result()
+		if err != nil {
+			return fmt.Errorf("the DNS owner did not answer: %w", err)
+		}
+		d, ok := res.(*dns.AnswersDone)
+		if !ok {
+			return fmt.Errorf("the DNS owner answered %T", res)
+		}
+		return d.Err
+	})
+	if err != nil {
+		_ = debug.Close()
+		sys.Shutdown()
+		return nil, err
+	}
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
@@ -211,8 +240,8 @@ func Start(opts Options) (*Instance, error) {
 		{Name: "firewall", Props: props(firewall.New(firewall.Config{
 			Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout,
 			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), Network: agentNet.resolve, ProxyPort: uint16(s.Firewall.ProxyPort),
-			StackWait: stackWait, OpTimeout: 5 * time.Second,
-			RulesDir: opts.Paths.FirewallDir, PrivateDestinations: s.Firewall.PrivateDestinations,
+			StackWait: stackWait, OpTimeout: 5 * time.Second, Stack: stackCfg,
+			RulesDir: opts.Paths.FirewallDir, PrivateDestinations: s.Firewall.PrivateDestinations, Publish: publishTo(stackCfg),
 			Log: log.With(zap.String("actor", "firewall")),
 		}))},
 		{Name: "netlogger", Props: props(netlogger.New())},
@@ -255,7 +284,28 @@ func Start(opts Options) (*Instance, error) {
 		portProbe("admin_port", s.ControlPlane.AdminPort),
 	}
 	resources = append(resources, authCfg.Probes()...)
-	if s.Firewall.Enable {
+	if s.Firewall.Enable && stackCfg != nil {
+		// The members check their siblings every second through their own
+		// protocol; the probe reads what they last saw.
+		resources = append(resources, health.Probe{Name: "firewall_stack", Check: func(ctx context.Context) error {
+			var errs []error
+			for _, m := range []string{"firewall/dns", "firewall/proxy"} {
+				res, err := sys.Root.RequestFuture(pidOf(m), &stack.GetMemberStatus{}, livenessTimeout).Result()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s did not answer: %w", m, err))
+					continue
+				}
+				if st, ok := res.(*stack.MemberStatus); !ok || !st.Healthy {
+					msg := "not healthy"
+					if ok && st.Error != "" {
+						msg = st.Error
+					}
+					errs = append(errs, fmt.Errorf("%s: %s", m, msg))
+				}
+			}
+			return errors.Join(errs...)
+		}})
+	} else if s.Firewall.Enable {
 		resources = append(resources, health.Probe{Name: "firewall_stack", Check: func(ctx context.Context) error {
 			subnet, gw, err := agentNet.resolve(ctx)
 			if err != nil {
@@ -369,6 +419,49 @@ func (n *networkInfo) resolve(ctx context.Context) (netip.Prefix, netip.Addr, er
 	}
 	n.subnet, n.gw = subnet, gw
 	return subnet, gw, nil
+}
+
+// stackConfig is the firewall's StackConfig: nil unless the firewall is
+// enabled and the sibling binaries are at hand.
+func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firewall.StackConfig, error) {
+	s := opts.Settings
+	if !s.Firewall.Enable || opts.StackDir == "" {
+		return nil, nil
+	}
+	for _, b := range []string{firewall.DNSBinary, firewall.ProxyBinary} {
+		if _, err := os.Stat(filepath.Join(opts.StackDir, b)); err != nil {
+			return nil, fmt.Errorf("firewall stack binaries (--stack-dir %s): %w", opts.StackDir, err)
+		}
+	}
+	ca, err := stackapi.LoadOrCreateCA(filepath.Join(opts.Paths.CPDir, "stack"))
+	if err != nil {
+		return nil, err
+	}
+	d, err := dockerx.New("")
+	if err != nil {
+		return nil, err
+	}
+	return &firewall.StackConfig{
+		BinDir: opts.StackDir, Docker: d, CA: ca,
+		Server:      stackapi.NewServer(sink, stackapi.DNSClient, stackapi.ProxyClient),
+		NetworkName: network, HostProcess: isLoopback(opts.BindHost),
+		Port: s.ControlPlane.StackPort, UpstreamDNS: s.Firewall.UpstreamDNS,
+		Labels: opts.SiblingLabels, StartWait: 20 * time.Second,
+	}, nil
+}
+
+// publishTo hands every rule change to the stack service, from which the
+// siblings fetch it; nil (no stack of ours) publishes nowhere.
+func publishTo(sc *firewall.StackConfig) func(egressrules.Doc) {
+	if sc == nil {
+		return nil
+	}
+	return sc.Server.Publish
+}
+
+func isLoopback(host string) bool {
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
 }
 
 func portProbe(name string, port int) health.Probe {

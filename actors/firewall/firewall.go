@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"time"
 
@@ -61,6 +62,10 @@ type Config struct {
 	// PrivateDestinations is settings' firewall.private_destinations,
 	// copied into every published Doc.
 	PrivateDestinations []string
+	// Stack, when set, makes the firewall run the DNS and proxy siblings
+	// itself (the CP image carries their binaries); nil adopts whatever
+	// answers at the stack's addresses.
+	Stack *StackConfig
 }
 
 // Actor is the firewall.
@@ -71,6 +76,7 @@ type Actor struct {
 	rules       rulesState // rules.go
 	dns, proxy  *actor.PID
 	ready       bool
+	stackSrv    *http.Server // the siblings' policy and answers service
 
 	queue []*queued // orders waiting for the one in flight
 	busy  bool
@@ -111,6 +117,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
 		a.cancelTimers()
+		a.closeStack()
 	case *supervise.Ready:
 		a.childReady(ctx, m)
 	case *supervise.DrainStep:
@@ -172,7 +179,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 
 func (a *Actor) start(ctx actor.Context) {
 	if !a.cfg.Enable {
-		a.dns = a.spawn(ctx, "dns", dns.New(stack.Member{}))
+		a.dns = a.spawn(ctx, "dns", dns.New(dns.Config{}))
 		return
 	}
 	nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -189,8 +196,19 @@ func (a *Actor) start(ctx actor.Context) {
 		supervise.ReportReady(ctx, err)
 		return
 	}
+	if a.cfg.Stack != nil {
+		// Before the siblings start: they fetch their policy here first.
+		if err := a.listenStack(); err != nil {
+			supervise.ReportReady(ctx, err)
+			return
+		}
+	}
 	// The stack starts DNS first: the proxy resolves through it.
-	a.dns = a.spawn(ctx, "dns", dns.New(a.member("DNS server", a.addrs.DNS)))
+	mem := a.member("DNS server", a.addrs.DNS)
+	if a.cfg.Stack != nil {
+		mem.Managed = a.managedDNS()
+	}
+	a.dns = a.spawn(ctx, "dns", dns.New(dns.Config{Member: mem, EBPF: a.cfg.EBPF, OpTimeout: a.cfg.OpTimeout, Log: a.cfg.Log.With(zap.String("member", "dns"))}))
 }
 
 func (a *Actor) member(name string, addr netip.AddrPort) stack.Member {
@@ -229,6 +247,9 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 			mem := stack.Member{}
 			if a.cfg.Enable {
 				mem = a.member("egress proxy", a.addrs.Proxy)
+				if a.cfg.Stack != nil {
+					mem.Managed = a.managedProxy()
+				}
 			}
 			a.proxy = a.spawn(ctx, "proxy", proxy.New(mem))
 		}
@@ -456,8 +477,36 @@ func (a *Actor) status(ctx actor.Context) {
 				Disabled: ag.Enrollment.Disabled, BypassUntil: ag.Enrollment.BypassUntil,
 			})
 		}
-		a.answer(ctx, sender, a.fillStatus(out))
+		a.withStack(ctx, a.fillStatus(out), func(st *Status) { a.answer(ctx, sender, st) })
 	})
+}
+
+// withStack asks both members how they are (each answers from what its
+// last health check saw, within a second) and adds them to st.
+func (a *Actor) withStack(ctx actor.Context, st *Status, done func(*Status)) {
+	members := []*actor.PID{a.dns, a.proxy}
+	var next func(i int)
+	next = func(i int) {
+		if i == len(members) {
+			done(st)
+			return
+		}
+		if members[i] == nil {
+			next(i + 1)
+			return
+		}
+		f := ctx.RequestFuture(members[i], &stack.GetMemberStatus{}, a.cfg.OpTimeout)
+		ctx.ReenterAfter(f, func(res any, err error) {
+			m, ok := res.(*stack.MemberStatus)
+			if err != nil || !ok {
+				st.Stack = append(st.Stack, StackMember{Name: members[i].Id, Error: fmt.Sprintf("did not answer: %v", err)})
+			} else {
+				st.Stack = append(st.Stack, StackMember{Name: m.Name, Address: m.Addr, ContainerID: m.ContainerID, Healthy: m.Healthy, Error: m.Error})
+			}
+			next(i + 1)
+		})
+	}
+	next(0)
 }
 
 func (a *Actor) stopTimer(id string) {

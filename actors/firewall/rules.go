@@ -1,6 +1,7 @@
 package firewall
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -56,7 +57,40 @@ func (a *Actor) startRules() {
 }
 
 func (a *Actor) addRules(ctx actor.Context, m *AddRules) {
-	a.answer(ctx, ctx.Sender(), a.doAddRules(m))
+	gen := a.rules.gen
+	a.answerApplied(ctx, ctx.Sender(), a.doAddRules(m), gen)
+}
+
+// appliedWait bounds how long a rule change waits for the siblings to
+// apply it before it is answered anyway.
+const appliedWait = 2 * time.Second
+
+// answerApplied answers a rule change once both running siblings applied
+// the policy it published (if it published one): a connection opened
+// after the answer is decided by the new rules. The wait runs off the
+// mailbox; the next order may start meanwhile.
+func (a *Actor) answerApplied(ctx actor.Context, to *actor.PID, res *RulesResult, genBefore uint64) {
+	gen := a.rules.gen
+	if res.Err != nil || gen == genBefore || a.cfg.Stack == nil || to == nil {
+		a.answer(ctx, to, res)
+		return
+	}
+	srv, sys, log := a.cfg.Stack.Server, ctx.ActorSystem(), a.rulesLog()
+	go func() {
+		wctx, cancel := context.WithTimeout(context.Background(), appliedWait)
+		defer cancel()
+		start := time.Now()
+		if err := srv.WaitApplied(wctx, gen); err != nil {
+			// Answered anyway: the change is stored and published; a
+			// sibling that is this slow is reported by its health check.
+			log.Warn("a firewall sibling has not applied the new rules yet", zap.String("event", "egress_rules_apply_slow"),
+				zap.Uint64("generation", gen), zap.Error(err))
+		} else {
+			log.Debug("egress rules applied by the stack", zap.String("event", "egress_rules_applied"),
+				zap.Uint64("generation", gen), zap.Duration("took", time.Since(start)))
+		}
+		sys.Root.Send(to, res)
+	}()
 }
 
 func (a *Actor) doAddRules(m *AddRules) *RulesResult {
@@ -89,7 +123,8 @@ func (a *Actor) doAddRules(m *AddRules) *RulesResult {
 }
 
 func (a *Actor) removeRule(ctx actor.Context, m *RemoveRule) {
-	a.answer(ctx, ctx.Sender(), a.doRemoveRule(m))
+	gen := a.rules.gen
+	a.answerApplied(ctx, ctx.Sender(), a.doRemoveRule(m), gen)
 }
 
 func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
@@ -142,6 +177,7 @@ func (a *Actor) listRules(ctx actor.Context) {
 }
 
 func (a *Actor) reloadRules(ctx actor.Context) {
+	gen := a.rules.gen
 	res := &RulesResult{}
 	if res.Err = a.rulesMutable(); res.Err == nil {
 		if res.Rules, res.Err = a.rules.store.List(); res.Err != nil {
@@ -153,7 +189,7 @@ func (a *Actor) reloadRules(ctx actor.Context) {
 				zap.Int("rules", len(res.Rules)), zap.Uint64("generation", a.rules.gen))
 		}
 	}
-	a.answer(ctx, ctx.Sender(), res)
+	a.answerApplied(ctx, ctx.Sender(), res, gen)
 }
 
 // rulesMutable refuses a rule mutation once the drain closed the queue,
@@ -196,6 +232,9 @@ func (a *Actor) fillStatus(st *Status) *Status {
 	st.Rules = a.rules.count
 	if a.cfg.Enable && a.addrs.Subnet.IsValid() {
 		st.Network, st.Subnet = dockerx.NetworkName, a.addrs.Subnet.String()
+		if a.cfg.Stack != nil {
+			st.Network = a.cfg.Stack.NetworkName
+		}
 	}
 	return st
 }

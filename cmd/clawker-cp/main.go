@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,6 +39,9 @@ const (
 	// GetSystemTime reports (only that): -5s is 5s behind forever, -5s,2s
 	// until 2s after start. Drives the CLI's clock-sync gate in tests.
 	debugClockSkewEnv = "CLAWKER_CP_DEBUG_CLOCK_SKEW"
+	// debugLabelsEnv=k=v,... labels the firewall siblings (the CLI's knob
+	// of the same name labels what it creates).
+	debugLabelsEnv = "CLAWKER_DEBUG_LABELS"
 )
 
 func main() {
@@ -48,9 +53,19 @@ func main() {
 			&cli.StringFlag{Name: "bind", Value: "127.0.0.1", Usage: "address the health port listens on (0.0.0.0 inside the container)"},
 			&cli.StringFlag{Name: "ory-dir", EnvVars: []string{"CLAWKER_CP_ORY_DIR"},
 				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
+			&cli.StringFlag{Name: "stack-dir", EnvVars: []string{"CLAWKER_CP_STACK_DIR"},
+				Usage: "directory of the clawker-dns and clawker-proxy binaries: with the firewall enabled the CP builds and runs the firewall stack from them (empty: it adopts a stack that already answers at .200/.201)"},
 		},
 		Action: func(c *cli.Context) error {
-			code = run(c.Context, c.String("bind"), c.String("ory-dir"))
+			stackDir := c.String("stack-dir")
+			if stackDir != "" {
+				abs, err := filepath.Abs(stackDir)
+				if err != nil {
+					return fmt.Errorf("--stack-dir %s: %w", stackDir, err)
+				}
+				stackDir = abs
+			}
+			code = run(c.Context, c.String("bind"), c.String("ory-dir"), stackDir)
 			return nil
 		},
 	}
@@ -61,7 +76,7 @@ func main() {
 	os.Exit(code)
 }
 
-func run(parent context.Context, bind, oryDir string) int {
+func run(parent context.Context, bind, oryDir, stackDir string) int {
 	paths, err := settings.ResolvePaths(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "clawker-cp:", err)
@@ -116,5 +131,19 @@ func run(parent context.Context, bind, oryDir string) int {
 	return cp.Run(ctx, cp.Options{Settings: st, Paths: paths, Log: log, BindHost: bind, DebugFaults: faults, HoldReady: hold,
 		// PID 1 means we are the container's init: pins must land on the
 		// host's bpffs bind-mounted at /sys/fs/bpf, never on a private one.
-		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, OryDir: oryDir, SystemClock: systemClock})
+		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, OryDir: oryDir, SystemClock: systemClock,
+		StackDir: stackDir, SiblingLabels: siblingLabels(os.Getenv(debugLabelsEnv))})
+}
+
+// siblingLabels parses CLAWKER_DEBUG_LABELS (k=v,...): the labels the CLI
+// puts on what it creates, put on the firewall siblings too so a test
+// removes exactly what it made.
+func siblingLabels(v string) map[string]string {
+	out := map[string]string{}
+	for _, kv := range strings.Split(v, ",") {
+		if k, val, ok := strings.Cut(strings.TrimSpace(kv), "="); ok && k != "" {
+			out[k] = val
+		}
+	}
+	return out
 }

@@ -71,7 +71,7 @@ func addFirewall(ctx context.Context, env Env, rep *StatusReport) {
 		fw.Error = rpcError("firewall status", cl.Addr(), err).Error()
 		return
 	}
-	fw.Enabled, fw.Agents, fw.Rules = resp.GetEnabled(), len(resp.GetAgents()), int(resp.GetRouteCount())
+	fw.Enabled, fw.Agents, fw.Rules = resp.GetEnabled(), len(resp.GetAgents()), int(resp.GetRules())
 }
 
 // HealthReport is the healthz part of a StatusReport.

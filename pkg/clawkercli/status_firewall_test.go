@@ -28,7 +28,7 @@ func TestStatusFirewallLines(t *testing.T) {
 		return b.String()
 	}
 
-	srv.SetFirewallStatus(&adminv1.FirewallStatusResponse{Enabled: true, RouteCount: 12,
+	srv.SetFirewallStatus(&adminv1.FirewallStatusResponse{Enabled: true, Rules: 12,
 		Agents: []*adminv1.FirewallAgent{{ContainerId: strings.Repeat("a", 64), CgroupId: 7}}})
 	rep := healthy()
 	addFirewall(context.Background(), env, &rep)

@@ -62,20 +62,29 @@ type spec struct {
 	// carries the Ory servers; "" (omitted, so the hash is what it was
 	// before Ory) runs the CP without them.
 	OryDir string `json:",omitempty"`
+	// StackDir is clawker-cp's --stack-dir (ContainerStackDir) when the
+	// bundle carries the firewall siblings.
+	StackDir string `json:",omitempty"`
+	// FirewallDir is the host's firewall data dir (the egress rules
+	// store), mounted read-write: the CP is the rules' only writer.
+	FirewallDir string `json:",omitempty"`
 }
 
 const specLayout = 1
 
 func newSpec(s settings.Settings, p settings.Paths, socket string) spec {
-	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s)}
+	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s), FirewallDir: p.FirewallDir}
 }
 
 // withBundle is sp for a container of b's image: with --ory-dir when b
 // carries Ory.
 func (sp spec) withBundle(b *Bundle) spec {
-	sp.OryDir = ""
+	sp.OryDir, sp.StackDir = "", ""
 	if b.HasOry() {
 		sp.OryDir = ContainerOryDir
+	}
+	if b.HasStack() {
+		sp.StackDir = ContainerStackDir
 	}
 	return sp
 }
@@ -83,11 +92,18 @@ func (sp spec) withBundle(b *Bundle) spec {
 // cmd is the container's command: arguments after the image's entrypoint
 // (/clawker-cp --bind 0.0.0.0).
 func (sp spec) cmd() []string {
-	if sp.OryDir == "" {
-		return nil
+	var cmd []string
+	if sp.OryDir != "" {
+		cmd = append(cmd, oryDirFlag, sp.OryDir)
 	}
-	return []string{oryDirFlag, sp.OryDir}
+	if sp.StackDir != "" {
+		cmd = append(cmd, stackDirFlag, sp.StackDir)
+	}
+	return cmd
 }
+
+// stackDirFlag is clawker-cp's flag naming the sibling binaries' directory.
+const stackDirFlag = "--stack-dir"
 
 // oryDirFlag is clawker-cp's flag naming the Ory servers' directory.
 const oryDirFlag = "--ory-dir"
@@ -154,6 +170,8 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 				// AuthDir never enter the container.
 				{Type: mount.TypeBind, Source: sp.CPDir, Target: containerDataHome + "/clawker/controlplane"},
 				{Type: mount.TypeBind, Source: sp.LogDir, Target: containerStateHome + "/clawker/logs"},
+				// The egress rules: the CP is their only writer.
+				{Type: mount.TypeBind, Source: sp.FirewallDir, Target: containerDataHome + "/clawker/firewall"},
 				{Type: mount.TypeBind, Source: BPFFSPath, Target: BPFFSPath},
 				{Type: mount.TypeBind, Source: cgroupPath, Target: cgroupPath, ReadOnly: true},
 				// Read-only keeps the socket file from being replaced; the

@@ -531,7 +531,7 @@ func (r *run) create(ctx context.Context, ip netip.Addr) (string, error) {
 	o, rep := r.o, r.o.Reporter
 	t := time.Now()
 	defer r.record(StepCreate, t)
-	for _, dir := range []string{r.sp.ConfigDir, r.sp.CPDir, r.sp.LogDir} {
+	for _, dir := range []string{r.sp.ConfigDir, r.sp.CPDir, r.sp.LogDir, r.sp.FirewallDir} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", fmt.Errorf("creating %s for the control plane's mounts: %w", dir, err)
 		}

@@ -303,6 +303,7 @@ func TestCreateOptions(t *testing.T) {
 		{p.ConfigDir, "/config/clawker", true},
 		{p.CPDir, "/data/clawker/controlplane", false},
 		{p.LogDir, "/state/clawker/logs", false},
+		{p.FirewallDir, "/data/clawker/firewall", false},
 		{"/sys/fs/bpf", "/sys/fs/bpf", false},
 		{"/sys/fs/cgroup", "/sys/fs/cgroup", true},
 		{"/var/run/docker.sock", "/var/run/docker.sock", true},

@@ -120,6 +120,12 @@ func TestAgainstDocker(t *testing.T) {
 		t.Fatal(err)
 	}
 	name := "clawker-cpboot-test-" + run
+	// create() makes the mounted dirs; this test calls createOptions itself.
+	for _, dir := range []string{sp.ConfigDir, sp.CPDir, sp.LogDir, sp.FirewallDir} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
 	id, capBPF, err := createWithCaps(ctx, newerAPI{d}, func(capBPF bool) (client.ContainerCreateOptions, error) {
 		co, err := createOptions(o, sp, ref, hash, ni.CPIP, capBPF)
 		if err != nil {

@@ -45,6 +45,21 @@ const ContainerOryDir = "/" + OryDir
 // OryNames are the Ory servers a bundle carries all of or none of.
 var OryNames = []string{"hydra", "kratos", "oathkeeper"}
 
+// StackDir is the directory of the firewall siblings' binaries, inside the
+// bundle (stack/clawker-dns, stack/clawker-proxy) and in the control plane
+// image (/stack/...); clawker-cp is started with --stack-dir /stack when
+// the bundle carries them, and builds the siblings' images from them.
+const StackDir = "stack"
+
+// ContainerStackDir is where the image holds the sibling binaries.
+const ContainerStackDir = "/" + StackDir
+
+// StackNames are the sibling binaries a bundle carries both of or neither.
+var StackNames = []string{"clawker-dns", "clawker-proxy"}
+
+// StackPath is the path of a sibling binary in a bundle.
+func StackPath(name string) string { return StackDir + "/" + name }
+
 // binaryNames are the files of embedded/ that count as binaries (Ory's by
 // their path, "ory/hydra"); anything else there (the README) is neither
 // hashed nor copied into the image.
@@ -127,6 +142,22 @@ func newBundle(fsys fs.FS) (*Bundle, error) {
 		return nil, fmt.Errorf("the embedded Ory servers are incomplete: %s present, %s missing; rebuild clawker with `go tool task build`",
 			strings.Join(have, ", "), strings.Join(missing, ", "))
 	}
+	have, missing = nil, nil
+	for _, n := range StackNames {
+		ok, err := add(StackPath(n))
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			have = append(have, StackPath(n))
+		} else {
+			missing = append(missing, StackPath(n))
+		}
+	}
+	if len(have) > 0 && len(missing) > 0 {
+		return nil, fmt.Errorf("the embedded firewall stack is incomplete: %s present, %s missing; rebuild clawker with `go tool task build`",
+			strings.Join(have, ", "), strings.Join(missing, ", "))
+	}
 	sort.Strings(b.names)
 	if _, ok := b.sizes[CPBinary]; !ok {
 		return nil, ErrNotEmbedded
@@ -136,6 +167,9 @@ func newBundle(fsys fs.FS) (*Bundle, error) {
 
 // HasOry reports whether the bundle carries the Ory servers (all three).
 func (b *Bundle) HasOry() bool { return b.Has(OryPath(OryNames[0])) }
+
+// HasStack reports whether the bundle carries both sibling binaries.
+func (b *Bundle) HasStack() bool { return b.Has(StackPath(StackNames[0])) }
 
 // Names lists the binaries, sorted, by their path in the bundle
 // ("clawker-cp", "ory/hydra").

@@ -52,6 +52,7 @@ type options struct {
 	statsInterval  time.Duration
 	host, port     string
 	upstreamString string
+	cp             string // the control plane's stack service, ip:port
 }
 
 func main() {
@@ -121,6 +122,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.BoolVar(&o.noReport, "no-report", false, "standalone: accept every answer without telling a control plane")
 	fs.DurationVar(&o.reportTimeout, "report-timeout", clawkerfw.DefaultReportTimeout, "how long an answer waits for the control plane before SERVFAIL")
 	fs.DurationVar(&o.statsInterval, "stats-interval", 5*time.Minute, "log the counters this often when they changed (0: only at exit)")
+	fs.StringVar(&o.cp, "cp", "", "the control plane's stack service, ip:port: policy from there, answers reported there (material in CLAWKER_STACK_*)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -163,6 +165,14 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	}
 	if o.reportTimeout <= 0 {
 		return nil, errors.New("--report-timeout must be positive")
+	}
+	if o.cp != "" {
+		if _, err := netip.ParseAddrPort(o.cp); err != nil {
+			return nil, fmt.Errorf("--cp %q: want ip:port: %w", o.cp, err)
+		}
+		if o.noReport {
+			return nil, errors.New("--cp and --no-report exclude each other")
+		}
 	}
 	return o, nil
 }

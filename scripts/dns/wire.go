@@ -1,20 +1,47 @@
 package main
 
-import "github.com/clawker/clawker-cp/scripts/dns/clawkerfw"
+import (
+	"context"
+	"fmt"
+	"log"
+	"os"
 
-// wireControlPlane is THE hook where the control plane gets wired, after the
-// flags are parsed and before CoreDNS starts:
-//
-//   - the Reporter: set fw.Reporter to the mTLS client that hands answers to
-//     the eBPF owner and returns once the datapath has them (its error makes
-//     the agent's query SERVFAIL). Leave it nil and the binary refuses to
-//     start unless --no-report was given.
-//   - the policy watcher: start it here (a goroutine) and call
-//     fw.SetPolicy or fw.SetDoc for every new generation; until the first,
-//     every query but the health probe is REFUSED.
-//
-// fw.ReportTimeout already holds --report-timeout.
+	"github.com/clawker/clawker-cp/pkg/egressrules"
+	"github.com/clawker/clawker-cp/pkg/stackapi"
+	"github.com/clawker/clawker-cp/scripts/dns/clawkerfw"
+)
+
+// wireControlPlane connects the plugin to the control plane's stack
+// service (--cp): every answer is reported there and the reply waits for
+// it (the control plane writes the address into the kernel first), and
+// the policy is fetched from there and swapped in place on every change.
+// The mTLS material comes from the environment the control plane set
+// when it created this container.
 func wireControlPlane(fw *clawkerfw.Firewall, o *options) error {
-	_, _ = fw, o
+	if o.cp == "" {
+		return nil
+	}
+	tlsCfg, err := stackapi.ClientTLSFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	c := stackapi.NewClient(o.cp, tlsCfg)
+	c.Logf = func(format string, args ...any) { log.Printf("clawker-dns: "+format, args...) }
+	fw.Reporter = clawkerfw.ReporterFunc(func(ctx context.Context, answers []clawkerfw.Answer) error {
+		out := make([]stackapi.Answer, len(answers))
+		for i, a := range answers {
+			out[i] = stackapi.Answer{Name: a.Name, IP: a.IP, RuleIDs: a.RuleIDs, TTL: a.TTL}
+		}
+		return c.Report(ctx, out)
+	})
+	go func() {
+		_ = c.WatchPolicy(context.Background(), func(doc egressrules.Doc) error {
+			if err := fw.SetDoc(doc); err != nil {
+				return fmt.Errorf("policy generation %d: %w", doc.Generation, err)
+			}
+			log.Printf("clawker-dns: policy generation %d applied (%d rules)", doc.Generation, len(doc.Rules))
+			return nil
+		})
+	}()
 	return nil
 }

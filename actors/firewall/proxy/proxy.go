@@ -1,7 +1,8 @@
-// Package proxy owns the lifecycle and configuration of the egress proxy
-// sibling container (<net>.200). This control plane cannot build the
-// container yet: with the firewall enabled it adopts a proxy that already
-// answers at the stack's fixed address, and fails start-up when none does.
+// Package proxy owns the egress proxy sibling (<net>.200): with the stack
+// binaries present the control plane builds its image, runs its container,
+// probes its health endpoint and recreates it when it dies; without them
+// it adopts a proxy that already answers at the stack's fixed address, and
+// fails start-up when none does.
 package proxy
 
 import (
@@ -12,24 +13,23 @@ import (
 )
 
 // Actor is the egress proxy's owner.
-type Actor struct{ cfg stack.Member }
+type Actor struct{ owner stack.Owner }
 
 // New returns a producer of fresh proxy actors. A zero Member (firewall
 // disabled) checks nothing.
-func New(cfg stack.Member) actor.Producer { return func() actor.Actor { return &Actor{cfg: cfg} } }
+func New(cfg stack.Member) actor.Producer {
+	return func() actor.Actor { return &Actor{owner: stack.Owner{M: cfg}} }
+}
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
-	switch m := ctx.Message().(type) {
-	case *actor.Started:
-		stack.Adopt(ctx, a.cfg)
-	case *stack.Adopted:
-		supervise.ReportReady(ctx, m.Err)
-	case *supervise.DrainStep:
+	if m, ok := ctx.Message().(*supervise.DrainStep); ok {
 		if m.Step != supervise.StepStackStop {
 			supervise.RefuseStep(ctx, m)
 			return
 		}
-		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no proxy container running")
+		a.owner.StopStep(ctx, m, "no proxy container running")
+		return
 	}
+	a.owner.Receive(ctx)
 }

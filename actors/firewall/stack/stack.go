@@ -58,6 +58,10 @@ func AddrsFor(subnet netip.Prefix, gw netip.Addr, proxyPort uint16) (Addrs, erro
 // Member describes one member for its actor. A zero Member checks nothing
 // (firewall disabled).
 type Member struct {
+	// Managed, when set, makes the control plane run the member itself;
+	// nil adopts whatever answers at Addr (a stack run by hand, tests).
+	Managed *Managed
+
 	Name string         // "dns" or "proxy", for messages
 	Addr netip.AddrPort // where it must answer (TCP)
 	// Wait bounds the adoption check: the stack may still be starting.

@@ -1,0 +1,370 @@
+package main_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	docker "github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/adminclient"
+	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
+	"github.com/clawker/clawker-cp/pkg/settings"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
+)
+
+// The firewall stack end to end: a clawker-cp process on the host that
+// builds and runs the real DNS and proxy siblings on a test network, and a
+// test "internet" on that network's gateway: a DNS authority (which
+// firewall.upstream_dns points at, so nothing falls back to a real
+// resolver) and HTTPS/HTTP servers. The gateway is a private address, so
+// firewall.private_destinations allows exactly it. Agents are probe
+// containers labelled purpose=agent; no packet goes anywhere but the test
+// network and its gateway.
+
+// world is the test's internet on the gateway.
+type world struct {
+	gw       netip.Addr
+	auth     *cptest.Authority
+	certFP   string // SHA-256 of the HTTPS server's leaf
+	mu       sync.Mutex
+	sni      map[string]int // ClientHellos seen, by SNI
+	hosts    map[string]int // HTTP requests, by Host
+	bigBytes int64
+}
+
+func (w *world) seenSNI(name string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sni[name]
+}
+
+func (w *world) seenHost(name string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.hosts[name]
+}
+
+var worldNames = []string{"allowed.test", "www.wild.test", "wild.test", "deep.a.wild.test", "blocked.wild.test", "unlisted.test", "late.test", "meta.test"}
+
+func startWorld(t *testing.T, gw netip.Addr) *world {
+	t.Helper()
+	w := &world{gw: gw, sni: map[string]int{}, hosts: map[string]int{}, bigBytes: 256 << 20}
+	recs := map[string][]netip.Addr{}
+	for _, n := range worldNames {
+		recs[n] = []netip.Addr{gw}
+	}
+	// An allowed name pointing at the cloud metadata address: never
+	// dialled, because the floor drops the answer.
+	recs["meta.test"] = []netip.Addr{netip.MustParseAddr("169.254.169.254")}
+	w.auth = cptest.StartAuthority(t, gw, recs)
+
+	cert, fp := testServerCert(t, worldNames)
+	w.certFP = fp
+	mux := http.NewServeMux()
+	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+		w.mu.Lock()
+		w.hosts[r.Host]++
+		w.mu.Unlock()
+		fmt.Fprintf(rw, "hello from %s\n", r.Host)
+	})
+	mux.HandleFunc("/big", func(rw http.ResponseWriter, r *http.Request) {
+		rw.Header().Set("Content-Length", fmt.Sprint(w.bigBytes))
+		chunk := make([]byte, 64<<10)
+		for sent := int64(0); sent < w.bigBytes; sent += int64(len(chunk)) {
+			if _, err := rw.Write(chunk); err != nil {
+				return
+			}
+			// A slow download: a transfer that spans the rule changes.
+			time.Sleep(2 * time.Millisecond)
+		}
+	})
+	tlsLn, err := net.Listen("tcp4", net.JoinHostPort(gw.String(), "443"))
+	if err != nil {
+		t.Fatalf("listening on %s:443: %v", gw, err)
+	}
+	httpLn, err := net.Listen("tcp4", net.JoinHostPort(gw.String(), "80"))
+	if err != nil {
+		t.Fatalf("listening on %s:80: %v", gw, err)
+	}
+	tlsSrv := &http.Server{Handler: mux, TLSConfig: &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		GetConfigForClient: func(h *tls.ClientHelloInfo) (*tls.Config, error) {
+			w.mu.Lock()
+			w.sni[h.ServerName]++
+			w.mu.Unlock()
+			return nil, nil
+		},
+	}}
+	plain := &http.Server{Handler: mux}
+	go func() { _ = tlsSrv.ServeTLS(tlsLn, "", "") }()
+	go func() { _ = plain.Serve(httpLn) }()
+	t.Cleanup(func() { tlsSrv.Close(); plain.Close() })
+	return w
+}
+
+// testServerCert is a leaf for names from a CA made here.
+func testServerCert(t *testing.T, names []string) (tls.Certificate, string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stack test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, hex.EncodeToString(sum[:])
+}
+
+type stackRig struct {
+	d     *docker.Client
+	net   *cptest.TestNet
+	world *world
+	home  *cptest.Home
+	cp    *cptest.Process
+	admin *adminclient.Client
+	agent *cptest.ProbeContainer
+}
+
+func newStackRig(t *testing.T) *stackRig {
+	t.Helper()
+	d := cptest.RequireDocker(t)
+	stackDir := cptest.StackDir(t)
+	r := &stackRig{d: d}
+	r.net = cptest.NewTestNet(t, d, cptest.NewRunID(), cptest.TestNetOptions{})
+	r.world = startWorld(t, r.net.Gateway)
+	r.home = cptest.NewCPHome(t, fmt.Sprintf(
+		"firewall: {enable: true, proxy_port: %d, upstream_dns: [%q], private_destinations: [%q]}\ncontrol_plane: {watcher: {enable: false}}\n",
+		proxyPort, r.world.auth.Addr.String(), r.net.Gateway.String()))
+	var labels []string
+	for k, v := range r.net.Labels {
+		labels = append(labels, k+"="+v)
+	}
+	r.cp = cptest.StartCP(t, r.home, cpBinary(t), "CLAWKER_CP_DEBUG_PIN_DIR="+cptest.TestPinDir(t), "CLAWKER_CP_DEBUG_NETWORK="+r.net.Name,
+		"CLAWKER_CP_ORY_DIR="+cptest.OryDir(t), "CLAWKER_CP_STACK_DIR="+stackDir, "CLAWKER_DEBUG_LABELS="+strings.Join(labels, ","))
+	r.cp.WaitHealthy(t, 90*time.Second)
+	s, err := settings.Load(r.home.SettingsFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r.admin, err = adminclient.Dial(ctx, r.home.Paths(t), s, adminclient.WithOAuth())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.admin.Close() })
+	return r
+}
+
+func (r *stackRig) addRules(t *testing.T, rules ...*adminv1.EgressRule) *adminv1.FirewallAddRulesResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := r.admin.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: rules})
+	if err != nil {
+		t.Fatalf("FirewallAddRules: %v", err)
+	}
+	return res
+}
+
+func (r *stackRig) removeRule(t *testing.T, rule *adminv1.EgressRule) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := r.admin.FirewallRemoveRule(ctx, &adminv1.FirewallRemoveRuleRequest{Dst: rule.Dst, Proto: rule.Proto, Port: rule.Port})
+	if err != nil || res.GetStatus() != adminv1.RuleStatus_RULE_STATUS_REMOVED {
+		t.Fatalf("FirewallRemoveRule %s: %v %v", rule.Dst, res.GetStatus(), err)
+	}
+}
+
+func (r *stackRig) status(t *testing.T) *adminv1.FirewallStatusResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := r.admin.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+	if err != nil {
+		t.Fatalf("FirewallStatus: %v", err)
+	}
+	return st
+}
+
+func (r *stackRig) startAgent(t *testing.T) {
+	t.Helper()
+	labels := map[string]string{}
+	for k, v := range agentLabels {
+		labels[k] = v
+	}
+	r.agent = r.net.StartProbe(t, cptest.ProbeSpec{Args: []string{"-hold"}, Labels: labels})
+	cptest.WaitFor(t, 30*time.Second, "the agent enforced", func() (bool, string) {
+		for _, a := range r.status(t).GetAgents() {
+			if a.GetContainerId() == r.agent.ID {
+				return true, ""
+			}
+		}
+		return false, "not yet"
+	})
+}
+
+func (r *stackRig) try(t *testing.T, attempt string) netprobe.Outcome {
+	t.Helper()
+	return cptest.ExecProbe(t, r.d, r.agent.ID, "", "-timeout", "5s", attempt).Must(t, attempt)
+}
+
+func TestFirewallStackEndToEnd(t *testing.T) {
+	r := newStackRig(t)
+	st := r.status(t)
+	if len(st.GetStack()) != 2 {
+		t.Fatalf("status stack %+v, want the DNS and proxy members", st.GetStack())
+	}
+	for _, m := range st.GetStack() {
+		if !m.GetHealthy() || m.GetContainerId() == "" {
+			t.Errorf("member %+v, want healthy with a container", m)
+		}
+	}
+	res := r.addRules(t,
+		&adminv1.EgressRule{Dst: "allowed.test"},
+		&adminv1.EgressRule{Dst: "allowed.test", Proto: "http"},
+		&adminv1.EgressRule{Dst: ".wild.test"},
+		&adminv1.EgressRule{Dst: "blocked.wild.test", Action: "deny"},
+		&adminv1.EgressRule{Dst: "meta.test"},
+	)
+	for i, s := range res.GetStatuses() {
+		if s != adminv1.RuleStatus_RULE_STATUS_ADDED {
+			t.Fatalf("rule %d: %v, want ADDED", i, s)
+		}
+	}
+	r.startAgent(t)
+	gw := r.net.Gateway.String()
+
+	t.Run("allowed name over HTTPS, the server's own certificate", func(t *testing.T) {
+		o := r.try(t, "https:allowed.test")
+		if !o.OK || o.Status != 200 || o.Reply != "hello from allowed.test" {
+			t.Fatalf("https allowed.test: %+v", o)
+		}
+		if o.Cert != r.world.certFP {
+			t.Fatalf("certificate %s, want the server's own %s (no MITM)", o.Cert, r.world.certFP)
+		}
+	})
+	t.Run("allowed name over HTTP", func(t *testing.T) {
+		if o := r.try(t, "http:allowed.test"); !o.OK || o.Status != 200 || o.Reply != "hello from allowed.test" {
+			t.Fatalf("http allowed.test: %+v", o)
+		}
+	})
+	t.Run("wildcard covers apex and depth, the exact deny wins", func(t *testing.T) {
+		for _, n := range []string{"wild.test", "www.wild.test", "deep.a.wild.test"} {
+			if o := r.try(t, "https:"+n); !o.OK || o.Status != 200 {
+				t.Errorf("https %s: %+v, want allowed by .wild.test", n, o)
+			}
+		}
+		o := r.try(t, "https:blocked.wild.test")
+		if o.OK || o.Syscall != "resolve" {
+			t.Errorf("https blocked.wild.test: %+v, want a resolve failure (NXDOMAIN)", o)
+		}
+	})
+	t.Run("unlisted name: NXDOMAIN, and dialled by IP nothing reaches the server", func(t *testing.T) {
+		before := r.world.auth.Queries("unlisted.test")
+		o := r.try(t, "dns:"+r.net.DNSIP().String()+",name=unlisted.test")
+		if !o.OK || o.RCode != 3 {
+			t.Fatalf("dns unlisted.test: %+v, want NXDOMAIN (rcode 3)", o)
+		}
+		if n := r.world.auth.Queries("unlisted.test") - before; n != 0 {
+			t.Errorf("the upstream was asked %d times about an unlisted name", n)
+		}
+		if o := r.try(t, "https:unlisted.test,ip="+gw); o.OK {
+			t.Errorf("https unlisted.test by IP: %+v, want refused", o)
+		}
+		if n := r.world.seenSNI("unlisted.test"); n != 0 {
+			t.Errorf("the server saw %d ClientHellos for unlisted.test", n)
+		}
+		o = r.try(t, "http:unlisted.test,ip="+gw)
+		if o.Status != 403 || !strings.Contains(o.Reply, "unlisted.test") {
+			t.Errorf("http unlisted.test by IP: %+v, want 403 naming the host", o)
+		}
+		if n := r.world.seenHost("unlisted.test"); n != 0 {
+			t.Errorf("the server saw %d requests for unlisted.test", n)
+		}
+	})
+	t.Run("AAAA is empty, UDP other than DNS is refused", func(t *testing.T) {
+		o := r.try(t, "dns:"+r.net.DNSIP().String()+",name=allowed.test,type=AAAA")
+		if !o.OK || o.RCode != 0 || len(o.Answers) != 0 {
+			t.Errorf("AAAA allowed.test: %+v, want an empty NOERROR", o)
+		}
+		if o := r.try(t, "udp:"+gw+":9"); o.OK || o.Errno != "EPERM" {
+			t.Errorf("udp to the gateway: %+v, want EPERM", o)
+		}
+	})
+	t.Run("an allowed name resolving into the metadata range is not reachable", func(t *testing.T) {
+		o := r.try(t, "dns:"+r.net.DNSIP().String()+",name=meta.test")
+		if !o.OK || len(o.Answers) != 0 {
+			t.Errorf("dns meta.test: %+v, want no address (the floor drops 169.254.169.254)", o)
+		}
+	})
+	t.Run("add allows the next connection, remove refuses it", func(t *testing.T) {
+		if o := r.try(t, "https:late.test"); o.OK {
+			t.Fatalf("https late.test before its rule: %+v", o)
+		}
+		rule := &adminv1.EgressRule{Dst: "late.test"}
+		r.addRules(t, rule)
+		if o := r.try(t, "https:late.test"); !o.OK || o.Status != 200 {
+			t.Fatalf("https late.test right after FirewallAddRules answered: %+v", o)
+		}
+		r.removeRule(t, rule)
+		if o := r.try(t, "https:late.test,ip="+gw); o.OK {
+			t.Fatalf("https late.test after removal: %+v", o)
+		}
+	})
+	t.Run("a sibling killed is recreated; nothing passes meanwhile", func(t *testing.T) {
+		name := r.net.Name + "-proxy"
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if _, err := r.d.ContainerKill(ctx, name, docker.ContainerKillOptions{Signal: "KILL"}); err != nil {
+			t.Fatalf("killing %s: %v", name, err)
+		}
+		cptest.WaitFor(t, 10*time.Second, "status shows the proxy failing", func() (bool, string) {
+			for _, m := range r.status(t).GetStack() {
+				if strings.Contains(m.GetName(), "proxy") && !m.GetHealthy() {
+					return true, ""
+				}
+			}
+			return false, "still healthy"
+		})
+		cptest.WaitFor(t, 60*time.Second, "the proxy healthy again", func() (bool, string) {
+			for _, m := range r.status(t).GetStack() {
+				if strings.Contains(m.GetName(), "proxy") && !m.GetHealthy() {
+					return false, m.GetError()
+				}
+			}
+			return true, ""
+		})
+		if o := r.try(t, "https:allowed.test"); !o.OK || o.Status != 200 {
+			t.Fatalf("https allowed.test after the proxy came back: %+v", o)
+		}
+	})
+}
