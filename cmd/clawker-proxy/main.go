@@ -24,7 +24,7 @@ import (
 	"time"
 
 	"github.com/clawker/clawker-cp/pkg/egressproxy"
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // config is everything run needs; main fills it from flags.
@@ -33,6 +33,7 @@ type config struct {
 	Health        string // GET /healthz listener
 	DNS           string // the DNS sibling, ip:port
 	PolicyFile    string // optional egressrules.Doc JSON, for standalone use
+	CP            string // the control plane's stack service (policy push); accepted, wired by run's owner
 	PeekTimeout   time.Duration
 	DialTimeout   time.Duration
 	ShutdownGrace time.Duration // how long SIGTERM lets live connections finish
@@ -44,6 +45,7 @@ func main() {
 	flag.StringVar(&cfg.Health, "health", ":15002", "health listen address (GET /healthz)")
 	flag.StringVar(&cfg.DNS, "dns", "", "DNS sibling ip:port used to resolve allowed names (required)")
 	flag.StringVar(&cfg.PolicyFile, "policy-file", "", "egressrules.Doc JSON file to load at start and on SIGHUP (optional)")
+	flag.StringVar(&cfg.CP, "cp", "", "control plane stack service ip:port for the mTLS policy push (credentials from the environment)")
 	flag.DurationVar(&cfg.PeekTimeout, "peek-timeout", 5*time.Second, "deadline for a connection's ClientHello or request headers")
 	flag.DurationVar(&cfg.DialTimeout, "dial-timeout", 5*time.Second, "deadline for resolving and for each upstream dial")
 	flag.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 8*time.Second, "on SIGTERM, how long live connections may finish (below Docker's 10 s stop timeout)")
@@ -105,9 +107,9 @@ func run(ctx context.Context, cfg config) error {
 		}()
 	}
 
-	// Control-plane policy push goes here (started in its own goroutine,
-	// calling srv.SetPolicy on each new policy). Until a policy arrives the
-	// proxy refuses everything.
+	// Control-plane policy push goes here: when cfg.CP is set, start it in
+	// its own goroutine, calling srv.SetPolicy on each new policy. Until a
+	// policy arrives the proxy refuses everything and /healthz answers 503.
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

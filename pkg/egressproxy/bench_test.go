@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // Every benchmark runs "direct" and "proxy" side by side in one run, against

@@ -13,7 +13,7 @@ import (
 	"strings"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // httpIdleTimeout bounds the wait for the next request on a kept-alive

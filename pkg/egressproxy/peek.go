@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // Kind is what the first bytes of a connection look like.
@@ -118,11 +119,15 @@ func readHello(r io.Reader, first []byte) (raw, hello []byte, err error) {
 			return raw, nil, fmt.Errorf("%w: record length %d", errNotHello, n)
 		}
 		start := len(raw)
-		raw = append(raw, make([]byte, n)...)
+		raw = slices.Grow(raw, n)[:start+n]
 		if _, err := io.ReadFull(r, raw[start:]); err != nil {
 			return raw[:start], nil, fmt.Errorf("reading ClientHello record: %w", err)
 		}
-		hs = append(hs, raw[start:]...)
+		if hs == nil {
+			hs = raw[start:] // the common single-record hello: no copy
+		} else {
+			hs = append(slices.Clip(hs), raw[start:]...)
+		}
 		if len(hs) >= 4 {
 			if hs[0] != hsTypeClientHelo {
 				return raw, nil, fmt.Errorf("%w: handshake type %d", errNotHello, hs[0])
@@ -138,7 +143,7 @@ func readHello(r io.Reader, first []byte) (raw, hello []byte, err error) {
 		// The hello continues in the next record, which must be a handshake
 		// record too (RFC 8446 5.1 forbids interleaving other types).
 		start = len(raw)
-		raw = append(raw, make([]byte, recordHeaderLen)...)
+		raw = slices.Grow(raw, recordHeaderLen)[:start+recordHeaderLen]
 		if _, err := io.ReadFull(r, raw[start:]); err != nil {
 			return raw[:start], nil, fmt.Errorf("reading ClientHello record: %w", err)
 		}

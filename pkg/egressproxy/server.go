@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // Resolver resolves an allowed name. The main wires a net.Resolver whose Dial

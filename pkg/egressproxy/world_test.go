@@ -23,7 +23,7 @@ import (
 	"testing"
 	"time"
 
-	egressrules "github.com/clawker/clawker-cp/pkg/egressproxy/rulesshim"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
 // The test world: every server listens on 127.0.0.1. The fake resolver answers
