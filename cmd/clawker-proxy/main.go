@@ -25,6 +25,7 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/egressproxy"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
+	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
 
 // config is everything run needs; main fills it from flags.
@@ -107,9 +108,14 @@ func run(ctx context.Context, cfg config) error {
 		}()
 	}
 
-	// Control-plane policy push goes here: when cfg.CP is set, start it in
-	// its own goroutine, calling srv.SetPolicy on each new policy. Until a
-	// policy arrives the proxy refuses everything and /healthz answers 503.
+	// The control plane's policy, fetched by long poll and swapped in
+	// place; the next request acknowledges it. Until the first arrives the
+	// proxy refuses everything and /healthz answers 503.
+	if cfg.CP != "" {
+		if err := watchControlPlane(ctx, srv, cfg.CP); err != nil {
+			return err
+		}
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -142,6 +148,33 @@ func run(ctx context.Context, cfg config) error {
 	if serveErr != nil && !errors.Is(serveErr, egressproxy.ErrServerClosed) && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}
+	return nil
+}
+
+// watchControlPlane starts the policy watcher against the control plane's
+// stack service at addr, with the mTLS material the control plane put in
+// this container's environment.
+func watchControlPlane(ctx context.Context, srv *egressproxy.Server, addr string) error {
+	if _, err := netip.ParseAddrPort(addr); err != nil {
+		return fmt.Errorf("--cp %q: want ip:port: %v", addr, err)
+	}
+	tlsCfg, err := stackapi.ClientTLSFromEnv(os.Getenv)
+	if err != nil {
+		return err
+	}
+	c := stackapi.NewClient(addr, tlsCfg)
+	c.Logf = func(format string, args ...any) { log.Printf("clawker-proxy: "+format, args...) }
+	go func() {
+		_ = c.WatchPolicy(ctx, func(doc egressrules.Doc) error {
+			p, err := doc.Compile()
+			if err != nil {
+				return err
+			}
+			srv.SetPolicy(p)
+			log.Printf("clawker-proxy: policy generation %d applied (%d rules)", doc.Generation, len(doc.Rules))
+			return nil
+		})
+	}()
 	return nil
 }
 
