@@ -199,6 +199,13 @@ func leaf(n *yaml.Node, v reflect.Value, key string) error {
 			return fail("%q is not a boolean; write true or false", n.Value)
 		}
 		v.SetBool(b)
+	case v.Kind() == reflect.String:
+		// Only strings written as such: a bare number or boolean here is
+		// more likely a value put under the wrong key.
+		if tag != "!!str" {
+			return fail("%q is not a string; quote it", n.Value)
+		}
+		v.SetString(n.Value)
 	default:
 		// Only reachable if a field of an unsupported type is added to Settings.
 		panic(fmt.Sprintf("settings: no decoder for %s (%s)", key, v.Type()))

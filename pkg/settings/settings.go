@@ -9,8 +9,14 @@
 package settings
 
 import (
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"net"
 	"net/netip"
+	"os"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -18,6 +24,7 @@ import (
 type Settings struct {
 	ControlPlane ControlPlane `yaml:"control_plane"`
 	Firewall     Firewall     `yaml:"firewall"`
+	Monitoring   Monitoring   `yaml:"monitoring"`
 }
 
 // ControlPlane holds the ports CP and its Ory subprocesses listen on, and the
@@ -95,6 +102,35 @@ type Firewall struct {
 	PrivateDestinations []string `yaml:"private_destinations"`
 }
 
+// Monitoring is the egress event log (the netlogger): every decision of
+// the eBPF programs as an OpenTelemetry log record sent to a collector.
+type Monitoring struct {
+	// OTLPEndpoint is the collector's OTLP/gRPC address, host:port (an
+	// https:// prefix is accepted; http:// means plaintext and needs
+	// OTLPInsecure). Empty turns the netlogger off and the programs' event
+	// flag with it, so an unset endpoint costs nothing per connect.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// OTLPCA is the PEM (a file path, or the PEM itself) the collector's
+	// certificate must chain to; empty means the system roots.
+	OTLPCA string `yaml:"otlp_ca"`
+	// OTLPInsecure sends plaintext, for a collector on loopback or the
+	// agent network only: the records name every destination an agent
+	// tried, which must not cross other networks in clear.
+	OTLPInsecure bool `yaml:"otlp_insecure"`
+	// EgressEventsPerSecond is each agent cgroup's event budget; the
+	// bucket holds one second of it (burst = the same number), beyond
+	// which the programs drop events and count them.
+	EgressEventsPerSecond int `yaml:"egress_events_per_second"`
+}
+
+// DefaultEgressEventsPerSecond is pkg/egress's DefaultEventRate (not
+// imported: settings stays free of the BPF libraries).
+const DefaultEgressEventsPerSecond = 1000
+
+// maxEgressEventsPerSecond keeps the programs' interval (1s / rate) at
+// a microsecond or more.
+const maxEgressEventsPerSecond = 1_000_000
+
 // DefaultUpstreamDNS is Docker's embedded resolver, as every container on a
 // user-defined network sees it.
 const DefaultUpstreamDNS = "127.0.0.11:53"
@@ -131,7 +167,8 @@ func Default() Settings {
 				LastSeenFlush: 5 * time.Second,
 			},
 		},
-		Firewall: Firewall{Enable: true, ProxyPort: 15001, UpstreamDNS: []string{DefaultUpstreamDNS}},
+		Firewall:   Firewall{Enable: true, ProxyPort: 15001, UpstreamDNS: []string{DefaultUpstreamDNS}},
+		Monitoring: Monitoring{EgressEventsPerSecond: DefaultEgressEventsPerSecond},
 	}
 }
 
@@ -196,6 +233,10 @@ func (s Settings) Validate() error {
 		return err
 	}
 
+	if err := validateMonitoring(s.Monitoring); err != nil {
+		return err
+	}
+
 	sv, w := s.ControlPlane.Supervisor, s.ControlPlane.Watcher
 	if sv.MaxRestarts < 0 {
 		return invalid("control_plane.supervisor.max_restarts", "%d is negative; use 0 or more", sv.MaxRestarts)
@@ -238,6 +279,119 @@ func validateFirewallLists(f Firewall) error {
 	for i, c := range f.PrivateDestinations {
 		if _, err := ParsePrefix(c); err != nil {
 			return invalid("firewall.private_destinations", "entry %d (%q) is not an IPv4 CIDR or address; write one such as \"172.30.0.1/32\" or \"10.0.0.0/8\"", i, c)
+		}
+	}
+	return nil
+}
+
+// OTLPTarget is monitoring.otlp_endpoint taken apart: the gRPC target
+// (host:port) and whether the connection is plaintext.
+type OTLPTarget struct {
+	HostPort  string
+	Host      string
+	Plaintext bool
+}
+
+// ParseOTLPEndpoint reads monitoring.otlp_endpoint: host:port, or with an
+// https:// (TLS) or http:// (plaintext) prefix. insecure is
+// monitoring.otlp_insecure, which makes a bare host:port plaintext.
+func ParseOTLPEndpoint(endpoint string, insecure bool) (OTLPTarget, error) {
+	rest, plain := endpoint, insecure
+	if r, ok := strings.CutPrefix(endpoint, "https://"); ok {
+		rest, plain = r, false
+		if insecure {
+			return OTLPTarget{}, fmt.Errorf("%q asks for TLS (https://) but monitoring.otlp_insecure is true; drop one of them", endpoint)
+		}
+	} else if r, ok := strings.CutPrefix(endpoint, "http://"); ok {
+		rest, plain = r, true
+	}
+	rest = strings.TrimSuffix(rest, "/")
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || host == "" || strings.ContainsAny(rest, "/?#") {
+		return OTLPTarget{}, fmt.Errorf("%q is not host:port; write the collector's OTLP/gRPC address, such as \"otel-collector:4317\"", endpoint)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return OTLPTarget{}, fmt.Errorf("%q has port %q; use a port from 1 to 65535", endpoint, port)
+	}
+	return OTLPTarget{HostPort: rest, Host: host, Plaintext: plain}, nil
+}
+
+// PlaintextAllowed reports whether a plaintext collector may sit at host:
+// a loopback or private address (the agent network is a private bridge),
+// or localhost. A name is refused: what it resolves to can change.
+func PlaintextAllowed(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	a = a.Unmap()
+	return a.IsLoopback() || a.IsPrivate()
+}
+
+// LoadOTLPCA reads monitoring.otlp_ca, the PEM itself or a file holding
+// it, into a pool; nil for "" (the system roots).
+func LoadOTLPCA(v string) (*x509.CertPool, error) {
+	if v == "" {
+		return nil, nil
+	}
+	data := []byte(v)
+	if !strings.Contains(v, "-----BEGIN") {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read %s: %w", v, err)
+		}
+		data = b
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := data; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("certificate %d: %w", n+1, err)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, fmt.Errorf("no PEM certificate in it")
+	}
+	return pool, nil
+}
+
+func validateMonitoring(m Monitoring) error {
+	if r := m.EgressEventsPerSecond; r < 1 || r > maxEgressEventsPerSecond {
+		return invalid("monitoring.egress_events_per_second", "%d is out of range; use 1 to %d events per second per agent", r, maxEgressEventsPerSecond)
+	}
+	if m.OTLPEndpoint == "" {
+		return nil
+	}
+	t, err := ParseOTLPEndpoint(m.OTLPEndpoint, m.OTLPInsecure)
+	if err != nil {
+		return invalid("monitoring.otlp_endpoint", "%v", err)
+	}
+	if t.Plaintext && !m.OTLPInsecure {
+		return invalid("monitoring.otlp_endpoint", "%q is plaintext; use host:port (TLS with a client certificate), or set monitoring.otlp_insecure: true for a collector on loopback or the agent network", m.OTLPEndpoint)
+	}
+	if t.Plaintext && !PlaintextAllowed(t.Host) {
+		return invalid("monitoring.otlp_insecure", "plaintext to %q is refused: only a collector on loopback or the agent network (a loopback or private IP address) may go without TLS", t.Host)
+	}
+	if m.OTLPCA != "" {
+		if t.Plaintext {
+			return invalid("monitoring.otlp_ca", "is set but monitoring.otlp_insecure turns TLS off; remove one of them")
+		}
+		if _, err := LoadOTLPCA(m.OTLPCA); err != nil {
+			return invalid("monitoring.otlp_ca", "%v; give a PEM file (or the PEM itself) of the CA the collector's certificate chains to", err)
 		}
 	}
 	return nil

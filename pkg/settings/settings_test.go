@@ -1,7 +1,14 @@
 package settings
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -492,4 +499,77 @@ func TestFirewallLists(t *testing.T) {
 			t.Errorf("%q: %v, want %q", c.yaml, err, c.want)
 		}
 	}
+}
+
+func TestMonitoring(t *testing.T) {
+	d := Default().Monitoring
+	if d.OTLPEndpoint != "" || d.OTLPInsecure || d.EgressEventsPerSecond != DefaultEgressEventsPerSecond {
+		t.Fatalf("default monitoring %+v: the netlogger must be off by default", d)
+	}
+	ca := writeTestCA(t)
+	s, err := parse([]byte("monitoring:\n  otlp_endpoint: collector.example:4317\n  otlp_ca: " + ca + "\n  egress_events_per_second: 50\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Monitoring.OTLPEndpoint != "collector.example:4317" || s.Monitoring.OTLPCA != ca || s.Monitoring.EgressEventsPerSecond != 50 {
+		t.Fatalf("monitoring %+v", s.Monitoring)
+	}
+	for _, ok := range []string{
+		"monitoring:\n  otlp_endpoint: https://collector.example:4317\n",
+		"monitoring:\n  otlp_endpoint: 127.0.0.1:4317\n  otlp_insecure: true\n",
+		"monitoring:\n  otlp_endpoint: http://172.30.0.9:4317\n  otlp_insecure: true\n",
+		"monitoring:\n  otlp_endpoint: \"[::1]:4317\"\n  otlp_insecure: true\n",
+	} {
+		if _, err := parse([]byte(ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+	for _, c := range []struct{ yaml, key, want string }{
+		{"monitoring:\n  otlp_endpoint: http://127.0.0.1:4317\n", "monitoring.otlp_endpoint", `monitoring.otlp_endpoint: "http://127.0.0.1:4317" is plaintext; use host:port (TLS with a client certificate), or set monitoring.otlp_insecure: true`},
+		{"monitoring:\n  otlp_endpoint: collector:4317\n  otlp_insecure: true\n", "monitoring.otlp_insecure", `monitoring.otlp_insecure: plaintext to "collector" is refused`},
+		{"monitoring:\n  otlp_endpoint: 8.8.8.8:4317\n  otlp_insecure: true\n", "monitoring.otlp_insecure", `plaintext to "8.8.8.8" is refused`},
+		{"monitoring:\n  otlp_endpoint: https://127.0.0.1:4317\n  otlp_insecure: true\n", "monitoring.otlp_endpoint", "asks for TLS (https://) but monitoring.otlp_insecure is true"},
+		{"monitoring:\n  otlp_endpoint: collector\n", "monitoring.otlp_endpoint", `"collector" is not host:port`},
+		{"monitoring:\n  otlp_endpoint: collector:0\n", "monitoring.otlp_endpoint", `has port "0"`},
+		{"monitoring:\n  otlp_endpoint: https://collector:4317/v1/logs\n", "monitoring.otlp_endpoint", "is not host:port"},
+		{"monitoring:\n  otlp_endpoint: collector:4317\n  otlp_ca: /nonexistent/ca.pem\n", "monitoring.otlp_ca", "cannot read /nonexistent/ca.pem"},
+		{"monitoring:\n  otlp_endpoint: collector:4317\n  otlp_ca: \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\"\n", "monitoring.otlp_ca", "monitoring.otlp_ca:"},
+		{"monitoring:\n  otlp_endpoint: 127.0.0.1:4317\n  otlp_insecure: true\n  otlp_ca: " + ca + "\n", "monitoring.otlp_ca", "monitoring.otlp_insecure turns TLS off"},
+		{"monitoring:\n  egress_events_per_second: 0\n", "monitoring.egress_events_per_second", "0 is out of range"},
+		{"monitoring:\n  otlp_insecure: maybe\n", "monitoring.otlp_insecure", "monitoring.otlp_insecure"},
+		{"monitoring:\n  otlp_endpont: x:1\n", "monitoring.otlp_endpont", "monitoring.otlp_endpont"},
+	} {
+		_, err := parse([]byte(c.yaml))
+		var e *Error
+		if !errors.As(err, &e) || e.Key != c.key || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v (key %q), want key %s and %q", c.yaml, err, keyOf(e), c.key, c.want)
+		}
+	}
+}
+
+func keyOf(e *Error) string {
+	if e == nil {
+		return ""
+	}
+	return e.Key
+}
+
+// writeTestCA writes a self-signed CA certificate as PEM and returns its path.
+func writeTestCA(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
