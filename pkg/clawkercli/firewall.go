@@ -25,7 +25,7 @@ import (
 )
 
 const (
-	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny]"
+	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny] | clawker firewall add --preset NAME"
 	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] | clawker firewall remove --all"
 	fwEnableUsage  = "clawker firewall enable --agent NAME [--project P]"
 	fwDisableUsage = "clawker firewall disable --agent NAME [--project P]"
@@ -86,12 +86,14 @@ func firewallCommand(env Env) *cli.Command {
 					&cli.StringFlag{Name: "proto", Usage: "https, http, tcp or ssh (default https)"},
 					&cli.StringFlag{Name: "port", Usage: "a port (443) or a range (8000-8100) (default: the proto's, https 443, http 80, ssh 22)"},
 					&cli.StringFlag{Name: "action", Usage: "allow or deny (default allow)"},
+					presetFlag(),
 					formatFlag(),
 				},
 				Description: fwAddUsage + " (flags may also come first)\n" +
 					"DST is a name (example.com), a name and all its subdomains (.example.com), an IPv4 address or a CIDR.",
 				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
 			},
+			presetsCommand(),
 			{
 				Name:      "remove",
 				Usage:     "remove an egress rule, or all of them with --all",
@@ -721,16 +723,12 @@ func firewallAdd(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
-	switch {
-	case len(args) == 0:
-		return fmt.Errorf("DST: required: the destination, e.g. example.com, .example.com or 10.0.0.0/8 (%s)", fwAddUsage)
-	case len(args) > 1:
-		return fmt.Errorf("firewall add takes one argument, DST, got %q (%s)", args, fwAddUsage)
+	rules, err := addRequestRules(c, args)
+	if err != nil {
+		return err
 	}
-	// The control plane judges the rule: its message names each bad field.
-	rule := &adminv1.EgressRule{Dst: args[0], Proto: c.String("proto"), Port: c.String("port"), Action: c.String("action")}
 	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
-		resp, err := cl.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: []*adminv1.EgressRule{rule}})
+		resp, err := cl.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: rules})
 		if err != nil {
 			return rpcError("firewall add", cl.Addr(), err)
 		}
