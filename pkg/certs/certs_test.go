@@ -88,6 +88,7 @@ func TestEnsureCreatesAllWithModes(t *testing.T) {
 		ServerCertFile: 0o644, ServerKeyFile: 0o600,
 		CLICertFile: 0o644, CLIKeyFile: 0o600,
 		SigningKeyFile: 0o600, SigningJWKSFile: 0o644,
+		NetloggerCertFile: 0o644, NetloggerKeyFile: 0o600,
 		lockName: 0o600,
 	}
 	entries, err := os.ReadDir(dir)

@@ -81,6 +81,13 @@ type Material struct {
 	CLIKey     *ecdsa.PrivateKey // host only
 	SigningKey *ecdsa.PrivateKey // host only
 	SigningJWK *JWKS
+	// Netlogger is the CP's client identity towards the OpenTelemetry
+	// collector (CN clawker-netlogger); nil in material from before it
+	// existed. NetloggerErr says why a bundle's pair was not loaded: the
+	// rest of the CP runs without it.
+	Netlogger    *x509.Certificate
+	NetloggerKey *ecdsa.PrivateKey
+	NetloggerErr error
 
 	files map[string][]byte // raw bytes as read, for ServerBundle
 	now   func() time.Time
@@ -143,13 +150,19 @@ func ensure(dir string, opts Options, force bool) ([]Item, error) {
 	leaves := []struct {
 		name, certFile, keyFile string
 		spec                    leafSpec
+		also                    []companion
 	}{
-		{GroupServer, ServerCertFile, ServerKeyFile, serverSpec(opts.ServerIPs)},
-		{GroupCLI, CLICertFile, CLIKeyFile, cliSpec()},
+		{GroupServer, ServerCertFile, ServerKeyFile, serverSpec(opts.ServerIPs), serverCompanions},
+		{GroupCLI, CLICertFile, CLIKeyFile, cliSpec(), nil},
 	}
 	for _, l := range leaves {
 		it := Item{Name: l.name, Path: filepath.Join(dir, l.certFile)}
 		cert, _, _, _, err := readLeaf(dir, l.certFile, l.keyFile, ca, l.spec, now, true)
+		if err == nil {
+			// A group is whole or reissued whole: one line per group in
+			// the rotate output, and no pair older than its siblings.
+			err = checkCompanions(dir, l.also, ca, now)
+		}
 		if caItem.Created && !errors.Is(err, fs.ErrNotExist) {
 			err = ErrCAReplaced // a leaf under the old CA is worthless, whatever else is wrong with it
 		}
@@ -160,6 +173,9 @@ func ensure(dir string, opts Options, force bool) ([]Item, error) {
 				return nil, fmt.Errorf("certs: issue %s cert: %w", l.name, err)
 			}
 			if err := writePair(dir, l.keyFile, l.certFile, cert, key); err != nil {
+				return nil, fmt.Errorf("certs: %w", err)
+			}
+			if err := issueCompanions(dir, l.also, ca, caKey, now); err != nil {
 				return nil, fmt.Errorf("certs: %w", err)
 			}
 		}
@@ -354,6 +370,9 @@ func load(dir string, now func() time.Time) (*Material, error) {
 		return fail(err)
 	}
 	m.files[ServerCertFile], m.files[ServerKeyFile] = certPEM, keyPEM
+	if err := m.loadNetlogger(dir, t, true); err != nil {
+		return fail(err)
+	}
 	if m.CLI, m.CLIKey, certPEM, keyPEM, err = readLeaf(dir, CLICertFile, CLIKeyFile, m.CA, cliSpec(), t, true); err != nil {
 		return fail(err)
 	}
@@ -382,6 +401,15 @@ var bundleFiles = map[string]os.FileMode{
 	SigningJWKSFile: certMode,
 }
 
+// optionalBundleFiles travel when the material has them: netlogger.key is
+// the CP's client identity towards the collector, like server.key its
+// identity towards clients. They stay out of ServerBundle, whose callers
+// compare bundles: the pair only ever changes with server.crt.
+var optionalBundleFiles = map[string]os.FileMode{
+	NetloggerCertFile: certMode,
+	NetloggerKeyFile:  keyMode,
+}
+
 // ServerBundle returns exactly the files that may be mounted into the CP
 // container, keyed by file name (see bundleFiles for why these four).
 func (m *Material) ServerBundle() map[string][]byte {
@@ -399,14 +427,26 @@ func (m *Material) ServerBundle() map[string][]byte {
 // single files: a file bind mount pins the old inode across a rotation.
 func (m *Material) WriteServerBundle(dir string) error {
 	b := m.ServerBundle()
-	if len(b) != len(bundleFiles) {
-		return errors.New("certs: material is incomplete; load it with Load")
+	for name := range bundleFiles {
+		if _, ok := b[name]; !ok {
+			return errors.New("certs: material is incomplete; load it with Load")
+		}
 	}
 	if err := ensureDir(dir); err != nil {
 		return fmt.Errorf("certs: bundle dir: %w", err)
 	}
 	for _, name := range []string{ServerKeyFile, ServerCertFile, CACertFile, SigningJWKSFile} {
 		if err := writeFileAtomic(filepath.Join(dir, name), b[name], bundleFiles[name]); err != nil {
+			return fmt.Errorf("certs: %w", err)
+		}
+	}
+	for _, name := range []string{NetloggerKeyFile, NetloggerCertFile} {
+		if data, ok := m.files[name]; ok {
+			if err := writeFileAtomic(filepath.Join(dir, name), data, optionalBundleFiles[name]); err != nil {
+				return fmt.Errorf("certs: %w", err)
+			}
+		} else if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			// A pair of an earlier CA would only fail at the collector.
 			return fmt.Errorf("certs: %w", err)
 		}
 	}
@@ -439,6 +479,11 @@ func LoadServerBundle(dir string) (*Material, error) {
 		return fail(err)
 	}
 	m.files[ServerCertFile], m.files[ServerKeyFile] = certPEM, keyPEM
+	// The netlogger's pair is its own business: a bad one must not keep
+	// the CP's listeners down, so it is reported, not fatal.
+	if err := m.loadNetlogger(dir, t, false); err != nil {
+		m.NetloggerErr = err
+	}
 	var jwksData []byte
 	if jwksData, m.SigningJWK, err = readJWKS(filepath.Join(dir, SigningJWKSFile)); err != nil {
 		return fail(err)
