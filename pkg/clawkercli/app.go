@@ -103,6 +103,7 @@ func App(env Env) *cli.App {
 			runCommand(env),
 			rmCommand(env),
 			firewallCommand(env),
+			psCommand(env),
 		},
 	}
 }
