@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -44,6 +45,31 @@ const (
 	debugLabelsEnv = "CLAWKER_DEBUG_LABELS"
 )
 
+// version is the release, set when building one:
+// go build -ldflags "-X main.version=v0.4.0" ./cmd/clawker-cp
+var version = "dev"
+
+// versionText is `clawker-cp --version`: the release and the commit built
+// from (clawker --version names the image that carries this binary).
+func versionText() string {
+	commit := "unknown (built without VCS information)"
+	if info, ok := debug.ReadBuildInfo(); ok {
+		var rev, dirty string
+		for _, s := range info.Settings {
+			switch {
+			case s.Key == "vcs.revision":
+				rev = s.Value
+			case s.Key == "vcs.modified" && s.Value == "true":
+				dirty = "-dirty"
+			}
+		}
+		if rev != "" {
+			commit = rev + dirty
+		}
+	}
+	return "clawker-cp " + version + "\ncommit: " + commit + "\n"
+}
+
 func main() {
 	code := 0
 	app := &cli.App{
@@ -55,8 +81,13 @@ func main() {
 				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
 			&cli.StringFlag{Name: "stack-dir", EnvVars: []string{"CLAWKER_CP_STACK_DIR"},
 				Usage: "directory of the clawker-dns and clawker-proxy binaries: with the firewall enabled the CP builds and runs the firewall stack from them (empty: it adopts a stack that already answers at .200/.201)"},
+			&cli.BoolFlag{Name: "version", Usage: "print the version and the commit, then exit"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.Bool("version") {
+				fmt.Print(versionText())
+				return nil
+			}
 			stackDir := c.String("stack-dir")
 			if stackDir != "" {
 				abs, err := filepath.Abs(stackDir)

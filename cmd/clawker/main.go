@@ -7,6 +7,11 @@ import (
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
 )
 
+// version is the release, set when building one:
+// go build -ldflags "-X main.version=v0.4.0" ./cmd/clawker
+var version = "dev"
+
 func main() {
+	clawkercli.Version = version
 	os.Exit(clawkercli.Run(clawkercli.DefaultEnv(), os.Args))
 }

@@ -65,7 +65,7 @@ func (env Env) docker() (cpboot.Docker, func(), error) {
 // App returns the clawker CLI.
 func App(env Env) *cli.App {
 	formatFlag := &cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text or json"}
-	return &cli.App{
+	return finishApp(env, &cli.App{
 		Name:      "clawker",
 		Usage:     "run AI coding agents in boxed-in containers",
 		Writer:    env.Stdout,
@@ -83,7 +83,7 @@ func App(env Env) *cli.App {
 					Name:   "status",
 					Usage:  "show whether the control plane container runs and is healthy",
 					Flags:  []cli.Flag{formatFlag},
-					Action: func(c *cli.Context) error { return status(c, env) },
+					Action: func(c *cli.Context) error { return statusWithImage(c, env) },
 				},
 				{
 					Name:   "tree",
@@ -104,8 +104,9 @@ func App(env Env) *cli.App {
 			rmCommand(env),
 			firewallCommand(env),
 			psCommand(env),
+			completionCommand(),
 		},
-	}
+	})
 }
 
 // Run runs the CLI with args and returns the process exit code. Errors go to
