@@ -683,17 +683,27 @@ func (p *ProbeContainer) Wait(t testing.TB, timeout time.Duration) ProbeResult {
 // containers whose image holds the probe.
 func ExecProbe(t testing.TB, d *docker.Client, id, user string, args ...string) ProbeResult {
 	t.Helper()
+	res, err := ExecProbeErr(d, id, user, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// ExecProbeErr is ExecProbe for a goroutine other than the test's, where
+// t.Fatal must not be called: failures come back as an error.
+func ExecProbeErr(d *docker.Client, id, user string, args ...string) (ProbeResult, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), ContainerWaitTimeout)
 	defer cancel()
 	ex, err := d.ExecCreate(ctx, id, docker.ExecCreateOptions{
 		User: user, AttachStdout: true, AttachStderr: true, Cmd: append([]string{ProbePath}, args...),
 	})
 	if err != nil {
-		t.Fatalf("cptest: exec %s in %s: %v", ProbePath, id, err)
+		return ProbeResult{}, fmt.Errorf("cptest: exec %s in %s: %w", ProbePath, id, err)
 	}
 	att, err := d.ExecAttach(ctx, ex.ID, docker.ExecAttachOptions{})
 	if err != nil {
-		t.Fatalf("cptest: attaching to exec %s in %s: %v", ex.ID, id, err)
+		return ProbeResult{}, fmt.Errorf("cptest: attaching to exec %s in %s: %w", ex.ID, id, err)
 	}
 	// The hijacked connection ignores ctx: close it when ctx ends, so a
 	// hung probe cannot hang the test.
@@ -705,19 +715,23 @@ func ExecProbe(t testing.TB, d *docker.Client, id, user string, args ...string) 
 	var o, e bytes.Buffer
 	_, copyErr := stdcopy.StdCopy(&o, &e, att.Reader)
 	if ctx.Err() != nil {
-		t.Fatalf("cptest: exec %v in %s did not end within %s:\n%s%s", args, id, ContainerWaitTimeout, o.String(), e.String())
+		return ProbeResult{}, fmt.Errorf("cptest: exec %v in %s did not end within %s:\n%s%s", args, id, ContainerWaitTimeout, o.String(), e.String())
 	}
 	if copyErr != nil {
-		t.Fatalf("cptest: reading exec %s in %s: %v", ex.ID, id, copyErr)
+		return ProbeResult{}, fmt.Errorf("cptest: reading exec %s in %s: %w", ex.ID, id, copyErr)
 	}
 	code := -1
-	WaitFor(t, 10*time.Second, "exec "+ex.ID+" to be reported ended", func() (bool, string) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
 		ins, err := d.ExecInspect(ctx, ex.ID, docker.ExecInspectOptions{})
-		if err != nil {
-			return false, err.Error()
+		if err == nil && !ins.Running {
+			code = ins.ExitCode
+			break
 		}
-		code = ins.ExitCode
-		return !ins.Running, ""
-	})
-	return newProbeResult(o.String(), e.String(), code)
+		if time.Now().After(deadline) {
+			return ProbeResult{}, fmt.Errorf("cptest: exec %s not reported ended within 10s (%v)", ex.ID, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return newProbeResult(o.String(), e.String(), code), nil
 }

@@ -187,7 +187,7 @@ func Ensure(ctx context.Context, d Docker, sp Spec) (Outcome, error) {
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	if _, err := d.ContainerStart(cctx, id, client.ContainerStartOptions{}); err != nil {
-		return out, fmt.Errorf("starting %s: %w (see `docker logs %s`)", sp.Name, err, sp.Name)
+		return out, fmt.Errorf("starting %s at %s: %w", sp.Name, sp.IP, err)
 	}
 	return out, nil
 }
