@@ -2,12 +2,14 @@
 
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
-// clawker egress enforcement: cgroup sock_addr and sock_create programs.
+// clawker egress enforcement: cgroup sock_addr, sock_create and skb programs,
+// and the socket iterators that cut what an agent opened while unfiltered.
 //
-// The programs are attached once at a cgroup that is an ancestor of every
-// agent (the Docker parent cgroup in production, a child cgroup in tests) and
-// tell agents apart by the cgroup id of the calling task. A task whose cgroup
-// has no entry in cgroup_cfg passes untouched.
+// The programs are attached to each agent's own cgroup. A task is enforced
+// by the config of its cgroup or, when that has none, of its nearest
+// enrolled ancestor: a process that moved into a cgroup below its agent's
+// (cgroup namespaces let a root agent create one) is enforced like the
+// agent. A task with no enrolled ancestor passes untouched.
 //
 // Byte order: every address and port stored in a map is in network byte order,
 // exactly as the kernel hands it to the program, so the hot path never swaps.
@@ -23,6 +25,7 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -32,6 +35,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define SOCK_DGRAM 2
 
 #define DNS_PORT 53
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+// Deepest cgroup level searched for an enrolled ancestor (the kernel's own
+// limit is much higher; agents sit at level 2, their children below).
+#define MAX_CGROUP_LEVEL 32
 
 // Wake the reader only once this much is pending (per-event wakeups cost
 // microseconds per connect; see FINDINGS). The Go reader also polls.
@@ -41,6 +52,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define CFG_DISABLED (1U << 0)         // explicit bypass without expiry
 #define CFG_EVENTS (1U << 1)           // emit decision events
 #define CFG_ENFORCE_LOOPBACK (1U << 2) // no loopback exemption (tests)
+#define CFG_A2A_PROJECT (1U << 3)      // agents of the same project reach each other
+#define CFG_A2A_ALLOW (1U << 4)        // the whole subnet passes (the old behaviour)
 
 enum hook {
 	HOOK_CONNECT4 = 1,
@@ -48,6 +61,7 @@ enum hook {
 	HOOK_SENDMSG4 = 3,
 	HOOK_SENDMSG6 = 4,
 	HOOK_SOCK_CREATE = 5,
+	HOOK_BACKSTOP = 6,
 };
 
 enum verdict {
@@ -63,6 +77,17 @@ enum verdict {
 	V_DENY_UDP = 10,
 	V_DENY_IPV6 = 11,
 	V_DENY_SOCKET = 12,
+	// Added later: numbers are stable, so the ranges are not contiguous
+	// (see is_deny and is_redirect).
+	V_ALLOW_CP = 13,        // the CP's agent or Hydra public port
+	V_ALLOW_PEER = 14,      // an agent of the same project
+	V_ALLOW_SELF = 15,      // the agent's own address
+	V_DENY_SUBNET = 16,     // anything else on the agent network
+	V_DENY_CP = 17,         // another port of the CP
+	V_DENY_GATEWAY = 18,    // the host, as the network's gateway
+	V_DENY_BROADCAST = 19,  // network, subnet broadcast, 255.255.255.255
+	V_DENY_MULTICAST = 20,  // 224.0.0.0/4
+	V_DENY_BACKSTOP = 21,   // a packet the sock_addr hooks never saw
 };
 
 enum stat {
@@ -72,6 +97,8 @@ enum stat {
 	STAT_ALLOW = 3,
 	STAT_REDIRECT = 4,
 	STAT_DENY = 5,
+	STAT_BACKSTOP_DROP = 6, // must stay 0 in normal operation
+	STAT_CUT = 7,           // sockets destroyed by the cut iterators
 	STAT_MAX = 8,
 };
 
@@ -90,6 +117,11 @@ struct agent_cfg {
 	__u64 ev_interval_ns;  // events: one token per interval (0: unlimited)
 	__u64 ev_burst_ns;     // events: bucket depth, interval * burst
 	__u64 _reserved[2];    // must be zero
+	__be32 cp_ip4;         // the control plane: only the two ports below
+	__be16 cp_port_agent;  // control_plane.agent_port
+	__be16 cp_port_hydra;  // control_plane.hydra_public_port
+	__be32 self_ip4;       // the agent's own address on the network
+	__u32 project_id;      // with CFG_A2A_PROJECT: peers in peer_project with this id pass
 };
 
 struct route_key {
@@ -161,6 +193,30 @@ struct {
 	__array(values, struct route_table);
 } routes SEC(".maps");
 
+// Every enforced agent's address and its project id (agent_to_agent:
+// project). Maintained by the eBPF owner.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __be32);
+	__type(value, __u32);
+} peer_project SEC(".maps");
+
+// What one run of the cut iterators looks for, and what it did. Not pinned:
+// the loader serialises runs.
+struct cut_target {
+	__u64 cgroup_id; // the enrolled cgroup; sockets of cgroups below it too
+	__u32 destroyed;
+	__u32 seen;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cut_target);
+} cut_target SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
@@ -197,6 +253,7 @@ const struct event unused_event __attribute__((unused));
 const struct route_key unused_route_key __attribute__((unused));
 const struct route_val unused_route_val __attribute__((unused));
 const struct dns_orig unused_sk_dns __attribute__((unused));
+const struct cut_target unused_cut_target __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -205,11 +262,21 @@ static __always_inline void count(__u32 idx)
 		__sync_fetch_and_add(v, 1);
 }
 
+static __always_inline int is_deny(__u8 v)
+{
+	return (v >= V_DENY_UDP && v <= V_DENY_SOCKET) || (v >= V_DENY_SUBNET && v <= V_DENY_BACKSTOP);
+}
+
+static __always_inline int is_redirect(__u8 v)
+{
+	return v >= V_REDIRECT_DNS && v <= V_REDIRECT_PROXY;
+}
+
 static __always_inline void count_verdict(__u8 verdict)
 {
-	if (verdict >= V_DENY_UDP)
+	if (is_deny(verdict))
 		count(STAT_DENY);
-	else if (verdict >= V_REDIRECT_DNS)
+	else if (is_redirect(verdict))
 		count(STAT_REDIRECT);
 	else
 		count(STAT_ALLOW);
@@ -240,7 +307,9 @@ static __always_inline int ratelimit_ok(const struct agent_cfg *cfg, __u64 cgid,
 	return 1;
 }
 
-static __always_inline void emit(const struct agent_cfg *cfg, __u64 cgid, __u64 now, struct event *ev)
+// task: the program runs in the caller's task context (not in the skb
+// program, where "current" may be any task or none).
+static __always_inline void emit_ev(const struct agent_cfg *cfg, __u64 cgid, __u64 now, struct event *ev, int task)
 {
 	if (!(cfg->flags & CFG_EVENTS))
 		return;
@@ -254,16 +323,22 @@ static __always_inline void emit(const struct agent_cfg *cfg, __u64 cgid, __u64 
 		count(STAT_RESERVE_FAIL);
 		return;
 	}
-	__u64 ugid = bpf_get_current_uid_gid();
 	ev->ts_ns = now;
 	ev->cgroup_id = cgid;
-	ev->pid = bpf_get_current_pid_tgid() >> 32;
-	ev->uid = (__u32)ugid;
+	if (task) {
+		ev->pid = bpf_get_current_pid_tgid() >> 32;
+		ev->uid = (__u32)bpf_get_current_uid_gid();
+	}
 	__builtin_memcpy(e, ev, sizeof(*e));
 
 	__u64 pending = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
 	bpf_ringbuf_submit(e, pending >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 	count(STAT_EVENTS);
+}
+
+static __always_inline void emit(const struct agent_cfg *cfg, __u64 cgid, __u64 now, struct event *ev)
+{
+	emit_ev(cfg, cgid, now, ev, 1);
 }
 
 static __always_inline void set_mapped(__u32 *dst, __be32 ip4)
@@ -274,11 +349,62 @@ static __always_inline void set_mapped(__u32 *dst, __be32 ip4)
 	dst[3] = ip4;
 }
 
-// Returns the config of an enrolled cgroup, or NULL when the caller is not
-// enrolled. *verdict is set when the cgroup is enrolled but not enforced now.
-static __always_inline struct agent_cfg *enrolled(__u64 cgid, __u64 now, __u8 *verdict)
+// The config of the caller's cgroup or, failing that, of its enrolled
+// ancestor; *cgid is set to the enrolled cgroup. The exact lookup comes
+// first, so an agent's own tasks cost one lookup as before; only a task
+// below an agent walks the levels, shallowest first (agents do not nest).
+static __noinline struct agent_cfg *find_cfg_current(__u64 *cgid)
 {
-	struct agent_cfg *cfg = bpf_map_lookup_elem(&cgroup_cfg, &cgid);
+	__u64 id = bpf_get_current_cgroup_id();
+	struct agent_cfg *cfg = bpf_map_lookup_elem(&cgroup_cfg, &id);
+	if (cfg) {
+		*cgid = id;
+		return cfg;
+	}
+	for (int l = 1; l < MAX_CGROUP_LEVEL; l++) {
+		__u64 anc = bpf_get_current_ancestor_cgroup_id(l);
+		if (anc == 0 || anc == id)
+			break; // reached the caller's own level
+		cfg = bpf_map_lookup_elem(&cgroup_cfg, &anc);
+		if (cfg) {
+			*cgid = anc;
+			return cfg;
+		}
+	}
+	return 0;
+}
+
+// find_cfg_current for a packet, by its socket's cgroup: also right when
+// the kernel sends for the socket from another context (timers, softirq).
+static __noinline struct agent_cfg *find_cfg_skb(struct __sk_buff *skb, __u64 *cgid)
+{
+	__u64 id = bpf_skb_cgroup_id(skb);
+	if (id == 0)
+		return 0;
+	struct agent_cfg *cfg = bpf_map_lookup_elem(&cgroup_cfg, &id);
+	if (cfg) {
+		*cgid = id;
+		return cfg;
+	}
+	for (int l = 1; l < MAX_CGROUP_LEVEL; l++) {
+		__u64 anc = bpf_skb_ancestor_cgroup_id(skb, l);
+		if (anc == 0 || anc == id)
+			break;
+		cfg = bpf_map_lookup_elem(&cgroup_cfg, &anc);
+		if (cfg) {
+			*cgid = anc;
+			return cfg;
+		}
+	}
+	return 0;
+}
+
+// Returns the config the caller is enforced by, or NULL when the caller is
+// not enrolled. *verdict is set when the cgroup is enrolled but not
+// enforced now.
+static __always_inline struct agent_cfg *enrolled(__u64 *cgid, __u64 now, __u8 *verdict)
+{
+	struct agent_cfg *cfg = find_cfg_current(cgid);
 	if (!cfg)
 		return 0;
 	*verdict = 0;
@@ -292,6 +418,26 @@ static __always_inline struct agent_cfg *enrolled(__u64 cgid, __u64 now, __u8 *v
 static __always_inline int is_loopback4(__be32 ip)
 {
 	return (ip & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) || ip == 0;
+}
+
+// On the agent network only the stack, the CP's two ports, the agent
+// itself and (by agent_to_agent) its peers pass; the rest is refused.
+static __always_inline __u8 decide_subnet(const struct agent_cfg *cfg, __be32 dst)
+{
+	if (cfg->subnet_prefixlen < 31 && (dst == cfg->subnet_ip4 || dst == (cfg->subnet_ip4 | ~cfg->subnet_mask4)))
+		return V_DENY_BROADCAST;
+	if (dst == cfg->gateway_ip4)
+		return V_DENY_GATEWAY;
+	if (cfg->self_ip4 && dst == cfg->self_ip4)
+		return V_ALLOW_SELF;
+	if (cfg->flags & CFG_A2A_ALLOW)
+		return V_ALLOW_SUBNET;
+	if ((cfg->flags & CFG_A2A_PROJECT) && cfg->project_id) {
+		__u32 *project = bpf_map_lookup_elem(&peer_project, &dst);
+		if (project && *project == cfg->project_id)
+			return V_ALLOW_PEER;
+	}
+	return V_DENY_SUBNET;
 }
 
 // The IPv4 decision for an enforced cgroup. Sets *ip/*port to the new
@@ -312,8 +458,17 @@ static __always_inline __u8 decide4(const struct agent_cfg *cfg, __u8 proto, __b
 		return V_ALLOW_TARGET;
 	if (!(cfg->flags & CFG_ENFORCE_LOOPBACK) && is_loopback4(dst))
 		return V_ALLOW_LOOPBACK;
-	if (cfg->subnet_prefixlen && (dst & cfg->subnet_mask4) == cfg->subnet_ip4 && dst != cfg->gateway_ip4)
-		return V_ALLOW_SUBNET;
+	if (cfg->cp_ip4 && dst == cfg->cp_ip4) {
+		if (dport && (dport == cfg->cp_port_agent || dport == cfg->cp_port_hydra))
+			return V_ALLOW_CP;
+		return V_DENY_CP;
+	}
+	if (dst == 0xffffffff)
+		return V_DENY_BROADCAST;
+	if ((dst & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000))
+		return V_DENY_MULTICAST;
+	if (cfg->subnet_prefixlen && (dst & cfg->subnet_mask4) == cfg->subnet_ip4)
+		return decide_subnet(cfg, dst);
 
 	__u32 *identity = bpf_map_lookup_elem(&ip_identity, &dst);
 	if (identity) {
@@ -359,16 +514,18 @@ static __always_inline void remember_dns(struct bpf_sock_addr *ctx, __be32 orig_
 
 static __always_inline int handle4(struct bpf_sock_addr *ctx, __u8 hook)
 {
-	__u64 cgid = bpf_get_current_cgroup_id();
+	__u64 cgid = 0;
 	__u64 now = bpf_ktime_get_boot_ns();
-	__u8 verdict;
-	struct agent_cfg *cfg = enrolled(cgid, now, &verdict);
+	__u8 verdict = 0;
+	struct agent_cfg *cfg = enrolled(&cgid, now, &verdict);
 	if (!cfg)
 		return 1;
 
 	__u8 proto = ctx->protocol;
 	__be32 ip = ctx->user_ip4;
 	__be16 port = (__be16)ctx->user_port;
+	__be32 orig_ip = ip;
+	__be16 orig_port = port;
 	struct event ev = {
 		.family = AF_INET,
 		.proto = proto,
@@ -381,11 +538,14 @@ static __always_inline int handle4(struct bpf_sock_addr *ctx, __u8 hook)
 		verdict = decide4(cfg, proto, &ip, &port);
 
 	int ret = 1;
-	if (verdict >= V_DENY_UDP) {
+	if (is_deny(verdict)) {
 		ret = 0;
-	} else if (verdict >= V_REDIRECT_DNS) {
+	} else if (is_redirect(verdict)) {
 		if (verdict == V_REDIRECT_DNS && proto == IPPROTO_UDP)
-			remember_dns(ctx, ctx->user_ip4, (__be16)ctx->user_port, ip, port);
+			remember_dns(ctx, orig_ip, orig_port, ip, port);
+		// Keep clang from reusing a ctx+offset pointer for the stores:
+		// the verifier wants every ctx access at a constant offset.
+		barrier_var(ctx);
 		ctx->user_ip4 = ip;
 		ctx->user_port = port;
 	}
@@ -399,10 +559,10 @@ static __always_inline int handle4(struct bpf_sock_addr *ctx, __u8 hook)
 
 static __always_inline int handle6(struct bpf_sock_addr *ctx, __u8 hook)
 {
-	__u64 cgid = bpf_get_current_cgroup_id();
+	__u64 cgid = 0;
 	__u64 now = bpf_ktime_get_boot_ns();
-	__u8 verdict;
-	struct agent_cfg *cfg = enrolled(cgid, now, &verdict);
+	__u8 verdict = 0;
+	struct agent_cfg *cfg = enrolled(&cgid, now, &verdict);
 	if (!cfg)
 		return 1;
 
@@ -434,12 +594,13 @@ static __always_inline int handle6(struct bpf_sock_addr *ctx, __u8 hook)
 	}
 
 	int ret = 1;
-	if (verdict >= V_DENY_UDP) {
+	if (is_deny(verdict)) {
 		ret = 0;
-	} else if (verdict >= V_REDIRECT_DNS) {
+	} else if (is_redirect(verdict)) {
 		// Only IPv4-mapped destinations are ever redirected.
 		if (verdict == V_REDIRECT_DNS && proto == IPPROTO_UDP)
 			remember_dns(ctx, a3, (__be16)ctx->user_port, ip, port);
+		barrier_var(ctx);
 		ctx->user_ip6[3] = ip;
 		ctx->user_port = port;
 	}
@@ -522,10 +683,10 @@ int recvmsg6(struct bpf_sock_addr *ctx)
 SEC("cgroup/sock_create")
 int sock_create(struct bpf_sock *sk)
 {
-	__u64 cgid = bpf_get_current_cgroup_id();
+	__u64 cgid = 0;
 	__u64 now = bpf_ktime_get_boot_ns();
-	__u8 verdict;
-	struct agent_cfg *cfg = enrolled(cgid, now, &verdict);
+	__u8 verdict = 0;
+	struct agent_cfg *cfg = enrolled(&cgid, now, &verdict);
 	if (!cfg)
 		return 1;
 
@@ -547,4 +708,221 @@ int sock_create(struct bpf_sock *sk)
 	count_verdict(verdict);
 	emit(cfg, cgid, now, &ev);
 	return 0;
+}
+
+static __always_inline int enforced_now(const struct agent_cfg *cfg, __u64 now)
+{
+	return !(cfg->flags & CFG_DISABLED) && now >= cfg->bypass_until_ns;
+}
+
+// The backstop: every packet an enforced agent's sockets send must go to a
+// destination the sock_addr hooks would pass as it is (after their
+// rewrites, every destination is one of those). Anything else never went
+// through them: a socket made before enrollment or during a bypass, a
+// protocol they do not see. Dropped, counted, reported.
+SEC("cgroup_skb/egress")
+int backstop(struct __sk_buff *skb)
+{
+	__u64 cgid = 0;
+	struct agent_cfg *cfg = find_cfg_skb(skb, &cgid);
+	if (!cfg)
+		return 1;
+	__u64 now = bpf_ktime_get_boot_ns();
+	if (!enforced_now(cfg, now))
+		return 1;
+
+	struct event ev = {.hook = HOOK_BACKSTOP, .verdict = V_DENY_BACKSTOP};
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 h[20];
+		if (bpf_skb_load_bytes(skb, 0, h, sizeof(h)))
+			goto drop;
+		__u8 proto = h[9];
+		__be32 dst;
+		__builtin_memcpy(&dst, &h[16], 4);
+		__u16 frag = ((__u16)(h[6] & 0x1f) << 8) | h[7];
+		__be16 dport = 0;
+		ev.family = AF_INET;
+		ev.proto = proto;
+		set_mapped(ev.orig_addr, dst);
+		if ((proto == IPPROTO_TCP || proto == IPPROTO_UDP) && frag == 0) {
+			__be16 ports[2];
+			if (bpf_skb_load_bytes(skb, (h[0] & 0xf) * 4, ports, sizeof(ports)))
+				goto drop;
+			dport = ports[1];
+		} else if (frag && (dst == cfg->dns_ip4 || (cfg->cp_ip4 && dst == cfg->cp_ip4))) {
+			// A later fragment has no ports; its first one was checked.
+			return 1;
+		}
+		ev.orig_port = dport;
+		__be32 ip = dst;
+		__be16 port = dport;
+		__u8 v = decide4(cfg, proto, &ip, &port);
+		if (!is_deny(v) && !is_redirect(v))
+			return 1;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		__u32 d[4];
+		if (bpf_skb_load_bytes(skb, 24, d, sizeof(d)))
+			goto drop;
+		ev.family = AF_INET6;
+		__builtin_memcpy(ev.orig_addr, d, sizeof(d));
+		if (!(cfg->flags & CFG_ENFORCE_LOOPBACK) && d[0] == 0 && d[1] == 0 && d[2] == 0 && d[3] == bpf_htonl(1))
+			return 1;
+	}
+drop:
+	count(STAT_BACKSTOP_DROP);
+	count(STAT_DENY);
+	emit_ev(cfg, cgid, now, &ev, 0);
+	return 0;
+}
+
+// Kernel types the cut iterators read, relocated by CO-RE against the
+// running kernel's BTF (only the members used are declared).
+struct in6_addr {
+	union {
+		__be32 u6_addr32[4];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	unsigned short skc_family;
+	volatile unsigned char skc_state;
+	__be32 skc_daddr;
+	__be16 skc_dport;
+	struct in6_addr skc_v6_daddr;
+} __attribute__((preserve_access_index));
+
+struct kernfs_node {
+	__u64 id;
+} __attribute__((preserve_access_index));
+
+struct cgroup;
+
+struct cgroup_subsys_state {
+	struct cgroup *cgroup;
+	struct cgroup_subsys_state *parent;
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct cgroup_subsys_state self;
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
+	__u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter_meta;
+struct udp_sock;
+
+struct bpf_iter__tcp {
+	struct bpf_iter_meta *meta;
+	struct sock_common *sk_common;
+} __attribute__((preserve_access_index));
+
+struct bpf_iter__udp {
+	struct bpf_iter_meta *meta;
+	struct udp_sock *udp_sk;
+} __attribute__((preserve_access_index));
+
+extern int bpf_sock_destroy(struct sock_common *sk) __ksym;
+
+// Whether sk belongs to the target cgroup or one below it.
+static __always_inline int in_target(struct sock *sk, __u64 target)
+{
+	struct cgroup *cg = BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	for (int i = 0; i < MAX_CGROUP_LEVEL && cg; i++) {
+		if (BPF_CORE_READ(cg, kn, id) == target)
+			return 1;
+		struct cgroup_subsys_state *parent = BPF_CORE_READ(cg, self.parent);
+		if (!parent)
+			return 0;
+		cg = BPF_CORE_READ(parent, cgroup);
+	}
+	return 0;
+}
+
+// Whether the enforced policy would refuse, or rewrite, the connected
+// destination of sk: then it was connected while the agent was unfiltered.
+static __always_inline int refused(const struct agent_cfg *cfg, struct sock *sk, __u8 proto)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__be16 dport = BPF_CORE_READ(sk, __sk_common.skc_dport);
+	__be32 ip;
+	if (family == AF_INET6) {
+		__u32 a0 = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[0]);
+		__u32 a1 = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[1]);
+		__u32 a2 = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[2]);
+		__u32 a3 = BPF_CORE_READ(sk, __sk_common.skc_v6_daddr.in6_u.u6_addr32[3]);
+		if (!(a0 == 0 && a1 == 0 && a2 == bpf_htonl(0x0000ffff))) {
+			if (a0 == 0 && a1 == 0 && a2 == 0 && a3 == 0)
+				return 0; // not connected
+			// Native IPv6 is refused but for ::1 with the loopback exemption.
+			return (cfg->flags & CFG_ENFORCE_LOOPBACK) || !(a0 == 0 && a1 == 0 && a2 == 0 && a3 == bpf_htonl(1));
+		}
+		ip = a3;
+	} else if (family == AF_INET) {
+		ip = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		if (ip == 0)
+			return 0;
+	} else {
+		return 0;
+	}
+	__be16 port = dport;
+	__u8 v = decide4(cfg, proto, &ip, &port);
+	return is_deny(v) || is_redirect(v);
+}
+
+static __always_inline int cut(struct sock *sk, struct sock_common *skc, __u8 proto)
+{
+	__u32 zero = 0;
+	struct cut_target *t = bpf_map_lookup_elem(&cut_target, &zero);
+	if (!t || !t->cgroup_id)
+		return 0;
+	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == TCP_LISTEN || state == TCP_CLOSE)
+		return 0;
+	if (!in_target(sk, t->cgroup_id))
+		return 0;
+	__sync_fetch_and_add(&t->seen, 1);
+	__u64 cgid = t->cgroup_id;
+	struct agent_cfg *cfg = bpf_map_lookup_elem(&cgroup_cfg, &cgid);
+	if (!cfg || !enforced_now(cfg, bpf_ktime_get_boot_ns()))
+		return 0;
+	if (!refused(cfg, sk, proto))
+		return 0;
+	if (bpf_sock_destroy(skc) == 0) {
+		__sync_fetch_and_add(&t->destroyed, 1);
+		count(STAT_CUT);
+	}
+	return 0;
+}
+
+// The cut: run in the agent's network namespace (the iterators see only
+// the namespace they were created in), they destroy every socket of the
+// target cgroup connected to where the policy would not let it.
+SEC("iter/tcp")
+int cut_tcp(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	if (!skc)
+		return 0;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; // time-wait and request sockets
+	return cut((struct sock *)tp, skc, IPPROTO_TCP);
+}
+
+SEC("iter/udp")
+int cut_udp(struct bpf_iter__udp *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->udp_sk;
+	if (!sk)
+		return 0;
+	return cut(sk, (struct sock_common *)sk, IPPROTO_UDP);
 }

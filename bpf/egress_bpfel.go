@@ -29,6 +29,18 @@ type EgressAgentCfg struct {
 	EvIntervalNs    uint64
 	EvBurstNs       uint64
 	Reserved        [2]uint64
+	CpIp4           uint32
+	CpPortAgent     uint16
+	CpPortHydra     uint16
+	SelfIp4         uint32
+	ProjectId       uint32
+}
+
+type EgressCutTarget struct {
+	_         structs.HostLayout
+	CgroupId  uint64
+	Destroyed uint32
+	Seen      uint32
 }
 
 type EgressDnsOrig struct {
@@ -75,24 +87,30 @@ type EgressRouteVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	EgressMapCgroupCfg      = "cgroup_cfg"
-	EgressMapEvents         = "events"
-	EgressMapIpIdentity     = "ip_identity"
-	EgressMapRatelimit      = "ratelimit"
-	EgressMapRoutes         = "routes"
-	EgressMapSkDns          = "sk_dns"
-	EgressMapStats          = "stats"
-	EgressProgConnect4      = "connect4"
-	EgressProgConnect6      = "connect6"
-	EgressProgRecvmsg4      = "recvmsg4"
-	EgressProgRecvmsg6      = "recvmsg6"
-	EgressProgSendmsg4      = "sendmsg4"
-	EgressProgSendmsg6      = "sendmsg6"
-	EgressProgSockCreate    = "sock_create"
-	EgressVarUnusedEvent    = "unused_event"
-	EgressVarUnusedRouteKey = "unused_route_key"
-	EgressVarUnusedRouteVal = "unused_route_val"
-	EgressVarUnusedSkDns    = "unused_sk_dns"
+	EgressMapCgroupCfg       = "cgroup_cfg"
+	EgressMapCutTarget       = "cut_target"
+	EgressMapEvents          = "events"
+	EgressMapIpIdentity      = "ip_identity"
+	EgressMapPeerProject     = "peer_project"
+	EgressMapRatelimit       = "ratelimit"
+	EgressMapRoutes          = "routes"
+	EgressMapSkDns           = "sk_dns"
+	EgressMapStats           = "stats"
+	EgressProgBackstop       = "backstop"
+	EgressProgConnect4       = "connect4"
+	EgressProgConnect6       = "connect6"
+	EgressProgCutTcp         = "cut_tcp"
+	EgressProgCutUdp         = "cut_udp"
+	EgressProgRecvmsg4       = "recvmsg4"
+	EgressProgRecvmsg6       = "recvmsg6"
+	EgressProgSendmsg4       = "sendmsg4"
+	EgressProgSendmsg6       = "sendmsg6"
+	EgressProgSockCreate     = "sock_create"
+	EgressVarUnusedCutTarget = "unused_cut_target"
+	EgressVarUnusedEvent     = "unused_event"
+	EgressVarUnusedRouteKey  = "unused_route_key"
+	EgressVarUnusedRouteVal  = "unused_route_val"
+	EgressVarUnusedSkDns     = "unused_sk_dns"
 )
 
 // LoadEgress returns the embedded CollectionSpec for Egress.
@@ -137,8 +155,11 @@ type EgressSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressProgramSpecs struct {
+	Backstop   *ebpf.ProgramSpec `ebpf:"backstop"`
 	Connect4   *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6   *ebpf.ProgramSpec `ebpf:"connect6"`
+	CutTcp     *ebpf.ProgramSpec `ebpf:"cut_tcp"`
+	CutUdp     *ebpf.ProgramSpec `ebpf:"cut_udp"`
 	Recvmsg4   *ebpf.ProgramSpec `ebpf:"recvmsg4"`
 	Recvmsg6   *ebpf.ProgramSpec `ebpf:"recvmsg6"`
 	Sendmsg4   *ebpf.ProgramSpec `ebpf:"sendmsg4"`
@@ -150,23 +171,26 @@ type EgressProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressMapSpecs struct {
-	CgroupCfg  *ebpf.MapSpec `ebpf:"cgroup_cfg"`
-	Events     *ebpf.MapSpec `ebpf:"events"`
-	IpIdentity *ebpf.MapSpec `ebpf:"ip_identity"`
-	Ratelimit  *ebpf.MapSpec `ebpf:"ratelimit"`
-	Routes     *ebpf.MapSpec `ebpf:"routes"`
-	SkDns      *ebpf.MapSpec `ebpf:"sk_dns"`
-	Stats      *ebpf.MapSpec `ebpf:"stats"`
+	CgroupCfg   *ebpf.MapSpec `ebpf:"cgroup_cfg"`
+	CutTarget   *ebpf.MapSpec `ebpf:"cut_target"`
+	Events      *ebpf.MapSpec `ebpf:"events"`
+	IpIdentity  *ebpf.MapSpec `ebpf:"ip_identity"`
+	PeerProject *ebpf.MapSpec `ebpf:"peer_project"`
+	Ratelimit   *ebpf.MapSpec `ebpf:"ratelimit"`
+	Routes      *ebpf.MapSpec `ebpf:"routes"`
+	SkDns       *ebpf.MapSpec `ebpf:"sk_dns"`
+	Stats       *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // EgressVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EgressVariableSpecs struct {
-	UnusedEvent    *ebpf.VariableSpec `ebpf:"unused_event"`
-	UnusedRouteKey *ebpf.VariableSpec `ebpf:"unused_route_key"`
-	UnusedRouteVal *ebpf.VariableSpec `ebpf:"unused_route_val"`
-	UnusedSkDns    *ebpf.VariableSpec `ebpf:"unused_sk_dns"`
+	UnusedCutTarget *ebpf.VariableSpec `ebpf:"unused_cut_target"`
+	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedRouteKey  *ebpf.VariableSpec `ebpf:"unused_route_key"`
+	UnusedRouteVal  *ebpf.VariableSpec `ebpf:"unused_route_val"`
+	UnusedSkDns     *ebpf.VariableSpec `ebpf:"unused_sk_dns"`
 }
 
 // EgressObjects contains all objects after they have been loaded into the kernel.
@@ -189,20 +213,24 @@ func (o *EgressObjects) Close() error {
 //
 // It can be passed to LoadEgressObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressMaps struct {
-	CgroupCfg  *ebpf.Map `ebpf:"cgroup_cfg"`
-	Events     *ebpf.Map `ebpf:"events"`
-	IpIdentity *ebpf.Map `ebpf:"ip_identity"`
-	Ratelimit  *ebpf.Map `ebpf:"ratelimit"`
-	Routes     *ebpf.Map `ebpf:"routes"`
-	SkDns      *ebpf.Map `ebpf:"sk_dns"`
-	Stats      *ebpf.Map `ebpf:"stats"`
+	CgroupCfg   *ebpf.Map `ebpf:"cgroup_cfg"`
+	CutTarget   *ebpf.Map `ebpf:"cut_target"`
+	Events      *ebpf.Map `ebpf:"events"`
+	IpIdentity  *ebpf.Map `ebpf:"ip_identity"`
+	PeerProject *ebpf.Map `ebpf:"peer_project"`
+	Ratelimit   *ebpf.Map `ebpf:"ratelimit"`
+	Routes      *ebpf.Map `ebpf:"routes"`
+	SkDns       *ebpf.Map `ebpf:"sk_dns"`
+	Stats       *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *EgressMaps) Close() error {
 	return _EgressClose(
 		m.CgroupCfg,
+		m.CutTarget,
 		m.Events,
 		m.IpIdentity,
+		m.PeerProject,
 		m.Ratelimit,
 		m.Routes,
 		m.SkDns,
@@ -214,18 +242,22 @@ func (m *EgressMaps) Close() error {
 //
 // It can be passed to LoadEgressObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressVariables struct {
-	UnusedEvent    *ebpf.Variable `ebpf:"unused_event"`
-	UnusedRouteKey *ebpf.Variable `ebpf:"unused_route_key"`
-	UnusedRouteVal *ebpf.Variable `ebpf:"unused_route_val"`
-	UnusedSkDns    *ebpf.Variable `ebpf:"unused_sk_dns"`
+	UnusedCutTarget *ebpf.Variable `ebpf:"unused_cut_target"`
+	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedRouteKey  *ebpf.Variable `ebpf:"unused_route_key"`
+	UnusedRouteVal  *ebpf.Variable `ebpf:"unused_route_val"`
+	UnusedSkDns     *ebpf.Variable `ebpf:"unused_sk_dns"`
 }
 
 // EgressPrograms contains all programs after they have been loaded into the kernel.
 //
 // It can be passed to LoadEgressObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EgressPrograms struct {
+	Backstop   *ebpf.Program `ebpf:"backstop"`
 	Connect4   *ebpf.Program `ebpf:"connect4"`
 	Connect6   *ebpf.Program `ebpf:"connect6"`
+	CutTcp     *ebpf.Program `ebpf:"cut_tcp"`
+	CutUdp     *ebpf.Program `ebpf:"cut_udp"`
 	Recvmsg4   *ebpf.Program `ebpf:"recvmsg4"`
 	Recvmsg6   *ebpf.Program `ebpf:"recvmsg6"`
 	Sendmsg4   *ebpf.Program `ebpf:"sendmsg4"`
@@ -235,8 +267,11 @@ type EgressPrograms struct {
 
 func (p *EgressPrograms) Close() error {
 	return _EgressClose(
+		p.Backstop,
 		p.Connect4,
 		p.Connect6,
+		p.CutTcp,
+		p.CutUdp,
 		p.Recvmsg4,
 		p.Recvmsg6,
 		p.Sendmsg4,

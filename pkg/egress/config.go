@@ -18,6 +18,19 @@ const (
 	flagDisabled        = 1 << 0
 	flagEvents          = 1 << 1
 	flagEnforceLoopback = 1 << 2
+	flagA2AProject      = 1 << 3
+	flagA2AAllow        = 1 << 4
+)
+
+// AgentToAgent says which agents on the network one agent reaches directly
+// (settings' firewall.agent_to_agent).
+type AgentToAgent string
+
+// The agent_to_agent choices; the zero value is AgentToAgentDeny.
+const (
+	AgentToAgentDeny    AgentToAgent = "deny"    // none
+	AgentToAgentProject AgentToAgent = "project" // agents of the same project (Config.ProjectID, SetPeer)
+	AgentToAgentAllow   AgentToAgent = "allow"   // every address in the subnet but the refused ones
 )
 
 // MaxBypass is the longest bypass Bypass accepts.
@@ -33,12 +46,26 @@ type Config struct {
 	Proxy netip.AddrPort
 	// DNS is the DNS server every port-53 packet is sent to (IPv4).
 	DNS netip.AddrPort
-	// Subnet is the agent network: its peers are reached directly.
-	// Optional; /0 is refused.
+	// Subnet is the agent network. On it only the stack, CP's two ports,
+	// Self and the peers AgentToAgent allows are reached; the rest of it
+	// (the gateway, the network and broadcast addresses included) is
+	// refused. Optional; /0 is refused.
 	Subnet netip.Prefix
-	// Gateway is the network's gateway (the host): inside Subnet but
-	// treated like any outside address. Optional.
+	// Gateway is the network's gateway (the host): refused. Optional.
 	Gateway netip.Addr
+	// CP is the control plane's address: only CPPorts (its agent port and
+	// Hydra's public port) reach it, every other port is refused.
+	// Optional: without it the CP is like any address.
+	CP      netip.Addr
+	CPPorts [2]uint16
+	// Self is the agent's own address on the network (an image may
+	// connect to its own hostname). Optional.
+	Self netip.Addr
+	// AgentToAgent chooses which peers on Subnet pass; "" is deny.
+	AgentToAgent AgentToAgent
+	// ProjectID is the agent's project, for AgentToAgentProject: a peer
+	// passes when SetPeer recorded its address with the same id. 0: none.
+	ProjectID uint32
 	// Events turns decision events on for this cgroup.
 	Events bool
 	// EventRate and EventBurst bound this cgroup's events (per second, and
@@ -119,6 +146,30 @@ func (c Config) encode() (bpf.EgressAgentCfg, error) {
 			return out, fmt.Errorf("config: gateway: %w", err)
 		}
 	}
+	if c.CP.IsValid() {
+		if out.CpIp4, err = ip4(c.CP); err != nil {
+			return out, fmt.Errorf("config: CP: %w", err)
+		}
+		if c.CPPorts[0] == 0 && c.CPPorts[1] == 0 {
+			return out, errors.New("config: CP address without ports")
+		}
+		out.CpPortAgent, out.CpPortHydra = be16(c.CPPorts[0]), be16(c.CPPorts[1])
+	}
+	if c.Self.IsValid() {
+		if out.SelfIp4, err = ip4(c.Self); err != nil {
+			return out, fmt.Errorf("config: self: %w", err)
+		}
+	}
+	switch c.AgentToAgent {
+	case "", AgentToAgentDeny:
+	case AgentToAgentProject:
+		out.Flags |= flagA2AProject
+	case AgentToAgentAllow:
+		out.Flags |= flagA2AAllow
+	default:
+		return out, fmt.Errorf("config: agent_to_agent %q: want deny, project or allow", c.AgentToAgent)
+	}
+	out.ProjectId = c.ProjectID
 	if c.Events {
 		out.Flags |= flagEvents
 	}
@@ -151,6 +202,20 @@ func decodeConfig(v *bpf.EgressAgentCfg) Config {
 	if v.GatewayIp4 != 0 {
 		c.Gateway = fromIP4(v.GatewayIp4)
 	}
+	if v.CpIp4 != 0 {
+		c.CP = fromIP4(v.CpIp4)
+		c.CPPorts = [2]uint16{fromBE16(v.CpPortAgent), fromBE16(v.CpPortHydra)}
+	}
+	if v.SelfIp4 != 0 {
+		c.Self = fromIP4(v.SelfIp4)
+	}
+	switch { // deny stays "", the zero value
+	case v.Flags&flagA2AAllow != 0:
+		c.AgentToAgent = AgentToAgentAllow
+	case v.Flags&flagA2AProject != 0:
+		c.AgentToAgent = AgentToAgentProject
+	}
+	c.ProjectID = v.ProjectId
 	if v.EvIntervalNs > 0 {
 		c.EventRate = uint32(uint64(time.Second) / v.EvIntervalNs)
 		c.EventBurst = uint32(v.EvBurstNs / v.EvIntervalNs)
@@ -184,6 +249,22 @@ func (m *Manager) Enroll(cgroupID uint64, cfg Config) error {
 		return fmt.Errorf("enroll cgroup %d: %w", cgroupID, err)
 	}
 	return nil
+}
+
+// Reconfigure replaces an enrolled cgroup's config and keeps its bypass or
+// disable (Enroll clears them): for a config that changed under a running
+// agent, such as one migrated from an older build without the fields this
+// one added.
+func (m *Manager) Reconfigure(cgroupID uint64, cfg Config) error {
+	nv, err := cfg.encode()
+	if err != nil {
+		return err
+	}
+	return m.modify(cgroupID, func(v *bpf.EgressAgentCfg) {
+		nv.Flags |= v.Flags & flagDisabled
+		nv.BypassUntilNs = v.BypassUntilNs
+		*v = nv
+	})
 }
 
 // Unenroll stops enforcing on the cgroup. Unenrolling a cgroup that is not
@@ -312,6 +393,54 @@ func (m *Manager) DeleteIdentity(ip netip.Addr) error {
 	return nil
 }
 
+// SetPeer records that ip (IPv4) is an enforced agent of project id, for
+// the agents enforced with AgentToAgentProject.
+func (m *Manager) SetPeer(ip netip.Addr, project uint32) error {
+	k, err := ip4(ip)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	return m.objs.PeerProject.Put(k, project)
+}
+
+// DeletePeer forgets ip. Forgetting an unknown address is not an error.
+func (m *Manager) DeletePeer(ip netip.Addr) error {
+	k, err := ip4(ip)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if err := m.objs.PeerProject.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Peers lists the addresses SetPeer recorded, with their project ids.
+func (m *Manager) Peers() (map[netip.Addr]uint32, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	out := map[netip.Addr]uint32{}
+	var k, v uint32
+	it := m.objs.PeerProject.Iterate()
+	for it.Next(&k, &v) {
+		out[fromIP4(k)] = v
+	}
+	return out, it.Err()
+}
+
 // Stats are the programs' counters, summed over CPUs.
 type Stats struct {
 	ReserveFailures uint64 // events lost because the ring was full
@@ -319,7 +448,13 @@ type Stats struct {
 	Events          uint64 // events submitted
 	Allowed         uint64 // decisions that passed untouched
 	Redirected      uint64 // decisions that rewrote the destination
-	Denied          uint64 // decisions that returned EPERM
+	Denied          uint64 // decisions that returned EPERM (backstop drops included)
+	// BackstopDrops are packets the cgroup_skb backstop dropped: sent to
+	// a destination the sock_addr hooks would not have let through. Zero
+	// in normal operation; anything else is a hole they did not see.
+	BackstopDrops uint64
+	// Cut counts the sockets the cut iterators destroyed.
+	Cut uint64
 }
 
 // Stats reads the counters.
@@ -330,7 +465,7 @@ func (m *Manager) Stats() (Stats, error) {
 		return Stats{}, ErrClosed
 	}
 	var s Stats
-	for i, dst := range []*uint64{&s.ReserveFailures, &s.RateLimited, &s.Events, &s.Allowed, &s.Redirected, &s.Denied} {
+	for i, dst := range []*uint64{&s.ReserveFailures, &s.RateLimited, &s.Events, &s.Allowed, &s.Redirected, &s.Denied, &s.BackstopDrops, &s.Cut} {
 		var per []uint64
 		if err := m.objs.Stats.Lookup(uint32(i), &per); err != nil {
 			return Stats{}, fmt.Errorf("read stats: %w", err)

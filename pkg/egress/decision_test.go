@@ -22,13 +22,22 @@ const (
 	dnsOrigIP    = "127.0.0.12"     // "some resolver"
 	udpOtherDst  = "127.0.0.9:9999" // UDP, no route
 	subnetPrefix = "127.0.0.16/28"
-	subnetPeerIP = "127.0.0.17"
+	subnetPeerIP = "127.0.0.17" // an agent of our project
+	otherPeerIP  = "127.0.0.18" // an agent of another project
+	selfIP       = "127.0.0.19" // the agent itself
+	cpIP         = "127.0.0.20"
 	gatewayIP    = "127.0.0.30"
+	networkIP    = "127.0.0.16"
+	broadcastIP  = "127.0.0.31"
 	identity     = 7
+	ourProject   = 11
+	otherProject = 12
 )
 
 type world struct {
 	proxy, route, peer, gateway, loop *recorder // TCP
+	otherPeer, self                   *recorder // TCP
+	cpAgent, cpHydra, cpOther         *recorder // TCP on the CP's address
 	loop6                             *recorder // TCP on [::1], nil without IPv6
 	routeUDP                          *recorder
 	dnsTCP, dnsUDP                    *recorder
@@ -38,12 +47,17 @@ type world struct {
 
 func newWorld(t *testing.T) *world {
 	w := &world{
-		proxy:    newTCPRecorder(t, "127.0.0.2:0"),
-		route:    newTCPRecorder(t, "127.0.0.2:0"),
-		routeUDP: newUDPRecorder(t, "127.0.0.2:0"),
-		peer:     newTCPRecorder(t, subnetPeerIP+":0"),
-		gateway:  newTCPRecorder(t, gatewayIP+":0"),
-		loop:     newTCPRecorder(t, "127.0.0.1:0"),
+		proxy:     newTCPRecorder(t, "127.0.0.2:0"),
+		route:     newTCPRecorder(t, "127.0.0.2:0"),
+		routeUDP:  newUDPRecorder(t, "127.0.0.2:0"),
+		peer:      newTCPRecorder(t, subnetPeerIP+":0"),
+		gateway:   newTCPRecorder(t, gatewayIP+":0"),
+		loop:      newTCPRecorder(t, "127.0.0.1:0"),
+		otherPeer: newTCPRecorder(t, otherPeerIP+":0"),
+		self:      newTCPRecorder(t, selfIP+":0"),
+		cpAgent:   newTCPRecorder(t, cpIP+":0"),
+		cpHydra:   newTCPRecorder(t, cpIP+":0"),
+		cpOther:   newTCPRecorder(t, cpIP+":0"),
 	}
 	w.dnsTCP, w.dnsUDP = newDualRecorder(t, "127.0.0.3")
 	if ln, err := net.Listen("tcp6", "[::1]:0"); err == nil {
@@ -55,6 +69,10 @@ func newWorld(t *testing.T) *world {
 		DNS:             w.dnsTCP.Addr,
 		Subnet:          netip.MustParsePrefix(subnetPrefix),
 		Gateway:         netip.MustParseAddr(gatewayIP),
+		CP:              netip.MustParseAddr(cpIP),
+		CPPorts:         [2]uint16{w.cpAgent.Addr.Port(), w.cpHydra.Addr.Port()},
+		Self:            netip.MustParseAddr(selfIP),
+		ProjectID:       ourProject,
 		EnforceLoopback: true,
 	}
 	w.routes = []Route{
@@ -77,6 +95,8 @@ func (w *world) setup(t *testing.T) (*Manager, string, uint64) {
 	if err := m.SyncRoutes(w.routes); err != nil {
 		t.Fatal(err)
 	}
+	must(t, m.SetPeer(netip.MustParseAddr(subnetPeerIP), ourProject))
+	must(t, m.SetPeer(netip.MustParseAddr(otherPeerIP), otherProject))
 	return m, cg, cgid
 }
 
@@ -90,10 +110,14 @@ type outcome struct {
 type row struct {
 	name     string
 	op       helperOp
-	loopback bool // run with the loopback exemption on
-	enforced outcome
-	open     outcome // bypassed, disabled, not enrolled
-	skip     string
+	loopback bool         // run with the loopback exemption on
+	a2a      AgentToAgent // Config.AgentToAgent for this row ("": deny)
+	// enforcedOnly skips the open columns: the packet would leave the
+	// loopback world (multicast).
+	enforcedOnly bool
+	enforced     outcome
+	open         outcome // bypassed, disabled, not enrolled
+	skip         string
 }
 
 func (w *world) rows() []row {
@@ -108,14 +132,84 @@ func (w *world) rows() []row {
 			op:       helperOp{Op: "tcp", Addr: ap(w.loop), UID: nobody},
 			enforced: outcome{at: w.loop, peer: ap(w.loop)},
 			open:     outcome{at: w.loop, peer: ap(w.loop)}},
-		{name: "subnet peer",
+		{name: "peer, agent_to_agent deny",
+			op:       helperOp{Op: "tcp", Addr: ap(w.peer), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.peer, peer: ap(w.peer)}},
+		{name: "peer UDP, agent_to_agent deny",
+			op:       helperOp{Op: "udp-sendto", Addr: subnetPeerIP + ":9999", UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{}},
+		{name: "peer IPv4-mapped, agent_to_agent deny",
+			op:       helperOp{Op: "tcp", Addr: mapped(ap(w.peer)), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.peer, peer: mapped(ap(w.peer))}},
+		{name: "peer of the project, agent_to_agent project", a2a: AgentToAgentProject,
 			op:       helperOp{Op: "tcp", Addr: ap(w.peer), UID: nobody},
 			enforced: outcome{at: w.peer, peer: ap(w.peer)},
 			open:     outcome{at: w.peer, peer: ap(w.peer)}},
-		{name: "gateway is not a peer",
+		{name: "peer of another project, agent_to_agent project", a2a: AgentToAgentProject,
+			op:       helperOp{Op: "tcp", Addr: ap(w.otherPeer), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.otherPeer, peer: ap(w.otherPeer)}},
+		{name: "peer of another project, agent_to_agent allow", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "tcp", Addr: ap(w.otherPeer), UID: nobody},
+			enforced: outcome{at: w.otherPeer, peer: ap(w.otherPeer)},
+			open:     outcome{at: w.otherPeer, peer: ap(w.otherPeer)}},
+		{name: "self",
+			op:       helperOp{Op: "tcp", Addr: ap(w.self), UID: nobody},
+			enforced: outcome{at: w.self, peer: ap(w.self)},
+			open:     outcome{at: w.self, peer: ap(w.self)}},
+		{name: "gateway", // was redirected to the proxy; refused since agent_to_agent
 			op:       helperOp{Op: "tcp", Addr: ap(w.gateway), UID: nobody},
-			enforced: outcome{at: w.proxy, peer: ap(w.proxy)},
+			enforced: outcome{errno: int(unix.EPERM)},
 			open:     outcome{at: w.gateway, peer: ap(w.gateway)}},
+		{name: "gateway, agent_to_agent allow", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "tcp", Addr: ap(w.gateway), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.gateway, peer: ap(w.gateway)}},
+		{name: "CP agent port",
+			op:       helperOp{Op: "tcp", Addr: ap(w.cpAgent), UID: nobody},
+			enforced: outcome{at: w.cpAgent, peer: ap(w.cpAgent)},
+			open:     outcome{at: w.cpAgent, peer: ap(w.cpAgent)}},
+		{name: "CP Hydra public port IPv4-mapped",
+			op:       helperOp{Op: "tcp", Addr: mapped(ap(w.cpHydra)), UID: nobody},
+			enforced: outcome{at: w.cpHydra, peer: mapped(ap(w.cpHydra))},
+			open:     outcome{at: w.cpHydra, peer: mapped(ap(w.cpHydra))}},
+		{name: "CP other port", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "tcp", Addr: ap(w.cpOther), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.cpOther, peer: ap(w.cpOther)}},
+		{name: "CP other port IPv4-mapped",
+			op:       helperOp{Op: "tcp", Addr: mapped(ap(w.cpOther)), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{at: w.cpOther, peer: mapped(ap(w.cpOther))}},
+		{name: "subnet network address", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "udp-sendto", Addr: networkIP + ":9999", UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{errno: -1}},
+		{name: "subnet broadcast", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "udp-sendto", Addr: broadcastIP + ":9999", UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{errno: -1}},
+		{name: "limited broadcast",
+			op:       helperOp{Op: "udp-sendto", Addr: "255.255.255.255:9999", UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{errno: -1}}, // EACCES without SO_BROADCAST
+		{name: "limited broadcast IPv4-mapped",
+			op:       helperOp{Op: "udp-sendto", Addr: mapped("255.255.255.255:9999"), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{errno: -1}},
+		{name: "subnet broadcast IPv4-mapped", a2a: AgentToAgentAllow,
+			op:       helperOp{Op: "udp-sendto", Addr: mapped(broadcastIP + ":9999"), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)},
+			open:     outcome{errno: -1}},
+		{name: "multicast", enforcedOnly: true,
+			op:       helperOp{Op: "udp-sendto", Addr: "224.0.0.251:5353", UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)}},
+		{name: "multicast IPv4-mapped", enforcedOnly: true,
+			op:       helperOp{Op: "udp-sendto", Addr: mapped("239.1.2.3:5000"), UID: nobody},
+			enforced: outcome{errno: int(unix.EPERM)}},
 		{name: "DNS UDP sendto",
 			op:       helperOp{Op: "udp-sendto", Addr: dnsOrigIP + ":53", Reply: true, UID: nobody},
 			enforced: outcome{at: w.dnsUDP, peer: dnsOrigIP + ":53", reply: true},
@@ -220,8 +314,12 @@ func TestPrivilegedDecisionTable(t *testing.T) {
 				if r.skip != "" {
 					t.Skip(r.skip)
 				}
+				if r.enforcedOnly && !col.enforced {
+					t.Skip("would leave the loopback world unenforced")
+				}
 				cfg := w.cfg
 				cfg.EnforceLoopback = !r.loopback
+				cfg.AgentToAgent = r.a2a
 				must(t, m.Enroll(cgid, cfg))
 				col.apply(t, m, cgid)
 
@@ -242,7 +340,8 @@ func TestPrivilegedDecisionTable(t *testing.T) {
 func check(t *testing.T, w *world, op helperOp, res helperResult, want outcome) {
 	t.Helper()
 	t.Logf("%s %s uid %d: %s peer=%s from=%s reply=%q", op.Op, op.Addr, op.UID, errnoName(res.Errno), res.Peer, res.From, res.Reply)
-	all := []*recorder{w.proxy, w.route, w.routeUDP, w.peer, w.gateway, w.loop, w.dnsTCP, w.dnsUDP}
+	all := []*recorder{w.proxy, w.route, w.routeUDP, w.peer, w.gateway, w.loop, w.dnsTCP, w.dnsUDP,
+		w.otherPeer, w.self, w.cpAgent, w.cpHydra, w.cpOther}
 	if w.loop6 != nil {
 		all = append(all, w.loop6)
 	}

@@ -15,7 +15,7 @@
 //
 // Layout under the pin dir:
 //
-//	maps/<name>           cgroup_cfg, ip_identity, routes, events, stats, ratelimit, sk_dns
+//	maps/<name>           cgroup_cfg, ip_identity, routes, events, stats, ratelimit, sk_dns, peer_project
 //	maps/<name>-new       a migrated map for an instant, before it is renamed over <name>
 //	links/<cgid>-<prog>   one bpf_link per program and attached cgroup
 package egress
@@ -47,6 +47,36 @@ var pinnedMaps = []string{
 	bpf.EgressMapStats,
 	bpf.EgressMapRatelimit,
 	bpf.EgressMapSkDns,
+	bpf.EgressMapPeerProject,
+}
+
+// objects is what Open loads: every map and the programs attached to
+// cgroups. The cut iterators load on first use (cut.go), so a kernel
+// without bpf_sock_destroy still enforces.
+type objects struct {
+	bpf.EgressMaps
+	cgroupPrograms
+}
+
+type cgroupPrograms struct {
+	SockCreate *ebpf.Program `ebpf:"sock_create"`
+	Connect4   *ebpf.Program `ebpf:"connect4"`
+	Connect6   *ebpf.Program `ebpf:"connect6"`
+	Sendmsg4   *ebpf.Program `ebpf:"sendmsg4"`
+	Sendmsg6   *ebpf.Program `ebpf:"sendmsg6"`
+	Recvmsg4   *ebpf.Program `ebpf:"recvmsg4"`
+	Recvmsg6   *ebpf.Program `ebpf:"recvmsg6"`
+	Backstop   *ebpf.Program `ebpf:"backstop"`
+}
+
+func (o *objects) Close() error {
+	var errs []error
+	for _, p := range []*ebpf.Program{o.SockCreate, o.Connect4, o.Connect6, o.Sendmsg4, o.Sendmsg6, o.Recvmsg4, o.Recvmsg6, o.Backstop} {
+		if p != nil {
+			errs = append(errs, p.Close())
+		}
+	}
+	return errors.Join(append(errs, o.EgressMaps.Close())...)
 }
 
 type attachment struct {
@@ -63,6 +93,7 @@ var attachments = []attachment{
 	{bpf.EgressProgSendmsg6, ebpf.AttachCGroupUDP6Sendmsg},
 	{bpf.EgressProgRecvmsg4, ebpf.AttachCGroupUDP4Recvmsg},
 	{bpf.EgressProgRecvmsg6, ebpf.AttachCGroupUDP6Recvmsg},
+	{bpf.EgressProgBackstop, ebpf.AttachCGroupInetEgress},
 }
 
 // ErrNotEnrolled is returned for a cgroup that has no config.
@@ -79,7 +110,8 @@ type Manager struct {
 	mapsDir  string
 	linksDir string
 	spec     *ebpf.CollectionSpec
-	objs     bpf.EgressObjects
+	objs     objects
+	cut      *cutPrograms // loaded by the first Cut
 	progs    map[string]*ebpf.Program
 	links    map[string]link.Link // by pin name <cgid>-<prog>
 	reused   []string             // maps adopted from pins
@@ -224,6 +256,7 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 		bpf.EgressProgSendmsg6:   m.objs.Sendmsg6,
 		bpf.EgressProgRecvmsg4:   m.objs.Recvmsg4,
 		bpf.EgressProgRecvmsg6:   m.objs.Recvmsg6,
+		bpf.EgressProgBackstop:   m.objs.Backstop,
 	}
 
 	if _, ok := replacements[bpf.EgressMapRoutes]; !ok {
@@ -299,6 +332,8 @@ func (m *Manager) mapByName(name string) *ebpf.Map {
 		return m.objs.Ratelimit
 	case bpf.EgressMapSkDns:
 		return m.objs.SkDns
+	case bpf.EgressMapPeerProject:
+		return m.objs.PeerProject
 	}
 	return nil
 }
@@ -532,6 +567,10 @@ func (m *Manager) closeLocked() error {
 	for name, l := range m.links {
 		errs = append(errs, l.Close())
 		delete(m.links, name)
+	}
+	if m.cut != nil {
+		errs = append(errs, m.cut.close())
+		m.cut = nil
 	}
 	errs = append(errs, m.objs.Close())
 	return errors.Join(errs...)

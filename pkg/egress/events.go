@@ -25,6 +25,7 @@ const (
 	HookSendmsg4   Hook = 3
 	HookSendmsg6   Hook = 4
 	HookSockCreate Hook = 5
+	HookBackstop   Hook = 6 // the cgroup_skb/egress backstop
 )
 
 func (h Hook) String() string {
@@ -39,6 +40,8 @@ func (h Hook) String() string {
 		return "sendmsg6"
 	case HookSockCreate:
 		return "sock_create"
+	case HookBackstop:
+		return "backstop"
 	}
 	return fmt.Sprintf("hook(%d)", uint8(h))
 }
@@ -60,8 +63,18 @@ const (
 	DenyUDP       Verdict = 10
 	DenyIPv6      Verdict = 11
 	DenySocket    Verdict = 12
+	// Numbers are stable, so the later ones are not in the ranges above.
+	AllowCP       Verdict = 13 // the CP's agent or Hydra public port
+	AllowPeer     Verdict = 14 // an agent of the same project
+	AllowSelf     Verdict = 15 // the agent's own address
+	DenySubnet    Verdict = 16 // anything else on the agent network
+	DenyCP        Verdict = 17 // another port of the CP
+	DenyGateway   Verdict = 18
+	DenyBroadcast Verdict = 19 // network, subnet broadcast, 255.255.255.255
+	DenyMulticast Verdict = 20
+	DenyBackstop  Verdict = 21 // a packet dropped by the backstop
 	firstRedirect         = RedirectDNS
-	firstDeny             = DenyUDP
+	lastRedirect          = RedirectProxy
 )
 
 var verdictNames = map[Verdict]string{
@@ -69,6 +82,9 @@ var verdictNames = map[Verdict]string{
 	AllowDisabled: "allow-disabled", AllowTarget: "allow-target", AllowSocket: "allow-socket",
 	RedirectDNS: "redirect-dns", RedirectRoute: "redirect-route", RedirectProxy: "redirect-proxy",
 	DenyUDP: "deny-udp", DenyIPv6: "deny-ipv6", DenySocket: "deny-socket",
+	AllowCP: "allow-cp", AllowPeer: "allow-peer", AllowSelf: "allow-self",
+	DenySubnet: "deny-subnet", DenyCP: "deny-cp", DenyGateway: "deny-gateway",
+	DenyBroadcast: "deny-broadcast", DenyMulticast: "deny-multicast", DenyBackstop: "deny-backstop",
 }
 
 func (v Verdict) String() string {
@@ -78,11 +94,13 @@ func (v Verdict) String() string {
 	return fmt.Sprintf("verdict(%d)", uint8(v))
 }
 
-// Denied reports whether the application got EPERM.
-func (v Verdict) Denied() bool { return v >= firstDeny }
+// Denied reports whether the application got EPERM (is_deny in egress.c).
+func (v Verdict) Denied() bool {
+	return (v >= DenyUDP && v <= DenySocket) || (v >= DenySubnet && v <= DenyBackstop)
+}
 
 // Redirected reports whether the destination was rewritten.
-func (v Verdict) Redirected() bool { return v >= firstRedirect && v < firstDeny }
+func (v Verdict) Redirected() bool { return v >= firstRedirect && v <= lastRedirect }
 
 // Event is one decision about an enrolled cgroup.
 type Event struct {
@@ -131,7 +149,7 @@ func decodeEvent(raw []byte, boot time.Time, ev *Event) error {
 	ev.Hook = Hook(raw[62])
 	ev.Verdict = Verdict(raw[63])
 	ev.Orig = decodeAddr(raw[24:40], origPort)
-	if ev.Verdict.Denied() || ev.Hook == HookSockCreate {
+	if ev.Verdict.Denied() || ev.Hook == HookSockCreate || ev.Hook == HookBackstop {
 		ev.New = netip.AddrPort{}
 		if ev.Hook == HookSockCreate {
 			ev.Orig = netip.AddrPort{}

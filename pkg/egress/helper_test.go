@@ -267,6 +267,10 @@ func helperDo(op helperOp) helperResult {
 
 	case "probe-loop":
 		return probeLoop(op)
+	case "escape":
+		return escape(op)
+	case "cut-victim":
+		return cutVictim(op)
 	}
 	return fail(&res, fmt.Errorf("unknown op %q", op.Op))
 }
@@ -650,4 +654,205 @@ func errnoName(e int) string {
 		return "error"
 	}
 	return strings.ToUpper(unix.ErrnoName(unix.Errno(e)))
+}
+
+func waitStdinEOF() { _, _ = io.Copy(io.Discard, os.Stdin) }
+
+func monoNow() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+// escape makes, before the cgroup is enrolled, what the sock_addr hooks
+// never see again: a raw ICMP socket (needs root) and a UDP socket
+// connected to op.Addr. Once stdin closes (the test enrolled the cgroup)
+// it sends on both: outcomes "raw" and "udp".
+func escape(op helperOp) helperResult {
+	res := helperResult{Outcomes: map[string]int{}}
+	ap, err := netip.ParseAddrPort(op.Addr)
+	if err != nil {
+		return fail(&res, err)
+	}
+	raw, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+	if err != nil {
+		return fail(&res, err)
+	}
+	defer unix.Close(raw)
+	udp, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fail(&res, err)
+	}
+	defer unix.Close(udp)
+	_, sa := sockaddr(ap)
+	if err := unix.Connect(udp, sa); err != nil {
+		return fail(&res, err)
+	}
+	fmt.Println("ready")
+	waitStdinEOF()
+	echo := []byte{8, 0, 0xf7, 0xff, 0, 0, 0, 0} // ICMP echo request, checksum precomputed
+	err = unix.Sendto(raw, echo, 0, &unix.SockaddrInet4{Addr: ap.Addr().As4()})
+	res.Outcomes["raw "+errnoOf(err)]++
+	_, err = unix.Write(udp, []byte(op.Token))
+	res.Outcomes["udp "+errnoOf(err)]++
+	return res
+}
+
+// cutVictim connects one socket per probe ("tcp" or "udp" to Addr), says
+// "ready", and reports every socket whose blocking read fails as
+// "cut <index> <errno> <CLOCK_MONOTONIC ns>". Once stdin closes, each
+// socket still standing is checked (TCP: a write; UDP: getpeername):
+// outcomes "<index> alive" or "<index> cut <errno>".
+func cutVictim(op helperOp) helperResult {
+	res := helperResult{Outcomes: map[string]int{}}
+	var mu sync.Mutex
+	cut := map[int]string{}
+	fds := make([]int, len(op.Probes))
+	for i, p := range op.Probes {
+		ap, err := netip.ParseAddrPort(p.Addr)
+		if err != nil {
+			return fail(&res, err)
+		}
+		family, sa := sockaddr(ap)
+		typ := unix.SOCK_STREAM
+		if p.Op == "udp" {
+			typ = unix.SOCK_DGRAM
+		}
+		fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fail(&res, err)
+		}
+		defer unix.Close(fd)
+		if err := unix.Connect(fd, sa); err != nil {
+			return fail(&res, fmt.Errorf("probe %d: %w", i, err))
+		}
+		fds[i] = fd
+	}
+	for i, fd := range fds {
+		go func() {
+			buf := make([]byte, 64)
+			_, err := unix.Read(fd, buf)
+			at := monoNow()
+			mu.Lock()
+			cut[i] = errnoOf(err)
+			fmt.Printf("cut %d %s %d\n", i, cut[i], at)
+			mu.Unlock()
+		}()
+	}
+	fmt.Println("ready")
+	waitStdinEOF()
+	mu.Lock()
+	defer mu.Unlock()
+	for i, fd := range fds {
+		if e, ok := cut[i]; ok {
+			res.Outcomes[fmt.Sprintf("%d cut %s", i, e)]++
+			continue
+		}
+		var err error
+		if op.Probes[i].Op == "udp" {
+			_, err = unix.Getpeername(fd)
+		} else {
+			_, err = unix.Write(fd, []byte("alive"))
+		}
+		if err != nil {
+			res.Outcomes[fmt.Sprintf("%d cut %s", i, errnoOf(err))]++
+		} else {
+			res.Outcomes[fmt.Sprintf("%d alive", i)]++
+		}
+	}
+	return res
+}
+
+// helperProc is a helper running in the background: Lines carries what it
+// prints before its result, Finish closes its stdin and returns the result.
+type helperProc struct {
+	Lines  chan string
+	finish func() (helperResult, error)
+}
+
+func (h *helperProc) Finish(t testing.TB) helperResult {
+	t.Helper()
+	res, err := h.finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// startInCgroup starts op in a helper and returns once it printed "ready".
+func startInCgroup(t testing.TB, op helperOp) *helperProc {
+	t.Helper()
+	spec, err := json.Marshal(op)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(spec), "GORACE=atexit_sleep_ms=0")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	h := &helperProc{Lines: make(chan string, 64)}
+	resc := make(chan []byte, 1)
+	ready := make(chan bool, 1)
+	go func() {
+		br := bufio.NewReader(stdout)
+		first := true
+		for {
+			line, err := br.ReadString('\n')
+			if strings.HasPrefix(line, "{") {
+				if first {
+					ready <- false
+				}
+				resc <- []byte(line)
+				return
+			}
+			if first {
+				first = false
+				ready <- line == "ready\n"
+				if err == nil {
+					continue
+				}
+			}
+			if err != nil {
+				close(resc)
+				return
+			}
+			h.Lines <- strings.TrimSpace(line)
+		}
+	}()
+	var once sync.Once
+	var res helperResult
+	var runErr error
+	h.finish = func() (helperResult, error) {
+		once.Do(func() {
+			stdin.Close()
+			out, ok := <-resc
+			if werr := cmd.Wait(); werr != nil {
+				runErr = fmt.Errorf("helper %s: %v: %s", op.Op, werr, stderr.String())
+				return
+			}
+			if !ok {
+				runErr = fmt.Errorf("helper %s printed no result: %s", op.Op, stderr.String())
+				return
+			}
+			runErr = json.Unmarshal(out, &res)
+		})
+		return res, runErr
+	}
+	t.Cleanup(func() { _, _ = h.finish() })
+	if !<-ready {
+		_, err := h.finish()
+		t.Fatalf("helper %s did not start: %v %+v", op.Op, err, res)
+	}
+	return h
 }

@@ -90,6 +90,9 @@ var progTypes = map[string]ebpf.ProgramType{
 	bpf.EgressProgSendmsg6:   ebpf.CGroupSockAddr,
 	bpf.EgressProgRecvmsg4:   ebpf.CGroupSockAddr,
 	bpf.EgressProgRecvmsg6:   ebpf.CGroupSockAddr,
+	bpf.EgressProgBackstop:   ebpf.CGroupSKB,
+	bpf.EgressProgCutTcp:     ebpf.Tracing,
+	bpf.EgressProgCutUdp:     ebpf.Tracing,
 }
 
 // KernelObjects lists every link and program of clawker's the kernel holds,

@@ -30,7 +30,8 @@ import (
 //
 // Which maps carry state that must survive:
 //
-//	cgroup_cfg, ip_identity, routes  copied, or Open refuses (old programs keep enforcing)
+//	cgroup_cfg, ip_identity, routes, copied, or Open refuses (old programs keep enforcing)
+//	peer_project
 //	events, stats, ratelimit, sk_dns start fresh: undelivered events, counters,
 //	                                 event token buckets, and the DNS source
 //	                                 rewrite of queries in flight at the switch
@@ -51,9 +52,10 @@ type Migration struct {
 
 // migratedMaps must be copied to keep enforcement; the rest start fresh.
 var migratedMaps = map[string]bool{
-	bpf.EgressMapCgroupCfg:  true,
-	bpf.EgressMapIpIdentity: true,
-	bpf.EgressMapRoutes:     true,
+	bpf.EgressMapCgroupCfg:   true,
+	bpf.EgressMapIpIdentity:  true,
+	bpf.EgressMapRoutes:      true,
+	bpf.EgressMapPeerProject: true,
 }
 
 // stagingSuffix names the pin a migrated map takes before it is renamed

@@ -155,21 +155,23 @@ type oldPins struct {
 // programs verify against it and enforce correctly: they stand in for the
 // old build's programs.
 func oldAgentCfg(t *testing.T, cur *btf.Struct) (*btf.Struct, int) {
-	old := &btf.Struct{Name: cur.Name}
-	off := -1
+	// Longer than this build's, so this build's programs load against it
+	// (they read only what they know): _reserved is missing, legacy
+	// follows the last member.
+	old := &btf.Struct{Name: cur.Name, Size: cur.Size + 8}
+	found := false
 	for _, m := range cur.Members {
 		if m.Name == "_reserved" {
-			off = int(m.Offset / 8)
+			found = int(m.Offset/8) == int(unsafe.Offsetof(bpf.EgressAgentCfg{}.Reserved))
 			continue
 		}
 		old.Members = append(old.Members, m)
 	}
-	if off != int(unsafe.Offsetof(bpf.EgressAgentCfg{}.Reserved)) {
-		t.Fatalf("agent_cfg._reserved at %d", off)
+	if !found {
+		t.Fatal("agent_cfg._reserved moved")
 	}
-	old.Members = append(old.Members, member("legacy", tU64, off))
-	old.Size = uint32(off + 8)
-	return old, off + 8
+	old.Members = append(old.Members, member("legacy", tU64, int(cur.Size)))
+	return old, int(old.Size)
 }
 
 // oldRouteVal is route_val with a trailing member "weight" this build
@@ -386,7 +388,7 @@ func TestPrivilegedMigrateIncompatibleMaps(t *testing.T) {
 	}
 	reused := m.Reused()
 	slices.Sort(reused)
-	if want := []string{bpf.EgressMapEvents, bpf.EgressMapRatelimit, bpf.EgressMapSkDns, bpf.EgressMapStats}; !slices.Equal(reused, want) {
+	if want := []string{bpf.EgressMapEvents, bpf.EgressMapPeerProject, bpf.EgressMapRatelimit, bpf.EgressMapSkDns, bpf.EgressMapStats}; !slices.Equal(reused, want) {
 		t.Errorf("reused %v, want %v", reused, want)
 	}
 
