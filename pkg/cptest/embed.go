@@ -173,6 +173,12 @@ func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
 		// Left over from a build with Ory: this clawker is meant without.
 		return "", err
 	}
+	// The tests' clawker carries no firewall stack (its CP adopts the
+	// stand-ins the tests start at .200/.201); `go tool task build` may
+	// have left one behind.
+	if err := removeEmbeddedDir(filepath.Join(embedded, "stack"), tmpDir); err != nil {
+		return "", err
+	}
 	dir, err := buildDir()
 	if err != nil {
 		return "", err
@@ -187,16 +193,18 @@ func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
 
 // removeOry removes embedded/ory: renamed out of embedded/ first, so a
 // concurrent build sees all of it or none.
-func removeOry(oryEmbedded, tmpDir string) error {
-	if _, err := os.Lstat(oryEmbedded); errors.Is(err, os.ErrNotExist) {
+func removeOry(oryEmbedded, tmpDir string) error { return removeEmbeddedDir(oryEmbedded, tmpDir) }
+
+func removeEmbeddedDir(dir, tmpDir string) error {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
-	gone, err := os.MkdirTemp(tmpDir, ".ory-removed.*.tmp")
+	gone, err := os.MkdirTemp(tmpDir, ".removed.*.tmp")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(gone)
-	return os.Rename(oryEmbedded, filepath.Join(gone, "ory"))
+	return os.Rename(dir, filepath.Join(gone, filepath.Base(dir)))
 }
 
 // installFile puts a copy of src (mode 0755) at dst: written to a temporary
