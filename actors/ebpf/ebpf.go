@@ -20,13 +20,16 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"sort"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	cebpf "github.com/cilium/ebpf"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/bpf"
 	"github.com/clawker/clawker-cp/pkg/egress"
 )
 
@@ -65,7 +68,14 @@ type Config struct {
 	// FlushPins removes what an earlier generation pinned under PinDir,
 	// for a CP that did not load programs itself (firewall disabled).
 	FlushPins func() error
-	Log       *zap.Logger
+	// Events turns the programs' decision events on for every cgroup
+	// enforced from now on (monitoring.otlp_endpoint set), at EventRate
+	// per second each; off, the programs pay nothing for them.
+	Events    bool
+	EventRate uint32
+	// OpenEvents opens the events ring buffer for the netlogger's reader.
+	OpenEvents func() (*cebpf.Map, error)
+	Log        *zap.Logger
 }
 
 // Production returns the Config hooks backed by pkg/egress. noMount is set
@@ -83,7 +93,11 @@ func Production(enable bool, pinDir string, noMount bool, log *zap.Logger) Confi
 		},
 		CgroupOf:  egress.ContainerCgroup,
 		FlushPins: func() error { return egress.FlushPins(pinDir) },
-		Log:       log,
+		// The pinned map is the loaded one: the ring the programs write.
+		OpenEvents: func() (*cebpf.Map, error) {
+			return cebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.EgressMapEvents), nil)
+		},
+		Log: log,
 	}
 }
 
@@ -133,6 +147,15 @@ type SyncRoutes struct{ Routes []egress.Route }
 type SetIdentities struct {
 	Set    map[netip.Addr]uint32
 	Delete []netip.Addr
+}
+
+// OpenEvents asks for the events ring buffer; answered with *EventsRing.
+type OpenEvents struct{}
+
+// EventsRing answers OpenEvents; the receiver owns (and closes) Map.
+type EventsRing struct {
+	Map *cebpf.Map
+	Err error
 }
 
 // Done answers Release, SetBypass, SetDisabled, SyncRoutes and
@@ -214,6 +237,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 		ctx.Respond(&Done{Err: a.setIdentities(m)})
 	case *GetState:
 		ctx.Respond(a.state())
+	case *OpenEvents:
+		ctx.Respond(a.openEvents())
 	case *supervise.DrainStep:
 		if m.Step != supervise.StepEBPFFlush {
 			supervise.RefuseStep(ctx, m)
@@ -288,10 +313,21 @@ func (a *Actor) start() error {
 	return nil
 }
 
+func (a *Actor) openEvents() *EventsRing {
+	if a.progs == nil || a.cfg.OpenEvents == nil {
+		return &EventsRing{Err: ErrNotLoaded}
+	}
+	m, err := a.cfg.OpenEvents()
+	return &EventsRing{Map: m, Err: err}
+}
+
 func (a *Actor) enforce(m *Enforce) *Enforced {
 	if a.progs == nil {
 		return &Enforced{Err: ErrNotLoaded}
 	}
+	// The events flag is the CP's (settings), not the order's.
+	cfg := m.Config
+	cfg.Events, cfg.EventRate = a.cfg.Events, a.cfg.EventRate
 	path, cgid, err := a.cfg.CgroupOf(m.ContainerID)
 	if err != nil {
 		return &Enforced{Err: fmt.Errorf("cgroup of container %s: %w", short(m.ContainerID), err)}
@@ -304,8 +340,15 @@ func (a *Actor) enforce(m *Enforce) *Enforced {
 	}
 	// Order matters: enroll before attaching, so the first packet the
 	// programs see from this cgroup already finds its config.
-	if !a.isEnrolled(cgid) {
-		if err := a.progs.Enroll(cgid, m.Config); err != nil {
+	if e, ok := a.enrollment(cgid); !ok {
+		if err := a.progs.Enroll(cgid, cfg); err != nil {
+			res.Err = err
+			return res
+		}
+	} else if e.Config.Events != cfg.Events || (cfg.Events && e.Config.EventRate != cfg.EventRate) {
+		// Adopted from a CP with other monitoring settings: only the
+		// events flag changes; a bypass or disable in force stays.
+		if err := a.setEvents(cgid, e, cfg); err != nil {
 			res.Err = err
 			return res
 		}
@@ -318,17 +361,34 @@ func (a *Actor) enforce(m *Enforce) *Enforced {
 	return res
 }
 
-func (a *Actor) isEnrolled(cgid uint64) bool {
+func (a *Actor) enrollment(cgid uint64) (egress.Enrollment, bool) {
 	es, err := a.progs.Enrolled()
 	if err != nil {
-		return false
+		return egress.Enrollment{}, false
 	}
 	for _, e := range es {
 		if e.CgroupID == cgid {
-			return true
+			return e, true
 		}
 	}
-	return false
+	return egress.Enrollment{}, false
+}
+
+// setEvents re-enrolls with the events settings of cfg and puts the
+// enrollment's disable or bypass back (Enroll clears them).
+func (a *Actor) setEvents(cgid uint64, e egress.Enrollment, cfg egress.Config) error {
+	nc := e.Config
+	nc.Events, nc.EventRate, nc.EventBurst = cfg.Events, cfg.EventRate, cfg.EventBurst
+	if err := a.progs.Enroll(cgid, nc); err != nil {
+		return err
+	}
+	switch {
+	case e.Disabled:
+		return a.progs.Disable(cgid)
+	case time.Now().Before(e.BypassUntil):
+		return a.progs.Bypass(cgid, e.BypassUntil)
+	}
+	return nil
 }
 
 func (a *Actor) retire(cgid uint64) {
