@@ -13,11 +13,19 @@
 // container's own cgroup, never to a parent shared with containers clawker
 // does not manage. A restarted container has a new cgroup (and id), so
 // Enforce re-derives it every time and retires the old one.
+//
+// Per agent it also fills in what only the container tells: its own
+// address and its project (Config.AgentOf), kept in the peer table the
+// programs consult for agent_to_agent: project. And whenever enforcement
+// resumes (Enforce, a bypass that ends, a re-enable) it cuts the sockets
+// the agent connected while unfiltered (egress.Manager.Cut).
 package ebpf
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,10 +34,12 @@ import (
 
 	"github.com/asynkron/protoactor-go/actor"
 	cebpf "github.com/cilium/ebpf"
+	"github.com/moby/moby/client"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/bpf"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
 )
 
@@ -49,6 +59,10 @@ type Programs interface {
 	Routes() ([]egress.Route, error)
 	SetIdentity(ip netip.Addr, id uint32) error
 	DeleteIdentity(ip netip.Addr) error
+	Reconfigure(cgid uint64, cfg egress.Config) error
+	SetPeer(ip netip.Addr, project uint32) error
+	DeletePeer(ip netip.Addr) error
+	Cut(cgid uint64, path string) (egress.CutResult, error)
 	Reused() []string
 	Migrated() []egress.Migration
 	Close() error
@@ -75,7 +89,16 @@ type Config struct {
 	EventRate uint32
 	// OpenEvents opens the events ring buffer for the netlogger's reader.
 	OpenEvents func() (*cebpf.Map, error)
-	Log        *zap.Logger
+	// AgentOf tells a container's project and its addresses; nil leaves
+	// Config.Self and Config.ProjectID as the order has them.
+	AgentOf func(containerID string) (Agent, error)
+	Log     *zap.Logger
+}
+
+// Agent is what AgentOf tells of a container.
+type Agent struct {
+	Project string       // dev.clawker.project
+	IPs     []netip.Addr // on every network it is attached to
 }
 
 // Production returns the Config hooks backed by pkg/egress. noMount is set
@@ -97,7 +120,41 @@ func Production(enable bool, pinDir string, noMount bool, log *zap.Logger) Confi
 		OpenEvents: func() (*cebpf.Map, error) {
 			return cebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.EgressMapEvents), nil)
 		},
-		Log: log,
+		AgentOf: dockerAgentOf(),
+		Log:     log,
+	}
+}
+
+// dockerAgentOf inspects the container with a Docker client of its own,
+// made on first use (only ever called from the actor's mailbox).
+func dockerAgentOf() func(string) (Agent, error) {
+	var c *client.Client
+	return func(id string) (Agent, error) {
+		if c == nil {
+			nc, err := dockerx.New(dockerx.Host(os.Getenv))
+			if err != nil {
+				return Agent{}, err
+			}
+			c = nc
+		}
+		in, err := dockerx.Call(context.Background(), 10*time.Second, func(ctx context.Context) (client.ContainerInspectResult, error) {
+			return c.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
+		})
+		if err != nil {
+			return Agent{}, err
+		}
+		var a Agent
+		if cfg := in.Container.Config; cfg != nil {
+			a.Project = cfg.Labels[dockerx.LabelProject]
+		}
+		if ns := in.Container.NetworkSettings; ns != nil {
+			for _, ep := range ns.Networks {
+				if ep != nil && ep.IPAddress.IsValid() {
+					a.IPs = append(a.IPs, ep.IPAddress)
+				}
+			}
+		}
+		return a, nil
 	}
 }
 
@@ -195,12 +252,21 @@ type Actor struct {
 	// the BPF maps do not hold. Rebuilt after a CP restart by the Enforce
 	// orders that follow Docker's initial listing.
 	cgroups map[string]uint64
-	flushed bool
+	paths   map[string]string     // container -> cgroup path, for Cut
+	peers   map[string]netip.Addr // container -> its address in peer_project
+	// projects numbers the projects for peer_project: FNV-1a of the name,
+	// probed on a collision, so a restarted CP mostly finds the same ids.
+	projects  map[string]uint32
+	projectOf map[uint32]string
+	flushed   bool
 }
 
 // New returns a producer of fresh eBPF owners.
 func New(cfg Config) actor.Producer {
-	return func() actor.Actor { return &Actor{cfg: cfg, cgroups: map[string]uint64{}} }
+	return func() actor.Actor {
+		return &Actor{cfg: cfg, cgroups: map[string]uint64{}, paths: map[string]string{}, peers: map[string]netip.Addr{},
+			projects: map[string]uint32{}, projectOf: map[uint32]string{}}
+	}
 }
 
 // Receive handles the actor's messages.
@@ -219,13 +285,25 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *Release:
 		ctx.Respond(&Done{Err: a.release(m.ContainerID)})
 	case *SetBypass:
-		ctx.Respond(&Done{Err: a.onContainer(m.ContainerID, func(cgid uint64) error { return a.progs.Bypass(cgid, m.Until) })})
+		ctx.Respond(&Done{Err: a.onContainer(m.ContainerID, func(cgid uint64) error {
+			if err := a.progs.Bypass(cgid, m.Until); err != nil {
+				return err
+			}
+			if !time.Now().Before(m.Until) {
+				a.cut(m.ContainerID, cgid, "bypass ended")
+			}
+			return nil
+		})})
 	case *SetDisabled:
 		ctx.Respond(&Done{Err: a.onContainer(m.ContainerID, func(cgid uint64) error {
 			if m.Disabled {
 				return a.progs.Disable(cgid)
 			}
-			return a.progs.Enable(cgid)
+			if err := a.progs.Enable(cgid); err != nil {
+				return err
+			}
+			a.cut(m.ContainerID, cgid, "enabled")
+			return nil
 		})})
 	case *SyncRoutes:
 		err := ErrNotLoaded
@@ -338,26 +416,52 @@ func (a *Actor) enforce(m *Enforce) *Enforced {
 		a.retire(old)
 		res.Retired = old
 	}
+	if a.cfg.AgentOf != nil {
+		ag, err := a.cfg.AgentOf(m.ContainerID)
+		if err != nil {
+			res.Err = fmt.Errorf("inspecting container %s: %w", short(m.ContainerID), err)
+			return res
+		}
+		cfg.Self = agentAddr(ag.IPs, cfg.Subnet)
+		if ag.Project != "" {
+			cfg.ProjectID = a.projectID(ag.Project)
+		}
+	}
 	// Order matters: enroll before attaching, so the first packet the
-	// programs see from this cgroup already finds its config.
+	// programs see from this cgroup already finds its config. A cgroup
+	// enrolled already (adopted from an earlier CP) keeps its bypass or
+	// disable, and gets this config if it differs: other events settings,
+	// or an older build's that lacks the fields this one added.
 	if e, ok := a.enrollment(cgid); !ok {
 		if err := a.progs.Enroll(cgid, cfg); err != nil {
 			res.Err = err
 			return res
 		}
-	} else if e.Config.Events != cfg.Events || (cfg.Events && e.Config.EventRate != cfg.EventRate) {
-		// Adopted from a CP with other monitoring settings: only the
-		// events flag changes; a bypass or disable in force stays.
-		if err := a.setEvents(cgid, e, cfg); err != nil {
+	} else if e.Config != cfg.Canonical() {
+		if err := a.progs.Reconfigure(cgid, cfg); err != nil {
 			res.Err = err
 			return res
 		}
+	}
+	if cfg.Self.IsValid() {
+		if old, ok := a.peers[m.ContainerID]; ok && old != cfg.Self {
+			_ = a.progs.DeletePeer(old)
+		}
+		if err := a.progs.SetPeer(cfg.Self, cfg.ProjectID); err != nil {
+			res.Err = err
+			return res
+		}
+		a.peers[m.ContainerID] = cfg.Self
 	}
 	if err := a.progs.AttachCgroup(path); err != nil {
 		res.Err = err
 		return res
 	}
 	a.cgroups[m.ContainerID] = cgid
+	a.paths[m.ContainerID] = path
+	// What an earlier generation let through (a bypass that ended while no
+	// CP ran) goes now.
+	a.cut(m.ContainerID, cgid, "enforced")
 	return res
 }
 
@@ -374,21 +478,48 @@ func (a *Actor) enrollment(cgid uint64) (egress.Enrollment, bool) {
 	return egress.Enrollment{}, false
 }
 
-// setEvents re-enrolls with the events settings of cfg and puts the
-// enrollment's disable or bypass back (Enroll clears them).
-func (a *Actor) setEvents(cgid uint64, e egress.Enrollment, cfg egress.Config) error {
-	nc := e.Config
-	nc.Events, nc.EventRate, nc.EventBurst = cfg.Events, cfg.EventRate, cfg.EventBurst
-	if err := a.progs.Enroll(cgid, nc); err != nil {
-		return err
+// agentAddr is the container's IPv4 address inside subnet (the agent
+// network), or the zero Addr.
+func agentAddr(ips []netip.Addr, subnet netip.Prefix) netip.Addr {
+	for _, ip := range ips {
+		if ip = ip.Unmap(); ip.Is4() && (!subnet.IsValid() || subnet.Contains(ip)) {
+			return ip
+		}
 	}
+	return netip.Addr{}
+}
+
+// projectID numbers a project (never 0).
+func (a *Actor) projectID(project string) uint32 {
+	if id, ok := a.projects[project]; ok {
+		return id
+	}
+	h := fnv.New32a()
+	h.Write([]byte(project))
+	id := h.Sum32()
+	for id == 0 || a.projectOf[id] != "" {
+		id++
+	}
+	a.projects[project], a.projectOf[id] = id, project
+	return id
+}
+
+// cut destroys the sockets the container connected while unfiltered. A
+// failure is logged: the backstop still drops what they send.
+func (a *Actor) cut(containerID string, cgid uint64, why string) {
+	path := a.paths[containerID]
+	if path == "" {
+		return
+	}
+	res, err := a.progs.Cut(cgid, path)
+	log := a.cfg.Log.With(zap.String("event", "ebpf_cut"), zap.String("container", short(containerID)), zap.String("why", why),
+		zap.Int("destroyed", res.Destroyed), zap.Int("seen", res.Seen), zap.Duration("took", res.Took))
 	switch {
-	case e.Disabled:
-		return a.progs.Disable(cgid)
-	case time.Now().Before(e.BypassUntil):
-		return a.progs.Bypass(cgid, e.BypassUntil)
+	case err != nil:
+		log.Warn("cutting the sockets connected while unfiltered failed; the backstop still drops their packets", zap.Error(err))
+	case res.Destroyed > 0:
+		log.Info("cut the sockets connected while unfiltered")
 	}
-	return nil
 }
 
 func (a *Actor) retire(cgid uint64) {
@@ -409,7 +540,13 @@ func (a *Actor) release(containerID string) error {
 		return nil // never enforced by this generation: nothing to release
 	}
 	delete(a.cgroups, containerID)
-	return errors.Join(a.progs.DetachCgroupID(cgid), a.progs.Unenroll(cgid))
+	delete(a.paths, containerID)
+	var peerErr error
+	if ip, ok := a.peers[containerID]; ok {
+		delete(a.peers, containerID)
+		peerErr = a.progs.DeletePeer(ip)
+	}
+	return errors.Join(a.progs.DetachCgroupID(cgid), a.progs.Unenroll(cgid), peerErr)
 }
 
 func (a *Actor) onContainer(containerID string, f func(cgid uint64) error) error {

@@ -29,6 +29,8 @@ type fakePrograms struct {
 	mu       sync.Mutex
 	enrolled map[uint64]egress.Enrollment
 	attached map[uint64]bool
+	peers    map[netip.Addr]uint32
+	cuts     []string // Cut calls, "<cgid> <path>"
 	calls    []string
 	flushed  bool
 	closed   bool
@@ -67,8 +69,48 @@ func (f *fakePrograms) Enroll(cgid uint64, cfg egress.Config) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.log("enroll " + itoa(cgid))
-	f.enrolled[cgid] = egress.Enrollment{CgroupID: cgid, Config: cfg}
+	f.enrolled[cgid] = egress.Enrollment{CgroupID: cgid, Config: cfg.Canonical()} // as the kernel reports it back
 	return nil
+}
+func (f *fakePrograms) Reconfigure(cgid uint64, cfg egress.Config) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.log("reconfigure " + itoa(cgid))
+	e, ok := f.enrolled[cgid]
+	if !ok {
+		return egress.ErrNotEnrolled
+	}
+	e.Config = cfg.Canonical()
+	f.enrolled[cgid] = e
+	return nil
+}
+func (f *fakePrograms) SetPeer(ip netip.Addr, project uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.peers == nil {
+		f.peers = map[netip.Addr]uint32{}
+	}
+	f.peers[ip] = project
+	return nil
+}
+func (f *fakePrograms) DeletePeer(ip netip.Addr) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.peers, ip)
+	return nil
+}
+func (f *fakePrograms) Cut(cgid uint64, path string) (egress.CutResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cuts = append(f.cuts, itoa(cgid)+" "+path)
+	return egress.CutResult{}, nil
+}
+func (f *fakePrograms) takeCuts() string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := strings.Join(f.cuts, ", ")
+	f.cuts = nil
+	return s
 }
 func (f *fakePrograms) Unenroll(cgid uint64) error {
 	f.mu.Lock()
@@ -332,5 +374,84 @@ func TestDisabledFlushesOnlyAnEarlierGenerationsPins(t *testing.T) {
 	d = ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: supervise.StepEBPFFlush})
 	if d.Outcome != supervise.OutcomeDone || flushes != 1 {
 		t.Errorf("flush with an earlier generation's pins = %+v (%d flushes)", d, flushes)
+	}
+}
+
+// TestAgentPeersAndCut: Enforce fills in the agent's address and project,
+// records it as a peer (and forgets it on Release), and every point where
+// enforcement resumes cuts the sockets connected while unfiltered; an
+// enrollment with another config (an older build's) is reconfigured and
+// keeps its disable.
+func TestAgentPeersAndCut(t *testing.T) {
+	f := newFake()
+	agents := map[string]ebpf.Agent{
+		"ca": {Project: "p1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("10.5.0.7")}},
+		"cb": {Project: "p1", IPs: []netip.Addr{netip.MustParseAddr("10.5.0.8")}},
+		"cc": {Project: "p2", IPs: []netip.Addr{netip.MustParseAddr("10.5.0.9")}},
+	}
+	sys, pid, ready := start(t, ebpf.Config{Enable: true, PinDir: "/unused", Open: func() (ebpf.Programs, error) { return f, nil }, CgroupOf: cgroupOf,
+		AgentOf: func(id string) (ebpf.Agent, error) { return agents[id], nil }})
+	if ready.Err != nil {
+		t.Fatal(ready.Err)
+	}
+	cfg := egress.Config{
+		Proxy: netip.MustParseAddrPort("10.5.0.200:15001"), DNS: netip.MustParseAddrPort("10.5.0.201:53"),
+		Subnet: netip.MustParsePrefix("10.5.0.0/24"), AgentToAgent: egress.AgentToAgentProject,
+	}
+	for i, id := range []string{"ca", "cb", "cc"} {
+		setGen(id, uint64(21+i))
+		if r := ask[*ebpf.Enforced](t, sys, pid, &ebpf.Enforce{ContainerID: id, Config: cfg}); r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	ca, cb, cc := f.enrolled[21].Config, f.enrolled[22].Config, f.enrolled[23].Config
+	if ca.Self != netip.MustParseAddr("10.5.0.7") || cb.Self != netip.MustParseAddr("10.5.0.8") {
+		t.Errorf("self addresses %v %v, want the ones on the agent network", ca.Self, cb.Self)
+	}
+	if ca.ProjectID == 0 || ca.ProjectID != cb.ProjectID || cc.ProjectID == ca.ProjectID {
+		t.Errorf("project ids %d %d %d: want p1's shared and p2's another", ca.ProjectID, cb.ProjectID, cc.ProjectID)
+	}
+	if f.peers[ca.Self] != ca.ProjectID || f.peers[cc.Self] != cc.ProjectID || len(f.peers) != 3 {
+		t.Errorf("peers %v", f.peers)
+	}
+	if got := f.takeCuts(); got != "21 /cg/ca/21, 22 /cg/cb/22, 23 /cg/cc/23" {
+		t.Errorf("cuts at enforce: %q", got)
+	}
+
+	// Resuming enforcement cuts; starting a bypass or a disable does not.
+	for _, m := range []interface{}{
+		&ebpf.SetBypass{ContainerID: "ca", Until: time.Now().Add(time.Minute)},
+		&ebpf.SetBypass{ContainerID: "ca"},
+		&ebpf.SetDisabled{ContainerID: "ca", Disabled: true},
+		&ebpf.SetDisabled{ContainerID: "ca", Disabled: false},
+	} {
+		if d := ask[*ebpf.Done](t, sys, pid, m); d.Err != nil {
+			t.Fatal(d.Err)
+		}
+	}
+	if got := f.takeCuts(); got != "21 /cg/ca/21, 21 /cg/ca/21" {
+		t.Errorf("cuts %q, want one after the bypass ended and one after the enable", got)
+	}
+
+	// An enrollment of an older build (no CP, no project) under a disable:
+	// brought up to date, still disabled.
+	f.enrolled[22] = egress.Enrollment{CgroupID: 22, Config: egress.Config{Proxy: cfg.Proxy, DNS: cfg.DNS}.Canonical(), Disabled: true}
+	f.takeCalls()
+	cfg.CP, cfg.CPPorts = netip.MustParseAddr("10.5.0.202"), [2]uint16{7444, 4444}
+	if r := ask[*ebpf.Enforced](t, sys, pid, &ebpf.Enforce{ContainerID: "cb", Config: cfg}); r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	if got := f.takeCalls(); got != "reconfigure 22, attach /cg/cb/22" {
+		t.Errorf("calls %q, want a reconfigure", got)
+	}
+	if e := f.enrolled[22]; !e.Disabled || e.Config.CP != cfg.CP || e.Config.ProjectID != cb.ProjectID {
+		t.Errorf("after reconfigure %+v", e)
+	}
+
+	if d := ask[*ebpf.Done](t, sys, pid, &ebpf.Release{ContainerID: "cc"}); d.Err != nil {
+		t.Fatal(d.Err)
+	}
+	if _, ok := f.peers[cc.Self]; ok || len(f.peers) != 2 {
+		t.Errorf("peers after release %v", f.peers)
 	}
 }

@@ -189,6 +189,17 @@ func (c Config) encode() (bpf.EgressAgentCfg, error) {
 	return out, nil
 }
 
+// Canonical is the config as Enrolled reports it back once enrolled
+// (defaults filled in), for comparing an order with an enrollment; an
+// invalid config is returned as it is.
+func (c Config) Canonical() Config {
+	v, err := c.encode()
+	if err != nil {
+		return c
+	}
+	return decodeConfig(&v)
+}
+
 func decodeConfig(v *bpf.EgressAgentCfg) Config {
 	c := Config{
 		Proxy:           netip.AddrPortFrom(fromIP4(v.ProxyIp4), fromBE16(v.ProxyPort)),
