@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -25,6 +26,43 @@ type Settings struct {
 	ControlPlane ControlPlane `yaml:"control_plane"`
 	Firewall     Firewall     `yaml:"firewall"`
 	Monitoring   Monitoring   `yaml:"monitoring"`
+	Agents       Agents       `yaml:"agents"`
+}
+
+// Agents bounds every agent container `clawker run` creates.
+type Agents struct {
+	// PidsLimit caps the container's tasks (a fork bomb stops there).
+	PidsLimit int `yaml:"pids_limit"`
+	// Memory caps the container's memory, e.g. "8g", "512m" (bytes
+	// without a suffix; k, m, g, t are powers of 1024).
+	Memory string `yaml:"memory"`
+}
+
+// DefaultAgentPidsLimit and DefaultAgentMemory are the agents' defaults:
+// generous for a build or a test suite, small enough to keep one agent
+// from taking the host down.
+const (
+	DefaultAgentPidsLimit = 4096
+	DefaultAgentMemory    = "8g"
+)
+
+// ParseMemory reads agents.memory: a positive byte count with an optional
+// k, m, g or t suffix (powers of 1024, either case, an optional trailing b).
+func ParseMemory(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	t = strings.TrimSuffix(t, "b")
+	mult := int64(1)
+	if n := len(t); n > 0 {
+		if i := strings.IndexByte("kmgt", t[n-1]); i >= 0 {
+			mult = int64(1) << (10 * (i + 1))
+			t = t[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || v <= 0 || v > math.MaxInt64/mult {
+		return 0, fmt.Errorf("%q is not a memory size", s)
+	}
+	return v * mult, nil
 }
 
 // ControlPlane holds the ports CP and its Ory subprocesses listen on, and the
@@ -100,7 +138,19 @@ type Firewall struct {
 	// default: an allowed name must never become a path to the operator's
 	// LAN or a cloud metadata service (DNS rebinding).
 	PrivateDestinations []string `yaml:"private_destinations"`
+	// AgentToAgent says which agents on the agent network reach each
+	// other directly: deny (none), project (agents of the same project),
+	// allow (every agent). The stack and the control plane's agent and
+	// Hydra ports are reachable whatever it says.
+	AgentToAgent string `yaml:"agent_to_agent"`
 }
+
+// The firewall.agent_to_agent choices.
+const (
+	AgentToAgentDeny    = "deny"
+	AgentToAgentProject = "project"
+	AgentToAgentAllow   = "allow"
+)
 
 // Monitoring is the egress event log (the netlogger): every decision of
 // the eBPF programs as an OpenTelemetry log record sent to a collector.
@@ -167,7 +217,8 @@ func Default() Settings {
 				LastSeenFlush: 5 * time.Second,
 			},
 		},
-		Firewall:   Firewall{Enable: true, ProxyPort: 15001, UpstreamDNS: []string{DefaultUpstreamDNS}},
+		Firewall:   Firewall{Enable: true, ProxyPort: 15001, UpstreamDNS: []string{DefaultUpstreamDNS}, AgentToAgent: AgentToAgentDeny},
+		Agents:     Agents{PidsLimit: DefaultAgentPidsLimit, Memory: DefaultAgentMemory},
 		Monitoring: Monitoring{EgressEventsPerSecond: DefaultEgressEventsPerSecond},
 	}
 }
@@ -231,6 +282,17 @@ func (s Settings) Validate() error {
 
 	if err := validateFirewallLists(s.Firewall); err != nil {
 		return err
+	}
+	switch s.Firewall.AgentToAgent {
+	case AgentToAgentDeny, AgentToAgentProject, AgentToAgentAllow:
+	default:
+		return invalid("firewall.agent_to_agent", "%q is not a choice; use deny (the default), project or allow", s.Firewall.AgentToAgent)
+	}
+	if s.Agents.PidsLimit < 1 {
+		return invalid("agents.pids_limit", "%d is too small; use a positive number of tasks, such as %d", s.Agents.PidsLimit, DefaultAgentPidsLimit)
+	}
+	if _, err := ParseMemory(s.Agents.Memory); err != nil {
+		return invalid("agents.memory", "%q is not a memory size; write one such as %q or \"512m\"", s.Agents.Memory, DefaultAgentMemory)
 	}
 
 	if err := validateMonitoring(s.Monitoring); err != nil {

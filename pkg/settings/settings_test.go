@@ -573,3 +573,37 @@ func writeTestCA(t *testing.T) string {
 	}
 	return p
 }
+
+func TestAgentToAgentAndAgentLimits(t *testing.T) {
+	d := Default()
+	if d.Firewall.AgentToAgent != AgentToAgentDeny || d.Agents.PidsLimit != DefaultAgentPidsLimit || d.Agents.Memory != DefaultAgentMemory {
+		t.Fatalf("defaults: agent_to_agent %q, agents %+v", d.Firewall.AgentToAgent, d.Agents)
+	}
+	for _, choice := range []string{"deny", "project", "allow"} {
+		s, err := parse([]byte("firewall:\n  agent_to_agent: " + choice + "\n"))
+		if err != nil || s.Firewall.AgentToAgent != choice {
+			t.Errorf("agent_to_agent %s: %q, %v", choice, s.Firewall.AgentToAgent, err)
+		}
+	}
+	s, err := parse([]byte("agents:\n  pids_limit: 512\n  memory: 512m\n"))
+	if err != nil || s.Agents.PidsLimit != 512 || s.Agents.Memory != "512m" {
+		t.Fatalf("agents: %+v, %v", s.Agents, err)
+	}
+	for in, want := range map[string]int64{"8g": 8 << 30, "512M": 512 << 20, "1024": 1024, "2kb": 2048, "1t": 1 << 40} {
+		if got, err := ParseMemory(in); err != nil || got != want {
+			t.Errorf("ParseMemory(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, c := range []struct{ yaml, key, want string }{
+		{"firewall:\n  agent_to_agent: peers\n", "firewall.agent_to_agent", `"peers" is not a choice; use deny (the default), project or allow`},
+		{"agents:\n  pids_limit: 0\n", "agents.pids_limit", "0 is too small"},
+		{"agents:\n  memory: lots\n", "agents.memory", `"lots" is not a memory size`},
+		{"agents:\n  memory: -1g\n", "agents.memory", `"-1g" is not a memory size`},
+	} {
+		_, err := parse([]byte(c.yaml))
+		var e *Error
+		if !errors.As(err, &e) || e.Key != c.key || e.Line == 0 || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %s on its line: %q", c.yaml, err, c.key, c.want)
+		}
+	}
+}
