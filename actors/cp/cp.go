@@ -220,6 +220,10 @@ func Start(opts Options) (*Instance, error) {
 		sys.Shutdown()
 		return nil, err
 	}
+	// The BPF events cost something per connect: on only when netlogger reads them.
+	ebpfCfg := ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, log.With(zap.String("actor", "ebpf")))
+	ebpfCfg.Events, ebpfCfg.EventRate = s.Monitoring.OTLPEndpoint != "", uint32(s.Monitoring.EgressEventsPerSecond)
+	hostName, _ := os.Hostname()
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
@@ -236,7 +240,7 @@ func Start(opts Options) (*Instance, error) {
 			Path: opts.Paths.RegistryDB, FlushInterval: s.ControlPlane.Sessions.LastSeenFlush, OpTimeout: 10 * time.Second,
 			Log: log.With(zap.String("actor", "registry")),
 		}))},
-		{Name: "ebpf", Props: props(ebpf.New(ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, log.With(zap.String("actor", "ebpf")))))},
+		{Name: "ebpf", Props: props(ebpf.New(ebpfCfg))},
 		{Name: "firewall", Props: props(firewall.New(firewall.Config{
 			Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout,
 			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), Network: agentNet.resolve, ProxyPort: uint16(s.Firewall.ProxyPort),
@@ -244,7 +248,12 @@ func Start(opts Options) (*Instance, error) {
 			RulesDir: opts.Paths.FirewallDir, PrivateDestinations: s.Firewall.PrivateDestinations, Publish: publishTo(stackCfg),
 			Log: log.With(zap.String("actor", "firewall")),
 		}))},
-		{Name: "netlogger", Props: props(netlogger.New())},
+		{Name: "netlogger", Props: props(netlogger.New(netlogger.Config{
+			Monitoring: s.Monitoring, AuthDir: opts.Paths.CPAuthDir, HostName: hostName,
+			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), DNS: pidOf("firewall/dns"), Firewall: pidOf("firewall"),
+			CgroupOf: egress.ContainerCgroup, StepTimeout: stepTimeout,
+			Log: log.With(zap.String("actor", "netlogger")),
+		}))},
 		// Docker is optional for both: unreachable, they log it, report
 		// Ready and keep retrying. Each owns its own client.
 		{Name: "dockerfeed", Props: props(dockerfeed.New(dockerfeed.Config{

@@ -1,30 +1,467 @@
-// Package netlogger drains the BPF egress ringbuf into OTLP log records. Its
-// drain step, netlogger_stop, runs before the eBPF flush so no event is lost
-// with the maps. No reader runs yet, so the step has nothing to drain.
+// Package netlogger is the egress event log: it reads the eBPF programs'
+// decision events off their ring buffer and ships each as an
+// OpenTelemetry log record to the collector at monitoring.otlp_endpoint
+// (pkg/netlog is the pipeline). Its drain step, netlogger_stop, runs
+// before ebpf_flush: it reads what is left in the ring, exports every
+// record read and shuts the provider down, so no event dies with the maps.
+//
+// The actor never waits in Receive: the ring is read by the pipeline's own
+// goroutine, exports run on the batch processor's, enrichment (who owns a
+// cgroup, which allowed name an address was learned for) is gathered by
+// an enricher goroutine asking the overseer, the eBPF owner, the DNS owner
+// and the firewall, and the drain runs on a goroutine that answers the
+// step itself. A collector that is down is logged once
+// (event=netlogger_unavailable) and changes nothing else: enforcement does
+// not depend on this actor at all.
 package netlogger
 
 import (
-	"github.com/asynkron/protoactor-go/actor"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
 
+	"github.com/asynkron/protoactor-go/actor"
+	"go.uber.org/zap"
+
+	"github.com/clawker/clawker-cp/actors/ebpf"
+	"github.com/clawker/clawker-cp/actors/firewall"
+	"github.com/clawker/clawker-cp/actors/firewall/dns"
+	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/netlog"
+	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
+// Config wires the netlogger.
+type Config struct {
+	Monitoring settings.Monitoring
+	// AuthDir is the CP's server bundle, which holds the clawker-netlogger
+	// client pair (pkg/certs).
+	AuthDir  string
+	HostName string
+	// The actors enrichment asks; a nil PID is skipped.
+	EBPF, Overseer, DNS, Firewall *actor.PID
+	// CgroupOf resolves an agent container's cgroup when the eBPF owner
+	// has not (yet) mapped it: after a CP restart its map is rebuilt
+	// only as Docker's listing is replayed.
+	CgroupOf func(containerID string) (path string, id uint64, err error)
+	// StepTimeout is the drain step's bound; the drain uses 80% of it.
+	StepTimeout time.Duration
+	// OpenSource replaces asking the eBPF owner for the ring (tests).
+	OpenSource func() (netlog.Source, error)
+	// Tune adjusts the pipeline's config before it is built (tests).
+	Tune func(*netlog.Config)
+	Log  *zap.Logger
+}
+
+// GetStats asks for the counters; answered with *Stats.
+type GetStats struct{}
+
+// Stats answers GetStats.
+type Stats struct {
+	Enabled bool
+	netlog.Stats
+}
+
+// availability is the pipeline's report of a reachability change.
+type availability struct {
+	up     bool
+	reason string
+}
+
+// sourceOpened carries the ring reader, opened off the mailbox.
+type sourceOpened struct {
+	src netlog.Source
+	err error
+}
+
+// drained is the drain goroutine's report.
+type drained struct{}
+
 // Actor is the netlogger.
-type Actor struct{}
+type Actor struct {
+	cfg      Config
+	pipe     *netlog.Pipeline
+	enricher *enricher
+	endpoint string
+	// down is whether the last report was "unavailable" (a first
+	// success after start is logged too, as netlogger_connected).
+	down, reported bool
+	draining       bool
+}
 
 // New returns a producer of fresh netloggers.
-func New() actor.Producer { return func() actor.Actor { return &Actor{} } }
+func New(cfg Config) actor.Producer {
+	if cfg.Log == nil {
+		cfg.Log = zap.NewNop()
+	}
+	if cfg.StepTimeout <= 0 {
+		cfg.StepTimeout = 10 * time.Second
+	}
+	return func() actor.Actor { return &Actor{cfg: cfg} }
+}
+
+var routeErrors sync.Once
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
+		a.start(ctx)
 		supervise.ReportReady(ctx, nil)
+	case *actor.Restarting, *actor.Stopping:
+		// Bounded (the reader stops at once, the batch gets a second):
+		// a restarted netlogger must not find the old reader still on the
+		// ring, which would split its records between the two.
+		a.stop()
+	case *sourceOpened:
+		a.opened(m)
+	case *availability:
+		a.availability(m)
+	case *overseer.ContainerStarted, *overseer.ContainerStopped, *overseer.ContainerDestroyed, *overseer.ContainerRenamed:
+		if a.enricher != nil {
+			a.enricher.kick()
+		}
+	case *GetStats:
+		st := &Stats{Enabled: a.pipe != nil}
+		if a.pipe != nil {
+			st.Stats = a.pipe.Stats()
+		}
+		ctx.Respond(st)
+	case *drained:
+		a.pipe = nil
 	case *supervise.DrainStep:
 		if m.Step != supervise.StepNetloggerStop {
 			supervise.RefuseStep(ctx, m)
 			return
 		}
-		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no ringbuf reader running, no OTLP batch pending")
+		a.drain(ctx, m)
 	}
+}
+
+func (a *Actor) start(ctx actor.Context) {
+	mon, log := a.cfg.Monitoring, a.cfg.Log
+	if mon.OTLPEndpoint == "" {
+		log.Info("netlogger off: no monitoring.otlp_endpoint, the programs emit no events", zap.String("event", "netlogger_off"))
+		return
+	}
+	routeErrors.Do(func() {
+		netlog.RouteOTelErrors(func(err error) {
+			log.Debug("OpenTelemetry SDK error", zap.String("event", "netlogger_otel_error"), zap.Error(err))
+		})
+	})
+	target, err := settings.ParseOTLPEndpoint(mon.OTLPEndpoint, mon.OTLPInsecure)
+	if err == nil && target.Plaintext && !mon.OTLPInsecure {
+		err = fmt.Errorf("monitoring.otlp_endpoint: %q is plaintext and monitoring.otlp_insecure is not set", mon.OTLPEndpoint)
+	}
+	pcfg := netlog.Config{Endpoint: target.HostPort, HostName: a.cfg.HostName, ParkFor: 500 * time.Millisecond}
+	if err == nil && !target.Plaintext {
+		pcfg.TLS, err = a.clientTLS()
+	}
+	if err != nil {
+		// A configuration problem the operator fixes (auth rotate, a CA
+		// file): said once, and the CP runs on without the log.
+		log.Warn("netlogger unavailable: "+err.Error(), zap.String("event", "netlogger_unavailable"), zap.String("endpoint", mon.OTLPEndpoint), zap.Error(err))
+		return
+	}
+	a.endpoint = target.HostPort
+	sys, self := ctx.ActorSystem(), ctx.Self()
+	a.enricher = newEnricher(sys, a.cfg)
+	pcfg.Enrich = a.enricher.load
+	pcfg.Refresh = a.enricher.kick
+	pcfg.Availability = func(up bool, reason string) { sys.Root.Send(self, &availability{up: up, reason: reason}) }
+	if a.cfg.Tune != nil {
+		a.cfg.Tune(&pcfg)
+	}
+	p, err := netlog.New(pcfg)
+	if err != nil {
+		log.Warn("netlogger unavailable: "+err.Error(), zap.String("event", "netlogger_unavailable"), zap.String("endpoint", mon.OTLPEndpoint), zap.Error(err))
+		a.enricher.stop()
+		a.enricher = nil
+		return
+	}
+	a.pipe = p
+	a.enricher.kick() // warm: agents enforced before we started
+	if a.cfg.Overseer != nil {
+		ctx.Send(a.cfg.Overseer, &overseer.Subscribe{Subscriber: self})
+	}
+	a.openSource(ctx)
+	log.Info("netlogger started", zap.String("event", "netlogger_started"), zap.String("endpoint", a.endpoint), zap.Bool("tls", pcfg.TLS != nil))
+}
+
+func (a *Actor) clientTLS() (*tls.Config, error) {
+	roots, err := settings.LoadOTLPCA(a.cfg.Monitoring.OTLPCA)
+	if err != nil {
+		return nil, fmt.Errorf("monitoring.otlp_ca: %w", err)
+	}
+	b, err := certs.LoadServerBundle(a.cfg.AuthDir)
+	if err != nil {
+		return nil, err
+	}
+	return b.NetloggerClientTLSConfig(roots, "")
+}
+
+// openSource gets the ring off the mailbox: from the eBPF owner by a
+// future, or from the test hook on a goroutine.
+func (a *Actor) openSource(ctx actor.Context) {
+	if a.cfg.OpenSource != nil {
+		sys, self := ctx.ActorSystem(), ctx.Self()
+		go func() {
+			src, err := a.cfg.OpenSource()
+			sys.Root.Send(self, &sourceOpened{src: src, err: err})
+		}()
+		return
+	}
+	if a.cfg.EBPF == nil {
+		return
+	}
+	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.OpenEvents{}, 5*time.Second)
+	ctx.ReenterAfter(f, func(res any, err error) {
+		if err != nil {
+			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner did not answer: %w", err)})
+			return
+		}
+		r, ok := res.(*ebpf.EventsRing)
+		if !ok {
+			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner answered %T", res)})
+			return
+		}
+		if r.Err != nil {
+			a.opened(&sourceOpened{err: r.Err})
+			return
+		}
+		src, err := netlog.NewRingSource(r.Map)
+		_ = r.Map.Close() // the reader holds its own reference
+		a.opened(&sourceOpened{src: src, err: err})
+	})
+}
+
+func (a *Actor) opened(m *sourceOpened) {
+	log := a.cfg.Log
+	switch {
+	case errors.Is(m.err, ebpf.ErrNotLoaded):
+		log.Info("netlogger has no events to read: no eBPF programs loaded (firewall.enable: false)", zap.String("event", "netlogger_no_ring"))
+	case m.err != nil:
+		log.Warn("netlogger cannot read the events ring", zap.String("event", "netlogger_no_ring"), zap.Error(m.err))
+	case a.pipe == nil || a.draining:
+		_ = m.src.Close()
+	default:
+		if err := a.pipe.Start(m.src); err != nil {
+			_ = m.src.Close()
+			log.Warn("netlogger cannot read the events ring", zap.String("event", "netlogger_no_ring"), zap.Error(err))
+		}
+	}
+}
+
+func (a *Actor) availability(m *availability) {
+	log := a.cfg.Log
+	switch {
+	case !m.up && (!a.down || !a.reported):
+		log.Warn("netlogger unavailable: "+m.reason+"; records are buffered up to a bound, then dropped and counted; enforcement is unaffected",
+			zap.String("event", "netlogger_unavailable"), zap.String("endpoint", a.endpoint), zap.String("reason", m.reason))
+	case m.up && a.down:
+		log.Info("netlogger reaches the collector again", zap.String("event", "netlogger_available"), zap.String("endpoint", a.endpoint))
+	case m.up && !a.reported:
+		log.Info("netlogger connected to the collector", zap.String("event", "netlogger_connected"), zap.String("endpoint", a.endpoint))
+	}
+	a.down, a.reported = !m.up, true
+}
+
+func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
+	if a.pipe == nil || a.draining {
+		detail := "netlogger off: no monitoring.otlp_endpoint"
+		if a.draining {
+			detail = "already drained"
+		} else if a.cfg.Monitoring.OTLPEndpoint != "" {
+			detail = "netlogger unavailable since start: nothing was read"
+		}
+		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, detail)
+		return
+	}
+	a.draining = true
+	p, e, sender, sys, self := a.pipe, a.enricher, ctx.Sender(), ctx.ActorSystem(), ctx.Self()
+	endpoint, bound := a.endpoint, a.cfg.StepTimeout*8/10
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), bound)
+		defer cancel()
+		rep := p.Drain(c)
+		if e != nil {
+			e.stop()
+		}
+		outcome := supervise.OutcomeDone
+		detail := fmt.Sprintf("read %d records from the ring, exported %d to %s", rep.Read, rep.Exported, endpoint)
+		if rep.Dropped > 0 || rep.Failed > 0 || rep.Malformed > 0 {
+			detail += fmt.Sprintf("; lost %d (%d dropped at the buffer bound while the collector was away, %d failed export, %d malformed)",
+				rep.Dropped+rep.Failed+rep.Malformed, rep.Dropped, rep.Failed, rep.Malformed)
+		}
+		if !rep.ReadAll {
+			outcome = supervise.OutcomeFailed
+			detail += "; the ring was still filling when the read's share of the bound ran out"
+		}
+		if rep.Err != nil || rep.InFlight > 0 {
+			outcome = supervise.OutcomeFailed
+			detail += fmt.Sprintf("; %d records not delivered: %v", rep.InFlight, rep.Err)
+		}
+		sys.Root.Send(self, &drained{})
+		if sender != nil {
+			sys.Root.Send(sender, &supervise.StepDone{Step: m.Step, Outcome: outcome, Detail: detail})
+		}
+	}()
+}
+
+func (a *Actor) stop() {
+	if a.pipe != nil && !a.draining {
+		a.pipe.Close()
+	}
+	a.pipe = nil
+	if a.enricher != nil {
+		a.enricher.stop()
+		a.enricher = nil
+	}
+}
+
+// enricher keeps the Snapshot the pipeline enriches with. It rebuilds on
+// a kick (an unknown cgroup or address, a container event), at most every
+// minInterval, asking the actors with short timeouts; an actor that does
+// not answer leaves that part as it was.
+type enricher struct {
+	sys    *actor.ActorSystem
+	cfg    Config
+	snap   atomic.Pointer[netlog.Snapshot]
+	kickCh chan struct{}
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+const (
+	minInterval = 200 * time.Millisecond
+	askTimeout  = time.Second
+)
+
+func newEnricher(sys *actor.ActorSystem, cfg Config) *enricher {
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &enricher{sys: sys, cfg: cfg, kickCh: make(chan struct{}, 1), cancel: cancel, done: make(chan struct{})}
+	e.snap.Store(&netlog.Snapshot{})
+	go e.run(ctx)
+	return e
+}
+
+func (e *enricher) load() *netlog.Snapshot { return e.snap.Load() }
+
+// kick asks for a rebuild; it never blocks (one pending kick is enough).
+func (e *enricher) kick() {
+	select {
+	case e.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+func (e *enricher) stop() {
+	e.cancel()
+	<-e.done
+}
+
+func (e *enricher) run(ctx context.Context) {
+	defer close(e.done)
+	var last time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-e.kickCh:
+		}
+		if d := minInterval - time.Since(last); d > 0 {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(d):
+			}
+		}
+		last = time.Now()
+		e.snap.Store(e.build(e.snap.Load()))
+	}
+}
+
+func (e *enricher) ask(pid *actor.PID, msg any) any {
+	if pid == nil {
+		return nil
+	}
+	res, err := e.sys.Root.RequestFuture(pid, msg, askTimeout).Result()
+	if err != nil {
+		return nil
+	}
+	return res
+}
+
+// build gathers the facts; AsOf is taken first, so every fact older than
+// it is in the snapshot.
+func (e *enricher) build(prev *netlog.Snapshot) *netlog.Snapshot {
+	s := &netlog.Snapshot{AsOf: time.Now(), Cgroups: map[uint64]netlog.Identity{}, Hosts: map[netip.Addr]string{}}
+	// Asked at once: a build takes the slowest answer, not their sum.
+	var wg sync.WaitGroup
+	var ebpfRes, worldRes, idsRes, rulesRes any
+	for _, q := range []struct {
+		pid *actor.PID
+		msg any
+		out *any
+	}{{e.cfg.EBPF, &ebpf.GetState{}, &ebpfRes}, {e.cfg.Overseer, &overseer.GetState{}, &worldRes},
+		{e.cfg.DNS, &dns.GetIdentities{}, &idsRes}, {e.cfg.Firewall, &firewall.ListRules{}, &rulesRes}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); *q.out = e.ask(q.pid, q.msg) }()
+	}
+	wg.Wait()
+	cgroupOf := map[string]uint64{}
+	if st, ok := ebpfRes.(*ebpf.State); ok {
+		for _, ag := range st.Agents {
+			cgroupOf[ag.ContainerID] = ag.Enrollment.CgroupID
+		}
+	}
+	// Keep what an unanswered or partial query would lose: cgroup ids are
+	// never reused, so an old entry is never wrong, only unused.
+	for id, who := range prev.Cgroups {
+		s.Cgroups[id] = who
+	}
+	if ws, ok := worldRes.(*overseer.State); ok {
+		for _, c := range ws.Containers {
+			id, ok := cgroupOf[c.ID]
+			if !ok && e.cfg.CgroupOf != nil && c.Purpose == "agent" && c.State == "running" {
+				if _, cg, err := e.cfg.CgroupOf(c.ID); err == nil {
+					id, ok = cg, true
+				}
+			}
+			if ok {
+				s.Cgroups[id] = netlog.Identity{ContainerID: c.ID, Project: c.Project, Agent: c.Agent}
+			}
+		}
+	}
+	for c, id := range cgroupOf {
+		if _, ok := s.Cgroups[id]; !ok {
+			s.Cgroups[id] = netlog.Identity{ContainerID: c}
+		}
+	}
+	ids, _ := idsRes.(*dns.Identities)
+	rules, _ := rulesRes.(*firewall.RulesResult)
+	if ids != nil && rules != nil {
+		dst := make(map[uint32]string, len(rules.Rules))
+		for _, r := range rules.Rules {
+			dst[r.ID] = r.Dst
+		}
+		for ip, ent := range ids.Entries {
+			// The kernel's id is the rule the programs route by.
+			if d, ok := dst[ent.Kernel]; ok {
+				s.Hosts[ip] = d
+			}
+		}
+	} else {
+		for ip, h := range prev.Hosts {
+			s.Hosts[ip] = h
+		}
+	}
+	return s
 }
