@@ -244,6 +244,7 @@ func Start(opts Options) (*Instance, error) {
 		{Name: "firewall", Props: props(firewall.New(firewall.Config{
 			Enable: s.Firewall.Enable, Tree: tree, Intensity: in, StepTimeout: stepTimeout,
 			EBPF: pidOf("ebpf"), Overseer: pidOf("overseer"), Network: agentNet.resolve, ProxyPort: uint16(s.Firewall.ProxyPort),
+			AgentPort: uint16(s.ControlPlane.AgentPort), HydraPublicPort: uint16(s.ControlPlane.HydraPublicPort), AgentToAgent: s.Firewall.AgentToAgent,
 			StackWait: stackWait, OpTimeout: 5 * time.Second, Stack: stackCfg,
 			RulesDir: opts.Paths.FirewallDir, PrivateDestinations: s.Firewall.PrivateDestinations, Publish: publishTo(stackCfg),
 			Log: log.With(zap.String("actor", "firewall")),

@@ -66,6 +66,9 @@ type Status struct {
 	Network, Subnet string
 	// Rules is the number of stored egress rules.
 	Rules int
+	// AgentToAgent is settings' firewall.agent_to_agent (empty with the
+	// firewall disabled).
+	AgentToAgent string
 }
 
 // StackMember is one member of the firewall stack as Status reports it.

@@ -45,6 +45,12 @@ type Config struct {
 	// Network resolves the agent network's subnet and gateway.
 	Network   func(ctx context.Context) (netip.Prefix, netip.Addr, error)
 	ProxyPort uint16
+	// AgentPort and HydraPublicPort are the two ports of the CP agents
+	// reach (control_plane.agent_port, hydra_public_port); every other
+	// port of the CP is refused to them.
+	AgentPort, HydraPublicPort uint16
+	// AgentToAgent is settings' firewall.agent_to_agent.
+	AgentToAgent string
 	// StackWait bounds the wait for the stack's members at start-up.
 	StackWait time.Duration
 	// StackDial checks that a member answers; nil means a TCP connect.
@@ -271,7 +277,20 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 
 // agentConfig is what the programs enforce on every agent.
 func (a *Actor) agentConfig() egress.Config {
-	return egress.Config{Proxy: a.addrs.Proxy, DNS: a.addrs.DNS, Subnet: a.addrs.Subnet, Gateway: a.addrs.Gateway}
+	cfg := egress.Config{Proxy: a.addrs.Proxy, DNS: a.addrs.DNS, Subnet: a.addrs.Subnet, Gateway: a.addrs.Gateway,
+		AgentToAgent: egress.AgentToAgent(a.cfg.AgentToAgent)}
+	if a.cfg.AgentPort != 0 || a.cfg.HydraPublicPort != 0 {
+		// The CP sits at the gateway's .202; one run on the host is
+		// reached at the gateway itself.
+		b := a.addrs.Gateway.As4()
+		b[3] = 202
+		cfg.CP = netip.AddrFrom4(b)
+		if a.cfg.Stack != nil && a.cfg.Stack.HostProcess {
+			cfg.CP = a.addrs.Gateway
+		}
+		cfg.CPPorts = [2]uint16{a.cfg.AgentPort, a.cfg.HydraPublicPort}
+	}
+	return cfg
 }
 
 func (a *Actor) enforceOrder(containerID string) *ebpf.Enforce {
@@ -462,7 +481,7 @@ func (a *Actor) status(ctx actor.Context) {
 	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
 	ctx.ReenterAfter(f, func(res interface{}, err error) {
 		st, _ := res.(*ebpf.State)
-		out := &Status{Enabled: true}
+		out := &Status{Enabled: true, AgentToAgent: a.cfg.AgentToAgent}
 		if err == nil && st != nil {
 			err = st.Err
 		}

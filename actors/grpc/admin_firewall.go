@@ -115,13 +115,14 @@ func (s *adminService) FirewallStatus(context.Context, *adminv1.FirewallStatusRe
 		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to GetStatus", res)
 	}
 	out := &adminv1.FirewallStatusResponse{
-		Enabled:    st.Enabled,
-		RouteCount: uint32(st.Routes),
-		Agents:     make([]*adminv1.FirewallAgent, 0, len(st.Agents)),
-		Stack:      stackMembers(st.Stack),
-		Network:    st.Network,
-		Subnet:     st.Subnet,
-		Rules:      uint32(st.Rules),
+		Enabled:      st.Enabled,
+		RouteCount:   uint32(st.Routes),
+		Agents:       make([]*adminv1.FirewallAgent, 0, len(st.Agents)),
+		Stack:        stackMembers(st.Stack),
+		Network:      st.Network,
+		Subnet:       st.Subnet,
+		Rules:        uint32(st.Rules),
+		AgentToAgent: st.AgentToAgent,
 	}
 	for _, a := range st.Agents {
 		fa := &adminv1.FirewallAgent{ContainerId: a.ContainerID, CgroupId: a.CgroupID, Disabled: a.Disabled}

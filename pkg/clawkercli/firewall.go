@@ -330,6 +330,8 @@ type FirewallStatusReport struct {
 	Subnet  string                 `json:"subnet"`
 	// Rules is the number of stored egress rules.
 	Rules int `json:"rules"`
+	// AgentToAgent is firewall.agent_to_agent: deny, project or allow.
+	AgentToAgent string `json:"agent_to_agent,omitempty"`
 	// Agents are the enforced agent containers, by name.
 	Agents []FirewallAgentReport `json:"agents"`
 }
@@ -413,7 +415,8 @@ func firewallReport(resp *adminv1.FirewallStatusResponse, registered []*adminv1.
 	rep := FirewallStatusReport{
 		Enabled: resp.GetEnabled(), Routes: int(resp.GetRouteCount()),
 		Stack: []FirewallMemberReport{}, Network: resp.GetNetwork(), Subnet: resp.GetSubnet(), Rules: int(resp.GetRules()),
-		Agents: []FirewallAgentReport{},
+		AgentToAgent: resp.GetAgentToAgent(),
+		Agents:       []FirewallAgentReport{},
 	}
 	for _, m := range resp.GetStack() {
 		rep.Stack = append(rep.Stack, FirewallMemberReport{
@@ -466,6 +469,9 @@ func writeFirewallStatus(w io.Writer, rep FirewallStatusReport) error {
 	writeStack(w, rep.Stack)
 	if rep.Network != "" {
 		fmt.Fprintf(w, "Network: %s %s\n", rep.Network, rep.Subnet)
+	}
+	if rep.AgentToAgent != "" {
+		fmt.Fprintf(w, "Agent to agent: %s (firewall.agent_to_agent)\n", rep.AgentToAgent)
 	}
 	fmt.Fprintf(w, "Rules: %d active\n", rep.Rules)
 	fmt.Fprintf(w, "Routes: %d\n", rep.Routes)

@@ -900,7 +900,10 @@ type FirewallStatusResponse struct {
 	// the firewall off.
 	Subnet string `protobuf:"bytes,6,opt,name=subnet,proto3" json:"subnet,omitempty"`
 	// rules is the number of stored egress rules.
-	Rules         uint32 `protobuf:"varint,7,opt,name=rules,proto3" json:"rules,omitempty"`
+	Rules uint32 `protobuf:"varint,7,opt,name=rules,proto3" json:"rules,omitempty"`
+	// agent_to_agent is settings' firewall.agent_to_agent: deny, project or
+	// allow; empty with the firewall off.
+	AgentToAgent  string `protobuf:"bytes,8,opt,name=agent_to_agent,json=agentToAgent,proto3" json:"agent_to_agent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -982,6 +985,13 @@ func (x *FirewallStatusResponse) GetRules() uint32 {
 		return x.Rules
 	}
 	return 0
+}
+
+func (x *FirewallStatusResponse) GetAgentToAgent() string {
+	if x != nil {
+		return x.AgentToAgent
+	}
+	return ""
 }
 
 // StackMember is one member of the firewall stack.
@@ -2011,7 +2021,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06routes\x18\x01 \x03(\v2\x17.clawker.admin.v1.RouteR\x06routes\"4\n" +
 	"\x1aFirewallSyncRoutesResponse\x12\x16\n" +
 	"\x06routes\x18\x01 \x01(\rR\x06routes\"\x17\n" +
-	"\x15FirewallStatusRequest\"\x89\x02\n" +
+	"\x15FirewallStatusRequest\"\xaf\x02\n" +
 	"\x16FirewallStatusResponse\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x127\n" +
 	"\x06agents\x18\x02 \x03(\v2\x1f.clawker.admin.v1.FirewallAgentR\x06agents\x12\x1f\n" +
@@ -2020,7 +2030,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x05stack\x18\x04 \x03(\v2\x1d.clawker.admin.v1.StackMemberR\x05stack\x12\x18\n" +
 	"\anetwork\x18\x05 \x01(\tR\anetwork\x12\x16\n" +
 	"\x06subnet\x18\x06 \x01(\tR\x06subnet\x12\x14\n" +
-	"\x05rules\x18\a \x01(\rR\x05rules\"\x8e\x01\n" +
+	"\x05rules\x18\a \x01(\rR\x05rules\x12$\n" +
+	"\x0eagent_to_agent\x18\b \x01(\tR\fagentToAgent\"\x8e\x01\n" +
 	"\vStackMember\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aaddress\x18\x02 \x01(\tR\aaddress\x12!\n" +
