@@ -18,6 +18,8 @@ import (
 	"time"
 
 	docker "github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // DockerSocket is the daemon's socket the Docker tests need.
@@ -36,18 +38,11 @@ var DockerCallTimeout = 2 * time.Minute
 // failure instead (CI must run these tests).
 func RequireDocker(t testing.TB) *docker.Client {
 	t.Helper()
-	skip := func(reason string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but this test cannot run: %s", reason)
-		}
-		t.Skip(reason)
-	}
 	if _, err := os.Stat(DockerSocket); err != nil {
-		skip("needs the Docker daemon: " + DockerSocket + " is missing")
+		testkit.SkipOrFail(t, "needs the Docker daemon: "+DockerSocket+" is missing")
 	}
 	if os.Geteuid() != 0 {
-		skip("needs root (mounts bpffs, creates containers with CAP_SYS_ADMIN)")
+		testkit.SkipOrFail(t, "needs root (mounts bpffs, creates containers with CAP_SYS_ADMIN)")
 	}
 	d, err := docker.New(docker.WithHost("unix://" + DockerSocket))
 	if err != nil {
@@ -57,7 +52,7 @@ func RequireDocker(t testing.TB) *docker.Client {
 	defer cancel()
 	if _, err := d.Ping(ctx, docker.PingOptions{}); err != nil {
 		d.Close()
-		skip("the Docker daemon does not answer: " + err.Error())
+		testkit.SkipOrFail(t, "the Docker daemon does not answer: "+err.Error())
 	}
 	t.Cleanup(func() { d.Close() })
 	return d

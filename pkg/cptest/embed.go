@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // Package paths of the binaries clawker embeds.
@@ -64,7 +66,7 @@ func BuildClawkerWithCP(t testing.TB) map[string]string {
 	bins := BuildBinaries(t, embedCPPkg, embedAgentPkg)
 	embedBuild.once.Do(func() {
 		embedBuild.oryDir, embedBuild.oryReason = findOry()
-		if embedBuild.oryDir == "" && os.Getenv("CI") == "true" {
+		if embedBuild.oryDir == "" && testkit.InCI() {
 			embedBuild.err = errors.New("CI=true and " + embedBuild.oryReason)
 			return
 		}
@@ -97,7 +99,7 @@ func OryDir(t testing.TB) string {
 	t.Helper()
 	dir, reason := findOry()
 	if dir == "" {
-		skipOrFail(t, reason)
+		testkit.SkipOrFail(t, reason)
 	}
 	return dir
 }

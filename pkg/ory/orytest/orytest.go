@@ -12,6 +12,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/ory"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // EnvDir names the directory holding hydra, kratos and oathkeeper.
@@ -27,7 +28,7 @@ func BinDir(t testing.TB, names ...string) string {
 	if dir == "" {
 		root, err := moduleRoot()
 		if err != nil {
-			skipOrFail(t, "cannot locate the module root to find bin/ory: "+err.Error())
+			testkit.SkipOrFail(t, "cannot locate the module root to find bin/ory: "+err.Error())
 		}
 		dir = filepath.Join(root, "bin", "ory")
 	}
@@ -38,18 +39,10 @@ func BinDir(t testing.TB, names ...string) string {
 		p := filepath.Join(dir, n)
 		fi, err := os.Stat(p)
 		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			skipOrFail(t, "no Ory binary "+p+" (build them with `go tool task ory`, or set "+EnvDir+")")
+			testkit.SkipOrFail(t, "no Ory binary "+p+" (build them with `go tool task ory`, or set "+EnvDir+")")
 		}
 	}
 	return dir
-}
-
-func skipOrFail(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but this test cannot run: %s", reason)
-	}
-	t.Skip(reason)
 }
 
 func moduleRoot() (string, error) {
