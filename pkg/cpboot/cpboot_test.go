@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -551,18 +550,5 @@ func TestSummarizeLog(t *testing.T) {
 	got = summarizeLog([]string{"panic: boom", "goroutine 1 [running]:"}, 5)
 	if got != "panic: boom\ngoroutine 1 [running]:" {
 		t.Errorf("got %q", got)
-	}
-}
-
-// pkg/ never imports actors/ (DESIGN.md): cpboot is linked into the CLI.
-func TestNoActorsImport(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "github.com/clawker/clawker-cp/actors/") {
-			t.Errorf("cpboot depends on %s", dep)
-		}
 	}
 }
