@@ -575,12 +575,12 @@ func (a *Actor) fail(ctx actor.Context, err error, wasUp bool) {
 	delay := backoff(a.attempt, a.cfg.BackoffMin, a.cfg.BackoffMax)
 	if wasUp {
 		a.cfg.Log.Warn("docker events stream ended; reconnecting", zap.String("event", "dockerfeed_disconnected"),
-			zap.Error(err), zap.Float64("retry_in_ms", ms(delay)))
+			zap.Error(err), zap.Float64("retry_in_ms", cpapi.Millis(delay)))
 	} else if a.attempt <= 3 || a.attempt%10 == 0 {
 		// Logged for the first attempts, then every tenth: a host without
 		// Docker would otherwise fill the log.
 		a.cfg.Log.Warn("docker events feed unavailable; retrying", zap.String("event", "dockerfeed_unavailable"),
-			zap.Error(err), zap.Int("attempt", a.attempt), zap.Float64("retry_in_ms", ms(delay)))
+			zap.Error(err), zap.Int("attempt", a.attempt), zap.Float64("retry_in_ms", cpapi.Millis(delay)))
 	}
 	a.retryToken++
 	token, sys, self := a.retryToken, ctx.ActorSystem(), ctx.Self()
@@ -604,8 +604,6 @@ func backoff(n int, min, max time.Duration) time.Duration {
 	half := d / 2
 	return half + rand.N(half+1)
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // apply folds one event into the feeder's table and publishes the
 // transition it makes, if any.

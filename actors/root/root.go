@@ -165,7 +165,7 @@ func (r *Root) startNext(ctx actor.Context) {
 	if r.next >= len(r.cfg.Children) {
 		if r.cfg.HoldReady > 0 {
 			self, sys := ctx.Self(), ctx.ActorSystem()
-			r.log.Warn("holding the ready declaration", zap.String("event", "ready_held"), zap.Float64("hold_ms", ms(r.cfg.HoldReady)))
+			r.log.Warn("holding the ready declaration", zap.String("event", "ready_held"), zap.Float64("hold_ms", cpapi.Millis(r.cfg.HoldReady)))
 			time.AfterFunc(r.cfg.HoldReady, func() { sys.Root.Send(self, &declareReady{}) })
 			return
 		}
@@ -199,7 +199,7 @@ func (r *Root) onReady(ctx actor.Context, m *supervise.Ready) {
 			return
 		}
 		r.log.Info("subsystem started", zap.String("event", "subsystem_started"), zap.String("subsystem", m.Name),
-			zap.Float64("since_start_ms", ms(time.Since(r.started))))
+			zap.Float64("since_start_ms", cpapi.Millis(time.Since(r.started))))
 		r.next++
 		r.startNext(ctx)
 	default:
@@ -226,7 +226,7 @@ func (r *Root) becomeReady(ctx actor.Context) {
 	if r.cfg.OnReady != nil {
 		r.cfg.OnReady(ctx, r.pids)
 	}
-	r.log.Info("control plane ready", zap.String("event", "ready"), zap.Float64("startup_ms", ms(time.Since(r.started))))
+	r.log.Info("control plane ready", zap.String("event", "ready"), zap.Float64("startup_ms", cpapi.Millis(time.Since(r.started))))
 }
 
 // HandleFailure is the root's supervision strategy: restart one-for-one; a
@@ -326,7 +326,7 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 	logStep := func(outcome, detail string) {
 		fields := []zap.Field{zap.String("event", "drain_step"), zap.String("step", step.Name), zap.Int("index", i+1),
 			zap.String("owner", step.Target), zap.String("outcome", outcome),
-			zap.Float64("duration_ms", ms(time.Since(begin)))}
+			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if detail != "" {
 			fields = append(fields, zap.String("detail", detail))
 		}
@@ -372,7 +372,7 @@ func (r *Root) stopChildren(ctx actor.Context, i int) {
 	f := ctx.StopFuture(r.pids[name])
 	ctx.ReenterAfter(f, func(_ interface{}, err error) {
 		fields := []zap.Field{zap.String("event", "subsystem_stopped"), zap.String("subsystem", name),
-			zap.Float64("duration_ms", ms(time.Since(begin)))}
+			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if err != nil {
 			r.log.Warn("subsystem did not stop in time", append(fields, zap.Error(err))...)
 		} else {
@@ -389,11 +389,8 @@ func (r *Root) finish() {
 	r.phase = phaseDone
 	fields := []zap.Field{zap.String("event", "exit"), zap.Int("exit_code", r.exitCode)}
 	if !r.drainAt.IsZero() {
-		fields = append(fields, zap.Float64("drain_ms", ms(time.Since(r.drainAt))))
+		fields = append(fields, zap.Float64("drain_ms", cpapi.Millis(time.Since(r.drainAt))))
 	}
 	r.log.Info("control plane exiting", fields...)
 	r.cfg.Exit(r.exitCode)
 }
-
-// ms renders a duration as fractional milliseconds for the JSON log.
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

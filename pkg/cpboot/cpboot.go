@@ -42,6 +42,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -252,15 +253,13 @@ func (r *run) setHash(h string) {
 }
 
 func (r *run) record(step string, since time.Time) {
-	r.res.Steps = append(r.res.Steps, StepTime{Name: step, DurationMS: ms(time.Since(since))})
+	r.res.Steps = append(r.res.Steps, StepTime{Name: step, DurationMS: cpapi.Millis(time.Since(since))})
 }
 
 func (r *run) finish(err error) (Result, error) {
-	r.res.TotalMS = ms(time.Since(r.start))
+	r.res.TotalMS = cpapi.Millis(time.Since(r.start))
 	return r.res, err
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // current reports whether st is our control plane for these binaries and
 // settings.
