@@ -15,6 +15,8 @@ import (
 	"testing/fstest"
 
 	"github.com/moby/moby/api/types/container"
+
+	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
 // oryFiles are a bundle's binaries with the three Ory servers.
@@ -102,7 +104,7 @@ func TestBundleWithOry(t *testing.T) {
 	if h == treeHash(t, without) {
 		t.Error("adding Ory kept the hash: the image of a bundle without it would be reused")
 	}
-	for _, n := range OryNames {
+	for _, n := range ory.Names {
 		changed := oryFiles()
 		changed[OryPath(n)] += "!"
 		if got := treeHash(t, changed); got == h {
@@ -111,7 +113,7 @@ func TestBundleWithOry(t *testing.T) {
 	}
 
 	// All three or none.
-	for _, n := range OryNames {
+	for _, n := range ory.Names {
 		partial := oryFiles()
 		delete(partial, OryPath(n))
 		_, err := BundleFromDir(writeTree(t, partial))
@@ -171,7 +173,7 @@ func TestBuildContextWithOry(t *testing.T) {
 	if !slices.Equal(order, wantOrder) {
 		t.Errorf("context entries %v, want %v (a directory before its files)", order, wantOrder)
 	}
-	for _, n := range OryNames {
+	for _, n := range ory.Names {
 		e := got["rootfs/ory/"+n]
 		if e.body != n+"-bytes" || e.mode != 0o755 || e.typ != tar.TypeReg {
 			t.Errorf("rootfs/ory/%s: %+v", n, e)

@@ -82,7 +82,7 @@ func Binary(t testing.TB) string {
 		}
 		dir = filepath.Join(root, "bin", "ory")
 	}
-	bin := filepath.Join(dir, "hydra")
+	bin := filepath.Join(dir, ory.Hydra)
 	if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 		testkit.SkipOrFail(t, fmt.Sprintf("no hydra binary at %s (build it with `go tool task ory`, or set %s)", bin, EnvOryDir))
 	}
