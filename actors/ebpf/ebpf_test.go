@@ -2,6 +2,7 @@ package ebpf_test
 
 import (
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sort"
@@ -17,7 +18,6 @@ import (
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/egress"
-	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // fakePrograms keeps enrollments and attachments in memory and records the
@@ -178,7 +178,9 @@ func (p *parent) Receive(ctx actor.Context) {
 
 func start(t *testing.T, cfg ebpf.Config) (*actor.ActorSystem, *actor.PID, *supervise.Ready) {
 	t.Helper()
-	sys := actortest.Quiet()
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
 	tree := supervise.NewTree()
 	in := supervise.Intensity{Max: 1, Window: time.Minute}
 	if cfg.Log == nil {

@@ -9,6 +9,13 @@ import (
 	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
+// skipOrFail is testkit.SkipOrFail under the name this package's helpers
+// have always called it by.
+func skipOrFail(t testing.TB, reason string) {
+	t.Helper()
+	testkit.SkipOrFail(t, reason)
+}
+
 // TestPinDirPrefix starts the name of every pin dir a test creates under
 // /sys/fs/bpf, so a leftover can be traced to tests.
 const TestPinDirPrefix = "clawker-test-"
