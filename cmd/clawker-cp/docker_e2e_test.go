@@ -48,7 +48,7 @@ import (
 
 const (
 	dockerSocket  = "/var/run/docker.sock"
-	testLabel     = "dev.clawker.test"
+	testLabel     = dockerx.LabelTest
 	dockerTimeout = 60 * time.Second // one Docker call, on a loaded machine
 	// restartEnv opts in to TestDockerDaemonRestart outside CI.
 	restartEnv = "CLAWKER_TEST_DOCKER_RESTART"

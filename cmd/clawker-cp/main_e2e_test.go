@@ -22,6 +22,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 const (
@@ -729,7 +730,7 @@ func TestFirewallEnabledWithoutStackRefusesToStart(t *testing.T) {
 // container on this host (no Docker counts as not running).
 func realCPRunning(t *testing.T) bool {
 	t.Helper()
-	d, err := cpboot.NewDockerClient()
+	d, err := dockerx.New("")
 	if err != nil {
 		return false
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
@@ -262,7 +263,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 	if c.ID != res.ContainerID || !c.State.Running {
 		t.Fatalf("container %s running %v, bootstrap said %s", c.ID, c.State.Running, res.ContainerID)
 	}
-	for k, v := range map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: "controlplane", cpboot.LabelBinHash: e.hash, cptest.LabelTest: e.run} {
+	for k, v := range map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: "controlplane", dockerx.LabelBinHash: e.hash, cptest.LabelTest: e.run} {
 		if c.Config.Labels[k] != v {
 			t.Errorf("label %s = %q, want %q", k, c.Config.Labels[k], v)
 		}
@@ -333,7 +334,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 		t.Logf("concurrent up %d: %s in %s", i, rep.Bootstrap.Outcome, o.took.Round(time.Millisecond))
 	}
 	sort.Strings(outcomes)
-	list, err := e.d.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", cpboot.LabelPurpose+"=controlplane", cptest.LabelTest+"="+e.run)})
+	list, err := e.d.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", dockerx.LabelPurpose+"=controlplane", cptest.LabelTest+"="+e.run)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -483,10 +484,10 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 		return c.ID
 	}
 	oldCP := startContainer(cpboot.ContainerName, map[string]string{
-		cpboot.LabelPurpose: cpboot.PurposeControlPlane, cpboot.LabelBinHash: "0000000000000000",
+		dockerx.LabelPurpose: dockerx.PurposeControlPlane, dockerx.LabelBinHash: "0000000000000000",
 	})
 	agentName := "clawker-e2e-agent-" + e.run
-	agent := startContainer(agentName, map[string]string{cpboot.LabelPurpose: cpboot.PurposeAgent})
+	agent := startContainer(agentName, map[string]string{dockerx.LabelPurpose: dockerx.PurposeAgent})
 
 	_, res, took := e.up(t, cmdTimeout)
 	if res.Code == 0 {
@@ -508,7 +509,7 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 	}
 	// Agents of other tests running at the same time (go test runs
 	// packages in parallel) would rightly block the replacement too.
-	agents := make(client.Filters).Add("label", cpboot.LabelManaged+"=true", cpboot.LabelPurpose+"="+cpboot.PurposeAgent).Add("status", "running")
+	agents := make(client.Filters).Add("label", dockerx.LabelManaged+"=true", dockerx.LabelPurpose+"="+dockerx.PurposeAgent).Add("status", "running")
 	cptest.WaitFor(t, 2*time.Minute, "no agent container running on the host", func() (bool, string) {
 		list, err := e.d.ContainerList(ctx, client.ContainerListOptions{Filters: agents})
 		if err != nil {
@@ -525,7 +526,7 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 		t.Errorf("up without agents: %+v; want replaced", res2)
 	}
 	c := e.inspect(t, cpboot.ContainerName)
-	if c.ID != res2.ContainerID || c.Config.Labels[cpboot.LabelBinHash] != e.hash {
+	if c.ID != res2.ContainerID || c.Config.Labels[dockerx.LabelBinHash] != e.hash {
 		t.Errorf("container %s labels %v", c.ID, c.Config.Labels)
 	}
 }

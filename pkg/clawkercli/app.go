@@ -16,6 +16,7 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -55,7 +56,7 @@ func (env Env) docker() (cpboot.Docker, func(), error) {
 		}
 		return d, release, nil
 	}
-	c, err := cpboot.NewDockerClient()
+	c, err := dockerx.New("")
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to Docker: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -103,7 +104,7 @@ func parseLabels(s string) (map[string]string, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if k == cpboot.LabelManaged || k == cpboot.LabelPurpose || k == cpboot.LabelBinHash || k == cpboot.LabelSpecHash {
+		if k == dockerx.LabelManaged || k == dockerx.LabelPurpose || k == dockerx.LabelBinHash || k == dockerx.LabelSpecHash {
 			return nil, fmt.Errorf("label %s is clawker's own and cannot be set", k)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -197,7 +198,7 @@ func TestBuildContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := buildContext(&buf, b, map[string]string{LabelPurpose: "controlplane", LabelManaged: "true", "dev.clawker.test": `a "quoted" \ value`}); err != nil {
+	if err := buildContext(&buf, b, map[string]string{dockerx.LabelPurpose: "controlplane", dockerx.LabelManaged: "true", "dev.clawker.test": `a "quoted" \ value`}); err != nil {
 		t.Fatal(err)
 	}
 	files := map[string]string{}
@@ -248,7 +249,7 @@ func testSettingsPaths(t *testing.T) (settings.Settings, settings.Paths) {
 
 func TestCreateOptions(t *testing.T) {
 	s, p := testSettingsPaths(t)
-	o := &Options{Settings: s, Paths: p, Labels: map[string]string{"dev.clawker.test": "run1", LabelManaged: "false"}}
+	o := &Options{Settings: s, Paths: p, Labels: map[string]string{"dev.clawker.test": "run1", dockerx.LabelManaged: "false"}}
 	sp := newSpec(s, p, o.socket())
 	ip := netip.MustParseAddr("172.18.0.202")
 	co, err := createOptions(o, sp, ImageRef("0123456789abcdef"), "0123456789abcdef", ip, false)
@@ -259,8 +260,8 @@ func TestCreateOptions(t *testing.T) {
 		t.Errorf("name %q image %q", co.Name, co.Config.Image)
 	}
 	l := co.Config.Labels
-	if l[LabelManaged] != "true" || l[LabelPurpose] != PurposeControlPlane || l[LabelBinHash] != "0123456789abcdef" ||
-		l["dev.clawker.test"] != "run1" || l[LabelSpecHash] != sp.hash() {
+	if l[dockerx.LabelManaged] != "true" || l[dockerx.LabelPurpose] != dockerx.PurposeControlPlane || l[dockerx.LabelBinHash] != "0123456789abcdef" ||
+		l["dev.clawker.test"] != "run1" || l[dockerx.LabelSpecHash] != sp.hash() {
 		t.Errorf("labels %v", l)
 	}
 	hc := co.HostConfig

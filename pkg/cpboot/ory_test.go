@@ -16,6 +16,7 @@ import (
 
 	"github.com/moby/moby/api/types/container"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
@@ -214,8 +215,8 @@ func TestCreateOptionsWithOry(t *testing.T) {
 	if !slices.Equal(co.Config.Cmd, []string{"--ory-dir", "/ory"}) || len(co.Config.Entrypoint) != 0 {
 		t.Errorf("cmd %q entrypoint %q: want the image's entrypoint plus --ory-dir /ory", co.Config.Cmd, co.Config.Entrypoint)
 	}
-	if co.Config.Labels[LabelSpecHash] != withOry.hash() {
-		t.Errorf("spec hash label %s, want %s", co.Config.Labels[LabelSpecHash], withOry.hash())
+	if co.Config.Labels[dockerx.LabelSpecHash] != withOry.hash() {
+		t.Errorf("spec hash label %s, want %s", co.Config.Labels[dockerx.LabelSpecHash], withOry.hash())
 	}
 	cp := s.ControlPlane
 	want := map[string]bool{}
@@ -259,7 +260,7 @@ func TestEnsureRunningOrySpec(t *testing.T) {
 			ID:    "cafe",
 			State: &container.State{Status: container.StateRunning, Running: true},
 			Config: &container.Config{Labels: map[string]string{
-				LabelManaged: "true", LabelPurpose: PurposeControlPlane, LabelBinHash: hash, LabelSpecHash: specHash,
+				dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane, dockerx.LabelBinHash: hash, dockerx.LabelSpecHash: specHash,
 			}},
 		}}
 	}

@@ -19,6 +19,7 @@ import (
 
 	docker "github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
@@ -27,7 +28,7 @@ const DockerSocket = "/var/run/docker.sock"
 
 // LabelTest is the label a test puts on everything it creates, with a run
 // id as value (NewRunID), so that it removes exactly that.
-const LabelTest = "dev.clawker.test"
+const LabelTest = dockerx.LabelTest
 
 // DockerCallTimeout bounds each Docker call of the helpers.
 var DockerCallTimeout = 2 * time.Minute
@@ -44,7 +45,7 @@ func RequireDocker(t testing.TB) *docker.Client {
 	if os.Geteuid() != 0 {
 		testkit.SkipOrFail(t, "needs root (mounts bpffs, creates containers with CAP_SYS_ADMIN)")
 	}
-	d, err := docker.New(docker.WithHost("unix://" + DockerSocket))
+	d, err := dockerx.New("unix://" + DockerSocket)
 	if err != nil {
 		t.Fatalf("cptest: docker client: %v", err)
 	}
@@ -68,14 +69,14 @@ func NewRunID() string {
 // TestLabels are the labels of what a test run creates: managed by clawker
 // and tagged with the run id.
 func TestLabels(runID string) map[string]string {
-	return map[string]string{"dev.clawker.managed": "true", LabelTest: runID}
+	return map[string]string{dockerx.LabelManaged: "true", LabelTest: runID}
 }
 
 // labelFilters turns labels into a filter every one of them must match;
 // it refuses anything short of managed=true plus a test label, so that no
 // helper ever sweeps by a broad pattern.
 func labelFilters(labels map[string]string) (docker.Filters, error) {
-	if labels["dev.clawker.managed"] != "true" || labels[LabelTest] == "" {
+	if labels[dockerx.LabelManaged] != "true" || labels[LabelTest] == "" {
 		return nil, fmt.Errorf("refusing to select by %v: need dev.clawker.managed=true and %s=<run id>", labels, LabelTest)
 	}
 	f := make(docker.Filters)
