@@ -47,7 +47,7 @@ var subsystems = []string{"health", "overseer", "registry", "ebpf", "firewall", 
 // grandchildren are the children of subsystems that have any.
 var grandchildren = map[string][]string{"firewall": {"dns", "proxy"}, "grpc": {"sessions"}}
 
-// drainSteps is the ordered drain of DESIGN.md.
+// drainSteps is the ordered drain (docs/ARCHITECTURE.md, "The ordered drain").
 var drainSteps = []string{
 	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",
 	"netlogger_stop", "dns_gc_stop", "ebpf_flush",

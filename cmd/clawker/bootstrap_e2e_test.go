@@ -31,7 +31,7 @@ import (
 
 func TestMain(m *testing.M) { cptest.Main(m) }
 
-// drainSteps is the CP's ordered drain (DESIGN.md), as its drain_step
+// drainSteps is the CP's ordered drain (docs/ARCHITECTURE.md), as its drain_step
 // lines name the steps.
 var drainSteps = []string{
 	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",

@@ -12,7 +12,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
-// drainSteps is the number of steps of the CP's ordered drain (DESIGN.md),
+// drainSteps is the number of steps of the CP's ordered drain (docs/ARCHITECTURE.md),
 // each bounded by control_plane.supervisor.drain_step_timeout.
 const drainSteps = 7
 
