@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
@@ -14,29 +15,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
+	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/clawker/clawker-cp/actors/cp"
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/logging"
 	"github.com/clawker/clawker-cp/pkg/settings"
-)
-
-// Debug knobs, for tests. Each is logged when set.
-const (
-	// debugFaultsEnv=1 enables POST /debug/faults on the health port.
-	debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
-	// debugHoldReadyEnv=<duration> delays the ready declaration.
-	debugHoldReadyEnv = "CLAWKER_CP_DEBUG_HOLD_READY"
-	// debugPinDirEnv=<dir under /sys/fs/bpf> pins the eBPF state there
-	// instead of /sys/fs/bpf/clawker, so tests do not share one.
-	debugPinDirEnv = "CLAWKER_CP_DEBUG_PIN_DIR"
-	// debugNetworkEnv=<name> is the agent network instead of clawker-net.
-	debugNetworkEnv = "CLAWKER_CP_DEBUG_NETWORK"
-	// debugClockSkewEnv=<lag>[,<catch-up-after>] skews the clock
-	// GetSystemTime reports (only that): -5s is 5s behind forever, -5s,2s
-	// until 2s after start. Drives the CLI's clock-sync gate in tests.
-	debugClockSkewEnv = "CLAWKER_CP_DEBUG_CLOCK_SKEW"
 )
 
 func main() {
@@ -79,34 +65,25 @@ func run(parent context.Context, bind, oryDir string) int {
 		log.Error("invalid settings: "+err.Error(), zap.String("event", "settings_invalid"), zap.String("file", paths.SettingsFile))
 		return 1
 	}
-	faults := os.Getenv(debugFaultsEnv) == "1"
-	if faults {
-		log.Warn("debug knob set: fault injection enabled", zap.String("event", "debug_knob"), zap.String("env", debugFaultsEnv))
-	}
+	// The debug knobs (tests only, pkg/debugknob): each one set is logged.
+	debugknob.LogSet(slog.New(zapslog.NewHandler(log.Core())), os.Getenv)
+	faults := debugknob.Faults.On(os.Getenv)
 	var hold time.Duration
-	if v := os.Getenv(debugHoldReadyEnv); v != "" {
+	if v := debugknob.HoldReady.Get(); v != "" {
 		if hold, err = time.ParseDuration(v); err != nil || hold < 0 {
-			log.Error(debugHoldReadyEnv+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
+			log.Error(debugknob.HoldReady.Name+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
 			return 1
 		}
-		log.Warn("debug knob set: ready declaration held", zap.String("event", "debug_knob"), zap.String("env", debugHoldReadyEnv), zap.Duration("hold", hold))
 	}
-	pinDir, network := os.Getenv(debugPinDirEnv), os.Getenv(debugNetworkEnv)
-	for env, v := range map[string]string{debugPinDirEnv: pinDir, debugNetworkEnv: network} {
-		if v != "" {
-			log.Warn("debug knob set", zap.String("event", "debug_knob"), zap.String("env", env), zap.String("value", v))
-		}
-	}
+	pinDir, network := debugknob.PinDir.Get(), debugknob.Network.Get()
 	var systemClock func() time.Time
-	if v := os.Getenv(debugClockSkewEnv); v != "" {
-		skew, err := cpgrpc.ParseClockSkew(debugClockSkewEnv, v)
+	if v := debugknob.ClockSkew.Get(); v != "" {
+		skew, err := cpgrpc.ParseClockSkew(debugknob.ClockSkew.Name, v)
 		if err != nil {
-			log.Error(err.Error(), zap.String("event", "debug_knob_invalid"), zap.String("env", debugClockSkewEnv), zap.String("value", v))
+			log.Error(err.Error(), zap.String("event", "debug_knob_invalid"), zap.String("env", debugknob.ClockSkew.Name), zap.String("value", v))
 			return 1
 		}
 		systemClock = skew.Clock(time.Now())
-		log.Warn("debug knob set: GetSystemTime reports a skewed clock", zap.String("event", "debug_knob"), zap.String("env", debugClockSkewEnv),
-			zap.Duration("lag", skew.Lag), zap.Duration("catch_up_after", skew.CatchUpAfter))
 	}
 	log.Info("clawker-cp starting", zap.String("event", "process_start"), zap.Int("pid", os.Getpid()),
 		zap.String("settings", paths.SettingsFile), zap.String("data_dir", paths.DataDir), zap.String("log_file", paths.LogFile))

@@ -8,14 +8,16 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 // labelsEnv adds labels to everything `controlplane up` creates
-// ("key=value,key=value"). A debug knob: tests tag what they create with a
-// run id so they can remove exactly that. It is reported when set.
-const labelsEnv = "CLAWKER_DEBUG_LABELS"
+// ("key=value,key=value"). A debug knob (debugknob.Labels): tests tag what
+// they create with a run id so they can remove exactly that. It is reported
+// when set.
+var labelsEnv = debugknob.Labels.Name
 
 func upCommand(env Env) *cli.Command {
 	return &cli.Command{
