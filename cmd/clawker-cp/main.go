@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -36,7 +37,11 @@ func main() {
 				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
 		},
 		Action: func(c *cli.Context) error {
-			code = run(c.Context, c.String("bind"), c.String("ory-dir"))
+			oryDir, err := absDir(c.String("ory-dir"))
+			if err != nil {
+				return fmt.Errorf("--ory-dir: %w", err)
+			}
+			code = run(c.Context, c.String("bind"), oryDir)
 			return nil
 		},
 	}
@@ -45,6 +50,20 @@ func main() {
 		os.Exit(1)
 	}
 	os.Exit(code)
+}
+
+// absDir makes dir ("" stays "") absolute against the working directory.
+// The Ory servers run with their run directory as working directory, where a
+// relative path to their binaries no longer leads to them.
+func absDir(dir string) (string, error) {
+	if dir == "" || filepath.IsAbs(dir) {
+		return dir, nil
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return "", fmt.Errorf("%q is relative and the working directory is unknown: %w", dir, err)
+	}
+	return abs, nil
 }
 
 func run(parent context.Context, bind, oryDir string) int {

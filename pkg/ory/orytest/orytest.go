@@ -32,6 +32,9 @@ func BinDir(t testing.TB, names ...string) string {
 		}
 		dir = filepath.Join(root, "bin", "ory")
 	}
+	if abs, err := filepath.Abs(dir); err == nil {
+		dir = abs // the servers run in their run directory
+	}
 	if len(names) == 0 {
 		names = ory.Names
 	}
