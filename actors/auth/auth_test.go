@@ -128,8 +128,8 @@ func (h *harness) waitReady(within time.Duration) time.Duration {
 	return 0
 }
 
-func (h *harness) events(event string) []map[string]interface{} {
-	var out []map[string]interface{}
+func (h *harness) events(event string) []map[string]any {
+	var out []map[string]any
 	for _, e := range h.logs.All() {
 		m := e.ContextMap()
 		if m["event"] == event {
@@ -139,8 +139,8 @@ func (h *harness) events(event string) []map[string]interface{} {
 	return out
 }
 
-func (h *harness) serverEvents(event, server string) []map[string]interface{} {
-	var out []map[string]interface{}
+func (h *harness) serverEvents(event, server string) []map[string]any {
+	var out []map[string]any
 	for _, m := range h.events(event) {
 		if m["server"] == server {
 			out = append(out, m)

@@ -242,7 +242,7 @@ func TestSeedFromOverseer(t *testing.T) {
 	d := newFakeDocker()
 	d.set("a1", "clawker.p.a", container.StateRunning, agentLabels("p", "a"))
 	at := time.Now().Add(-time.Minute)
-	r := startRig(t, d, rigOpts{seed: []interface{}{
+	r := startRig(t, d, rigOpts{seed: []any{
 		&overseer.ContainerStarted{Container: overseer.Container{ID: "a1", Name: "clawker.p.a", Purpose: "agent", Project: "p", Agent: "a"}, At: at},
 		&overseer.ContainerStarted{Container: overseer.Container{ID: "z9", Name: "clawker.p.z", Purpose: "agent", Project: "p", Agent: "z"}, At: at},
 	}})

@@ -202,7 +202,7 @@ func event(action events.Action, id, name string, at time.Time, labels map[strin
 // recorder collects what the overseer forwards to its subscribers.
 type recorder struct {
 	mu  sync.Mutex
-	evs []interface{}
+	evs []any
 }
 
 func (r *recorder) Receive(ctx actor.Context) {
@@ -225,7 +225,7 @@ func (r *recorder) all() []string {
 }
 
 // describe renders an event compactly: "started a", "stopped b 3 (r)", ...
-func describe(e interface{}) string {
+func describe(e any) string {
 	rec := func(b bool) string {
 		if b {
 			return " (r)"
@@ -296,7 +296,7 @@ type rig struct {
 type rigOpts struct {
 	callTimeout time.Duration
 	// seed is published to the overseer before the feeder starts.
-	seed []interface{}
+	seed []any
 }
 
 func startRig(t *testing.T, d *fakeDocker, o rigOpts) *rig {

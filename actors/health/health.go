@@ -281,7 +281,7 @@ func (h *handler) routeDebug(mux *http.ServeMux) {
 	mux.HandleFunc("GET /debug/state", h.state)
 }
 
-func writeJSON(w http.ResponseWriter, code int, v interface{}) {
+func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)

@@ -32,7 +32,7 @@ func TestFoldsContainerLifecycle(t *testing.T) {
 	sys := actortest.System(t)
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	pub := func(ev interface{}) { sys.Root.Send(o, &overseer.Publish{Event: ev}) }
+	pub := func(ev any) { sys.Root.Send(o, &overseer.Publish{Event: ev}) }
 
 	pub(&overseer.ContainerStarted{Container: agent("b", "bee"), At: t0})
 	pub(&overseer.ContainerStarted{Container: agent("a", "ant"), At: t0})
@@ -91,7 +91,7 @@ func TestStateIsACopy(t *testing.T) {
 
 type collector struct {
 	mu  sync.Mutex
-	got []interface{}
+	got []any
 }
 
 func (c *collector) Receive(ctx actor.Context) {

@@ -232,7 +232,7 @@ func (r *Root) becomeReady(ctx actor.Context) {
 // HandleFailure is the root's supervision strategy: restart one-for-one; a
 // child failing more than Intensity.Max times within Intensity.Window is not
 // a transient fault, so the root escalates to the ordered drain.
-func (r *Root) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, _ interface{}) {
+func (r *Root) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, _ any) {
 	name := child.Id
 	if n, ok := r.nameOf(child); ok {
 		name = n
@@ -343,7 +343,7 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 		return
 	}
 	f := ctx.RequestFuture(pid, &supervise.DrainStep{Step: step.Name}, r.cfg.StepTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
+	ctx.ReenterAfter(f, func(res any, err error) {
 		switch {
 		case errors.Is(err, actor.ErrTimeout):
 			logStep(supervise.OutcomeTimeout, fmt.Sprintf("no answer within %s", r.cfg.StepTimeout))
@@ -370,7 +370,7 @@ func (r *Root) stopChildren(ctx actor.Context, i int) {
 	name := r.order[i]
 	begin := time.Now()
 	f := ctx.StopFuture(r.pids[name])
-	ctx.ReenterAfter(f, func(_ interface{}, err error) {
+	ctx.ReenterAfter(f, func(_ any, err error) {
 		fields := []zap.Field{zap.String("event", "subsystem_stopped"), zap.String("subsystem", name),
 			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if err != nil {

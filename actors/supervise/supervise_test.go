@@ -32,7 +32,7 @@ type recorder struct {
 	seen []string
 }
 
-func (r *recorder) add(m interface{}) {
+func (r *recorder) add(m any) {
 	r.mu.Lock()
 	r.seen = append(r.seen, fmt.Sprintf("%T", m))
 	r.mu.Unlock()
@@ -132,7 +132,7 @@ func (a *testActor) spawnNext(ctx actor.Context) {
 	}
 }
 
-func request(t *testing.T, sys *actor.ActorSystem, pid *actor.PID, msg interface{}, timeout time.Duration) (interface{}, error) {
+func request(t *testing.T, sys *actor.ActorSystem, pid *actor.PID, msg any, timeout time.Duration) (any, error) {
 	t.Helper()
 	return sys.Root.RequestFuture(pid, msg, timeout).Result()
 }
@@ -534,7 +534,7 @@ func mustSnap(t *testing.T, tree *supervise.Tree, path string) cpapi.ActorNode {
 func TestReportReadyAndSteps(t *testing.T) {
 	t.Parallel()
 	sys := actortest.System(t)
-	got := make(chan interface{}, 4)
+	got := make(chan any, 4)
 	type start struct{}
 	parentProps := actor.PropsFromFunc(func(ctx actor.Context) {
 		switch m := ctx.Message().(type) {
