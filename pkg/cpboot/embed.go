@@ -13,8 +13,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-
-	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
 // embedded holds the binaries `go tool task build` (or
@@ -43,6 +41,9 @@ const OryDir = "ory"
 // ContainerOryDir is where the image holds the Ory servers; clawker-cp is
 // started with --ory-dir set to it when the bundle carries them.
 const ContainerOryDir = "/" + OryDir
+
+// OryNames are the Ory servers a bundle carries all of or none of.
+var OryNames = []string{"hydra", "kratos", "oathkeeper"}
 
 // binaryNames are the files of embedded/ that count as binaries (Ory's by
 // their path, "ory/hydra"); anything else there (the README) is neither
@@ -111,7 +112,7 @@ func newBundle(fsys fs.FS) (*Bundle, error) {
 		}
 	}
 	var have, missing []string
-	for _, n := range ory.Names {
+	for _, n := range OryNames {
 		ok, err := add(OryPath(n))
 		if err != nil {
 			return nil, err
@@ -134,7 +135,7 @@ func newBundle(fsys fs.FS) (*Bundle, error) {
 }
 
 // HasOry reports whether the bundle carries the Ory servers (all three).
-func (b *Bundle) HasOry() bool { return b.Has(OryPath(ory.Hydra)) }
+func (b *Bundle) HasOry() bool { return b.Has(OryPath(OryNames[0])) }
 
 // Names lists the binaries, sorted, by their path in the bundle
 // ("clawker-cp", "ory/hydra").

@@ -15,9 +15,6 @@ import (
 	"testing/fstest"
 
 	"github.com/moby/moby/api/types/container"
-
-	"github.com/clawker/clawker-cp/pkg/dockerx"
-	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
 // oryFiles are a bundle's binaries with the three Ory servers.
@@ -105,7 +102,7 @@ func TestBundleWithOry(t *testing.T) {
 	if h == treeHash(t, without) {
 		t.Error("adding Ory kept the hash: the image of a bundle without it would be reused")
 	}
-	for _, n := range ory.Names {
+	for _, n := range OryNames {
 		changed := oryFiles()
 		changed[OryPath(n)] += "!"
 		if got := treeHash(t, changed); got == h {
@@ -114,7 +111,7 @@ func TestBundleWithOry(t *testing.T) {
 	}
 
 	// All three or none.
-	for _, n := range ory.Names {
+	for _, n := range OryNames {
 		partial := oryFiles()
 		delete(partial, OryPath(n))
 		_, err := BundleFromDir(writeTree(t, partial))
@@ -174,7 +171,7 @@ func TestBuildContextWithOry(t *testing.T) {
 	if !slices.Equal(order, wantOrder) {
 		t.Errorf("context entries %v, want %v (a directory before its files)", order, wantOrder)
 	}
-	for _, n := range ory.Names {
+	for _, n := range OryNames {
 		e := got["rootfs/ory/"+n]
 		if e.body != n+"-bytes" || e.mode != 0o755 || e.typ != tar.TypeReg {
 			t.Errorf("rootfs/ory/%s: %+v", n, e)
@@ -215,8 +212,8 @@ func TestCreateOptionsWithOry(t *testing.T) {
 	if !slices.Equal(co.Config.Cmd, []string{"--ory-dir", "/ory"}) || len(co.Config.Entrypoint) != 0 {
 		t.Errorf("cmd %q entrypoint %q: want the image's entrypoint plus --ory-dir /ory", co.Config.Cmd, co.Config.Entrypoint)
 	}
-	if co.Config.Labels[dockerx.LabelSpecHash] != withOry.hash() {
-		t.Errorf("spec hash label %s, want %s", co.Config.Labels[dockerx.LabelSpecHash], withOry.hash())
+	if co.Config.Labels[LabelSpecHash] != withOry.hash() {
+		t.Errorf("spec hash label %s, want %s", co.Config.Labels[LabelSpecHash], withOry.hash())
 	}
 	cp := s.ControlPlane
 	want := map[string]bool{}
@@ -260,7 +257,7 @@ func TestEnsureRunningOrySpec(t *testing.T) {
 			ID:    "cafe",
 			State: &container.State{Status: container.StateRunning, Running: true},
 			Config: &container.Config{Labels: map[string]string{
-				dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane, dockerx.LabelBinHash: hash, dockerx.LabelSpecHash: specHash,
+				LabelManaged: "true", LabelPurpose: PurposeControlPlane, LabelBinHash: hash, LabelSpecHash: specHash,
 			}},
 		}}
 	}
