@@ -7,23 +7,36 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
 	"go.uber.org/zap"
-	"go.uber.org/zap/exp/zapslog"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/clawker/clawker-cp/actors/cp"
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
-	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/logging"
 	"github.com/clawker/clawker-cp/pkg/settings"
+)
+
+// Debug knobs, for tests. Each is logged when set.
+const (
+	// debugFaultsEnv=1 enables POST /debug/faults on the health port.
+	debugFaultsEnv = "CLAWKER_CP_DEBUG_FAULTS"
+	// debugHoldReadyEnv=<duration> delays the ready declaration.
+	debugHoldReadyEnv = "CLAWKER_CP_DEBUG_HOLD_READY"
+	// debugPinDirEnv=<dir under /sys/fs/bpf> pins the eBPF state there
+	// instead of /sys/fs/bpf/clawker, so tests do not share one.
+	debugPinDirEnv = "CLAWKER_CP_DEBUG_PIN_DIR"
+	// debugNetworkEnv=<name> is the agent network instead of clawker-net.
+	debugNetworkEnv = "CLAWKER_CP_DEBUG_NETWORK"
+	// debugClockSkewEnv=<lag>[,<catch-up-after>] skews the clock
+	// GetSystemTime reports (only that): -5s is 5s behind forever, -5s,2s
+	// until 2s after start. Drives the CLI's clock-sync gate in tests.
+	debugClockSkewEnv = "CLAWKER_CP_DEBUG_CLOCK_SKEW"
 )
 
 func main() {
@@ -37,11 +50,7 @@ func main() {
 				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
 		},
 		Action: func(c *cli.Context) error {
-			oryDir, err := absDir(c.String("ory-dir"))
-			if err != nil {
-				return fmt.Errorf("--ory-dir: %w", err)
-			}
-			code = run(c.Context, c.String("bind"), oryDir)
+			code = run(c.Context, c.String("bind"), c.String("ory-dir"))
 			return nil
 		},
 	}
@@ -50,20 +59,6 @@ func main() {
 		os.Exit(1)
 	}
 	os.Exit(code)
-}
-
-// absDir makes dir ("" stays "") absolute against the working directory.
-// The Ory servers run with their run directory as working directory, where a
-// relative path to their binaries no longer leads to them.
-func absDir(dir string) (string, error) {
-	if dir == "" || filepath.IsAbs(dir) {
-		return dir, nil
-	}
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", fmt.Errorf("%q is relative and the working directory is unknown: %w", dir, err)
-	}
-	return abs, nil
 }
 
 func run(parent context.Context, bind, oryDir string) int {
@@ -84,22 +79,21 @@ func run(parent context.Context, bind, oryDir string) int {
 		log.Error("invalid settings: "+err.Error(), zap.String("event", "settings_invalid"), zap.String("file", paths.SettingsFile))
 		return 1
 	}
-	// The debug knobs (tests only, pkg/debugknob): each one set is logged.
-	debugknob.LogSet(slog.New(zapslog.NewHandler(log.Core())), os.Getenv)
-	faults := debugknob.Faults.On(os.Getenv)
+	logKnobs(log) // every debug knob set, one line each (pkg/debugknob)
+	faults := os.Getenv(debugFaultsEnv) == "1"
 	var hold time.Duration
-	if v := debugknob.HoldReady.Get(); v != "" {
+	if v := os.Getenv(debugHoldReadyEnv); v != "" {
 		if hold, err = time.ParseDuration(v); err != nil || hold < 0 {
-			log.Error(debugknob.HoldReady.Name+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
+			log.Error(debugHoldReadyEnv+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
 			return 1
 		}
 	}
-	pinDir, network := debugknob.PinDir.Get(), debugknob.Network.Get()
+	pinDir, network := os.Getenv(debugPinDirEnv), os.Getenv(debugNetworkEnv)
 	var systemClock func() time.Time
-	if v := debugknob.ClockSkew.Get(); v != "" {
-		skew, err := cpgrpc.ParseClockSkew(debugknob.ClockSkew.Name, v)
+	if v := os.Getenv(debugClockSkewEnv); v != "" {
+		skew, err := cpgrpc.ParseClockSkew(debugClockSkewEnv, v)
 		if err != nil {
-			log.Error(err.Error(), zap.String("event", "debug_knob_invalid"), zap.String("env", debugknob.ClockSkew.Name), zap.String("value", v))
+			log.Error(err.Error(), zap.String("event", "debug_knob_invalid"), zap.String("env", debugClockSkewEnv), zap.String("value", v))
 			return 1
 		}
 		systemClock = skew.Clock(time.Now())
