@@ -227,11 +227,6 @@ func (a *Actor) check() error {
 	if a.cfg.Tree == nil {
 		return errors.New("auth: no supervision tree")
 	}
-	if !filepath.IsAbs(a.cfg.BinDir) {
-		// Each server runs in its run directory, where a relative path
-		// would not find the binary.
-		return fmt.Errorf("auth: the Ory binaries' directory %q must be an absolute path", a.cfg.BinDir)
-	}
 	for _, n := range ory.Names {
 		p := filepath.Join(a.cfg.BinDir, n)
 		fi, err := os.Stat(p)
