@@ -33,6 +33,8 @@ const (
 const (
 	LabelManaged        = dockerx.LabelManaged
 	LabelPurpose        = dockerx.LabelPurpose
+	LabelBinHash        = dockerx.LabelBinHash
+	LabelSpecHash       = dockerx.LabelSpecHash
 	PurposeControlPlane = dockerx.PurposeControlPlane
 	PurposeAgent        = dockerx.PurposeAgent
 )
