@@ -42,6 +42,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/health"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
@@ -312,7 +313,7 @@ func (a *Actor) maybeReady(ctx actor.Context) {
 	}
 	a.phase = phaseReady
 	a.cfg.Log.Info("Ory stack ready", zap.String("event", "ory_stack_ready"),
-		zap.Float64("startup_ms", ms(time.Since(a.begin))), zap.String("issuer", a.ory.Issuer()))
+		zap.Float64("startup_ms", cpapi.Millis(time.Since(a.begin))), zap.String("issuer", a.ory.Issuer()))
 	supervise.ReportReady(ctx, nil)
 }
 
@@ -382,7 +383,7 @@ func (a *Actor) onRegistered(ctx actor.Context, m *clientsRegistered) {
 	a.registered = true
 	a.cfg.Log.Info("OAuth2 clients registered", zap.String("event", "ory_clients_registered"),
 		zap.Strings("clients", []string{ory.ClientCLI, ory.ClientAgent}), zap.Int("attempts", m.attempts),
-		zap.Float64("took_ms", ms(m.took)))
+		zap.Float64("took_ms", cpapi.Millis(m.took)))
 	a.maybeReady(ctx)
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +22,8 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/ory"
 	"github.com/clawker/clawker-cp/pkg/ory/orytest"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 type syncBuf struct {
@@ -40,17 +41,6 @@ func (s *syncBuf) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
-}
-
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // harness runs auth as the only child of a real root supervisor.
@@ -72,9 +62,7 @@ func startRoot(t *testing.T, cfg auth.Config, in supervise.Intensity) *harness {
 	h := &harness{
 		t: t, tree: supervise.NewTree(), logs: logs, out: &syncBuf{},
 		ready: make(chan struct{}), exit: make(chan int, 1),
-		sys: actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-			return slog.New(slog.DiscardHandler)
-		})),
+		sys: actortest.Quiet(),
 	}
 	log := zap.New(core)
 	cfg.Tree, cfg.Intensity, cfg.Log = h.tree, in, log.With(zap.String("actor", "auth"))
@@ -140,8 +128,8 @@ func (h *harness) waitReady(within time.Duration) time.Duration {
 	return 0
 }
 
-func (h *harness) events(event string) []map[string]interface{} {
-	var out []map[string]interface{}
+func (h *harness) events(event string) []map[string]any {
+	var out []map[string]any
 	for _, e := range h.logs.All() {
 		m := e.ContextMap()
 		if m["event"] == event {
@@ -151,8 +139,8 @@ func (h *harness) events(event string) []map[string]interface{} {
 	return out
 }
 
-func (h *harness) serverEvents(event, server string) []map[string]interface{} {
-	var out []map[string]interface{}
+func (h *harness) serverEvents(event, server string) []map[string]any {
+	var out []map[string]any
 	for _, m := range h.events(event) {
 		if m["server"] == server {
 			out = append(out, m)
@@ -240,7 +228,7 @@ func TestRealStackLifecycle(t *testing.T) {
 	if err := syscall.Kill(hydra, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "hydra restarted and its clients registered again", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "hydra restarted and its clients registered again", func() bool {
 		return len(h.events("ory_clients_registered")) == 2
 	})
 	t.Logf("hydra killed to clients registered again: %s", time.Since(killed))
@@ -302,12 +290,12 @@ func TestRealEscalation(t *testing.T) {
 	if err := syscall.Kill(h.pidOf(ory.Hydra), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 30*time.Second, "hydra back", func() bool { return len(h.events("ory_clients_registered")) == 2 })
+	testkit.WaitFor(t, 30*time.Second, "hydra back", func() bool { return len(h.events("ory_clients_registered")) == 2 })
 	// Past it: auth restarts.
 	if err := syscall.Kill(h.pidOf(ory.Hydra), syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 60*time.Second, "a fresh stack", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "a fresh stack", func() bool {
 		return len(h.events("ory_stack_ready")) == 2 && len(h.events("ory_clients_registered")) == 3
 	})
 	ap, _ := h.tree.Lookup(root.Name + "/auth")

@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
@@ -152,7 +153,7 @@ func (m *member) onReady(ctx actor.Context, msg *processReady) {
 	}
 	m.ready = true
 	m.cfg.log.Info("Ory server ready", zap.String("event", "ory_process_ready"), zap.String("server", m.cfg.name),
-		zap.Int("pid", m.proc.PID()), zap.Float64("ready_ms", ms(time.Since(m.begin))))
+		zap.Int("pid", m.proc.PID()), zap.Float64("ready_ms", cpapi.Millis(time.Since(m.begin))))
 	m.report(ctx, nil)
 }
 
@@ -163,7 +164,7 @@ func (m *member) onExited(ctx actor.Context, msg *processExited) {
 	e := msg.exit
 	m.cfg.log.Error("Ory server exited", zap.String("event", "ory_process_exited"), zap.String("server", m.cfg.name),
 		zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal), zap.Bool("was_ready", m.ready),
-		zap.Float64("uptime_ms", ms(time.Since(m.begin))))
+		zap.Float64("uptime_ms", cpapi.Millis(time.Since(m.begin))))
 	if !m.ready {
 		// Not a crash of a running server but a failed start: say so to
 		// the parent, which decides (fail the CP's start-up, or restart us).
@@ -195,8 +196,6 @@ func (m *member) stop() {
 	if !already {
 		m.cfg.log.Info("Ory server stopped", zap.String("event", "ory_process_stopped"), zap.String("server", m.cfg.name),
 			zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal),
-			zap.Float64("stop_ms", ms(time.Since(begin))))
+			zap.Float64("stop_ms", cpapi.Millis(time.Since(begin))))
 	}
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

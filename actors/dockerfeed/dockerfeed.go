@@ -275,7 +275,7 @@ func (a *Actor) start(ctx actor.Context) {
 		return
 	}
 	f := ctx.RequestFuture(a.cfg.Overseer, &overseer.GetState{}, a.cfg.RequestTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
+	ctx.ReenterAfter(f, func(res any, err error) {
 		s, _ := res.(*overseer.State)
 		a.seed(&seeded{state: s, err: err})
 		a.connect(ctx)
@@ -351,7 +351,7 @@ func (a *Actor) connect(ctx actor.Context) {
 	a.subSince = a.since()
 	gen, docker, timeout, since := a.gen, a.docker, a.cfg.CallTimeout, a.subSince
 	sys, self := ctx.ActorSystem(), ctx.Self()
-	send := func(m interface{}) {
+	send := func(m any) {
 		if c.Err() == nil {
 			sys.Root.Send(self, m)
 		}
@@ -395,7 +395,7 @@ func subscribe(c context.Context, docker Docker, since string, timeout time.Dura
 
 // pump forwards every event to the actor as soon as it arrives, so the
 // daemon never sees an undrained stream.
-func pump(c context.Context, gen uint64, res client.EventsResult, send func(interface{})) {
+func pump(c context.Context, gen uint64, res client.EventsResult, send func(any)) {
 	for {
 		select {
 		case m, ok := <-res.Messages:
@@ -575,12 +575,12 @@ func (a *Actor) fail(ctx actor.Context, err error, wasUp bool) {
 	delay := backoff(a.attempt, a.cfg.BackoffMin, a.cfg.BackoffMax)
 	if wasUp {
 		a.cfg.Log.Warn("docker events stream ended; reconnecting", zap.String("event", "dockerfeed_disconnected"),
-			zap.Error(err), zap.Float64("retry_in_ms", ms(delay)))
+			zap.Error(err), zap.Float64("retry_in_ms", cpapi.Millis(delay)))
 	} else if a.attempt <= 3 || a.attempt%10 == 0 {
 		// Logged for the first attempts, then every tenth: a host without
 		// Docker would otherwise fill the log.
 		a.cfg.Log.Warn("docker events feed unavailable; retrying", zap.String("event", "dockerfeed_unavailable"),
-			zap.Error(err), zap.Int("attempt", a.attempt), zap.Float64("retry_in_ms", ms(delay)))
+			zap.Error(err), zap.Int("attempt", a.attempt), zap.Float64("retry_in_ms", cpapi.Millis(delay)))
 	}
 	a.retryToken++
 	token, sys, self := a.retryToken, ctx.ActorSystem(), ctx.Self()
@@ -604,8 +604,6 @@ func backoff(n int, min, max time.Duration) time.Duration {
 	half := d / 2
 	return half + rand.N(half+1)
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // apply folds one event into the feeder's table and publishes the
 // transition it makes, if any.
@@ -677,7 +675,7 @@ func (a *Actor) apply(ctx actor.Context, m events.Message) {
 // transition for each difference. It returns how many it published.
 func (a *Actor) reconcile(ctx actor.Context, l *listed) int {
 	n := 0
-	pub := func(ev interface{}) {
+	pub := func(ev any) {
 		a.publish(ctx, ev)
 		n++
 	}
@@ -748,7 +746,7 @@ func (a *Actor) resync(ctx actor.Context) {
 	a.cfg.Log.Info("republished the containers to the overseer", zap.String("event", "dockerfeed_resync"), zap.Int("containers", len(ids)))
 }
 
-func (a *Actor) publish(ctx actor.Context, ev interface{}) {
+func (a *Actor) publish(ctx actor.Context, ev any) {
 	if a.cfg.Overseer != nil {
 		ctx.Send(a.cfg.Overseer, &overseer.Publish{Event: ev})
 	}
@@ -762,7 +760,7 @@ func (a *Actor) forget(ctx actor.Context, c overseer.Container) {
 	}
 	f := ctx.RequestFuture(a.cfg.Registry, &registry.DeleteContainer{ContainerID: c.ID}, a.cfg.RequestTimeout)
 	log := a.cfg.Log
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
+	ctx.ReenterAfter(f, func(res any, err error) {
 		r, ok := res.(*registry.DeleteResult)
 		switch {
 		case err != nil:

@@ -14,6 +14,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // The feeder subscribes before it lists, reconciles the listing into
@@ -76,7 +77,7 @@ func TestReconnectWithSince(t *testing.T) {
 	d := newFakeDocker()
 	r := startRig(t, d, rigOpts{})
 	s0 := r.waitSub(t, 0)
-	waitFor(t, 5*time.Second, "the first listing", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
 		return len(r.logged("dockerfeed_connected")) == 1, fmt.Sprint(d.callLog())
 	})
 
@@ -88,7 +89,7 @@ func TestReconnectWithSince(t *testing.T) {
 	// The daemon goes away; meanwhile x1 is removed and y2 started.
 	d.setDown(true)
 	s0.end(fmt.Errorf("unexpected EOF"))
-	waitFor(t, 5*time.Second, "a failed reconnect", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "a failed reconnect", func() (bool, string) {
 		return len(r.logged("dockerfeed_unavailable")) > 0, fmt.Sprint(d.callLog())
 	})
 	d.remove("x1")
@@ -103,7 +104,7 @@ func TestReconnectWithSince(t *testing.T) {
 	// Since is inclusive: the daemon replays the last event.
 	s1.emit(t, event(events.ActionStart, "x1", "clawker.p.x", t1, agentLabels("p", "x")))
 	r.waitEvents(t, "started x1", "started y2 (r)", "destroyed x1 (r)")
-	waitFor(t, 5*time.Second, "the registry delete of x1", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the registry delete of x1", func() (bool, string) {
 		got := r.reg.all()
 		return slices.Equal(got, []string{"x1"}), fmt.Sprint(got)
 	})
@@ -140,7 +141,7 @@ func TestDestroyDeletesAgentFromRegistry(t *testing.T) {
 	s.emit(t, event(events.ActionDestroy, "a1", "clawker.p.a", now.Add(2*time.Millisecond), agentLabels("p", "a")))
 	s.emit(t, event(events.ActionDestroy, "n9", "clawker-proxy", now.Add(3*time.Millisecond), otherLabels("proxy")))
 	r.waitEvents(t, "started a1 (r)", "started n9 (r)", "stopped a1 137", "destroyed a1", "destroyed n9")
-	waitFor(t, 5*time.Second, "the registry delete", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the registry delete", func() (bool, string) {
 		got := r.reg.all()
 		return slices.Equal(got, []string{"a1"}), fmt.Sprint(got)
 	})
@@ -162,7 +163,7 @@ func TestLifecycleEvents(t *testing.T) {
 	d := newFakeDocker()
 	r := startRig(t, d, rigOpts{})
 	s := r.waitSub(t, 0)
-	waitFor(t, 5*time.Second, "the first listing", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
 		return len(r.logged("dockerfeed_connected")) == 1, ""
 	})
 	l := agentLabels("p", "a")
@@ -190,7 +191,7 @@ func TestUnavailableAtStartThenConnects(t *testing.T) {
 	d := newFakeDocker()
 	d.setDown(true)
 	r := startRig(t, d, rigOpts{})
-	waitFor(t, 5*time.Second, "dockerfeed_unavailable", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "dockerfeed_unavailable", func() (bool, string) {
 		return len(r.logged("dockerfeed_unavailable")) >= 2, fmt.Sprint(d.callLog())
 	})
 	u := r.logged("dockerfeed_unavailable")[0].ContextMap()
@@ -219,7 +220,7 @@ func TestSubscribeIsBounded(t *testing.T) {
 	d := newFakeDocker()
 	d.hangEvents = true
 	r := startRig(t, d, rigOpts{callTimeout: 50 * time.Millisecond})
-	waitFor(t, 5*time.Second, "two bounded attempts", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "two bounded attempts", func() (bool, string) {
 		return len(r.logged("dockerfeed_unavailable")) >= 2, fmt.Sprint(d.callLog())
 	})
 	e, _ := r.logged("dockerfeed_unavailable")[0].ContextMap()["error"].(string)
@@ -228,7 +229,7 @@ func TestSubscribeIsBounded(t *testing.T) {
 	}
 	// The feeder's mailbox is not blocked meanwhile.
 	r.sys.Root.Send(r.feeder, &dockerfeed.Resync{})
-	waitFor(t, 5*time.Second, "the resync", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the resync", func() (bool, string) {
 		return len(r.logged("dockerfeed_resync")) == 1, ""
 	})
 }
@@ -241,13 +242,13 @@ func TestSeedFromOverseer(t *testing.T) {
 	d := newFakeDocker()
 	d.set("a1", "clawker.p.a", container.StateRunning, agentLabels("p", "a"))
 	at := time.Now().Add(-time.Minute)
-	r := startRig(t, d, rigOpts{seed: []interface{}{
+	r := startRig(t, d, rigOpts{seed: []any{
 		&overseer.ContainerStarted{Container: overseer.Container{ID: "a1", Name: "clawker.p.a", Purpose: "agent", Project: "p", Agent: "a"}, At: at},
 		&overseer.ContainerStarted{Container: overseer.Container{ID: "z9", Name: "clawker.p.z", Purpose: "agent", Project: "p", Agent: "z"}, At: at},
 	}})
 	// The seeds are forwarded too; the feeder adds only the difference.
 	r.waitEvents(t, "started a1", "started z9", "destroyed z9 (r)")
-	waitFor(t, 5*time.Second, "the registry delete of z9", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "the registry delete of z9", func() (bool, string) {
 		got := r.reg.all()
 		return slices.Equal(got, []string{"z9"}), fmt.Sprint(got)
 	})

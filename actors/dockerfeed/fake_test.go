@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sort"
 	"strconv"
 	"sync"
@@ -24,6 +23,8 @@ import (
 	"github.com/clawker/clawker-cp/actors/registry"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // fakeDocker is a scripted daemon: a set of containers for ContainerList and
@@ -201,7 +202,7 @@ func event(action events.Action, id, name string, at time.Time, labels map[strin
 // recorder collects what the overseer forwards to its subscribers.
 type recorder struct {
 	mu  sync.Mutex
-	evs []interface{}
+	evs []any
 }
 
 func (r *recorder) Receive(ctx actor.Context) {
@@ -224,7 +225,7 @@ func (r *recorder) all() []string {
 }
 
 // describe renders an event compactly: "started a", "stopped b 3 (r)", ...
-func describe(e interface{}) string {
+func describe(e any) string {
 	rec := func(b bool) string {
 		if b {
 			return " (r)"
@@ -295,15 +296,12 @@ type rig struct {
 type rigOpts struct {
 	callTimeout time.Duration
 	// seed is published to the overseer before the feeder starts.
-	seed []interface{}
+	seed []any
 }
 
 func startRig(t *testing.T, d *fakeDocker, o rigOpts) *rig {
 	t.Helper()
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
+	sys := actortest.System(t)
 	core, logs := observer.New(zapcore.DebugLevel)
 	r := &rig{sys: sys, docker: d, rec: &recorder{}, reg: &fakeRegistry{}, logs: logs, ready: make(chan *supervise.Ready, 4)}
 	r.overseer = sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
@@ -348,25 +346,10 @@ func (r *rig) logged(event string) []observer.LoggedEntry {
 	return r.logs.FilterField(zap.String("event", event)).All()
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", within, what, last)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 // waitEvents waits until the recorder saw exactly want (in order).
 func (r *rig) waitEvents(t *testing.T, want ...string) {
 	t.Helper()
-	waitFor(t, 5*time.Second, fmt.Sprint("events ", want), func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, fmt.Sprint("events ", want), func() (bool, string) {
 		got := r.rec.all()
 		return fmt.Sprint(got) == fmt.Sprint(want), fmt.Sprint(got)
 	})
@@ -376,7 +359,7 @@ func (r *rig) waitEvents(t *testing.T, want ...string) {
 func (r *rig) waitSub(t *testing.T, i int) *fakeSub {
 	t.Helper()
 	var s *fakeSub
-	waitFor(t, 5*time.Second, fmt.Sprintf("subscription #%d", i+1), func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, fmt.Sprintf("subscription #%d", i+1), func() (bool, string) {
 		s = r.docker.sub(i)
 		return s != nil, fmt.Sprint(r.docker.callLog())
 	})

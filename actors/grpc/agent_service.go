@@ -37,7 +37,7 @@ type peers struct {
 	log      *zap.Logger
 }
 
-func (p peers) ask(pid *actor.PID, msg interface{}) (interface{}, error) {
+func (p peers) ask(pid *actor.PID, msg any) (any, error) {
 	return p.sys.Root.RequestFuture(pid, msg, p.timeout).Result()
 }
 
@@ -68,7 +68,7 @@ type refusal struct {
 
 func (r *refusal) Error() string { return r.msg }
 
-func refuse(reason, format string, args ...interface{}) *refusal {
+func refuse(reason, format string, args ...any) *refusal {
 	return &refusal{reason: reason, msg: fmt.Sprintf(format, args...)}
 }
 

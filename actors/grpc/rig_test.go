@@ -1,7 +1,6 @@
 package grpc_test
 
 import (
-	"log/slog"
 	"testing"
 	"time"
 
@@ -9,18 +8,12 @@ import (
 
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // newTestSystem is an actor system that logs nowhere, shut down when the
-// test ends.
-func newTestSystem(t *testing.T) *actor.ActorSystem {
-	t.Helper()
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
-	return sys
-}
+// test ends (actortest.System, under the name this package's tests use).
+func newTestSystem(t *testing.T) *actor.ActorSystem { return actortest.System(t) }
 
 // parent stands in for the root: it spawns the grpc actor and passes its
 // Ready on.

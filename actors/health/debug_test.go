@@ -12,6 +12,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/health"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 func TestLoopbackOnly(t *testing.T) {
@@ -109,7 +110,7 @@ func TestDebugOffAnExposedHealthPort(t *testing.T) {
 		t.Errorf("POST /debug/faults on the health port: %d %s", code, body)
 	}
 
-	waitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
+	testkit.WaitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
 	wantTree(t, internal+"/debug/actors")
 	// No overseer is wired: the route is there and says so.
 	if code, body := get(t, internal+"/debug/state"); code != http.StatusServiceUnavailable || !strings.Contains(body, "no overseer") {
@@ -133,7 +134,7 @@ func TestDebugOnALoopbackHealthPort(t *testing.T) {
 	debug := listenDebug(t)
 	r := startRigDebug(t, false, true, "", debug)
 	r.waitReady(t)
-	waitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
+	testkit.WaitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
 	wantTree(t, r.base+"/debug/actors")
 	wantTree(t, "http://"+debug.Addr()+"/debug/actors")
 }

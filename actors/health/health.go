@@ -281,7 +281,7 @@ func (h *handler) routeDebug(mux *http.ServeMux) {
 	mux.HandleFunc("GET /debug/state", h.state)
 }
 
-func writeJSON(w http.ResponseWriter, code int, v interface{}) {
+func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
@@ -325,7 +325,7 @@ func RunProbes(ctx context.Context, probes []Probe, timeout time.Duration) cpapi
 			defer cancel()
 			begin := time.Now()
 			err := runOne(c, p)
-			results[i] = cpapi.ProbeResult{Name: p.Name, OK: err == nil, LatencyMS: float64(time.Since(begin).Microseconds()) / 1000}
+			results[i] = cpapi.ProbeResult{Name: p.Name, OK: err == nil, LatencyMS: cpapi.Millis(time.Since(begin))}
 			if err != nil {
 				results[i].Error = err.Error()
 			}

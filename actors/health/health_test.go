@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -21,18 +20,9 @@ import (
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func pass(context.Context) error { return nil }
 
@@ -203,9 +193,7 @@ func startRigDebug(t *testing.T, faults, withVictim bool, addr string, debug *he
 	if addr == "" {
 		addr = "127.0.0.1:" + strconv.Itoa(cptest.FreePorts(t, 1)[0])
 	}
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
+	sys := actortest.Quiet()
 	tree := supervise.NewTree()
 	r := &rig{sys: sys, tree: tree, base: "http://" + addr, ready: make(chan *supervise.Ready, 8)}
 	p := &parent{
@@ -247,7 +235,7 @@ func (r *rig) waitReady(t *testing.T) *supervise.Ready {
 func (r *rig) victim(t *testing.T) *actor.PID {
 	t.Helper()
 	var pid *actor.PID
-	waitFor(t, 5*time.Second, "the victim in the tree", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the victim in the tree", func() bool {
 		p, ok := r.tree.Lookup("hp/victim")
 		pid = p
 		return ok
@@ -305,7 +293,7 @@ func TestHealthzLifecycle(t *testing.T) {
 		{Name: "alpha", Check: pass},
 	}})
 	r.sys.Root.Send(r.health, &health.SetReady{})
-	waitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
+	testkit.WaitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
 	code, h = healthz(t, r.base)
 	if code != http.StatusOK || h.Status != cpapi.StatusOK || len(h.Failing) != 0 {
 		t.Fatalf("ready with passing probes: %d %+v", code, h)
@@ -319,7 +307,7 @@ func TestHealthzLifecycle(t *testing.T) {
 		{Name: "registry", Check: func(context.Context) error { return errors.New("database is locked") }},
 		{Name: "zulu", Check: func(context.Context) error { return errors.New("zulu down") }},
 	}})
-	waitFor(t, 5*time.Second, "/healthz to see the failing probes", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "/healthz to see the failing probes", func() bool {
 		_, h := healthz(t, r.base)
 		return len(h.Probes) == 3
 	})
@@ -332,7 +320,7 @@ func TestHealthzLifecycle(t *testing.T) {
 	}
 
 	r.sys.Root.Send(r.health, &health.SetDraining{})
-	waitFor(t, 5*time.Second, "/healthz draining", func() bool { _, h := healthz(t, r.base); return h.Status == cpapi.StatusDraining })
+	testkit.WaitFor(t, 5*time.Second, "/healthz draining", func() bool { _, h := healthz(t, r.base); return h.Status == cpapi.StatusDraining })
 	code, h = healthz(t, r.base)
 	if code != http.StatusServiceUnavailable || len(h.Probes) != 0 || len(h.Failing) != 0 {
 		t.Errorf("draining: %d %+v", code, h)
@@ -356,7 +344,7 @@ func TestHealthzLifecycle(t *testing.T) {
 	if err := r.sys.Root.StopFuture(r.health).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the port to close", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the port to close", func() bool {
 		resp, err := client.Get(r.base + "/healthz")
 		if err == nil {
 			resp.Body.Close()
@@ -370,21 +358,21 @@ func TestHealthzWhenActorIsStalled(t *testing.T) {
 	r := startRig(t, false, false, "")
 	r.waitReady(t)
 	r.sys.Root.Send(r.health, &health.SetReady{})
-	waitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
+	testkit.WaitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
 	// The handler asks the actor with a 1 s bound; a stalled mailbox is unhealthy.
 	r.sys.Root.Send(r.health, &supervise.Fault{Kind: supervise.FaultBlock, Duration: 1500 * time.Millisecond})
 	code, h := healthz(t, r.base)
 	if code != http.StatusServiceUnavailable || h.Status != cpapi.StatusUnhealthy || strings.Join(h.Failing, ",") != "health" {
 		t.Errorf("stalled: %d %+v", code, h)
 	}
-	waitFor(t, 5*time.Second, "/healthz 200 again", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
+	testkit.WaitFor(t, 5*time.Second, "/healthz 200 again", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
 }
 
 func TestDebugActors(t *testing.T) {
 	t.Parallel()
 	r := startRig(t, false, true, "")
 	r.waitReady(t)
-	waitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
+	testkit.WaitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
 	code, body := get(t, r.base+"/debug/actors")
 	if code != http.StatusOK {
 		t.Fatalf("/debug/actors %d %s", code, body)
@@ -418,7 +406,7 @@ func TestDebugActors(t *testing.T) {
 func TestDebugActorsWithoutRoot(t *testing.T) {
 	t.Parallel()
 	addr := "127.0.0.1:" + strconv.Itoa(cptest.FreePorts(t, 1)[0])
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger { return slog.New(slog.DiscardHandler) }))
+	sys := actortest.Quiet()
 	tree := supervise.NewTree()
 	pid, err := sys.Root.SpawnNamed(tree.Props(health.New(health.Config{
 		Addr: addr, Tree: tree, RootPath: "not-here", ProbeTimeout: time.Second, Log: zap.NewNop(),
@@ -429,7 +417,7 @@ func TestDebugActorsWithoutRoot(t *testing.T) {
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait(); sys.Shutdown() })
 	var code int
 	var body string
-	waitFor(t, 5*time.Second, "the port to open", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the port to open", func() bool {
 		resp, err := client.Get("http://" + addr + "/debug/actors")
 		if err != nil {
 			return false
@@ -503,7 +491,7 @@ func TestDebugFaultsWhenEnabled(t *testing.T) {
 		if code != http.StatusAccepted || !strings.Contains(body, `"actor": "hp/victim"`) {
 			t.Fatalf("panic %s: %d %s", name, code, body)
 		}
-		waitFor(t, 5*time.Second, fmt.Sprintf("victim restart %d", i+1), func() bool { return r.tree.Restarts(victimPID) == i+1 })
+		testkit.WaitFor(t, 5*time.Second, fmt.Sprintf("victim restart %d", i+1), func() bool { return r.tree.Restarts(victimPID) == i+1 })
 	}
 	if res, err := r.sys.Root.RequestFuture(victimPID, &ask{}, 2*time.Second).Result(); err != nil || res != "here" {
 		t.Errorf("victim after restarts: %v %v", res, err)
@@ -515,7 +503,7 @@ func TestHealthActorRestartReopensPort(t *testing.T) {
 	r := startRig(t, true, false, "")
 	r.waitReady(t)
 	r.sys.Root.Send(r.health, &health.SetReady{})
-	waitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
+	testkit.WaitFor(t, 5*time.Second, "/healthz 200", func() bool { c, _ := healthz(t, r.base); return c == http.StatusOK })
 	if code, body := post(t, r.base+"/debug/faults?actor=health&kind=panic"); code != http.StatusAccepted {
 		t.Fatalf("%d %s", code, body)
 	}
@@ -524,7 +512,7 @@ func TestHealthActorRestartReopensPort(t *testing.T) {
 	if m := r.waitReady(t); m.Err != nil {
 		t.Fatalf("Ready after restart carried %v", m.Err)
 	}
-	waitFor(t, 5*time.Second, "/healthz not_ready from the new incarnation", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "/healthz not_ready from the new incarnation", func() bool {
 		resp, err := client.Get(r.base + "/healthz")
 		if err != nil {
 			return false

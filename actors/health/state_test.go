@@ -3,7 +3,6 @@ package health_test
 import (
 	"encoding/json"
 	"io"
-	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,6 +16,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // startStateRig runs a health actor whose /debug/state asks overseerPID
@@ -24,9 +24,7 @@ import (
 func startStateRig(t *testing.T, mk func(sys *actor.ActorSystem) *actor.PID) string {
 	t.Helper()
 	addr := "127.0.0.1:" + strconv.Itoa(cptest.FreePorts(t, 1)[0])
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
+	sys := actortest.Quiet()
 	var o *actor.PID
 	if mk != nil {
 		o = mk(sys)

@@ -102,7 +102,7 @@ type ContainerRenamed struct {
 }
 
 // Publish hands an event to the overseer.
-type Publish struct{ Event interface{} }
+type Publish struct{ Event any }
 
 // Subscribe registers Subscriber to receive every published event.
 type Subscribe struct{ Subscriber *actor.PID }
@@ -198,10 +198,10 @@ func (a *Actor) Receive(ctx actor.Context) {
 // whether the PID was a subscriber.
 func (a *Actor) watchDeadLetters(ctx actor.Context) {
 	sys, self := ctx.ActorSystem(), ctx.Self()
-	a.deadLetters = sys.EventStream.SubscribeWithPredicate(func(evt interface{}) {
+	a.deadLetters = sys.EventStream.SubscribeWithPredicate(func(evt any) {
 		dl := evt.(*actor.DeadLetterEvent)
 		sys.Root.Send(self, &subscriberGone{pid: dl.PID})
-	}, func(evt interface{}) bool {
+	}, func(evt any) bool {
 		dl, ok := evt.(*actor.DeadLetterEvent)
 		return ok && dl.PID != nil && isBusEvent(dl.Message)
 	})
@@ -209,7 +209,7 @@ func (a *Actor) watchDeadLetters(ctx actor.Context) {
 
 // isBusEvent reports whether m is one of the event types the overseer
 // forwards to its subscribers.
-func isBusEvent(m interface{}) bool {
+func isBusEvent(m any) bool {
 	switch m.(type) {
 	case *SessionEvent, *ContainerStarted, *ContainerStopped, *ContainerDestroyed, *ContainerRenamed:
 		return true
@@ -217,7 +217,7 @@ func isBusEvent(m interface{}) bool {
 	return false
 }
 
-func (a *Actor) fold(ev interface{}) {
+func (a *Actor) fold(ev any) {
 	switch e := ev.(type) {
 	case *SessionEvent:
 		a.sessions[e.Agent] = SessionView{Agent: e.Agent, ContainerID: e.ContainerID, State: e.State, Reason: e.Reason, Since: e.At}

@@ -2,7 +2,6 @@ package overseer_test
 
 import (
 	"encoding/json"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -11,16 +10,9 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
-
-func system(t *testing.T) *actor.ActorSystem {
-	t.Helper()
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
-	return sys
-}
 
 func getState(t *testing.T, sys *actor.ActorSystem, pid *actor.PID) *overseer.State {
 	t.Helper()
@@ -31,27 +23,16 @@ func getState(t *testing.T, sys *actor.ActorSystem, pid *actor.PID) *overseer.St
 	return res.(*overseer.State)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func agent(id, name string) overseer.Container {
 	return overseer.Container{ID: id, Name: name, Purpose: "agent", Project: "p", Agent: name}
 }
 
 func TestFoldsContainerLifecycle(t *testing.T) {
 	t.Parallel()
-	sys := system(t)
+	sys := actortest.System(t)
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	t0 := time.Date(2026, 11, 27, 10, 0, 0, 0, time.UTC)
-	pub := func(ev interface{}) { sys.Root.Send(o, &overseer.Publish{Event: ev}) }
+	pub := func(ev any) { sys.Root.Send(o, &overseer.Publish{Event: ev}) }
 
 	pub(&overseer.ContainerStarted{Container: agent("b", "bee"), At: t0})
 	pub(&overseer.ContainerStarted{Container: agent("a", "ant"), At: t0})
@@ -96,7 +77,7 @@ func TestFoldsContainerLifecycle(t *testing.T) {
 // GetState answers a deep copy: changing it changes nothing in the overseer.
 func TestStateIsACopy(t *testing.T) {
 	t.Parallel()
-	sys := system(t)
+	sys := actortest.System(t)
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	sys.Root.Send(o, &overseer.Publish{Event: &overseer.ContainerStarted{Container: agent("a", "ant"), At: time.Now()}})
 	s1 := getState(t, sys, o)
@@ -110,7 +91,7 @@ func TestStateIsACopy(t *testing.T) {
 
 type collector struct {
 	mu  sync.Mutex
-	got []interface{}
+	got []any
 }
 
 func (c *collector) Receive(ctx actor.Context) {
@@ -130,7 +111,7 @@ func (c *collector) n() int {
 // A subscriber that stops is forgotten; publishing goes on for the others.
 func TestGoneSubscriberIsForgotten(t *testing.T) {
 	t.Parallel()
-	sys := system(t)
+	sys := actortest.System(t)
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	live, gone := &collector{}, &collector{}
 	livePID := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return live }))
@@ -143,9 +124,9 @@ func TestGoneSubscriberIsForgotten(t *testing.T) {
 	if err := sys.Root.StopFuture(gonePID).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the stopped subscriber to be forgotten", func() bool { return getState(t, sys, o).Bus.Subscribers == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the stopped subscriber to be forgotten", func() bool { return getState(t, sys, o).Bus.Subscribers == 1 })
 	sys.Root.Send(o, &overseer.Publish{Event: &overseer.ContainerStarted{Container: agent("a", "ant"), At: time.Now()}})
-	waitFor(t, "the live subscriber to get the event", func() bool { return live.n() == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the live subscriber to get the event", func() bool { return live.n() == 1 })
 }
 
 // An event that reached a gone subscriber as a dead letter (sent before the
@@ -153,7 +134,7 @@ func TestGoneSubscriberIsForgotten(t *testing.T) {
 // subscriber; dead letters of other messages or PIDs are not counted.
 func TestDeadLetterCountedAsDropped(t *testing.T) {
 	t.Parallel()
-	sys := system(t)
+	sys := actortest.System(t)
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	sub := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &collector{} }))
 	sys.Root.Send(o, &overseer.Subscribe{Subscriber: sub})
@@ -166,7 +147,7 @@ func TestDeadLetterCountedAsDropped(t *testing.T) {
 		t.Fatalf("bus %+v after unrelated dead letters", s.Bus)
 	}
 	sys.EventStream.Publish(&actor.DeadLetterEvent{PID: sub, Message: ev})
-	waitFor(t, "the drop to be counted", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the drop to be counted", func() bool {
 		s := getState(t, sys, o)
 		return s.Bus.Dropped == 1 && s.Bus.Subscribers == 0
 	})
@@ -176,7 +157,7 @@ func TestDeadLetterCountedAsDropped(t *testing.T) {
 // incarnation (no double counting).
 func TestDeadLetterSubscriptionReleasedOnStop(t *testing.T) {
 	t.Parallel()
-	sys := system(t)
+	sys := actortest.System(t)
 	before := sys.EventStream.Length()
 	o := sys.Root.Spawn(actor.PropsFromProducer(overseer.New()))
 	getState(t, sys, o)

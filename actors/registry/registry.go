@@ -102,27 +102,27 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *actor.Stopping, *actor.Restarting:
 		a.close()
 	case *Register:
-		a.async(ctx, func(c context.Context) interface{} {
+		a.async(ctx, func(c context.Context) any {
 			ag, created, err := a.db.Register(c, m.Agent)
 			return &RegisterResult{Agent: ag, Created: created, Err: err}
 		})
 	case *List:
-		a.async(ctx, func(c context.Context) interface{} {
+		a.async(ctx, func(c context.Context) any {
 			ags, err := a.db.List(c)
 			return &ListResult{Agents: ags, Err: err}
 		})
 	case *Get:
-		a.async(ctx, func(c context.Context) interface{} {
+		a.async(ctx, func(c context.Context) any {
 			ag, err := a.db.Get(c, m.Key)
 			return &GetResult{Agent: ag, Err: err}
 		})
 	case *DeleteContainer:
-		a.async(ctx, func(c context.Context) interface{} {
+		a.async(ctx, func(c context.Context) any {
 			n, err := a.db.DeleteByContainer(c, m.ContainerID)
 			return &DeleteResult{Removed: n, Err: err}
 		})
 	case *CheckHealth:
-		a.async(ctx, func(c context.Context) interface{} { return &HealthResult{Err: a.db.Ping(c)} })
+		a.async(ctx, func(c context.Context) any { return &HealthResult{Err: a.db.Ping(c)} })
 	case *Seen:
 		if m.At.After(a.pending[m.Key]) {
 			a.pending[m.Key] = m.At
@@ -160,7 +160,7 @@ func (a *Actor) open(ctx actor.Context) error {
 }
 
 // async runs op off the mailbox and sends its result to the requester.
-func (a *Actor) async(ctx actor.Context, op func(context.Context) interface{}) {
+func (a *Actor) async(ctx actor.Context, op func(context.Context) any) {
 	sender, sys := ctx.Sender(), ctx.ActorSystem()
 	if a.db == nil {
 		return // not open: the requester's timeout reports it

@@ -165,7 +165,7 @@ func (r *Root) startNext(ctx actor.Context) {
 	if r.next >= len(r.cfg.Children) {
 		if r.cfg.HoldReady > 0 {
 			self, sys := ctx.Self(), ctx.ActorSystem()
-			r.log.Warn("holding the ready declaration", zap.String("event", "ready_held"), zap.Float64("hold_ms", ms(r.cfg.HoldReady)))
+			r.log.Warn("holding the ready declaration", zap.String("event", "ready_held"), zap.Float64("hold_ms", cpapi.Millis(r.cfg.HoldReady)))
 			time.AfterFunc(r.cfg.HoldReady, func() { sys.Root.Send(self, &declareReady{}) })
 			return
 		}
@@ -199,7 +199,7 @@ func (r *Root) onReady(ctx actor.Context, m *supervise.Ready) {
 			return
 		}
 		r.log.Info("subsystem started", zap.String("event", "subsystem_started"), zap.String("subsystem", m.Name),
-			zap.Float64("since_start_ms", ms(time.Since(r.started))))
+			zap.Float64("since_start_ms", cpapi.Millis(time.Since(r.started))))
 		r.next++
 		r.startNext(ctx)
 	default:
@@ -226,13 +226,13 @@ func (r *Root) becomeReady(ctx actor.Context) {
 	if r.cfg.OnReady != nil {
 		r.cfg.OnReady(ctx, r.pids)
 	}
-	r.log.Info("control plane ready", zap.String("event", "ready"), zap.Float64("startup_ms", ms(time.Since(r.started))))
+	r.log.Info("control plane ready", zap.String("event", "ready"), zap.Float64("startup_ms", cpapi.Millis(time.Since(r.started))))
 }
 
 // HandleFailure is the root's supervision strategy: restart one-for-one; a
 // child failing more than Intensity.Max times within Intensity.Window is not
 // a transient fault, so the root escalates to the ordered drain.
-func (r *Root) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, _ interface{}) {
+func (r *Root) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, _ any) {
 	name := child.Id
 	if n, ok := r.nameOf(child); ok {
 		name = n
@@ -326,7 +326,7 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 	logStep := func(outcome, detail string) {
 		fields := []zap.Field{zap.String("event", "drain_step"), zap.String("step", step.Name), zap.Int("index", i+1),
 			zap.String("owner", step.Target), zap.String("outcome", outcome),
-			zap.Float64("duration_ms", ms(time.Since(begin)))}
+			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if detail != "" {
 			fields = append(fields, zap.String("detail", detail))
 		}
@@ -343,7 +343,7 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 		return
 	}
 	f := ctx.RequestFuture(pid, &supervise.DrainStep{Step: step.Name}, r.cfg.StepTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
+	ctx.ReenterAfter(f, func(res any, err error) {
 		switch {
 		case errors.Is(err, actor.ErrTimeout):
 			logStep(supervise.OutcomeTimeout, fmt.Sprintf("no answer within %s", r.cfg.StepTimeout))
@@ -370,9 +370,9 @@ func (r *Root) stopChildren(ctx actor.Context, i int) {
 	name := r.order[i]
 	begin := time.Now()
 	f := ctx.StopFuture(r.pids[name])
-	ctx.ReenterAfter(f, func(_ interface{}, err error) {
+	ctx.ReenterAfter(f, func(_ any, err error) {
 		fields := []zap.Field{zap.String("event", "subsystem_stopped"), zap.String("subsystem", name),
-			zap.Float64("duration_ms", ms(time.Since(begin)))}
+			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if err != nil {
 			r.log.Warn("subsystem did not stop in time", append(fields, zap.Error(err))...)
 		} else {
@@ -389,11 +389,8 @@ func (r *Root) finish() {
 	r.phase = phaseDone
 	fields := []zap.Field{zap.String("event", "exit"), zap.Int("exit_code", r.exitCode)}
 	if !r.drainAt.IsZero() {
-		fields = append(fields, zap.Float64("drain_ms", ms(time.Since(r.drainAt))))
+		fields = append(fields, zap.Float64("drain_ms", cpapi.Millis(time.Since(r.drainAt))))
 	}
 	r.log.Info("control plane exiting", fields...)
 	r.cfg.Exit(r.exitCode)
 }
-
-// ms renders a duration as fractional milliseconds for the JSON log.
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

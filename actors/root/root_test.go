@@ -3,7 +3,6 @@ package root_test
 import (
 	"errors"
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,26 +17,11 @@ import (
 	"github.com/clawker/clawker-cp/actors/root"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // ---- helpers ---------------------------------------------------------------
-
-func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func quietSystem() *actor.ActorSystem {
-	return actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-}
 
 // events is the shared, ordered record of what the fake children did.
 type events struct {
@@ -192,7 +176,7 @@ func newHarness(t testing.TB, tweak func(*root.Config), children ...childSpec) *
 	core, logs := observer.New(zapcore.DebugLevel)
 	h := &harness{
 		t:     t,
-		sys:   quietSystem(),
+		sys:   actortest.Quiet(),
 		tree:  supervise.NewTree(),
 		logs:  logs,
 		ev:    &events{},
@@ -353,12 +337,12 @@ func TestChildrenStartStrictlyInOrder(t *testing.T) {
 		t.Errorf("subsystem_started logged for %v", started)
 	}
 	// The ready line is written just after OnReady returns.
-	waitFor(t, 5*time.Second, "the ready log entry", func() bool { return len(h.entries("ready")) >= 1 })
+	testkit.WaitFor(t, 5*time.Second, "the ready log entry", func() bool { return len(h.entries("ready")) >= 1 })
 	if n := len(h.entries("ready")); n != 1 {
 		t.Errorf("%d ready log entries", n)
 	}
 	// The tree lists the children in start order under the root.
-	waitFor(t, 5*time.Second, "the tree to show three running children", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "the tree to show three running children", func() bool {
 		snap, ok := h.tree.Snapshot(root.Name)
 		if !ok || len(snap.Children) != 3 {
 			return false
@@ -406,7 +390,7 @@ func TestReadyErrorBeforeReadyExits1WithoutDrain(t *testing.T) {
 		t.Errorf("Exit called %d times", h.exitCount.Load())
 	}
 	// Every child is gone from the tree; only the root remains.
-	waitFor(t, 5*time.Second, "children removed from the tree", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "children removed from the tree", func() bool {
 		return eq(h.tree.Names(), []string{root.Name})
 	})
 }
@@ -444,7 +428,7 @@ func TestDrainBeforeReadyAbortsStartup(t *testing.T) {
 		childSpec{name: "bravo", neverReady: true},
 		childSpec{name: "charlie"},
 	)
-	waitFor(t, 5*time.Second, "bravo to start", func() bool { return h.ev.has("start:bravo") })
+	testkit.WaitFor(t, 5*time.Second, "bravo to start", func() bool { return h.ev.has("start:bravo") })
 	h.sys.Root.Send(h.pid, &root.Drain{Reason: "signal", ExitCode: root.ExitClean})
 	if code := h.waitExit(); code != root.ExitClean {
 		t.Fatalf("exit code %d, want 0", code)
@@ -605,10 +589,10 @@ func TestDrainToZeroAndSecondDrainIgnored(t *testing.T) {
 	)
 	h.waitReady()
 	h.sys.Root.Send(h.pid, &root.DrainToZero{})
-	waitFor(t, 5*time.Second, "the first step to be under way", func() bool { return h.ev.has("step-begin:step_alpha") })
+	testkit.WaitFor(t, 5*time.Second, "the first step to be under way", func() bool { return h.ev.has("step-begin:step_alpha") })
 	// A second request while the first step is held open.
 	h.sys.Root.Send(h.pid, &root.Drain{Reason: "signal", ExitCode: root.ExitEscalated})
-	waitFor(t, 5*time.Second, "drain_already_running", func() bool { return len(h.entries("drain_already_running")) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "drain_already_running", func() bool { return len(h.entries("drain_already_running")) == 1 })
 	close(gate)
 	if code := h.waitExit(); code != root.ExitClean {
 		t.Fatalf("exit code %d, want 0", code)
@@ -622,7 +606,7 @@ func TestDrainToZeroAndSecondDrainIgnored(t *testing.T) {
 	}
 	// Yet another request after the exit: logged and ignored, Exit not called again.
 	h.sys.Root.Send(h.pid, &root.DrainToZero{})
-	waitFor(t, 5*time.Second, "the late request to be seen", func() bool { return len(h.entries("drain_already_running")) == 2 })
+	testkit.WaitFor(t, 5*time.Second, "the late request to be seen", func() bool { return len(h.entries("drain_already_running")) == 2 })
 	if n := h.exitCount.Load(); n != 1 {
 		t.Errorf("Exit called %d times", n)
 	}
@@ -639,7 +623,7 @@ func TestPanicAfterReadyRestartsChild(t *testing.T) {
 	pids := h.waitReady()
 	bravo := pids["bravo"]
 	h.sys.Root.Send(bravo, &boom{msg: "bravo lost its socket"})
-	waitFor(t, 5*time.Second, "bravo restarted once", func() bool { return h.tree.Restarts(bravo) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "bravo restarted once", func() bool { return h.tree.Restarts(bravo) == 1 })
 	res, err := h.sys.Root.RequestFuture(bravo, &echo{}, 2*time.Second).Result()
 	if err != nil {
 		t.Fatalf("bravo after its restart: %v", err)
@@ -657,7 +641,7 @@ func TestPanicAfterReadyRestartsChild(t *testing.T) {
 	if node.Restarts != 1 || node.LastError != "bravo lost its socket" {
 		t.Errorf("bravo in the tree: %+v", node)
 	}
-	waitFor(t, 5*time.Second, "the root to see bravo's new Ready", func() bool { return len(h.entries("subsystem_restarted")) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "the root to see bravo's new Ready", func() bool { return len(h.entries("subsystem_restarted")) == 1 })
 	h.mu.Lock()
 	restarted := append([]string(nil), h.restarted...)
 	h.mu.Unlock()
@@ -689,7 +673,7 @@ func TestChildBackBrokenAfterRestartDegrades(t *testing.T) {
 	)
 	pids := h.waitReady()
 	h.sys.Root.Send(pids["alpha"], &boom{msg: "x"})
-	waitFor(t, 5*time.Second, "alpha_unavailable", func() bool { return len(h.entries("alpha_unavailable")) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "alpha_unavailable", func() bool { return len(h.entries("alpha_unavailable")) == 1 })
 	e := h.entries("alpha_unavailable")[0]
 	if e.Level != zapcore.ErrorLevel || e.ContextMap()["error"] != "socket still gone" {
 		t.Errorf("alpha_unavailable entry: %v %v", e.Level, e.ContextMap())
@@ -777,7 +761,7 @@ func (benchEcho) Receive(ctx actor.Context) {
 // through a plain actor, for comparison.
 func BenchmarkRequestResponseHop(b *testing.B) {
 	run := func(b *testing.B, props *actor.Props) {
-		sys := quietSystem()
+		sys := actortest.Quiet()
 		defer sys.Shutdown()
 		pid, err := sys.Root.SpawnNamed(props, "echo")
 		if err != nil {
@@ -813,7 +797,7 @@ func BenchmarkDrainChain(b *testing.B) {
 		b.ReportAllocs()
 		b.StopTimer()
 		for i := 0; i < b.N; i++ {
-			sys := quietSystem()
+			sys := actortest.Quiet()
 			tree := supervise.NewTree()
 			in := supervise.Intensity{Max: 5, Window: time.Minute}
 			ev := &events{}

@@ -115,7 +115,7 @@ type oneForOne struct {
 	in   Intensity
 }
 
-func (s *oneForOne) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, message interface{}) {
+func (s *oneForOne) HandleFailure(_ *actor.ActorSystem, sup actor.Supervisor, child *actor.PID, rs *actor.RestartStatistics, reason, message any) {
 	rs.Fail()
 	if rs.NumberOfFailures(s.in.Window) > s.in.Max {
 		rs.Reset()

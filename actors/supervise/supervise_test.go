@@ -2,7 +2,6 @@ package supervise_test
 
 import (
 	"fmt"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
@@ -12,28 +11,9 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", within, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
-func newSystem(t *testing.T) *actor.ActorSystem {
-	t.Helper()
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
-	return sys
-}
 
 // echo is answered by the test actor's own Receive; it proves a message got
 // through the mailbox and the middleware to the actor.
@@ -52,7 +32,7 @@ type recorder struct {
 	seen []string
 }
 
-func (r *recorder) add(m interface{}) {
+func (r *recorder) add(m any) {
 	r.mu.Lock()
 	r.seen = append(r.seen, fmt.Sprintf("%T", m))
 	r.mu.Unlock()
@@ -152,7 +132,7 @@ func (a *testActor) spawnNext(ctx actor.Context) {
 	}
 }
 
-func request(t *testing.T, sys *actor.ActorSystem, pid *actor.PID, msg interface{}, timeout time.Duration) (interface{}, error) {
+func request(t *testing.T, sys *actor.ActorSystem, pid *actor.PID, msg any, timeout time.Duration) (any, error) {
 	t.Helper()
 	return sys.Root.RequestFuture(pid, msg, timeout).Result()
 }
@@ -181,7 +161,7 @@ var wide = supervise.Intensity{Max: 10, Window: time.Minute}
 
 func TestSnapshotShape(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	leaf := func(name string, kids ...spec) spec {
 		return spec{tree: tree, in: wide, name: name, children: kids, gated: true}
@@ -196,7 +176,7 @@ func TestSnapshotShape(t *testing.T) {
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
 
 	want := []string{"top", "top/alpha", "top/mid", "top/zeta", "top/zeta/inner"}
-	waitFor(t, 5*time.Second, "all five actors registered and running", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "all five actors registered and running", func() bool {
 		if strings.Join(tree.Names(), ",") != strings.Join(want, ",") {
 			return false
 		}
@@ -267,7 +247,7 @@ func TestSnapshotShape(t *testing.T) {
 	if err := sys.Root.StopFuture(zpid).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "zeta and inner removed", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "zeta and inner removed", func() bool {
 		return strings.Join(tree.Names(), ",") == "top,top/alpha,top/mid"
 	})
 	snap, _ = tree.Snapshot("top")
@@ -281,7 +261,7 @@ func TestSnapshotShape(t *testing.T) {
 
 func TestSetStateAndRecordFailure(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	s := spec{tree: tree, in: wide}
 	pid, err := sys.Root.SpawnNamed(s.props(), "solo")
@@ -289,7 +269,7 @@ func TestSetStateAndRecordFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	waitFor(t, 5*time.Second, "solo running", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "solo running", func() bool {
 		n, ok := tree.Snapshot("solo")
 		return ok && n.State == cpapi.ActorRunning
 	})
@@ -321,7 +301,7 @@ func TestSetStateAndRecordFailure(t *testing.T) {
 
 func TestPingAnsweredByMiddleware(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	rec := &recorder{}
 	s := spec{tree: tree, in: wide, rec: rec}
@@ -363,7 +343,7 @@ func TestPingAnsweredByMiddleware(t *testing.T) {
 
 func TestMailboxDepthWhileBlocked(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	rec := &recorder{}
 	s := spec{tree: tree, in: wide, rec: rec}
@@ -379,7 +359,7 @@ func TestMailboxDepthWhileBlocked(t *testing.T) {
 		}
 		return n.MailboxDepth
 	}
-	waitFor(t, 5*time.Second, "an idle mailbox", func() bool { return depth() == 0 })
+	testkit.WaitFor(t, 5*time.Second, "an idle mailbox", func() bool { return depth() == 0 })
 
 	const queued = 5
 	block := 1500 * time.Millisecond
@@ -390,7 +370,7 @@ func TestMailboxDepthWhileBlocked(t *testing.T) {
 	// The fault message itself is in flight (posted, not yet received), the
 	// noops wait behind it.
 	var peak int64
-	waitFor(t, block, "the queued messages to show as mailbox depth", func() bool {
+	testkit.WaitFor(t, block, "the queued messages to show as mailbox depth", func() bool {
 		if d := depth(); d > peak {
 			peak = d
 		}
@@ -400,7 +380,7 @@ func TestMailboxDepthWhileBlocked(t *testing.T) {
 	if _, err := request(t, sys, pid, &supervise.Ping{}, 50*time.Millisecond); err == nil {
 		t.Error("Ping answered while the mailbox was blocked")
 	}
-	waitFor(t, block+5*time.Second, "the mailbox to drain back to 0", func() bool { return depth() == 0 })
+	testkit.WaitFor(t, block+5*time.Second, "the mailbox to drain back to 0", func() bool { return depth() == 0 })
 	if res, err := request(t, sys, pid, &supervise.Ping{}, 2*time.Second); err != nil {
 		t.Errorf("Ping after the block: %v", err)
 	} else if _, ok := res.(*supervise.Pong); !ok {
@@ -413,7 +393,7 @@ func TestMailboxDepthWhileBlocked(t *testing.T) {
 
 func TestPanicRestartsAndKeepsDepthAccurate(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	inc := &int64mu{}
 	child := spec{tree: tree, in: wide, name: "kid", incarnations: inc}
@@ -423,11 +403,11 @@ func TestPanicRestartsAndKeepsDepthAccurate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	waitFor(t, 5*time.Second, "kid registered", func() bool { _, ok := tree.Lookup("parent/kid"); return ok })
+	testkit.WaitFor(t, 5*time.Second, "kid registered", func() bool { _, ok := tree.Lookup("parent/kid"); return ok })
 	kid, _ := tree.Lookup("parent/kid")
 
 	sys.Root.Send(kid, &boom{msg: "kaboom\nsecond line"})
-	waitFor(t, 5*time.Second, "kid restarted once", func() bool { return tree.Restarts(kid) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "kid restarted once", func() bool { return tree.Restarts(kid) == 1 })
 	res, err := request(t, sys, kid, &echo{}, 2*time.Second)
 	if err != nil {
 		t.Fatalf("echo after restart: %v", err)
@@ -435,7 +415,7 @@ func TestPanicRestartsAndKeepsDepthAccurate(t *testing.T) {
 	if r := res.(*echoReply); r.Incarnation != 2 {
 		t.Errorf("answered by incarnation %d, want 2 (a fresh actor)", r.Incarnation)
 	}
-	waitFor(t, 5*time.Second, "kid running with depth 0", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "kid running with depth 0", func() bool {
 		n, ok := tree.Snapshot("parent/kid")
 		return ok && n.State == cpapi.ActorRunning && n.MailboxDepth == 0
 	})
@@ -454,7 +434,7 @@ func TestPanicRestartsAndKeepsDepthAccurate(t *testing.T) {
 // stays one too high for good.
 func TestFaultPanicKeepsDepthAccurate(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	parent := spec{tree: tree, in: wide, children: []spec{{tree: tree, in: wide, name: "kid"}}}
 	pid, err := sys.Root.SpawnNamed(parent.props(), "fp")
@@ -462,10 +442,10 @@ func TestFaultPanicKeepsDepthAccurate(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
-	waitFor(t, 5*time.Second, "kid registered", func() bool { _, ok := tree.Lookup("fp/kid"); return ok })
+	testkit.WaitFor(t, 5*time.Second, "kid registered", func() bool { _, ok := tree.Lookup("fp/kid"); return ok })
 	kid, _ := tree.Lookup("fp/kid")
 	sys.Root.Send(kid, &supervise.Fault{Kind: supervise.FaultPanic})
-	waitFor(t, 5*time.Second, "kid restarted", func() bool { return tree.Restarts(kid) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "kid restarted", func() bool { return tree.Restarts(kid) == 1 })
 	if _, err := request(t, sys, kid, &echo{}, 2*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -473,7 +453,7 @@ func TestFaultPanicKeepsDepthAccurate(t *testing.T) {
 	if !strings.Contains(n.LastError, "debug fault injected into fp/kid") {
 		t.Errorf("last error = %q", n.LastError)
 	}
-	waitFor(t, 5*time.Second, "kid's mailbox depth back to 0 after the fault", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "kid's mailbox depth back to 0 after the fault", func() bool {
 		n, _ := tree.Snapshot("fp/kid")
 		return n.MailboxDepth == 0
 	})
@@ -481,7 +461,7 @@ func TestFaultPanicKeepsDepthAccurate(t *testing.T) {
 
 func TestStrategyEscalatesPastTheBound(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
+	sys := actortest.System(t)
 	tree := supervise.NewTree()
 	childInc := &int64mu{}
 	child := spec{tree: tree, in: wide, name: "c", incarnations: childInc}
@@ -494,13 +474,13 @@ func TestStrategyEscalatesPastTheBound(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sys.Root.StopFuture(gpid).Wait() })
-	waitFor(t, 5*time.Second, "g/p/c registered", func() bool { _, ok := tree.Lookup("g/p/c"); return ok })
+	testkit.WaitFor(t, 5*time.Second, "g/p/c registered", func() bool { _, ok := tree.Lookup("g/p/c"); return ok })
 	c, _ := tree.Lookup("g/p/c")
 	p, _ := tree.Lookup("g/p")
 
 	// Within the bound: the parent restarts the child, nothing escalates.
 	sys.Root.Send(c, &boom{msg: "one"})
-	waitFor(t, 5*time.Second, "c restarted", func() bool { return tree.Restarts(c) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "c restarted", func() bool { return tree.Restarts(c) == 1 })
 	if _, err := request(t, sys, c, &echo{}, 2*time.Second); err != nil {
 		t.Fatalf("c after its first restart: %v", err)
 	}
@@ -511,12 +491,12 @@ func TestStrategyEscalatesPastTheBound(t *testing.T) {
 	// Past the bound: the child is stopped and the parent fails to the
 	// grandparent, which restarts it (and with it a fresh child).
 	sys.Root.Send(c, &boom{msg: "two"})
-	waitFor(t, 5*time.Second, "p restarted by g", func() bool { return tree.Restarts(p) == 1 })
+	testkit.WaitFor(t, 5*time.Second, "p restarted by g", func() bool { return tree.Restarts(p) == 1 })
 	pn, _ := find(mustSnap(t, tree, "g"), "g/p")
 	if !strings.Contains(pn.LastError, "child g/p/c exceeded 1 restarts in 1m0s") || !strings.Contains(pn.LastError, "two") {
 		t.Errorf("p's last error = %q", pn.LastError)
 	}
-	waitFor(t, 5*time.Second, "a fresh c under the restarted p", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "a fresh c under the restarted p", func() bool {
 		snap, ok := tree.Snapshot("g")
 		if !ok {
 			return false
@@ -553,8 +533,8 @@ func mustSnap(t *testing.T, tree *supervise.Tree, path string) cpapi.ActorNode {
 
 func TestReportReadyAndSteps(t *testing.T) {
 	t.Parallel()
-	sys := newSystem(t)
-	got := make(chan interface{}, 4)
+	sys := actortest.System(t)
+	got := make(chan any, 4)
 	type start struct{}
 	parentProps := actor.PropsFromFunc(func(ctx actor.Context) {
 		switch m := ctx.Message().(type) {
@@ -623,7 +603,7 @@ func TestSiblingsSpawnedAtOnceListInSpawnOrder(t *testing.T) {
 	t.Parallel()
 	want := "k0,k1,k2,k3,k4,k5,k6,k7"
 	for round := 0; round < 20; round++ {
-		sys := newSystem(t)
+		sys := actortest.System(t)
 		tree := supervise.NewTree()
 		var kids []spec
 		for i := 0; i < 8; i++ {
@@ -634,7 +614,7 @@ func TestSiblingsSpawnedAtOnceListInSpawnOrder(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "all kids registered", func() bool { return len(tree.Names()) == 9 })
+		testkit.WaitFor(t, 5*time.Second, "all kids registered", func() bool { return len(tree.Names()) == 9 })
 		got := strings.Join(names(mustSnap(t, tree, "burst").Children), ",")
 		_ = sys.Root.StopFuture(pid).Wait()
 		if got != want {

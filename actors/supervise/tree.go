@@ -61,10 +61,10 @@ func (n *node) depth() int64 {
 // mailboxStats counts messages in and out of one actor's mailbox.
 type mailboxStats struct{ n *node }
 
-func (m mailboxStats) MailboxStarted()             {}
-func (m mailboxStats) MessagePosted(interface{})   { m.n.posted.Add(1) }
-func (m mailboxStats) MessageReceived(interface{}) { m.n.received.Add(1) }
-func (m mailboxStats) MailboxEmpty()               {}
+func (m mailboxStats) MailboxStarted()     {}
+func (m mailboxStats) MessagePosted(any)   { m.n.posted.Add(1) }
+func (m mailboxStats) MessageReceived(any) { m.n.received.Add(1) }
+func (m mailboxStats) MailboxEmpty()       {}
 
 // register links n to its PID the first time the actor starts; a later
 // Started is a restart, which resets the uptime to the new incarnation's.
@@ -108,7 +108,7 @@ func (t *Tree) SetState(pid *actor.PID, s cpapi.ActorState) {
 
 // RecordFailure notes a supervised failure of pid: it counts as a restart when
 // restarted is true.
-func (t *Tree) RecordFailure(pid *actor.PID, reason interface{}, restarted bool) {
+func (t *Tree) RecordFailure(pid *actor.PID, reason any, restarted bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n, ok := t.nodes[pid.Id]

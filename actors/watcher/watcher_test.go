@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -19,6 +18,8 @@ import (
 	"github.com/clawker/clawker-cp/actors/root"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/actors/watcher"
+	"github.com/clawker/clawker-cp/pkg/testkit"
+	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 )
 
 // fakeDocker answers ContainerList from a script: each call takes the next
@@ -98,10 +99,7 @@ type rig struct {
 
 func start(t *testing.T, cfg watcher.Config, script ...answer) *rig {
 	t.Helper()
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
+	sys := actortest.System(t)
 	core, logs := observer.New(zapcore.DebugLevel)
 	d := &fakeDocker{script: script}
 	cfg.Docker, cfg.Log = d, zap.New(core)
@@ -117,24 +115,9 @@ func (r *rig) logged(event string) []observer.LoggedEntry {
 	return r.logs.FilterField(zap.String("event", event)).All()
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		ok, last := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s; last seen: %s", within, what, last)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func (r *rig) waitPolls(t *testing.T, n int) {
 	t.Helper()
-	waitFor(t, 5*time.Second, fmt.Sprintf("%d polls", n), func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, fmt.Sprintf("%d polls", n), func() (bool, string) {
 		c := r.d.callCount()
 		return c >= n, fmt.Sprint(c)
 	})
@@ -142,7 +125,7 @@ func (r *rig) waitPolls(t *testing.T, n int) {
 
 func (r *rig) waitDrain(t *testing.T) time.Time {
 	t.Helper()
-	waitFor(t, 5*time.Second, "DrainToZero", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "DrainToZero", func() (bool, string) {
 		return len(r.p.drains()) > 0, fmt.Sprintf("%d polls", r.d.callCount())
 	})
 	return r.p.drains()[0]
@@ -271,16 +254,13 @@ func TestDisabled(t *testing.T) {
 func TestHangingPollIsBounded(t *testing.T) {
 	t.Parallel()
 	h := &hangingDocker{}
-	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
-		return slog.New(slog.DiscardHandler)
-	}))
-	t.Cleanup(sys.Shutdown)
+	sys := actortest.System(t)
 	core, logs := observer.New(zapcore.DebugLevel)
 	c := cfg(5*time.Millisecond, 0, 1)
 	c.Docker, c.Log, c.CallTimeout = h, zap.New(core), 60*time.Millisecond
 	p := &parent{props: actor.PropsFromProducer(watcher.New(c))}
 	sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return p }))
-	waitFor(t, 5*time.Second, "a timed-out poll", func() (bool, string) {
+	testkit.WaitForSeen(t, 5*time.Second, "a timed-out poll", func() (bool, string) {
 		return len(logs.FilterField(zap.String("event", "watcher_unavailable")).All()) > 0, ""
 	})
 	if n := h.max(); n != 1 {

@@ -43,11 +43,12 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 const (
 	dockerSocket  = "/var/run/docker.sock"
-	testLabel     = "dev.clawker.test"
+	testLabel     = dockerx.LabelTest
 	dockerTimeout = 60 * time.Second // one Docker call, on a loaded machine
 	// restartEnv opts in to TestDockerDaemonRestart outside CI.
 	restartEnv = "CLAWKER_TEST_DOCKER_RESTART"
@@ -56,16 +57,6 @@ const (
 // watcherFast is the settings overlay of these tests: polls every second,
 // a two-second grace, two zero polls in a row.
 const watcherFast = "control_plane:\n  watcher:\n    poll_interval: 1s\n    grace: 2s\n    zero_streak: 2\n"
-
-// skipOrFail skips the test with why, or fails it under CI=true, where a
-// skip would hide that the test never ran.
-func skipOrFail(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but %s", why)
-	}
-	t.Skip(why)
-}
 
 // dockerRig is one test's Docker: a client, the test's unique label and the
 // image it built.
@@ -82,10 +73,10 @@ type dockerRig struct {
 func requireDocker(t *testing.T) *dockerRig {
 	t.Helper()
 	if _, err := os.Stat(dockerSocket); err != nil {
-		skipOrFail(t, "no Docker socket at "+dockerSocket)
+		testkit.SkipOrFail(t, "no Docker socket at "+dockerSocket)
 	}
 	if os.Geteuid() != 0 {
-		skipOrFail(t, "these tests need root for the Docker socket")
+		testkit.SkipOrFail(t, "these tests need root for the Docker socket")
 	}
 	c, err := dockerx.New("unix://" + dockerSocket)
 	if err != nil {
@@ -93,7 +84,7 @@ func requireDocker(t *testing.T) *dockerRig {
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	if _, err := dockerx.Negotiate(context.Background(), c, 10*time.Second); err != nil {
-		skipOrFail(t, "the Docker daemon does not answer: "+err.Error())
+		testkit.SkipOrFail(t, "the Docker daemon does not answer: "+err.Error())
 	}
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
@@ -478,7 +469,7 @@ func TestDockerDrainToZero(t *testing.T) {
 // under CI=true or CLAWKER_TEST_DOCKER_RESTART=1 only, and waits for the
 // daemon to answer again before it returns.
 func TestDockerDaemonRestart(t *testing.T) {
-	if os.Getenv("CI") != "true" && os.Getenv(restartEnv) != "1" {
+	if !testkit.InCI() && os.Getenv(restartEnv) != "1" {
 		t.Skip("restarts the machine's Docker daemon; set " + restartEnv + "=1 (or CI=true) to run it")
 	}
 	r := requireDocker(t)
@@ -553,7 +544,7 @@ func restartDaemon(t *testing.T) {
 	}
 	raw, err := os.ReadFile(daemonPidfile)
 	if err != nil {
-		skipOrFail(t, "cannot tell which dockerd runs: "+err.Error())
+		testkit.SkipOrFail(t, "cannot tell which dockerd runs: "+err.Error())
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(raw)))
 	if err != nil {

@@ -125,24 +125,16 @@ func run(parent context.Context, bind, oryDir, stackDir string) int {
 		log.Error("invalid settings: "+err.Error(), zap.String("event", "settings_invalid"), zap.String("file", paths.SettingsFile))
 		return 1
 	}
+	logKnobs(log) // every debug knob set, one line each (pkg/debugknob)
 	faults := os.Getenv(debugFaultsEnv) == "1"
-	if faults {
-		log.Warn("debug knob set: fault injection enabled", zap.String("event", "debug_knob"), zap.String("env", debugFaultsEnv))
-	}
 	var hold time.Duration
 	if v := os.Getenv(debugHoldReadyEnv); v != "" {
 		if hold, err = time.ParseDuration(v); err != nil || hold < 0 {
 			log.Error(debugHoldReadyEnv+": not a duration, e.g. 2s", zap.String("event", "debug_knob_invalid"), zap.String("value", v))
 			return 1
 		}
-		log.Warn("debug knob set: ready declaration held", zap.String("event", "debug_knob"), zap.String("env", debugHoldReadyEnv), zap.Duration("hold", hold))
 	}
 	pinDir, network := os.Getenv(debugPinDirEnv), os.Getenv(debugNetworkEnv)
-	for env, v := range map[string]string{debugPinDirEnv: pinDir, debugNetworkEnv: network} {
-		if v != "" {
-			log.Warn("debug knob set", zap.String("event", "debug_knob"), zap.String("env", env), zap.String("value", v))
-		}
-	}
 	var systemClock func() time.Time
 	if v := os.Getenv(debugClockSkewEnv); v != "" {
 		skew, err := cpgrpc.ParseClockSkew(debugClockSkewEnv, v)
@@ -151,8 +143,6 @@ func run(parent context.Context, bind, oryDir, stackDir string) int {
 			return 1
 		}
 		systemClock = skew.Clock(time.Now())
-		log.Warn("debug knob set: GetSystemTime reports a skewed clock", zap.String("event", "debug_knob"), zap.String("env", debugClockSkewEnv),
-			zap.Duration("lag", skew.Lag), zap.Duration("catch_up_after", skew.CatchUpAfter))
 	}
 	log.Info("clawker-cp starting", zap.String("event", "process_start"), zap.Int("pid", os.Getpid()),
 		zap.String("settings", paths.SettingsFile), zap.String("data_dir", paths.DataDir), zap.String("log_file", paths.LogFile))

@@ -22,6 +22,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 const (
@@ -46,7 +47,7 @@ var subsystems = []string{"health", "overseer", "registry", "ebpf", "firewall", 
 // grandchildren are the children of subsystems that have any.
 var grandchildren = map[string][]string{"firewall": {"dns", "proxy"}, "grpc": {"sessions"}}
 
-// drainSteps is the ordered drain of DESIGN.md.
+// drainSteps is the ordered drain (docs/ARCHITECTURE.md, "The ordered drain").
 var drainSteps = []string{
 	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",
 	"netlogger_stop", "dns_gc_stop", "ebpf_flush",
@@ -729,7 +730,7 @@ func TestFirewallEnabledWithoutStackRefusesToStart(t *testing.T) {
 // container on this host (no Docker counts as not running).
 func realCPRunning(t *testing.T) bool {
 	t.Helper()
-	d, err := cpboot.NewDockerClient()
+	d, err := dockerx.New("")
 	if err != nil {
 		return false
 	}

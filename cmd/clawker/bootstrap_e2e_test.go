@@ -25,11 +25,13 @@ import (
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 func TestMain(m *testing.M) { cptest.Main(m) }
 
-// drainSteps is the CP's ordered drain (DESIGN.md), as its drain_step
+// drainSteps is the CP's ordered drain (docs/ARCHITECTURE.md), as its drain_step
 // lines name the steps.
 var drainSteps = []string{
 	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",
@@ -207,10 +209,7 @@ func TestBootstrap(t *testing.T) {
 	e := &e2e{d: d, run: run, labels: cptest.TestLabels(run)}
 	if c, ok := e.cpExists(t); ok {
 		reason := fmt.Sprintf("a %s container exists on this host (labels %v); these tests need the name: remove it first", cpboot.ContainerName, c.Config.Labels)
-		if os.Getenv("CI") == "true" {
-			t.Fatal(reason)
-		}
-		t.Skip(reason)
+		testkit.SkipOrFail(t, reason)
 	}
 	t.Cleanup(func() { cptest.RemoveLabelled(t, d, e.labels) })
 
@@ -264,7 +263,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 	if c.ID != res.ContainerID || !c.State.Running {
 		t.Fatalf("container %s running %v, bootstrap said %s", c.ID, c.State.Running, res.ContainerID)
 	}
-	for k, v := range map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: "controlplane", cpboot.LabelBinHash: e.hash, cptest.LabelTest: e.run} {
+	for k, v := range map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: "controlplane", dockerx.LabelBinHash: e.hash, cptest.LabelTest: e.run} {
 		if c.Config.Labels[k] != v {
 			t.Errorf("label %s = %q, want %q", k, c.Config.Labels[k], v)
 		}
@@ -335,7 +334,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 		t.Logf("concurrent up %d: %s in %s", i, rep.Bootstrap.Outcome, o.took.Round(time.Millisecond))
 	}
 	sort.Strings(outcomes)
-	list, err := e.d.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", cpboot.LabelPurpose+"=controlplane", cptest.LabelTest+"="+e.run)})
+	list, err := e.d.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", dockerx.LabelPurpose+"=controlplane", cptest.LabelTest+"="+e.run)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -485,10 +484,10 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 		return c.ID
 	}
 	oldCP := startContainer(cpboot.ContainerName, map[string]string{
-		cpboot.LabelPurpose: cpboot.PurposeControlPlane, cpboot.LabelBinHash: "0000000000000000",
+		dockerx.LabelPurpose: dockerx.PurposeControlPlane, dockerx.LabelBinHash: "0000000000000000",
 	})
 	agentName := "clawker-e2e-agent-" + e.run
-	agent := startContainer(agentName, map[string]string{cpboot.LabelPurpose: cpboot.PurposeAgent})
+	agent := startContainer(agentName, map[string]string{dockerx.LabelPurpose: dockerx.PurposeAgent})
 
 	_, res, took := e.up(t, cmdTimeout)
 	if res.Code == 0 {
@@ -510,7 +509,7 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 	}
 	// Agents of other tests running at the same time (go test runs
 	// packages in parallel) would rightly block the replacement too.
-	agents := make(client.Filters).Add("label", cpboot.LabelManaged+"=true", cpboot.LabelPurpose+"="+cpboot.PurposeAgent).Add("status", "running")
+	agents := make(client.Filters).Add("label", dockerx.LabelManaged+"=true", dockerx.LabelPurpose+"="+dockerx.PurposeAgent).Add("status", "running")
 	cptest.WaitFor(t, 2*time.Minute, "no agent container running on the host", func() (bool, string) {
 		list, err := e.d.ContainerList(ctx, client.ContainerListOptions{Filters: agents})
 		if err != nil {
@@ -527,7 +526,7 @@ func testOtherHashWithAgent(t *testing.T, e *e2e) {
 		t.Errorf("up without agents: %+v; want replaced", res2)
 	}
 	c := e.inspect(t, cpboot.ContainerName)
-	if c.ID != res2.ContainerID || c.Config.Labels[cpboot.LabelBinHash] != e.hash {
+	if c.ID != res2.ContainerID || c.Config.Labels[dockerx.LabelBinHash] != e.hash {
 		t.Errorf("container %s labels %v", c.ID, c.Config.Labels)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/clawker/clawker-cp/pkg/testkit"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
@@ -38,7 +39,7 @@ func TestRegisterHelloHeartbeat(t *testing.T) {
 	if regs[0].id.ContainerID != testContainerID || regs[0].id.Project != "p" || regs[0].id.Agent != "a" {
 		t.Errorf("mTLS identity = %+v", regs[0].id)
 	}
-	waitFor(t, "two heartbeats from the agent", func() bool { return s.heartbeats.Load() >= 2 })
+	testkit.WaitFor(t, waitLimit, "two heartbeats from the agent", func() bool { return s.heartbeats.Load() >= 2 })
 	if n := s.badBeats.Load(); n != 0 {
 		t.Errorf("%d heartbeats without sent_at", n)
 	}
@@ -66,7 +67,7 @@ func TestCommandStartsAfterFirstControlMessage(t *testing.T) {
 
 	s := e.cp.nextSession(t)
 	// The agent is up, registered and heartbeating, but has heard nothing.
-	waitFor(t, "two heartbeats from the agent", func() bool { return s.heartbeats.Load() >= 2 })
+	testkit.WaitFor(t, waitLimit, "two heartbeats from the agent", func() bool { return s.heartbeats.Load() >= 2 })
 	if exists(marker) {
 		t.Fatal("the command ran before the first ControlMessage")
 	}
@@ -206,7 +207,7 @@ func TestRunInitStepTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("stdout %q", o.stdout)
 	}
-	waitFor(t, "the background sleep to be killed", func() bool { return dead(pid) })
+	testkit.WaitFor(t, waitLimit, "the background sleep to be killed", func() bool { return dead(pid) })
 }
 
 func TestSetupMCP(t *testing.T) {
@@ -330,7 +331,7 @@ func TestShutdown(t *testing.T) {
 	ready, term := e.path("ready"), e.path("term")
 	r := e.run("sh", "-c", `trap 'echo term > "$1"; exit 0' TERM; touch "$0"; while :; do sleep 0.05; done`, ready, term)
 	s := e.cp.nextSession(t)
-	waitFor(t, "the command to start", func() bool { return exists(ready) })
+	testkit.WaitFor(t, waitLimit, "the command to start", func() bool { return exists(ready) })
 
 	o := s.do1(t, shutdownCmd("s1", 10*time.Second))
 	if !o.result.GetOk() {
@@ -358,7 +359,7 @@ func TestShutdownKillsAfterGrace(t *testing.T) {
 	// The ignored SIGTERM is inherited by the exec'd sleep.
 	r := e.run("sh", "-c", `trap '' TERM; echo $$ > "$1"; touch "$0"; exec sleep 300`, ready, pidFile)
 	s := e.cp.nextSession(t)
-	waitFor(t, "the command to start", func() bool { return exists(ready) })
+	testkit.WaitFor(t, waitLimit, "the command to start", func() bool { return exists(ready) })
 	pid := readPID(t, pidFile)
 
 	grace := 300 * time.Millisecond
@@ -503,9 +504,9 @@ func TestSignals(t *testing.T) {
 		e.cfg.Signals = sigs
 		ready, hups := e.path("ready"), e.path("hups")
 		r := e.run("sh", "-c", `trap 'echo hup >> "$1"' HUP; trap 'exit 5' TERM; touch "$0"; while :; do sleep 0.05; done`, ready, hups)
-		waitFor(t, "the command to start", func() bool { return exists(ready) })
+		testkit.WaitFor(t, waitLimit, "the command to start", func() bool { return exists(ready) })
 		sigs <- syscall.SIGHUP
-		waitFor(t, "the forwarded SIGHUP", func() bool { return exists(hups) })
+		testkit.WaitFor(t, waitLimit, "the forwarded SIGHUP", func() bool { return exists(hups) })
 		sigs <- syscall.SIGTERM
 		if code := r.wait(t); code != 5 {
 			t.Fatalf("exit code %d, want 5", code)
@@ -515,7 +516,7 @@ func TestSignals(t *testing.T) {
 		e := newEnv(t)
 		ready := e.path("ready")
 		r := e.run("sh", "-c", `touch "$0"; exec sleep 300`, ready)
-		waitFor(t, "the command to start", func() bool { return exists(ready) })
+		testkit.WaitFor(t, waitLimit, "the command to start", func() bool { return exists(ready) })
 		r.cancel()
 		if code := r.wait(t); code != 128+int(syscall.SIGTERM) {
 			t.Fatalf("exit code %d, want %d", code, 128+int(syscall.SIGTERM))

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/clawker/clawker-cp/pkg/naming"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
@@ -194,8 +195,8 @@ func (w *outputWriter) Write(p []byte) (int, error) {
 // setupMCP installs <home>/.clawker/mcp/<name>.json.
 func (a *agent) setupMCP(m *agentv1.SetupMCP) *agentv1.CommandResult {
 	name := m.GetName()
-	if !validName(name, false) {
-		return failed("setup_mcp: invalid name %q: must match [a-z0-9][a-z0-9_-]{0,62}", name)
+	if !naming.ValidAgent(name) {
+		return failed("setup_mcp: invalid name %q: must match "+naming.AgentRule, name)
 	}
 	if !json.Valid(m.GetConfigJson()) {
 		return failed("setup_mcp: invalid config_json: not valid JSON")

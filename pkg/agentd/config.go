@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/naming"
 )
 
 // Defaults of the tunable settings.
@@ -329,14 +330,14 @@ func (c Config) validate() error {
 	if c.Project == "" {
 		return configErr("project", "required")
 	}
-	if !validName(c.Project, true) {
-		return configErr("project", "%q must match [a-z0-9][a-z0-9_.-]{0,62}", c.Project)
+	if !naming.ValidProject(c.Project) {
+		return configErr("project", "%q must match "+naming.ProjectRule, c.Project)
 	}
 	if c.Agent == "" {
 		return configErr("agent", "required")
 	}
-	if !validName(c.Agent, false) {
-		return configErr("agent", "%q must match [a-z0-9][a-z0-9_-]{0,62}", c.Agent)
+	if !naming.ValidAgent(c.Agent) {
+		return configErr("agent", "%q must match "+naming.AgentRule, c.Agent)
 	}
 	if !filepath.IsAbs(c.Home) {
 		return configErr("home", "%q must be an absolute path", c.Home)
@@ -407,22 +408,4 @@ func (c Config) tlsConfig() (*tls.Config, error) {
 		return nil, configErr("cert", "%v", err)
 	}
 	return cfg, nil
-}
-
-// validName is the naming rule of projects (dots allowed) and agents, the
-// same as the certificate's (certs.AgentIdentity).
-func validName(s string, allowDot bool) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && (c == '_' || c == '-' || allowDot && c == '.'):
-		default:
-			return false
-		}
-	}
-	return true
 }

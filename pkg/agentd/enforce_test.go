@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 func TestParseArgsRequireEnforced(t *testing.T) {
@@ -107,7 +109,7 @@ func TestRequireEnforcedNeverEnforced(t *testing.T) {
 			marker := e.path("ran")
 			r := e.run("sh", "-c", `touch "$0"`, marker)
 
-			waitFor(t, "three waiting_for_enforcement lines", func() bool {
+			testkit.WaitFor(t, waitLimit, "three waiting_for_enforcement lines", func() bool {
 				return len(e.logs.events(t, "waiting_for_enforcement")) >= 3
 			})
 			for i, ev := range e.logs.events(t, "waiting_for_enforcement")[:3] {

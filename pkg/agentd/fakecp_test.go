@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
@@ -35,18 +36,6 @@ const waitLimit = 30 * time.Second
 
 // testContainerID is the container id in the test agent's certificate.
 var testContainerID = strings.Repeat("0123456789abcdef", 4)
-
-// waitFor polls cond until it holds or waitLimit passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitLimit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 // --- logs -------------------------------------------------------------------
 
@@ -106,7 +95,7 @@ func (l *logSink) index(t *testing.T, event string) int {
 func (l *logSink) waitEvent(t *testing.T, event string) map[string]any {
 	t.Helper()
 	var got map[string]any
-	waitFor(t, "log event "+event, func() bool {
+	testkit.WaitFor(t, waitLimit, "log event "+event, func() bool {
 		if ev := l.events(t, event); len(ev) > 0 {
 			got = ev[0]
 			return true
@@ -171,7 +160,7 @@ func (f *fakeCP) start() {
 		addr = "127.0.0.1:0"
 	}
 	var lis net.Listener
-	waitFor(f.t, "listening on "+addr, func() bool {
+	testkit.WaitFor(f.t, waitLimit, "listening on "+addr, func() bool {
 		var err error
 		lis, err = net.Listen("tcp", addr)
 		return err == nil
@@ -550,7 +539,7 @@ func dead(pid int) bool {
 func readPID(t *testing.T, path string) int {
 	t.Helper()
 	var pid int
-	waitFor(t, "pid in "+path, func() bool {
+	testkit.WaitFor(t, waitLimit, "pid in "+path, func() bool {
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return false

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/clawker/clawker-cp/pkg/testkit"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
 )
 
@@ -64,7 +65,7 @@ func TestReapOrphans(t *testing.T) {
 		orphans = append(orphans, pid)
 	}
 	for _, pid := range orphans {
-		waitFor(t, fmt.Sprintf("orphan %d to be reaped", pid), func() bool { return reaped(pid) })
+		testkit.WaitFor(t, waitLimit, fmt.Sprintf("orphan %d to be reaped", pid), func() bool { return reaped(pid) })
 	}
 	if len(e.logs.events(t, "orphan_reaped")) == 0 {
 		t.Error("no orphan_reaped line")

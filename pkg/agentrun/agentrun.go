@@ -64,6 +64,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/oauth"
@@ -337,7 +338,7 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 	created, err := dockerx.Call(ctx, callTimeout, func(ctx context.Context) (client.ContainerCreateResult, error) {
 		return d.ContainerCreate(ctx, createOptions(s, name, network, res.Argv))
 	})
-	res.CreateMS = ms(time.Since(t))
+	res.CreateMS = cpapi.Millis(time.Since(t))
 	if cerrdefs.IsConflict(err) {
 		return res, fmt.Errorf("%w: a container named %s exists already", ErrExists, name)
 	}
@@ -393,7 +394,7 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 		_, err := d.CopyToContainer(ctx, created.ID, client.CopyToContainerOptions{DestinationPath: "/", Content: pr})
 		return err
 	})
-	res.InjectMS = ms(time.Since(t))
+	res.InjectMS = cpapi.Millis(time.Since(t))
 	if err != nil {
 		return res, fmt.Errorf("copying clawkerd and the agent's certificate into %s: %w", name, err)
 	}
@@ -402,7 +403,7 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 	_, err = dockerx.Call(ctx, callTimeout, func(ctx context.Context) (client.ContainerStartResult, error) {
 		return d.ContainerStart(ctx, created.ID, client.ContainerStartOptions{})
 	})
-	res.StartMS = ms(time.Since(t))
+	res.StartMS = cpapi.Millis(time.Since(t))
 	if err != nil {
 		return res, fmt.Errorf("starting container %s: %w", name, err)
 	}
@@ -559,5 +560,3 @@ type RemoveResult struct {
 	Status     string `json:"status"`
 	WasRunning bool   `json:"was_running"`
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

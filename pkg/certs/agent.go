@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/clawker/clawker-cp/pkg/naming"
 )
 
 // URN prefixes of the agent cert's URI SANs. The agent URN is
@@ -66,44 +68,16 @@ func (e *InvalidFieldError) Error() string {
 
 // Validate checks id against the naming rules; the error names the field.
 func (id AgentIdentity) Validate() error {
-	if !validName(id.Project, true) {
-		return &InvalidFieldError{FieldProject, id.Project, "must match [a-z0-9][a-z0-9_.-]{0,62}"}
+	if !naming.ValidProject(id.Project) {
+		return &InvalidFieldError{FieldProject, id.Project, "must match " + naming.ProjectRule}
 	}
-	if !validName(id.Agent, false) {
-		return &InvalidFieldError{FieldAgent, id.Agent, "must match [a-z0-9][a-z0-9_-]{0,62} (no dots)"}
+	if !naming.ValidAgent(id.Agent) {
+		return &InvalidFieldError{FieldAgent, id.Agent, "must match " + naming.AgentRule + " (no dots)"}
 	}
-	if !validContainerID(id.ContainerID) {
+	if !naming.ValidContainerID(id.ContainerID) {
 		return &InvalidFieldError{FieldContainerID, id.ContainerID, "must be 64 lowercase hex digits"}
 	}
 	return nil
-}
-
-func validName(s string, allowDot bool) bool {
-	if len(s) == 0 || len(s) > 63 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case i > 0 && (c == '_' || c == '-' || allowDot && c == '.'):
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func validContainerID(s string) bool {
-	if len(s) != 64 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // MintAgentCert issues a client cert for one agent container: CN clawkerd,

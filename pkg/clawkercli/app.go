@@ -16,6 +16,8 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -55,7 +57,7 @@ func (env Env) docker() (cpboot.Docker, func(), error) {
 		}
 		return d, release, nil
 	}
-	c, err := cpboot.NewDockerClient()
+	c, err := dockerx.New("")
 	if err != nil {
 		return nil, nil, fmt.Errorf("connecting to Docker: %w", err)
 	}
@@ -126,7 +128,7 @@ func Run(env Env, args []string) int {
 // up first: tests run clawker-cp as a host process.
 func DefaultEnv() Env {
 	env := Env{Stdout: os.Stdout, Stderr: os.Stderr, Getenv: os.Getenv, Bootstrap: cpboot.EnsureRunning, ClockGate: &ClockGate{}, AskFirewall: true}
-	if os.Getenv(NoBootstrapEnv) == "1" {
+	if debugknob.NoBootstrap.On(os.Getenv) {
 		fmt.Fprintln(os.Stderr, "clawker: "+NoBootstrapEnv+"=1: not bringing the control plane up")
 		env.Bootstrap = nil
 	}
@@ -134,7 +136,7 @@ func DefaultEnv() Env {
 }
 
 // NoBootstrapEnv names the debug knob that turns the transparent bootstrap off.
-const NoBootstrapEnv = "CLAWKER_NO_BOOTSTRAP"
+var NoBootstrapEnv = debugknob.NoBootstrap.Name
 
 func loadSettings(env Env) (settings.Settings, error) {
 	_, s, err := loadPathsSettings(env)

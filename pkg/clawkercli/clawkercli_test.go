@@ -75,7 +75,7 @@ func serve(t *testing.T, routes map[string]func(w http.ResponseWriter)) int {
 	return srv.Listener.Addr().(*net.TCPAddr).Port
 }
 
-func jsonAnswer(t *testing.T, code int, v interface{}) func(w http.ResponseWriter) {
+func jsonAnswer(t *testing.T, code int, v any) func(w http.ResponseWriter) {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -146,7 +146,7 @@ func TestStatus(t *testing.T) {
 	cases := []struct {
 		name string
 		code int
-		body interface{}
+		body any
 		args []string
 	}{
 		{"status_healthy", http.StatusOK, healthy, nil},

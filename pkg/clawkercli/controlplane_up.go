@@ -8,13 +8,16 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 // labelsEnv adds labels to everything `controlplane up` creates
-// ("key=value,key=value"). A debug knob: tests tag what they create with a
-// run id so they can remove exactly that. It is reported when set.
-const labelsEnv = "CLAWKER_DEBUG_LABELS"
+// ("key=value,key=value"). A debug knob (debugknob.Labels): tests tag what
+// they create with a run id so they can remove exactly that. It is reported
+// when set.
+var labelsEnv = debugknob.Labels.Name
 
 func upCommand(env Env) *cli.Command {
 	return &cli.Command{
@@ -103,7 +106,7 @@ func parseLabels(s string) (map[string]string, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		if k == cpboot.LabelManaged || k == cpboot.LabelPurpose || k == cpboot.LabelBinHash || k == cpboot.LabelSpecHash {
+		if k == dockerx.LabelManaged || k == dockerx.LabelPurpose || k == dockerx.LabelBinHash || k == dockerx.LabelSpecHash {
 			return nil, fmt.Errorf("label %s is clawker's own and cannot be set", k)
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/agentrun"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -267,19 +268,20 @@ func ensureCPWith(ctx context.Context, env Env, s settings.Settings, paths setti
 	return res, true, err
 }
 
-// cpDebugKnobs are debug knobs of clawker-cp (see cmd/clawker-cp) that the
-// CLI passes into the control plane container when they are set in its own
-// environment, so tests can set them on a control plane the CLI brings up.
-var cpDebugKnobs = []string{"CLAWKER_CP_DEBUG_CLOCK_SKEW"}
-
 // cpDebugEnv is the container environment of the knobs set, each
 // reported. The control plane checks the values (a bad one stops it).
 func cpDebugEnv(env Env, rep cpboot.Reporter) []string {
 	var out []string
-	for _, k := range cpDebugKnobs {
-		if v := env.Getenv(k); v != "" {
-			out = append(out, k+"="+v)
-			rep.Note(fmt.Sprintf("debug knob %s=%s set: passed to the control plane container", k, v))
+	// The knobs of clawker-cp marked ToCP are passed into the control plane
+	// container when they are set in the CLI's own environment, so tests
+	// can set them on a control plane the CLI brings up.
+	for _, k := range debugknob.All() {
+		if !k.ToCP {
+			continue
+		}
+		if v := k.Value(env.Getenv); v != "" {
+			out = append(out, k.Name+"="+v)
+			rep.Note(fmt.Sprintf("debug knob %s=%s set: passed to the control plane container", k.Name, v))
 		}
 	}
 	return out

@@ -24,6 +24,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/agentrun"
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // agentDocker is a daemon for run and rm: one image, the containers
@@ -106,7 +107,7 @@ func (d *agentDocker) ContainerInspect(_ context.Context, name string, _ client.
 		}
 		return client.ContainerInspectResult{Container: container.InspectResponse{
 			ID: strings.Repeat("cd", 32), Name: "/" + name, State: cpRunning,
-			Config: &container.Config{Cmd: cmd, Labels: map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: cpboot.PurposeControlPlane}},
+			Config: &container.Config{Cmd: cmd, Labels: map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane}},
 			NetworkSettings: &container.NetworkSettings{Networks: map[string]*network.EndpointSettings{
 				cpboot.NetworkName: {IPAddress: d.cpIP},
 			}},

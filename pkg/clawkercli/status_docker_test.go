@@ -11,6 +11,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/clawker/clawker-cp/pkg/cpboot"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // fakeDocker answers ContainerInspect for clawker-controlplane with a fixed
@@ -28,7 +29,7 @@ func (f fakeDocker) ContainerInspect(_ context.Context, id string, _ client.Cont
 	return client.ContainerInspectResult{Container: container.InspectResponse{
 		ID:     "0123456789ab0123456789ab0123456789ab0123456789ab0123456789abcdef",
 		State:  f.state,
-		Config: &container.Config{Labels: map[string]string{cpboot.LabelManaged: "true", cpboot.LabelPurpose: cpboot.PurposeControlPlane}},
+		Config: &container.Config{Labels: map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane}},
 	}}, nil
 }
 

@@ -56,3 +56,8 @@ type ActorNode struct {
 	UptimeSec    float64     `json:"uptime_seconds"`
 	Children     []ActorNode `json:"children,omitempty"`
 }
+
+// Millis is d in milliseconds with microsecond precision: the unit of every
+// *_ms field, in these shapes, in the bootstrap's and agentrun's results and
+// in the log lines.
+func Millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

@@ -22,18 +22,21 @@ import (
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
-// Names and labels of what cpboot creates.
+// Names of what cpboot creates (its labels are pkg/dockerx's).
 const (
 	ContainerName = "clawker-controlplane"
 	NetworkName   = dockerx.NetworkName
+)
 
-	LabelManaged  = "dev.clawker.managed"  // "true" on everything clawker creates
-	LabelPurpose  = "dev.clawker.purpose"  // PurposeControlPlane, PurposeAgent, ...
-	LabelBinHash  = "dev.clawker.binhash"  // Bundle.Hash() of the CP container's binaries
-	LabelSpecHash = "dev.clawker.spechash" // specHash of the CP container's settings-derived config
-
-	PurposeControlPlane = "controlplane"
-	PurposeAgent        = "agent"
+// Deprecated: the labels are pkg/dockerx's; these names remain for callers
+// not yet moved over (dockerx.LabelManaged, ...).
+const (
+	LabelManaged        = dockerx.LabelManaged
+	LabelPurpose        = dockerx.LabelPurpose
+	LabelBinHash        = dockerx.LabelBinHash
+	LabelSpecHash       = dockerx.LabelSpecHash
+	PurposeControlPlane = dockerx.PurposeControlPlane
+	PurposeAgent        = dockerx.PurposeAgent
 )
 
 // In-container locations: the CP resolves its XDG directories from these.
@@ -140,9 +143,9 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 	if capBPF {
 		caps = append(caps, "BPF")
 	}
-	labels := o.labels(PurposeControlPlane)
-	labels[LabelBinHash] = binHash
-	labels[LabelSpecHash] = sp.hash()
+	labels := o.labels(dockerx.PurposeControlPlane)
+	labels[dockerx.LabelBinHash] = binHash
+	labels[dockerx.LabelSpecHash] = sp.hash()
 	return client.ContainerCreateOptions{
 		Name: ContainerName,
 		Config: &container.Config{
@@ -246,9 +249,9 @@ func inspectContainer(ctx context.Context, d Docker, name string) (State, error)
 	if c.Config != nil {
 		l := c.Config.Labels
 		st.Image = c.Config.Image
-		st.BinHash = l[LabelBinHash]
-		st.SpecHash = l[LabelSpecHash]
-		st.Ours = l[LabelManaged] == "true" && l[LabelPurpose] == PurposeControlPlane
+		st.BinHash = l[dockerx.LabelBinHash]
+		st.SpecHash = l[dockerx.LabelSpecHash]
+		st.Ours = l[dockerx.LabelManaged] == "true" && l[dockerx.LabelPurpose] == dockerx.PurposeControlPlane
 		st.Ory = slices.Contains(c.Config.Cmd, oryDirFlag)
 	}
 	if c.NetworkSettings != nil {
@@ -282,7 +285,7 @@ func logTail(ctx context.Context, d Docker, id string, n int) (string, error) {
 // runningAgents lists the running containers labelled as clawker agents.
 func runningAgents(ctx context.Context, d Docker) ([]string, error) {
 	f := make(client.Filters).
-		Add("label", LabelManaged+"=true", LabelPurpose+"="+PurposeAgent).
+		Add("label", dockerx.LabelManaged+"=true", dockerx.LabelPurpose+"="+dockerx.PurposeAgent).
 		Add("status", "running")
 	res, err := bounded(ctx, callTimeout, func(ctx context.Context) (client.ContainerListResult, error) {
 		return d.ContainerList(ctx, client.ContainerListOptions{Filters: f})

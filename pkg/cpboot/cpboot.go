@@ -42,6 +42,8 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -86,8 +88,8 @@ func (o *Options) labels(purpose string) map[string]string {
 	if l == nil {
 		l = map[string]string{}
 	}
-	l[LabelManaged] = "true"
-	l[LabelPurpose] = purpose
+	l[dockerx.LabelManaged] = "true"
+	l[dockerx.LabelPurpose] = purpose
 	return l
 }
 
@@ -252,15 +254,13 @@ func (r *run) setHash(h string) {
 }
 
 func (r *run) record(step string, since time.Time) {
-	r.res.Steps = append(r.res.Steps, StepTime{Name: step, DurationMS: ms(time.Since(since))})
+	r.res.Steps = append(r.res.Steps, StepTime{Name: step, DurationMS: cpapi.Millis(time.Since(since))})
 }
 
 func (r *run) finish(err error) (Result, error) {
-	r.res.TotalMS = ms(time.Since(r.start))
+	r.res.TotalMS = cpapi.Millis(time.Since(r.start))
 	return r.res, err
 }
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // current reports whether st is our control plane for these binaries and
 // settings.
@@ -325,7 +325,7 @@ func (r *run) ensure(ctx context.Context) error {
 	}
 	if st.Exists && !st.Ours {
 		return fmt.Errorf("a container named %s exists that clawker did not create (no %s=true, %s=%s labels); "+
-			"remove it (docker rm -f %s) and run the command again", ContainerName, LabelManaged, LabelPurpose, PurposeControlPlane, ContainerName)
+			"remove it (docker rm -f %s) and run the command again", ContainerName, dockerx.LabelManaged, dockerx.LabelPurpose, dockerx.PurposeControlPlane, ContainerName)
 	}
 
 	if r.current(st) && st.Restarting {
@@ -470,7 +470,7 @@ func (r *run) ensureImage(ctx context.Context) error {
 		return err
 	}
 	rep.Begin("building image " + r.image)
-	if err := buildImage(ctx, o.Docker, r.b, r.image, o.labels(PurposeControlPlane)); err != nil {
+	if err := buildImage(ctx, o.Docker, r.b, r.image, o.labels(dockerx.PurposeControlPlane)); err != nil {
 		rep.End("", err)
 		return err
 	}
@@ -481,7 +481,7 @@ func (r *run) ensureImage(ctx context.Context) error {
 	if match == nil {
 		match = map[string]string{}
 	}
-	match[LabelManaged], match[LabelPurpose] = "true", PurposeControlPlane
+	match[dockerx.LabelManaged], match[dockerx.LabelPurpose] = "true", dockerx.PurposeControlPlane
 	removed, err := pruneImages(ctx, o.Docker, ImageRepo, r.image, match)
 	if err != nil {
 		rep.Note("could not remove older control plane images: " + err.Error())

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -19,6 +18,7 @@ import (
 	"github.com/moby/moby/api/types/mount"
 	"github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -198,7 +198,7 @@ func TestBuildContext(t *testing.T) {
 		t.Fatal(err)
 	}
 	var buf bytes.Buffer
-	if err := buildContext(&buf, b, map[string]string{LabelPurpose: "controlplane", LabelManaged: "true", "dev.clawker.test": `a "quoted" \ value`}); err != nil {
+	if err := buildContext(&buf, b, map[string]string{dockerx.LabelPurpose: "controlplane", dockerx.LabelManaged: "true", "dev.clawker.test": `a "quoted" \ value`}); err != nil {
 		t.Fatal(err)
 	}
 	files := map[string]string{}
@@ -249,7 +249,7 @@ func testSettingsPaths(t *testing.T) (settings.Settings, settings.Paths) {
 
 func TestCreateOptions(t *testing.T) {
 	s, p := testSettingsPaths(t)
-	o := &Options{Settings: s, Paths: p, Labels: map[string]string{"dev.clawker.test": "run1", LabelManaged: "false"}}
+	o := &Options{Settings: s, Paths: p, Labels: map[string]string{"dev.clawker.test": "run1", dockerx.LabelManaged: "false"}}
 	sp := newSpec(s, p, o.socket())
 	ip := netip.MustParseAddr("172.18.0.202")
 	co, err := createOptions(o, sp, ImageRef("0123456789abcdef"), "0123456789abcdef", ip, false)
@@ -260,8 +260,8 @@ func TestCreateOptions(t *testing.T) {
 		t.Errorf("name %q image %q", co.Name, co.Config.Image)
 	}
 	l := co.Config.Labels
-	if l[LabelManaged] != "true" || l[LabelPurpose] != PurposeControlPlane || l[LabelBinHash] != "0123456789abcdef" ||
-		l["dev.clawker.test"] != "run1" || l[LabelSpecHash] != sp.hash() {
+	if l[dockerx.LabelManaged] != "true" || l[dockerx.LabelPurpose] != dockerx.PurposeControlPlane || l[dockerx.LabelBinHash] != "0123456789abcdef" ||
+		l["dev.clawker.test"] != "run1" || l[dockerx.LabelSpecHash] != sp.hash() {
 		t.Errorf("labels %v", l)
 	}
 	hc := co.HostConfig
@@ -552,18 +552,5 @@ func TestSummarizeLog(t *testing.T) {
 	got = summarizeLog([]string{"panic: boom", "goroutine 1 [running]:"}, 5)
 	if got != "panic: boom\ngoroutine 1 [running]:" {
 		t.Errorf("got %q", got)
-	}
-}
-
-// pkg/ never imports actors/ (DESIGN.md): cpboot is linked into the CLI.
-func TestNoActorsImport(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", ".").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	for _, dep := range strings.Fields(string(out)) {
-		if strings.HasPrefix(dep, "github.com/clawker/clawker-cp/actors/") {
-			t.Errorf("cpboot depends on %s", dep)
-		}
 	}
 }

@@ -34,13 +34,6 @@ type Docker interface {
 
 var _ Docker = (*client.Client)(nil)
 
-// NewDockerClient connects to the daemon named by DOCKER_HOST (default: the
-// local socket). The API version is negotiated on the first request, so a
-// Docker 20.10 daemon (API 1.41) is spoken to in its own version.
-func NewDockerClient() (*client.Client, error) {
-	return client.New(client.FromEnv)
-}
-
 // Bounds of single Docker calls. Every call cpboot makes runs under one of
 // them, below the caller's context.
 const (

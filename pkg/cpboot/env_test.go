@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // Options.Env reaches the container's environment and its spec hash; a
@@ -28,7 +30,7 @@ func TestOptionsEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"XDG_CONFIG_HOME=/config", "XDG_DATA_HOME=/data", "XDG_STATE_HOME=/state", knob}
-	if !slices.Equal(co.Config.Env, want) || co.Config.Labels[LabelSpecHash] != withEnv.hash() {
-		t.Errorf("env %q (want %q), spec hash label %s", co.Config.Env, want, co.Config.Labels[LabelSpecHash])
+	if !slices.Equal(co.Config.Env, want) || co.Config.Labels[dockerx.LabelSpecHash] != withEnv.hash() {
+		t.Errorf("env %q (want %q), spec hash label %s", co.Config.Env, want, co.Config.Labels[dockerx.LabelSpecHash])
 	}
 }

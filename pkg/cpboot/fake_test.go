@@ -13,6 +13,8 @@ import (
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // inspectOnly is a Docker that knows one container; any call not
@@ -70,8 +72,8 @@ func TestFastPath(t *testing.T) {
 		ID:    "cafe",
 		State: &container.State{Status: container.StateRunning, Running: true},
 		Config: &container.Config{Labels: map[string]string{
-			LabelManaged: "true", LabelPurpose: PurposeControlPlane, LabelBinHash: hash,
-			LabelSpecHash: newSpec(s, p, dockerSocket).hash(),
+			dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane, dockerx.LabelBinHash: hash,
+			dockerx.LabelSpecHash: newSpec(s, p, dockerSocket).hash(),
 		}},
 	}}
 	res, err := EnsureRunning(context.Background(), Options{Settings: s, Paths: p, Docker: d, Binaries: b})
@@ -100,7 +102,7 @@ func TestFastPathForeignControlPlane(t *testing.T) {
 	d := &inspectOnly{c: &container.InspectResponse{
 		ID:     "dead",
 		State:  &container.State{Status: container.StateExited},
-		Config: &container.Config{Labels: map[string]string{LabelManaged: "true", LabelPurpose: PurposeControlPlane}},
+		Config: &container.Config{Labels: map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane}},
 	}}
 	_, err = EnsureRunning(context.Background(), Options{Settings: s, Paths: p, Docker: d, Binaries: testBundle(t)})
 	if err == nil || !strings.Contains(err.Error(), "outside Docker") {
@@ -126,7 +128,7 @@ func TestStop(t *testing.T) {
 	d := &inspectOnly{c: &container.InspectResponse{
 		ID:     "cafe",
 		State:  &container.State{Status: container.StateRunning, Running: true},
-		Config: &container.Config{Labels: map[string]string{LabelManaged: "true", LabelPurpose: PurposeControlPlane}},
+		Config: &container.Config{Labels: map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane}},
 	}}
 	res, err := Stop(context.Background(), StopOptions{Settings: s, Paths: p, Docker: d})
 	if err != nil || !res.WasRunning || res.Status != "exited" {

@@ -8,10 +8,11 @@ import (
 
 	"github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
-// drainSteps is the number of steps of the CP's ordered drain (DESIGN.md),
+// drainSteps is the number of steps of the CP's ordered drain (docs/ARCHITECTURE.md),
 // each bounded by control_plane.supervisor.drain_step_timeout.
 const drainSteps = 7
 
@@ -74,7 +75,7 @@ func Stop(ctx context.Context, o StopOptions) (StopResult, error) {
 	}
 	if !st.Ours {
 		return StopResult{}, fmt.Errorf("the %s container was not created by clawker (no %s=true, %s=%s labels); leaving it alone",
-			ContainerName, LabelManaged, LabelPurpose, PurposeControlPlane)
+			ContainerName, dockerx.LabelManaged, dockerx.LabelPurpose, dockerx.PurposeControlPlane)
 	}
 	if !st.Running && !st.Restarting {
 		return StopResult{Status: st.Status, ExitCode: st.ExitCode}, nil

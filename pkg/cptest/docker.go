@@ -18,6 +18,9 @@ import (
 	"time"
 
 	docker "github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // DockerSocket is the daemon's socket the Docker tests need.
@@ -25,7 +28,7 @@ const DockerSocket = "/var/run/docker.sock"
 
 // LabelTest is the label a test puts on everything it creates, with a run
 // id as value (NewRunID), so that it removes exactly that.
-const LabelTest = "dev.clawker.test"
+const LabelTest = dockerx.LabelTest
 
 // DockerCallTimeout bounds each Docker call of the helpers.
 var DockerCallTimeout = 2 * time.Minute
@@ -36,20 +39,13 @@ var DockerCallTimeout = 2 * time.Minute
 // failure instead (CI must run these tests).
 func RequireDocker(t testing.TB) *docker.Client {
 	t.Helper()
-	skip := func(reason string) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true but this test cannot run: %s", reason)
-		}
-		t.Skip(reason)
-	}
 	if _, err := os.Stat(DockerSocket); err != nil {
-		skip("needs the Docker daemon: " + DockerSocket + " is missing")
+		testkit.SkipOrFail(t, "needs the Docker daemon: "+DockerSocket+" is missing")
 	}
 	if os.Geteuid() != 0 {
-		skip("needs root (mounts bpffs, creates containers with CAP_SYS_ADMIN)")
+		testkit.SkipOrFail(t, "needs root (mounts bpffs, creates containers with CAP_SYS_ADMIN)")
 	}
-	d, err := docker.New(docker.WithHost("unix://" + DockerSocket))
+	d, err := dockerx.New("unix://" + DockerSocket)
 	if err != nil {
 		t.Fatalf("cptest: docker client: %v", err)
 	}
@@ -57,7 +53,7 @@ func RequireDocker(t testing.TB) *docker.Client {
 	defer cancel()
 	if _, err := d.Ping(ctx, docker.PingOptions{}); err != nil {
 		d.Close()
-		skip("the Docker daemon does not answer: " + err.Error())
+		testkit.SkipOrFail(t, "the Docker daemon does not answer: "+err.Error())
 	}
 	t.Cleanup(func() { d.Close() })
 	return d
@@ -73,14 +69,14 @@ func NewRunID() string {
 // TestLabels are the labels of what a test run creates: managed by clawker
 // and tagged with the run id.
 func TestLabels(runID string) map[string]string {
-	return map[string]string{"dev.clawker.managed": "true", LabelTest: runID}
+	return map[string]string{dockerx.LabelManaged: "true", LabelTest: runID}
 }
 
 // labelFilters turns labels into a filter every one of them must match;
 // it refuses anything short of managed=true plus a test label, so that no
 // helper ever sweeps by a broad pattern.
 func labelFilters(labels map[string]string) (docker.Filters, error) {
-	if labels["dev.clawker.managed"] != "true" || labels[LabelTest] == "" {
+	if labels[dockerx.LabelManaged] != "true" || labels[LabelTest] == "" {
 		return nil, fmt.Errorf("refusing to select by %v: need dev.clawker.managed=true and %s=<run id>", labels, LabelTest)
 	}
 	f := make(docker.Filters)

@@ -14,6 +14,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clawker/clawker-cp/pkg/ory"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // Package paths of the binaries clawker embeds.
@@ -32,9 +35,6 @@ const embedDir = "pkg/cpboot/embedded"
 // oathkeeper); unset means <module root>/bin/ory, where `go tool task ory`
 // builds them.
 const EnvOryDir = "CLAWKER_ORY_DIR"
-
-// OryNames are the Ory servers, as their binaries are named.
-var OryNames = []string{"hydra", "kratos", "oathkeeper"}
 
 var embedBuild struct {
 	buildEntry
@@ -64,7 +64,7 @@ func BuildClawkerWithCP(t testing.TB) map[string]string {
 	bins := BuildBinaries(t, embedCPPkg, embedAgentPkg)
 	embedBuild.once.Do(func() {
 		embedBuild.oryDir, embedBuild.oryReason = findOry()
-		if embedBuild.oryDir == "" && os.Getenv("CI") == "true" {
+		if embedBuild.oryDir == "" && testkit.InCI() {
 			embedBuild.err = errors.New("CI=true and " + embedBuild.oryReason)
 			return
 		}
@@ -82,7 +82,7 @@ func BuildClawkerWithCP(t testing.TB) map[string]string {
 		t.Logf("cptest: clawker is built without Ory (its control plane runs without it): %s", embedBuild.oryReason)
 		return out
 	}
-	for _, n := range OryNames {
+	for _, n := range ory.Names {
 		out["ory/"+n] = filepath.Join(embedBuild.oryDir, n)
 	}
 	return out
@@ -97,7 +97,7 @@ func OryDir(t testing.TB) string {
 	t.Helper()
 	dir, reason := findOry()
 	if dir == "" {
-		skipOrFail(t, reason)
+		testkit.SkipOrFail(t, reason)
 	}
 	return dir
 }
@@ -122,7 +122,7 @@ func findOry() (dir, reason string) {
 		dir = filepath.Join(root, "bin", "ory")
 	}
 	var missing []string
-	for _, n := range OryNames {
+	for _, n := range ory.Names {
 		fi, err := os.Stat(filepath.Join(dir, n))
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode()&0o111 == 0 {
 			missing = append(missing, n)
@@ -164,7 +164,7 @@ func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
 		if err := os.MkdirAll(oryEmbedded, 0o755); err != nil {
 			return "", err
 		}
-		for _, n := range OryNames {
+		for _, n := range ory.Names {
 			if err := installFile(filepath.Join(oryDir, n), filepath.Join(oryEmbedded, n), tmpDir); err != nil {
 				return "", err
 			}

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/clawker/clawker-cp/pkg/ory"
 )
 
 // findOry takes $CLAWKER_ORY_DIR when it holds all three servers,
@@ -14,7 +16,7 @@ import (
 func TestFindOry(t *testing.T) {
 	dir := t.TempDir()
 	t.Setenv(EnvOryDir, dir)
-	for _, n := range OryNames[:2] {
+	for _, n := range ory.Names[:2] {
 		if err := os.WriteFile(filepath.Join(dir, n), []byte(n), 0o755); err != nil {
 			t.Fatal(err)
 		}

@@ -33,6 +33,14 @@ const (
 	// agent.
 	LabelProject = "dev.clawker.project"
 	LabelAgent   = "dev.clawker.agent"
+	// LabelBinHash and LabelSpecHash are on the control plane container:
+	// the hash of its binaries and of its settings-derived configuration,
+	// so a bootstrap can tell whether the running one is current.
+	LabelBinHash  = "dev.clawker.binhash"
+	LabelSpecHash = "dev.clawker.spechash"
+	// LabelTest carries a test run's id on everything that test creates,
+	// so it removes exactly what it made (set by tests only).
+	LabelTest = "dev.clawker.test"
 )
 
 // Purposes (values of LabelPurpose).

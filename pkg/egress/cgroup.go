@@ -7,10 +7,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/clawker/clawker-cp/pkg/naming"
 )
 
 // CgroupID returns the id of the cgroup v2 directory at path: the inode
@@ -96,8 +97,6 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-var fullContainerID = regexp.MustCompile(`^[0-9a-f]{64}$`)
-
 // ContainerCgroup resolves the cgroup v2 directory of a Docker container
 // (by its full 64-hex id) and returns it with its cgroup id. It tries, under
 // the cgroup v2 mount: docker/<id> (cgroupfs driver, also the v1/v2 hybrid
@@ -116,7 +115,7 @@ func ContainerCgroup(containerID string) (path string, id uint64, err error) {
 }
 
 func containerCgroupUnder(root, containerID string) (string, uint64, error) {
-	if !fullContainerID.MatchString(containerID) {
+	if !naming.ValidContainerID(containerID) {
 		return "", 0, fmt.Errorf("container id %q: want the full 64-hex id", containerID)
 	}
 	scope := "docker-" + containerID + ".scope"

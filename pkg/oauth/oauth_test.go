@@ -28,6 +28,7 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/oauth"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 func newKey(t testing.TB) *ecdsa.PrivateKey {
@@ -233,7 +234,7 @@ func TestTokenSourceCachesAndRefreshesAt80Percent(t *testing.T) {
 	if tok, _ := ts.Token(ctx); tok.AccessToken != "tok-1" {
 		t.Fatalf("during the refresh: %q, want the still-valid tok-1", tok.AccessToken)
 	}
-	waitFor(t, func() bool { tok, _ := ts.Token(ctx); return tok.AccessToken == "tok-2" })
+	testkit.WaitFor(t, 5*time.Second, "the refreshed token", func() bool { tok, _ := ts.Token(ctx); return tok.AccessToken == "tok-2" })
 	if n := f.count(); n != 2 {
 		t.Errorf("%d exchanges, want 2", n)
 	}
@@ -246,17 +247,6 @@ func TestTokenSourceCachesAndRefreshesAt80Percent(t *testing.T) {
 	ts.Invalidate()
 	if tok, err := ts.Token(ctx); err != nil || tok.AccessToken != "tok-4" {
 		t.Fatalf("after Invalidate: %v %v, want tok-4", tok, err)
-	}
-}
-
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

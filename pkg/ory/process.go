@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -109,7 +111,19 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 	p.out[0] = &lineWriter{prefix: prefix, w: cfg.Output, mu: mu}
 	p.out[1] = &lineWriter{prefix: prefix, w: cfg.Output, mu: mu}
 
-	cmd := exec.Command(cfg.Path, cfg.Args...)
+	path := cfg.Path
+	if cfg.Dir != "" && !filepath.IsAbs(path) && strings.ContainsRune(path, filepath.Separator) {
+		// exec resolves a relative path containing a separator against
+		// cmd.Dir, where it leads nowhere (`clawker-cp --ory-dir bin/ory`
+		// failed with fork/exec bin/ory/hydra): resolve it against our own
+		// working directory, where the caller meant it.
+		abs, err := filepath.Abs(path)
+		if err != nil {
+			return nil, fmt.Errorf("%s: binary %s: %w", cfg.Name, path, err)
+		}
+		path = abs
+	}
+	cmd := exec.Command(path, cfg.Args...)
 	cmd.Env = append([]string{TelemetryOff}, cfg.Env...)
 	cmd.Dir = cfg.Dir
 	cmd.Stdin = nil

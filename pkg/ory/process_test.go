@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -274,5 +275,22 @@ func TestStartProcessMissingBinary(t *testing.T) {
 	_, err := ory.StartProcess(ory.ProcessConfig{Name: "ghost", Path: "/nonexistent/ghost"})
 	if err == nil || !strings.Contains(err.Error(), "ghost: starting /nonexistent/ghost") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A relative binary path is the caller's (relative to its working
+// directory), not relative to ProcessConfig.Dir, where exec would look.
+func TestStartProcessRelativePathWithDir(t *testing.T) {
+	bin := fake(t)
+	t.Chdir(filepath.Dir(bin))
+	out := &syncBuf{}
+	p, err := ory.StartProcess(ory.ProcessConfig{Name: "fake", Path: "." + string(filepath.Separator) + filepath.Base(bin),
+		Args: []string{"lines"}, Dir: t.TempDir(), Output: out})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop(time.Second) })
+	if e := waitExit(t, p); e.Code != 3 {
+		t.Errorf("exit %+v\n%s", e, out.String())
 	}
 }

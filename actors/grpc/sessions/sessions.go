@@ -205,7 +205,7 @@ func (a *Actor) endAll(ctx actor.Context) {
 			ctx.Respond(&Ended{Sessions: n})
 			return
 		}
-		ctx.ReenterAfter(futures[i], func(interface{}, error) { wait(i + 1) })
+		ctx.ReenterAfter(futures[i], func(any, error) { wait(i + 1) })
 	}
 	wait(0)
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/ory"
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 // EnvOryDir names the directory holding the Ory binaries.
@@ -77,13 +78,13 @@ func Binary(t testing.TB) string {
 	if dir == "" {
 		root, err := moduleRoot()
 		if err != nil {
-			skipOrFail(t, "no hydra binary: "+err.Error())
+			testkit.SkipOrFail(t, "no hydra binary: "+err.Error())
 		}
 		dir = filepath.Join(root, "bin", "ory")
 	}
-	bin := filepath.Join(dir, "hydra")
+	bin := filepath.Join(dir, ory.Hydra)
 	if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-		skipOrFail(t, fmt.Sprintf("no hydra binary at %s (build it with `go tool task ory`, or set %s)", bin, EnvOryDir))
+		testkit.SkipOrFail(t, fmt.Sprintf("no hydra binary at %s (build it with `go tool task ory`, or set %s)", bin, EnvOryDir))
 	}
 	return bin
 }
@@ -331,14 +332,6 @@ func durationString(d time.Duration) string {
 		return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 	}
 	return strconv.FormatInt(int64(d/time.Millisecond), 10) + "ms"
-}
-
-func skipOrFail(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true but this test cannot run: %s", reason)
-	}
-	t.Skip(reason)
 }
 
 func moduleRoot() (string, error) {
