@@ -142,7 +142,9 @@ func start(t *testing.T, cfg netlog.Config, src netlog.Source) *netlog.Pipeline 
 	return p
 }
 
-func tlsConfig(t *testing.T) (netlog.Config, *netlogtest.Receiver, *world) {
+func tlsConfig(t *testing.T) (netlog.Config, *netlogtest.Receiver, *world) { return tlsConfigB(t) }
+
+func tlsConfigB(t testing.TB) (netlog.Config, *netlogtest.Receiver, *world) {
 	m := netlogtest.Material(t)
 	rcv := netlogtest.NewReceiver(t, m, "127.0.0.1:0")
 	w := newWorld()
