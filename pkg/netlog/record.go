@@ -61,6 +61,8 @@ func EventName(h egress.Hook) string {
 		return "ebpf.egress.sendmsg"
 	case egress.HookSockCreate:
 		return "ebpf.egress.sock_create"
+	case egress.HookBackstop:
+		return "ebpf.egress.backstop"
 	}
 	// A hook this build does not know (a newer program generation):
 	// still a record, named by its number.
