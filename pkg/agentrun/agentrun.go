@@ -2,10 +2,14 @@
 // makes and starts one (`clawker run`), Remove removes one (`clawker rm`).
 //
 // An agent container is named clawker.<project>.<agent>, sits on
-// clawker-net and runs fully unprivileged: every capability dropped, the
-// daemon's default seccomp and AppArmor profiles (no security options at
-// all), no bind mounts (so no /sys/fs/bpf, no host cgroup tree, no Docker
-// socket), not privileged, no restart policy. Its PID 1 is clawkerd, which
+// clawker-net and runs fully unprivileged: every capability dropped,
+// no-new-privileges, clawker's seccomp profile (SeccompProfile: allow by
+// default, refusing socket families other than unix, inet, inet6 and
+// netlink, new namespaces and the syscalls that matter for an escape) and
+// the daemon's default AppArmor profile, a pids and a memory limit, the
+// image's HEALTHCHECK off (it would run commands the agent's image chose,
+// outside clawkerd), no bind mounts (so no /sys/fs/bpf, no host cgroup
+// tree, no Docker socket), not privileged, no restart policy. Its PID 1 is clawkerd, which
 // registers with the control plane over mTLS, opens its Session and only
 // then starts the user's command (with Spec.RequireEnforced, only once the
 // control plane also says its firewall enforces the container).
@@ -103,6 +107,12 @@ const CertValidity = 24 * time.Hour
 // control plane refuses to create its binding.
 const AssertionValidity = 10 * time.Minute
 
+// The limits when Spec leaves them 0 (settings' defaults).
+const (
+	DefaultPidsLimit = 4096
+	DefaultMemory    = 8 << 30
+)
+
 // ContainerPrefix starts every agent container's name.
 const ContainerPrefix = "clawker."
 
@@ -165,6 +175,12 @@ type Spec struct {
 	Binaries *cpboot.Bundle
 	// CertValidity is the certificate's lifetime; 0 means CertValidity.
 	CertValidity time.Duration
+	// PidsLimit caps the container's tasks; 0 means DefaultPidsLimit
+	// (settings' agents.pids_limit).
+	PidsLimit int64
+	// Memory caps its memory in bytes; 0 means DefaultMemory
+	// (settings' agents.memory).
+	Memory int64
 	// Token, when set, has clawkerd get an access token of clawker-agent
 	// before its first Register (see the package comment). Set it when
 	// the control plane runs Ory, which then refuses a new binding
@@ -475,11 +491,21 @@ func createOptions(s Spec, name, network string, argv []string) client.Container
 	if s.Token != nil {
 		env = append(env, EnvTokenURL+"="+s.Token.URL, EnvTokenAudience+"="+s.Token.Audience, EnvAssertion+"="+AssertionPath)
 	}
+	pids, mem := s.PidsLimit, s.Memory
+	if pids <= 0 {
+		pids = DefaultPidsLimit
+	}
+	if mem <= 0 {
+		mem = DefaultMemory
+	}
 	return client.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
-			Image:      s.Image,
-			Entrypoint: []string{ClawkerdPath},
+			// The image's HEALTHCHECK would run a command of its choosing
+			// beside clawkerd, before the firewall says it enforces.
+			Healthcheck: &container.HealthConfig{Test: []string{"NONE"}},
+			Image:       s.Image,
+			Entrypoint:  []string{ClawkerdPath},
 			// Always "--" first: an empty Cmd would let Docker fall back
 			// to the image's, and "--" keeps a command starting with a
 			// dash from being read as one of clawkerd's flags.
@@ -491,10 +517,12 @@ func createOptions(s Spec, name, network string, argv []string) client.Container
 			NetworkMode:   container.NetworkMode(network),
 			CapDrop:       []string{"ALL"},
 			RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
+			// The default AppArmor profile still applies (none named).
+			SecurityOpt: []string{"no-new-privileges:true", "seccomp=" + SeccompProfile()},
+			Resources:   container.Resources{PidsLimit: &pids, Memory: mem},
 			// Deliberately nothing else: not privileged, no CapAdd, no
-			// SecurityOpt (the default seccomp and AppArmor profiles
-			// apply), no Mounts or Binds (no /sys/fs/bpf, no host cgroup
-			// tree, no Docker socket), no published ports.
+			// Mounts or Binds (no /sys/fs/bpf, no host cgroup tree, no
+			// Docker socket), no published ports.
 		},
 	}
 }

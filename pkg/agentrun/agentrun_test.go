@@ -65,18 +65,28 @@ func TestCreateContainerShape(t *testing.T) {
 	if !maps.Equal(cfg.Labels, wantLabels) {
 		t.Errorf("labels %v\nwant %v", cfg.Labels, wantLabels)
 	}
-	// Unprivileged: everything dropped, nothing added, no security
-	// options (the daemon's default seccomp and AppArmor), no mounts.
+	// Unprivileged: everything dropped, nothing added, no new
+	// privileges, clawker's seccomp profile (the daemon's default
+	// AppArmor), limits, no mounts.
 	want := container.HostConfig{
 		NetworkMode:   "clawker-net",
 		CapDrop:       []string{"ALL"},
 		RestartPolicy: container.RestartPolicy{Name: container.RestartPolicyDisabled},
 	}
 	if hc.NetworkMode != want.NetworkMode || !slices.Equal(hc.CapDrop, want.CapDrop) || hc.RestartPolicy != want.RestartPolicy ||
-		hc.Privileged || len(hc.CapAdd) != 0 || len(hc.SecurityOpt) != 0 || len(hc.Mounts) != 0 || len(hc.Binds) != 0 ||
+		hc.Privileged || len(hc.CapAdd) != 0 || len(hc.Mounts) != 0 || len(hc.Binds) != 0 ||
 		len(hc.Devices) != 0 || len(hc.PortBindings) != 0 || hc.PidMode != "" || hc.IpcMode != "" || hc.UsernsMode != "" ||
 		hc.CgroupnsMode != "" || len(hc.Tmpfs) != 0 || len(hc.VolumesFrom) != 0 {
 		t.Errorf("host config %+v", hc)
+	}
+	if !slices.Equal(hc.SecurityOpt, []string{"no-new-privileges:true", "seccomp=" + SeccompProfile()}) {
+		t.Errorf("security options %q", hc.SecurityOpt)
+	}
+	if hc.PidsLimit == nil || *hc.PidsLimit != DefaultPidsLimit || hc.Memory != DefaultMemory {
+		t.Errorf("limits: pids %v memory %d", hc.PidsLimit, hc.Memory)
+	}
+	if cfg.Healthcheck == nil || !slices.Equal(cfg.Healthcheck.Test, []string{"NONE"}) {
+		t.Errorf("healthcheck %+v, want the image's disabled", cfg.Healthcheck)
 	}
 	// Create, then inject, then start: the calls in order.
 	var order []string
