@@ -11,7 +11,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
 	"github.com/cilium/ebpf/ringbuf"
 	"golang.org/x/sys/unix"
 )
@@ -224,5 +227,81 @@ func BenchmarkSyncRoutes10k(b *testing.B) {
 	b.ResetTimer()
 	for range b.N {
 		must(b, m.SyncRoutes(routes))
+	}
+}
+
+// prevObject is bpf/egress_bpfel.o as it was before the allow-list, the
+// ancestry walk and the backstop (commit 85930b2), for BenchmarkHookCost.
+const prevObject = "testdata/egress_prev_bpfel.o"
+
+// attachPrev loads the previous build's programs, attaches its connect4
+// and sendmsg4 to cg and enrolls cgid with cfg (its agent_cfg is a prefix
+// of this build's).
+func attachPrev(b *testing.B, cg string, cgid uint64, cfg Config) {
+	spec, err := ebpf.LoadCollectionSpec(prevObject)
+	must(b, err)
+	coll, err := ebpf.NewCollection(spec)
+	must(b, err)
+	b.Cleanup(func() { coll.Close() })
+	for name, typ := range map[string]ebpf.AttachType{"connect4": ebpf.AttachCGroupInet4Connect, "sendmsg4": ebpf.AttachCGroupUDP4Sendmsg} {
+		l, err := link.AttachCgroup(link.CgroupOptions{Path: cg, Attach: typ, Program: coll.Programs[name]})
+		must(b, err)
+		b.Cleanup(func() { l.Close() })
+	}
+	v, err := cfg.encode()
+	must(b, err)
+	raw := unsafe.Slice((*byte)(unsafe.Pointer(&v)), unsafe.Sizeof(v))
+	m := coll.Maps["cgroup_cfg"]
+	must(b, m.Put(cgid, raw[:m.ValueSize()]))
+}
+
+// BenchmarkHookCost compares, in one run, what connect() and sendto() of
+// an enrolled task cost with the previous build's programs ("prev") and
+// this build's ("new": the task in the enrolled cgroup; "new-child": in a
+// cgroup below it, which walks the ancestors), against no programs
+// ("none"). UDP connect runs connect4 each time, sendto runs sendmsg4;
+// both pass on the loopback exemption, the same verdict in both builds.
+func BenchmarkHookCost(b *testing.B) {
+	requirePrivileged(b)
+	for _, op := range []string{"udp-connect", "udp-sendto"} {
+		for _, mode := range []string{"none", "prev", "new", "new-child"} {
+			b.Run(op+"/"+mode, func(b *testing.B) {
+				pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+				must(b, err)
+				defer pc.Close()
+				dst := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+				cg, cgid := newCgroup(b, "")
+				cfg := Config{Proxy: netip.MustParseAddrPort("127.0.0.2:3128"), DNS: netip.MustParseAddrPort("127.0.0.3:53")}
+				join := cg
+				switch mode {
+				case "prev":
+					attachPrev(b, cg, cgid, cfg)
+				case "new", "new-child":
+					m := openManager(b, newPinDir(b))
+					must(b, m.AttachCgroup(cg))
+					must(b, m.Enroll(cgid, cfg))
+					if mode == "new-child" {
+						join, _ = newCgroup(b, cg)
+					}
+				}
+				b.Cleanup(joinCgroup(b, join))
+				fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				must(b, err)
+				defer unix.Close(fd)
+				sa := &unix.SockaddrInet4{Port: int(dst.Port()), Addr: dst.Addr().As4()}
+				msg := []byte("x")
+				b.ResetTimer()
+				for range b.N {
+					if op == "udp-connect" {
+						err = unix.Connect(fd, sa)
+					} else {
+						err = unix.Sendto(fd, msg, 0, sa)
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
 	}
 }
