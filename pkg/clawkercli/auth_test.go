@@ -73,7 +73,17 @@ func wantBundleMatches(t *testing.T, h *adminclienttest.Home) *certs.Material {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := readDir(t, p.CPAuthDir), m.ServerBundle(); !sameFiles(got, want) {
+	got := readDir(t, p.CPAuthDir)
+	// The netlogger's client pair travels with the bundle (outside
+	// ServerBundle): it must be the host's copy.
+	for _, name := range []string{certs.NetloggerCertFile, certs.NetloggerKeyFile} {
+		host, err := os.ReadFile(filepath.Join(p.AuthDir, name))
+		if err != nil || !bytes.Equal(got[name], host) {
+			t.Errorf("bundle's %s differs from the auth material's (%v)", name, err)
+		}
+		delete(got, name)
+	}
+	if want := m.ServerBundle(); !sameFiles(got, want) {
 		t.Errorf("bundle in %s holds %d files that differ from the auth material's server bundle", p.CPAuthDir, len(got))
 	}
 	return m
