@@ -461,13 +461,20 @@ static __always_inline __u8 decide4(const struct agent_cfg *cfg, __u8 proto, __b
 	if (cfg->cp_ip4 && dst == cfg->cp_ip4) {
 		if (dport && (dport == cfg->cp_port_agent || dport == cfg->cp_port_hydra))
 			return V_ALLOW_CP;
-		return V_DENY_CP;
+		// A CP run on the host sits at the gateway: its other TCP ports
+		// are the host's, decided by the proxy like any outside address.
+		if (dst != cfg->gateway_ip4 || proto != IPPROTO_TCP)
+			return V_DENY_CP;
 	}
 	if (dst == 0xffffffff)
 		return V_DENY_BROADCAST;
 	if ((dst & bpf_htonl(0xf0000000)) == bpf_htonl(0xe0000000))
 		return V_DENY_MULTICAST;
-	if (cfg->subnet_prefixlen && (dst & cfg->subnet_mask4) == cfg->subnet_ip4)
+	// The gateway is the host: TCP to it goes to the proxy like any outside
+	// address (so only a rule plus firewall.private_destinations reach it,
+	// never a bare connect); anything else to it is refused below.
+	if (cfg->subnet_prefixlen && (dst & cfg->subnet_mask4) == cfg->subnet_ip4 &&
+	    !(dst == cfg->gateway_ip4 && proto == IPPROTO_TCP))
 		return decide_subnet(cfg, dst);
 
 	__u32 *identity = bpf_map_lookup_elem(&ip_identity, &dst);
