@@ -14,6 +14,8 @@ import (
 
 	"github.com/gofrs/flock"
 	"gopkg.in/yaml.v3"
+
+	"github.com/clawker/clawker-cp/pkg/atomicfile"
 )
 
 // File names inside the store's directory.
@@ -588,45 +590,13 @@ func (s *Store) writeIDs(t idTable) error {
 // would. Always nil outside tests.
 var testBeforeWrite func(name string) error
 
-// writeFileAtomic replaces dir/name with data (0600) so that a reader, or a
-// crash, sees the old file or the new one and never a part: temp file in the
-// same directory, fsync, rename, fsync of the directory.
-func writeFileAtomic(dir, name string, data []byte) (err error) {
+// writeFileAtomic replaces dir/name with data (0600): the old file or the
+// new one, never a part, even across a crash (atomicfile.Write).
+func writeFileAtomic(dir, name string, data []byte) error {
 	if testBeforeWrite != nil {
 		if err := testBeforeWrite(name); err != nil {
 			return err
 		}
 	}
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(filepath.Join(dir, name), data, 0o600)
 }

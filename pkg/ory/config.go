@@ -14,6 +14,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/clawker/clawker-cp/pkg/atomicfile"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -546,33 +547,6 @@ func removeStaleTemps(path string) {
 	}
 }
 
-// WriteFileAtomic writes data to path with mode 0600: a temporary file in
-// the same directory, fsynced, renamed over path. A reader never sees a
-// partial file.
-func WriteFileAtomic(path string, data []byte) (err error) {
-	dir, base := filepath.Split(path)
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			_ = f.Close()
-			_ = os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(0o600); err != nil {
-		return err
-	}
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
+// WriteFileAtomic writes data to path with mode 0600 (atomicfile.Write): a
+// reader never sees a partial file.
+func WriteFileAtomic(path string, data []byte) error { return atomicfile.Write(path, data, 0o600) }
