@@ -6,6 +6,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -32,12 +36,27 @@ import (
 // exec, so they run inside the container's cgroup. No packet leaves for an
 // address the test did not create: the network is internal, and every
 // target is a stand-in, the gateway listener, or an address nobody holds.
+// On the network an enforced agent reaches only the stack and the CP's two
+// ports; TCP to the gateway goes to the proxy like any outside address,
+// anything else to it is refused.
 //
 // These tests are not parallel: the CP enforces every purpose=agent
 // container on the host, so it must not run beside tests with agents of
 // their own.
 
 const proxyPort = 15001
+
+// farAddr is outside the test network and held by nobody (TEST-NET-2):
+// only the proxy rewrite makes a TCP attempt there answer.
+const farAddr = "198.51.100.7:443"
+
+// broadcastOf is an IPv4 prefix's broadcast address.
+func broadcastOf(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	v |= ^uint32(0) >> p.Bits()
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
 
 // outsideHost is a TCP and UDP listener on the gateway that answers with a
 // line and records who reached it.
@@ -219,12 +238,34 @@ func TestFirewallEnforcesAgentContainers(t *testing.T) {
 	r.net.StartStandin(t, r.net.Addr(150), netprobe.StandinConfig{Name: "peer", TCPPorts: []int{8080}})
 	outTCP, outUDP := r.outside.tcpTarget(), r.outside.udpTarget()
 	mappedTCP := fmt.Sprintf("tcp:[::ffff:%s]:%d", r.net.Gateway, r.outside.tcp.Addr().(*net.TCPAddr).Port)
+	farTCP, mappedFar := "tcp:"+farAddr, "tcp:[::ffff:198.51.100.7]:443"
+	s, err := settings.Load(r.home.SettingsFile(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := r.net.CPIP()
+	cpAgentPort := fmt.Sprintf("tcp:%s:%d,timeout=500ms", cp, s.ControlPlane.AgentPort)
+	cpAdminPort := fmt.Sprintf("tcp:%s:%d", cp, s.ControlPlane.AdminPort)
+	bcast := broadcastOf(r.net.Subnet)
+	bcastUDP, bcastMapped := "udp:"+bcast.String()+":9999", "udp:[::ffff:"+bcast.String()+"]:9999"
+	networkUDP := "udp:" + r.net.Subnet.Addr().String() + ":9999"
+	limitedUDP, limitedMapped := "udp:255.255.255.255:9999", "udp:[::ffff:255.255.255.255]:9999"
+	multicastUDP := "udp:224.0.0.251:5353"
+	peerAgent := r.hold(t, map[string]string{
+		dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeAgent,
+		dockerx.LabelProject: "fwtest", dockerx.LabelAgent: "peer",
+	})
+	r.enforcedCgroup(t, admin, peerAgent.ID, 0)
+	peerAgentTCP := "tcp:" + netip.AddrPortFrom(peerAgent.IP, 8080).String()
+	peerAgentUDP := "udp:" + netip.AddrPortFrom(peerAgent.IP, 9999).String()
 	dnsAny := "dns:" + r.net.Gateway.String() // a resolver nobody runs
 	peerTCP := "tcp:" + netip.AddrPortFrom(r.net.Addr(150), 8080).String()
 	v6 := "tcp:[fd00:c1a:c4e::1]:443"
 
 	t.Run("decisions", func(t *testing.T) {
-		res := r.exec(t, agent, outTCP, mappedTCP, outTCP+",uid=1000", peerTCP, dnsAny, outUDP, "socket:raw", v6, "tcp:127.0.0.1:9,noread")
+		res := r.exec(t, agent, outTCP, mappedTCP, outTCP+",uid=1000", farTCP, mappedFar, peerTCP, peerAgentTCP, peerAgentUDP,
+			cpAgentPort, cpAdminPort, bcastUDP, bcastMapped, networkUDP, limitedUDP, limitedMapped, multicastUDP,
+			dnsAny, outUDP, "socket:raw", v6, "tcp:127.0.0.1:9,noread")
 		checks := []struct {
 			what string
 			ok   func(netprobe.Outcome) bool
@@ -233,7 +274,20 @@ func TestFirewallEnforcesAgentContainers(t *testing.T) {
 			{outTCP, redirectedToProxy, "TCP outside rewritten to the proxy's catch-all"},
 			{mappedTCP, redirectedToProxy, "IPv4-mapped IPv6 follows the IPv4 rules"},
 			{outTCP + ",uid=1000", redirectedToProxy, "a non-root uid is enforced like root"},
-			{peerTCP, func(o netprobe.Outcome) bool { return o.OK && o.Reply == netprobe.Banner("peer", 8080) }, "subnet peers are reached directly"},
+			{farTCP, redirectedToProxy, "TCP to an address off the network rewritten to the proxy"},
+			{mappedFar, redirectedToProxy, "the same over IPv4-mapped IPv6"},
+			// Changed on purpose: subnet peers were reached directly.
+			{peerTCP, denied, "another address on the agent network is refused"},
+			{peerAgentTCP, denied, "another agent is refused over TCP (agent_to_agent: deny)"},
+			{peerAgentUDP, denied, "another agent is refused over UDP"},
+			{cpAgentPort, func(o netprobe.Outcome) bool { return o.Errno != "EPERM" }, "the CP's agent port passes (nobody holds .202 here: not EPERM)"},
+			{cpAdminPort, denied, "any other CP port is refused"},
+			{bcastUDP, denied, "the subnet broadcast is refused"},
+			{bcastMapped, denied, "the subnet broadcast is refused over IPv4-mapped IPv6"},
+			{networkUDP, denied, "the network address is refused"},
+			{limitedUDP, denied, "255.255.255.255 is refused"},
+			{limitedMapped, denied, "::ffff:255.255.255.255 is refused"},
+			{multicastUDP, denied, "multicast is refused"},
 			{dnsAny, func(o netprobe.Outcome) bool {
 				return o.OK && len(o.Answers) == 1 && o.Answers[0] == netprobe.DefaultDNSAnswer.String() &&
 					o.RemoteAddr().Addr() == r.net.Gateway // the reply looks like it came from where it was sent
@@ -267,6 +321,96 @@ func TestFirewallEnforcesAgentContainers(t *testing.T) {
 		}
 		if o := res.Must(t, "socket:raw"); !o.OK {
 			t.Errorf("non-agent container raw socket: %+v", o)
+		}
+	})
+
+	t.Run("child cgroup", func(t *testing.T) {
+		// A process of the agent moved into a cgroup below the agent's
+		// (a root agent with its own cgroup namespace could make one) is
+		// enforced like the agent. The test makes the cgroup on the host.
+		path, _, err := egress.ContainerCgroup(agent.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		child := filepath.Join(path, "clawker-test-child")
+		if err := os.Mkdir(child, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.Remove(child) })
+		in, err := r.d.ContainerInspect(context.Background(), agent.ID, docker.ContainerInspectOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pid1 := strconv.Itoa(in.Container.State.Pid)
+		before := r.outside.reachedBy(agent.IP)
+		loop := startLoop(t, r.d, agent.ID, outUDP, farTCP)
+		var moved time.Time
+		cptest.WaitFor(t, 10*time.Second, "the looping probe moved into the child cgroup", func() (bool, string) {
+			procs, err := os.ReadFile(filepath.Join(path, "cgroup.procs"))
+			if err != nil {
+				return false, err.Error()
+			}
+			for _, p := range strings.Fields(string(procs)) {
+				if p != pid1 {
+					moved = time.Now()
+					if err := os.WriteFile(filepath.Join(child, "cgroup.procs"), []byte(p), 0); err != nil {
+						return false, err.Error()
+					}
+				}
+			}
+			in, _ := os.ReadFile(filepath.Join(child, "cgroup.procs"))
+			return len(strings.Fields(string(in))) > 0, "no process in the child yet"
+		})
+		time.Sleep(time.Second)
+		after := 0
+		for _, o := range loop.stop(t) {
+			if !o.Time.After(moved) {
+				continue
+			}
+			after++
+			switch {
+			case o.What == outUDP && !denied(o):
+				t.Errorf("from the child cgroup: %+v, want EPERM", o)
+			case o.What == farTCP && !redirectedToProxy(o):
+				t.Errorf("from the child cgroup: %+v, want the proxy", o)
+			}
+		}
+		if after == 0 {
+			t.Fatal("no attempt ran from the child cgroup")
+		}
+		if n := r.outside.reachedBy(agent.IP) - before; n != 0 {
+			t.Errorf("the outside host was reached %d times from the child cgroup", n)
+		}
+		t.Logf("%d attempts from the child cgroup, all enforced", after)
+	})
+
+	t.Run("bypass cut", func(t *testing.T) {
+		// A TCP connection opened during a bypass is cut when it ends,
+		// rather than living on: read by a probe that holds it open.
+		ctx := context.Background()
+		if _, err := admin.FirewallDisable(ctx, &adminv1.FirewallDisableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan cptest.ProbeResult, 1)
+		held := outTCP + ",nosend,timeout=20s"
+		go func() { done <- cptest.ExecProbe(t, r.d, agent.ID, "", "-timeout", "20s", held) }()
+		cptest.WaitFor(t, 10*time.Second, "the probe connected to the outside host", func() (bool, string) {
+			return r.outside.reachedBy(agent.IP) > 0, ""
+		})
+		start := time.Now()
+		if _, err := admin.FirewallEnable(ctx, &adminv1.FirewallEnableRequest{ContainerId: agent.ID}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case res := <-done:
+			o := res.Must(t, held)
+			took := time.Since(start)
+			if o.OK || o.Errno != "ECONNABORTED" {
+				t.Errorf("connection opened while disabled, after enable: %+v, want ECONNABORTED", o)
+			}
+			t.Logf("enable to cut, seen by the agent: %v (the probe's read failed with %s)", took, o.Errno)
+		case <-time.After(15 * time.Second):
+			t.Fatal("the connection opened while disabled survived the enable")
 		}
 	})
 
