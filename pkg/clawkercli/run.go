@@ -114,7 +114,10 @@ func runAgent(c *cli.Context, env Env) error {
 		// control plane enforces the container's egress.
 		RequireEnforced: s.Firewall.Enable,
 		Labels:          labels,
-		Auth:            m,
+		// Validated when the settings were loaded.
+		PidsLimit: int64(s.Agents.PidsLimit),
+		Memory:    agentMemory(s),
+		Auth:      m,
 	})
 	if errors.Is(err, agentrun.ErrExists) {
 		return fmt.Errorf("%w; remove it with `clawker rm -f --project %s --agent %s`, or pick another --agent", err, project, agent)
@@ -285,4 +288,13 @@ func cpDebugEnv(env Env, rep cpboot.Reporter) []string {
 		}
 	}
 	return out
+}
+
+// agentMemory is settings' agents.memory in bytes (0: agentrun's default).
+func agentMemory(s settings.Settings) int64 {
+	n, err := settings.ParseMemory(s.Agents.Memory)
+	if err != nil {
+		return 0
+	}
+	return n
 }
