@@ -400,8 +400,9 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 			if _, err := r.d.ContainerKill(ctx, name, docker.ContainerKillOptions{Signal: "KILL"}); err != nil {
 				t.Fatalf("killing %s: %v", name, err)
 			}
-			// Right after the kill, before any recreation could finish.
-			if o := r.try(t, "https:allowed.test"); o.OK {
+			// Right after the kill, bounded so that a connect waiting for
+			// the recreated sibling does not count as passing meanwhile.
+			if o := cptest.ExecProbe(t, r.d, r.agent.ID, "", "-timeout", "400ms", "https:allowed.test").Must(t, "https:allowed.test"); o.OK {
 				t.Errorf("https allowed.test with the %s dead: %+v, want refused (fail closed)", role, o)
 			}
 			var before string
