@@ -24,14 +24,15 @@ die() { echo "build-dns: $*" >&2; exit 1; }
 command -v go >/dev/null 2>&1 || die "no go in PATH"
 
 ldflags="-s -w"
-# Every input of the build: the module's own files and the one package of
-# the main module it imports (tests excluded: they do not change the binary).
+# Every input of the build: the module's own files and the packages of the
+# main module it imports: egressrules, stackapi, atomicfile (tests excluded:
+# they do not change the binary).
 srchash() {
 	(
 		cd "$root"
 		{
 			printf '%s\n' scripts/dns/go.mod scripts/dns/go.sum go.mod
-			find scripts/dns pkg/egressrules -name '*.go' ! -name '*_test.go' -type f
+			find scripts/dns pkg/egressrules pkg/stackapi pkg/atomicfile -name '*.go' ! -name '*_test.go' -type f
 		} | LC_ALL=C sort | xargs sha256sum
 	) | sha256sum | cut -d' ' -f1
 }

@@ -4,7 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 	"github.com/clawker/clawker-cp/pkg/stackapi"
@@ -27,21 +31,90 @@ func wireControlPlane(fw *clawkerfw.Firewall, o *options) error {
 	}
 	c := stackapi.NewClient(o.cp, tlsCfg)
 	c.Logf = func(format string, args ...any) { log.Printf("clawker-dns: "+format, args...) }
+	known := &reported{entries: map[netip.Addr]reportedEntry{}}
 	fw.Reporter = clawkerfw.ReporterFunc(func(ctx context.Context, answers []clawkerfw.Answer) error {
+		now := time.Now()
+		if known.covers(answers, now) {
+			return nil
+		}
 		out := make([]stackapi.Answer, len(answers))
 		for i, a := range answers {
 			out[i] = stackapi.Answer{Name: a.Name, IP: a.IP, RuleIDs: a.RuleIDs, TTL: a.TTL}
 		}
-		return c.Report(ctx, out)
+		if err := c.Report(ctx, out); err != nil {
+			return err
+		}
+		known.remember(answers, now)
+		return nil
 	})
 	go func() {
 		_ = c.WatchPolicy(context.Background(), func(doc egressrules.Doc) error {
 			if err := fw.SetDoc(doc); err != nil {
 				return fmt.Errorf("policy generation %d: %w", doc.Generation, err)
 			}
+			// New rules may give an address other ids: report afresh.
+			known.forget()
 			log.Printf("clawker-dns: policy generation %d applied (%d rules)", doc.Generation, len(doc.Rules))
 			return nil
 		})
 	}()
 	return nil
+}
+
+// reported remembers what the control plane acknowledged, so a cached
+// answer (the same address, the same rule ids) is not reported on every
+// query: the control plane keeps an entry TTL + its grace (30 s) after
+// the report, so a repeat is needed only when that end comes near. This
+// takes the report off the hot path of a cached name without ever
+// letting the kernel's entry lapse while answers still hand it out.
+type reported struct {
+	mu      sync.Mutex
+	entries map[netip.Addr]reportedEntry
+}
+
+type reportedEntry struct {
+	ids   []uint32
+	until time.Time // the control plane's expiry for this entry
+}
+
+// cpGrace is the control plane's grace after a TTL (actors/firewall/dns);
+// reportMargin is how long before that end a repeat report goes out.
+const (
+	cpGrace       = 30 * time.Second
+	reportMargin  = 10 * time.Second
+	maxRemembered = 65536
+)
+
+func (r *reported) covers(answers []clawkerfw.Answer, now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range answers {
+		e, ok := r.entries[a.IP]
+		if !ok || !slices.Equal(e.ids, a.RuleIDs) {
+			return false
+		}
+		// The agent may use this answer until now+TTL: the entry must
+		// outlive that by the margin.
+		if now.Add(time.Duration(a.TTL)*time.Second + reportMargin).After(e.until) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *reported) remember(answers []clawkerfw.Answer, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.entries) > maxRemembered {
+		clear(r.entries) // bounded: the next reports refill it
+	}
+	for _, a := range answers {
+		r.entries[a.IP] = reportedEntry{ids: slices.Clone(a.RuleIDs), until: now.Add(time.Duration(a.TTL)*time.Second + cpGrace)}
+	}
+}
+
+func (r *reported) forget() {
+	r.mu.Lock()
+	clear(r.entries)
+	r.mu.Unlock()
 }
