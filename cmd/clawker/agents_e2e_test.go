@@ -324,7 +324,10 @@ func (a *agentsE2E) checkContainer(t *testing.T, ag *agent) {
 	if ep := c.NetworkSettings.Networks[cpboot.NetworkName]; ep == nil || string(hc.NetworkMode) != cpboot.NetworkName {
 		t.Errorf("%s: network mode %s, networks %v", name, hc.NetworkMode, c.NetworkSettings.Networks)
 	}
-	if hc.Privileged || !slices.Equal(hc.CapDrop, []string{"ALL"}) || len(hc.CapAdd) != 0 || len(hc.SecurityOpt) != 0 ||
+	// The only security options: no-new-privileges and clawker's own
+	// seccomp profile (pkg/agentrun), nothing that loosens Docker's.
+	wantSecOpt := []string{"no-new-privileges:true", "seccomp=" + agentrun.SeccompProfile()}
+	if hc.Privileged || !slices.Equal(hc.CapDrop, []string{"ALL"}) || len(hc.CapAdd) != 0 || !slices.Equal(hc.SecurityOpt, wantSecOpt) ||
 		len(hc.Mounts) != 0 || len(hc.Binds) != 0 || len(c.Mounts) != 0 || len(hc.PortBindings) != 0 || hc.RestartPolicy.Name != container.RestartPolicyDisabled {
 		t.Errorf("%s: not unprivileged: privileged %v capdrop %v capadd %v secopt %v mounts %v binds %v (%v) ports %v restart %v",
 			name, hc.Privileged, hc.CapDrop, hc.CapAdd, hc.SecurityOpt, hc.Mounts, hc.Binds, c.Mounts, hc.PortBindings, hc.RestartPolicy)

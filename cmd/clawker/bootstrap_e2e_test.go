@@ -290,7 +290,7 @@ func testFromNothing(t *testing.T, e *e2e) {
 		t.Errorf("GET %s: %d %v", health, code, err)
 	}
 	st := e.clawker(t, cmdTimeout, "controlplane", "status")
-	if st.Code != 0 || st.Stdout != "Container: running\nHealthz: ✓\nFirewall: off (firewall.enable: false)\n" {
+	if want := "Container: running\nHealthz: ✓\nFirewall: off (firewall.enable: false)\nCP image: bin-" + e.hash + " (the one this clawker carries)\n"; st.Code != 0 || st.Stdout != want {
 		t.Errorf("status: exit %d\n%s%s", st.Code, st.Stdout, st.Stderr)
 	}
 
