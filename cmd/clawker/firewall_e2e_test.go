@@ -150,7 +150,7 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return len(ks.LinksOn(holdCgroup)) == 7, fmt.Sprintf("%d links", len(ks.LinksOn(holdCgroup)))
+		return len(ks.LinksOn(holdCgroup)) == egress.LinksPerCgroup, fmt.Sprintf("%d links of %d", len(ks.LinksOn(holdCgroup)), egress.LinksPerCgroup)
 	})
 	if r := e.clawker(t, cmdTimeout, "controlplane", "down"); r.Code == 0 || !strings.Contains(r.Stderr, "--force") || !strings.Contains(r.Stderr, "fw.hold") {
 		t.Errorf("down with an agent running: exit %d\n%s", r.Code, r.Stderr)

@@ -96,6 +96,10 @@ var attachments = []attachment{
 	{bpf.EgressProgBackstop, ebpf.AttachCGroupInetEgress},
 }
 
+// LinksPerCgroup is how many links an attached cgroup carries: one per
+// program.
+var LinksPerCgroup = len(attachments)
+
 // ErrNotEnrolled is returned for a cgroup that has no config.
 var ErrNotEnrolled = errors.New("cgroup not enrolled")
 
