@@ -148,7 +148,7 @@ func (a *agentsE2E) markerStat() []string {
 func (a *agentsE2E) testRun(t *testing.T) {
 	e := a.e
 	for i, ag := range a.agents {
-		args := []string{"run", "--project", a.project, "--agent", ag.name, "--format", "json", ag.image}
+		args := []string{"run", "--no-firewall", "--project", a.project, "--agent", ag.name, "--format", "json", ag.image}
 		args = append(args, ag.cmd...)
 		start := time.Now()
 		res := e.clawker(t, coldUpTimeout, args...)
@@ -239,7 +239,7 @@ func (a *agentsE2E) testRun(t *testing.T) {
 func (a *agentsE2E) testShortLived(t *testing.T) {
 	e := a.e
 	ag := &agent{name: "gamma", image: a.agents[0].image, cmd: []string{"exit", "7"}, argv: []string{"exit", "7"}}
-	res := e.clawker(t, cmdTimeout, "run", "--project", a.project, "--agent", ag.name, ag.image, "exit", "7")
+	res := e.clawker(t, cmdTimeout, "run", "--no-firewall", "--project", a.project, "--agent", ag.name, ag.image, "exit", "7")
 	if res.Code != 0 || len(strings.TrimSpace(res.Stdout)) != 64 {
 		t.Fatalf("run %s: exit %d %q %q", ag.name, res.Code, res.Stdout, res.Stderr)
 	}
@@ -265,7 +265,7 @@ func (a *agentsE2E) testShortLived(t *testing.T) {
 		return list != nil && !slices.ContainsFunc(list, func(r clawkercli.AgentReport) bool { return r.Agent == ag.name }), raw
 	})
 
-	missing := e.clawker(t, cmdTimeout, "run", "--project", a.project, "--agent", "delta", "clawker-e2e-missing:"+e.run)
+	missing := e.clawker(t, cmdTimeout, "run", "--no-firewall", "--project", a.project, "--agent", "delta", "clawker-e2e-missing:"+e.run)
 	if missing.Code != 1 || !strings.Contains(missing.Stderr, "does not pull") {
 		t.Errorf("run of a missing image: exit %d %q", missing.Code, missing.Stderr)
 	}

@@ -328,7 +328,11 @@ func TestRunClockSyncCatchesUp(t *testing.T) {
 	for _, firewall := range []bool{true, false} {
 		env, d, srv, _, stderr := runEnvWithAdmin(t, lagging(5*time.Second, 300*time.Millisecond), firewall)
 		env.ClockGate.Deadline = 10 * time.Second
-		code := run(t, env, "run", "--project", "myapp", "--agent", "dev", "agent:1")
+		args := []string{"run", "--project", "myapp", "--agent", "dev", "agent:1"}
+		if !firewall {
+			args = append(args[:1], append([]string{"--no-firewall"}, args[1:]...)...)
+		}
+		code := run(t, env, args...)
 		if strings.Contains(stderr.String(), "clock sync") || srv.count() < 2 {
 			t.Fatalf("exit %d after %d polls, stderr %q", code, srv.count(), stderr.String())
 		}

@@ -37,11 +37,14 @@ func runCommand(env Env) *cli.Command {
 			"Session is established and, with firewall.enable, once the control plane's firewall enforces the\n" +
 			"container. The command is the image's entrypoint followed by CMD, or by\n" +
 			"the image's own CMD when none is given, as with docker run. IMAGE must be present: nothing is pulled.\n" +
-			"The project defaults to the current directory's name. Prints the container id.",
+			"The project defaults to the current directory's name. Prints the container id.\n" +
+			"With firewall.enable: false, run refuses unless --no-firewall is given, and then warns on every run\n" +
+			"that the agent runs unconfined; with the firewall on, --no-firewall is refused.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "project", Usage: "project name (default: the current directory's name, made valid)"},
 			&cli.StringFlag{Name: "agent", Usage: "agent name: [a-z0-9][a-z0-9_-]{0,62} (required)"},
 			&cli.StringFlag{Name: "format", Value: "text", Usage: "output format: text (the container id) or json"},
+			&cli.BoolFlag{Name: noFirewallFlag, Usage: "accept running the agent unconfined (no egress enforcement) while firewall.enable is false; refused when the firewall is on"},
 		},
 		Action: func(c *cli.Context) error { return runAgent(c, env) },
 	}
@@ -71,6 +74,15 @@ func runAgent(c *cli.Context, env Env) error {
 	paths, s, err := loadPathsSettings(env)
 	if err != nil {
 		return err
+	}
+	// Checked before anything is asked of Docker: an unconfined agent must
+	// never start by accident.
+	if err := checkFirewallConsent(s.Firewall.Enable, c.Bool(noFirewallFlag)); err != nil {
+		return err
+	}
+	if !s.Firewall.Enable {
+		// Every run, not once: the consent is per invocation.
+		fmt.Fprintln(env.Stderr, unconfinedWarning)
 	}
 	labels, err := debugLabels(env)
 	if err != nil {
@@ -136,6 +148,27 @@ func runAgent(c *cli.Context, env Env) error {
 	}
 	_, err = fmt.Fprintln(env.Stdout, res.ID)
 	return err
+}
+
+const noFirewallFlag = "no-firewall"
+
+// unconfinedWarning is printed on stderr by every run that starts an agent
+// with the firewall off.
+const unconfinedWarning = "warning: firewall.enable is false: the agent runs unconfined (no egress enforcement)"
+
+// checkFirewallConsent makes running without the firewall an explicit
+// choice: with it off, --no-firewall must be given; with it on, the flag is
+// refused, since it cannot turn enforcement off and would mislead.
+func checkFirewallConsent(firewallOn, noFirewall bool) error {
+	switch {
+	case !firewallOn && !noFirewall:
+		return fmt.Errorf("run: the firewall is off (settings firewall.enable: false), so the agent would run unconfined "+
+			"(no egress enforcement); pass --%s to accept that, or set firewall.enable: true", noFirewallFlag)
+	case firewallOn && noFirewall:
+		return fmt.Errorf("run: --%s is refused while the firewall is on (settings firewall.enable: true): "+
+			"it does not turn enforcement off; drop the flag, or set firewall.enable: false to run unconfined", noFirewallFlag)
+	}
+	return nil
 }
 
 // agentToken is the clawker-agent token clawkerd gets before its first
