@@ -9,7 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
 	"github.com/clawker/clawker-cp/actors/health"
+	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/testkit"
@@ -83,8 +88,9 @@ func wantTree(t *testing.T, url string) {
 
 // TestDebugOffAnExposedHealthPort: a health port bound to a non-loopback
 // address (the container's 0.0.0.0, reachable from clawker-net) serves
-// /healthz and the fault hook but no /debug/actors or /debug/state; the
-// internal listener serves those two, and nothing else.
+// /healthz only: no /debug/actors or /debug/state, and no fault hook even
+// with the knob on; the internal listener serves those two, and nothing
+// else.
 func TestDebugOffAnExposedHealthPort(t *testing.T) {
 	t.Parallel()
 	port := cptest.FreePorts(t, 1)[0]
@@ -104,10 +110,10 @@ func TestDebugOffAnExposedHealthPort(t *testing.T) {
 			t.Errorf("GET %s on an exposed health port: %d %s, want 404", p, code, body)
 		}
 	}
-	// The fault hook stays where it was (the route answers: the actor
-	// is unknown, not the path).
-	if code, body := post(t, hp+"/debug/faults?actor=nobody&kind=panic"); code != http.StatusNotFound || !strings.Contains(body, "no live actor") {
-		t.Errorf("POST /debug/faults on the health port: %d %s", code, body)
+	// The knob is on, yet the route is absent (a 404 of the mux, not of an
+	// unknown actor).
+	if code, body := post(t, hp+"/debug/faults?actor=nobody&kind=panic"); code != http.StatusNotFound || strings.Contains(body, "no live actor") {
+		t.Errorf("POST /debug/faults on an exposed health port: %d %s, want the route absent", code, body)
 	}
 
 	testkit.WaitFor(t, 5*time.Second, "both children in the tree", func() bool { return len(r.tree.Names()) == 3 })
@@ -157,4 +163,90 @@ func TestDebugListenerAfterRestart(t *testing.T) {
 		t.Fatalf("health restarts %d", n)
 	}
 	wantTree(t, "http://"+debug.Addr()+"/debug/actors")
+}
+
+// TestFaultsRefusedOnAnExposedHealthPort: with CLAWKER_CP_DEBUG_FAULTS on, a
+// health port on 0.0.0.0 serves no fault hook, a fault posted there reaches
+// no actor, and the refusal is logged once, not again when the health actor
+// restarts and binds the port anew.
+func TestFaultsRefusedOnAnExposedHealthPort(t *testing.T) {
+	t.Parallel()
+	core, logs := observer.New(zapcore.DebugLevel)
+	port := cptest.FreePorts(t, 1)[0]
+	addr := "0.0.0.0:" + strconv.Itoa(port)
+	r := startRigLog(t, true, true, addr, nil, zap.New(core))
+	if m := r.waitReady(t); m.Err != nil {
+		t.Fatalf("Ready carried %v", m.Err)
+	}
+	hp := "http://127.0.0.1:" + strconv.Itoa(port)
+	victim := r.victim(t)
+	for _, kind := range []string{"panic", "block&duration=1s"} {
+		if code, body := post(t, hp+"/debug/faults?actor=victim&kind="+kind); code != http.StatusNotFound {
+			t.Errorf("POST /debug/faults kind=%s on an exposed health port: %d %s, want 404", kind, code, body)
+		}
+	}
+	refused := func() []observer.LoggedEntry {
+		return logs.FilterField(zap.String("event", "debug_knob_refused")).All()
+	}
+	checkRefused := func(when string) {
+		t.Helper()
+		e := refused()
+		if len(e) != 1 {
+			t.Fatalf("%s: %d debug_knob_refused lines, want 1", when, len(e))
+		}
+		if e[0].Level != zapcore.WarnLevel || e[0].ContextMap()["knob"] != "CLAWKER_CP_DEBUG_FAULTS" || e[0].ContextMap()["addr"] != addr {
+			t.Errorf("%s: debug_knob_refused line %v %v", when, e[0].Level, e[0].ContextMap())
+		}
+	}
+	checkRefused("after start")
+	lis := logs.FilterField(zap.String("event", "health_listening")).All()
+	if len(lis) != 1 || lis[0].ContextMap()["faults"] != false {
+		t.Errorf("health_listening lines %v, want one with faults false", lis)
+	}
+
+	// Restart the health actor from inside (no HTTP hook to do it with):
+	// the new incarnation refuses the hook again, silently.
+	r.sys.Root.Send(r.health, &supervise.Fault{Kind: supervise.FaultPanic})
+	if m := r.waitReady(t); m.Err != nil {
+		t.Fatalf("Ready after restart carried %v", m.Err)
+	}
+	if n := r.tree.Restarts(r.health); n != 1 {
+		t.Fatalf("health restarts %d, want 1", n)
+	}
+	// A fresh connection: the pooled one died with the old incarnation's
+	// server, and a POST is not retried on it.
+	fresh := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := fresh.Post(hp+"/debug/faults?actor=victim&kind=panic", "text/plain", nil)
+	if err != nil {
+		t.Fatalf("POST /debug/faults after the restart: %v", err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST /debug/faults after the restart: %d, want 404", resp.StatusCode)
+	}
+	checkRefused("after a restart")
+	if n := r.tree.Restarts(victim); n != 0 {
+		t.Errorf("the victim restarted %d times: a fault got through", n)
+	}
+}
+
+// TestFaultsServedOnALoopbackHealthPort: the same knob on a loopback health
+// port serves the hook and logs no refusal.
+func TestFaultsServedOnALoopbackHealthPort(t *testing.T) {
+	t.Parallel()
+	core, logs := observer.New(zapcore.DebugLevel)
+	r := startRigLog(t, true, true, "", nil, zap.New(core))
+	r.waitReady(t)
+	victim := r.victim(t)
+	if code, body := post(t, r.base+"/debug/faults?actor=victim&kind=panic"); code != http.StatusAccepted {
+		t.Fatalf("POST /debug/faults on a loopback health port: %d %s", code, body)
+	}
+	testkit.WaitFor(t, 5*time.Second, "the victim restarted", func() bool { return r.tree.Restarts(victim) == 1 })
+	if e := logs.FilterField(zap.String("event", "debug_knob_refused")).All(); len(e) != 0 {
+		t.Errorf("debug_knob_refused on a loopback health port: %v", e)
+	}
+	lis := logs.FilterField(zap.String("event", "health_listening")).All()
+	if len(lis) != 1 || lis[0].ContextMap()["faults"] != true {
+		t.Errorf("health_listening lines %v, want one with faults true", lis)
+	}
 }

@@ -1,8 +1,8 @@
 // Package health is the actor behind the CP's plain-HTTP listeners.
 //
 // The health port (Config.Addr) serves GET /healthz (503 until ready, then
-// every registered probe must pass) and, when the fault knob is on, POST
-// /debug/faults.
+// every registered probe must pass) and, when the fault knob is on and the
+// port is bound to loopback, POST /debug/faults.
 //
 // GET /debug/actors (the live actor tree) and GET /debug/state (the
 // overseer's worldview: every managed container and agent Session) are
@@ -12,7 +12,9 @@
 //
 // Inside the container the health port listens on 0.0.0.0: Docker
 // publishes it on the host's loopback, but the agents on clawker-net reach
-// it too, so there it serves no /debug/actors or /debug/state. When the
+// it too, so there it serves no /debug/actors or /debug/state, and never
+// /debug/faults whatever the knob says (an agent must not be able to panic
+// the CP's actors). When the
 // health port itself is bound to a loopback address (a CP run as a host
 // process: tests and development), no agent can reach it and it serves
 // both paths as well, besides the internal listener.
@@ -37,6 +39,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
+	"github.com/clawker/clawker-cp/pkg/debugknob"
 )
 
 // Probe checks one port or resource a subsystem depends on. Check must
@@ -69,7 +72,8 @@ type Config struct {
 	RootPath     string        // the root actor's path in Tree
 	ProbeTimeout time.Duration // bound on each probe
 	// Faults enables POST /debug/faults, the test hook that panics or stalls
-	// a named actor. Off unless CLAWKER_CP_DEBUG_FAULTS=1.
+	// a named actor. Off unless CLAWKER_CP_DEBUG_FAULTS=1, and refused (one
+	// warning, event debug_knob_refused) when Addr is not loopback.
 	Faults bool
 	// Overseer answers GET /debug/state; nil leaves the route answering 503.
 	Overseer *actor.PID
@@ -78,7 +82,10 @@ type Config struct {
 
 // New returns a producer of fresh health actors.
 func New(cfg Config) actor.Producer {
-	return func() actor.Actor { return &Actor{cfg: cfg, probes: map[string]Probe{}} }
+	// Shared by every incarnation: a restart binds the port again but must
+	// not repeat the refusal warning.
+	refused := &sync.Once{}
+	return func() actor.Actor { return &Actor{cfg: cfg, probes: map[string]Probe{}, faultsRefused: refused} }
 }
 
 // Actor owns the health port, the internal debug listener and the probe
@@ -90,6 +97,8 @@ type Actor struct {
 	ready    bool
 	draining bool
 	probes   map[string]Probe
+	// faultsRefused logs the refusal of the fault knob once per New.
+	faultsRefused *sync.Once
 }
 
 // snapshot is the actor's answer to the HTTP handler.
@@ -139,8 +148,15 @@ func (a *Actor) listen(ctx actor.Context) error {
 	if debugHere {
 		h.routeDebug(mux)
 	}
-	if a.cfg.Faults {
+	faultsHere := a.cfg.Faults && debugHere
+	if faultsHere {
 		mux.HandleFunc("POST /debug/faults", h.faults)
+	} else if a.cfg.Faults {
+		a.faultsRefused.Do(func() {
+			a.cfg.Log.Warn("POST /debug/faults refused: the health port is reachable from outside the host (agents on clawker-net); "+
+				"the fault hook is served only on a loopback-bound health port",
+				zap.String("event", "debug_knob_refused"), zap.String("knob", debugknob.Faults.Name), zap.String("addr", a.cfg.Addr))
+		})
 	}
 	var dln net.Listener
 	if a.cfg.Debug != nil {
@@ -151,7 +167,7 @@ func (a *Actor) listen(ctx actor.Context) error {
 	}
 	a.srv = a.serve(ln, mux, "health listener failed")
 	fields := []zap.Field{zap.String("event", "health_listening"), zap.String("addr", ln.Addr().String()),
-		zap.Bool("debug_on_health_port", debugHere)}
+		zap.Bool("debug_on_health_port", debugHere), zap.Bool("faults", faultsHere)}
 	if dln != nil {
 		dmux := http.NewServeMux()
 		h.routeDebug(dmux)

@@ -190,6 +190,12 @@ func startRig(t *testing.T, faults, withVictim bool, addr string) *rig {
 // startRigDebug is startRig with an internal debug listener (nil: none).
 func startRigDebug(t *testing.T, faults, withVictim bool, addr string, debug *health.DebugListener) *rig {
 	t.Helper()
+	return startRigLog(t, faults, withVictim, addr, debug, zap.NewNop())
+}
+
+// startRigLog is startRigDebug logging to log.
+func startRigLog(t *testing.T, faults, withVictim bool, addr string, debug *health.DebugListener, log *zap.Logger) *rig {
+	t.Helper()
 	if addr == "" {
 		addr = "127.0.0.1:" + strconv.Itoa(cptest.FreePorts(t, 1)[0])
 	}
@@ -199,7 +205,7 @@ func startRigDebug(t *testing.T, faults, withVictim bool, addr string, debug *he
 	p := &parent{
 		cfg: health.Config{
 			Addr: addr, Debug: debug, Tree: tree, RootPath: "hp", ProbeTimeout: 500 * time.Millisecond,
-			Faults: faults, Log: zap.NewNop(),
+			Faults: faults, Log: log,
 		},
 		tree: tree, victim: withVictim, ready: r.ready,
 	}

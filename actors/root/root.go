@@ -2,14 +2,20 @@
 // subsystem actors one at a time in a declared order, restarts a panicking
 // child one-for-one within a bounded intensity, and owns the ordered drain:
 // one named step at a time, each a request the owning actor answers, each
-// bounded by a timeout, the eBPF flush always reached.
+// bounded by a timeout, so that the last step is always reached.
+//
+// Only a deliberate drain (Drain, DrainToZero) lifts enforcement: an
+// escalation runs every step but the eBPF flush, which it logs as skipped,
+// so the pinned programs keep the running agents fail-closed until a
+// control plane adopts them again.
 //
 // Exit codes handed to Config.Exit:
 //
 //	0  clean drain (signal or drain-to-zero), or a signal before ready
 //	1  failure before ready: no drain step ran, eBPF state is left enforcing
 //	2  unrecoverable failure after ready (restart intensity exceeded, or the
-//	   root itself failed): the ordered drain ran, then the CP exits
+//	   root itself failed): the ordered drain ran without the eBPF flush
+//	   (eBPF state is left enforcing), then the CP exits
 package root
 
 import (
@@ -71,14 +77,44 @@ type Config struct {
 }
 
 // Drain asks the root to run the ordered drain and exit with ExitCode.
-// Reason appears in the logs.
+// Reason appears in the logs. It is a deliberate drain (SIGTERM,
+// `controlplane down`): every step runs, the eBPF flush included.
 type Drain struct {
 	Reason   string
 	ExitCode int
 }
 
-// DrainToZero is sent by the watcher once the last agent is gone.
+// DrainToZero is sent by the watcher once the last agent is gone; a
+// deliberate drain like Drain.
 type DrainToZero struct{}
+
+// OutcomeSkipped is the outcome the root logs for a step it did not send
+// because the drain's kind forbids it (see liftsEnforcement).
+const OutcomeSkipped = "skipped"
+
+// drainKind says why a drain runs; it decides whether enforcement is lifted.
+// The zero value is the escalation, so a kind left unset keeps the pins.
+type drainKind int
+
+const (
+	// drainEscalation: something broke. Agents may still run, and must not
+	// become unfiltered because of a bug in the CP.
+	drainEscalation drainKind = iota
+	// drainDeliberate: an operator or the watcher asked for it; the agents
+	// are gone or about to be, so lifting their filters is intended.
+	drainDeliberate
+)
+
+func (k drainKind) String() string {
+	if k == drainEscalation {
+		return "escalation"
+	}
+	return "deliberate"
+}
+
+// liftsEnforcement reports whether a step removes the filters of running
+// agents: such a step runs only in a deliberate drain.
+func liftsEnforcement(step string) bool { return step == supervise.StepEBPFFlush }
 
 type phase int
 
@@ -102,6 +138,7 @@ type Root struct {
 	next     int      // index of the child being started
 	stats    map[string]*actor.RestartStatistics
 	exitCode int
+	kind     drainKind
 	drainAt  time.Time
 
 	self       *actor.PID
@@ -149,9 +186,9 @@ func (r *Root) Receive(ctx actor.Context) {
 			r.failStartup(ctx, fmt.Errorf("%s did not finish starting within %s", name, r.cfg.StartTimeout))
 		}
 	case *Drain:
-		r.requestDrain(ctx, m.Reason, m.ExitCode)
+		r.requestDrain(ctx, m.Reason, m.ExitCode, drainDeliberate)
 	case *DrainToZero:
-		r.requestDrain(ctx, "drain_to_zero", ExitClean)
+		r.requestDrain(ctx, "drain_to_zero", ExitClean, drainDeliberate)
 	case *declareReady:
 		if r.phase == phaseStarting {
 			r.becomeReady(ctx)
@@ -275,7 +312,7 @@ func (r *Root) fail(ctx actor.Context, err error) {
 	case phaseStarting:
 		r.failStartup(ctx, err)
 	case phaseReady:
-		r.requestDrain(ctx, "escalation: "+err.Error(), ExitEscalated)
+		r.requestDrain(ctx, "escalation: "+err.Error(), ExitEscalated, drainEscalation)
 	}
 }
 
@@ -295,7 +332,9 @@ func (r *Root) abortStartup(ctx actor.Context, code int) {
 	r.stopChildren(ctx, len(r.order)-1)
 }
 
-func (r *Root) requestDrain(ctx actor.Context, reason string, code int) {
+// requestDrain starts the ordered drain once; a later request, whatever its
+// kind, neither restarts it nor changes its kind or exit code.
+func (r *Root) requestDrain(ctx actor.Context, reason string, code int, kind drainKind) {
 	switch r.phase {
 	case phaseStarting:
 		r.log.Warn("drain requested before ready; aborting start-up without a drain", zap.String("event", "startup_aborted"), zap.String("reason", reason))
@@ -307,8 +346,10 @@ func (r *Root) requestDrain(ctx actor.Context, reason string, code int) {
 	}
 	r.phase = phaseDraining
 	r.exitCode = code
+	r.kind = kind
 	r.drainAt = time.Now()
-	r.log.Info("ordered drain begins", zap.String("event", "drain_begin"), zap.String("reason", reason), zap.Int("exit_code", code))
+	r.log.Info("ordered drain begins", zap.String("event", "drain_begin"), zap.String("reason", reason),
+		zap.String("kind", kind.String()), zap.Int("exit_code", code))
 	r.cfg.Tree.SetState(ctx.Self(), cpapi.ActorDraining)
 	if r.cfg.OnDraining != nil {
 		r.cfg.OnDraining(ctx, r.pids)
@@ -335,6 +376,11 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 		} else {
 			r.log.Info("drain step", fields...)
 		}
+	}
+	if r.kind != drainDeliberate && liftsEnforcement(step.Name) {
+		logStep(OutcomeSkipped, "escalation drain: enforcement stays pinned, running agents stay filtered")
+		r.runStep(ctx, i+1)
+		return
 	}
 	pid, ok := r.pids[step.Target]
 	if !ok {

@@ -746,6 +746,136 @@ func TestRootPanicAfterReadyDrainsAndExits2(t *testing.T) {
 	}
 }
 
+// ---- the eBPF flush and the drain's kind -------------------------------------
+
+// flushSteps is a drain whose last step is the real eBPF flush, owned by a
+// fake "ebpf" child that records whether the request reached it.
+func flushSteps(c *root.Config) {
+	c.Steps = []root.Step{
+		{Name: "step_alpha", Target: "alpha"},
+		{Name: supervise.StepEBPFFlush, Target: "ebpf"},
+	}
+}
+
+func TestDeliberateDrainSendsEBPFFlush(t *testing.T) {
+	t.Parallel()
+	for name, drain := range map[string]any{
+		"signal":        &root.Drain{Reason: "signal", ExitCode: root.ExitClean},
+		"drain_to_zero": &root.DrainToZero{},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, flushSteps, childSpec{name: "alpha"}, childSpec{name: "ebpf"})
+			h.waitReady()
+			h.sys.Root.Send(h.pid, drain)
+			if code := h.waitExit(); code != root.ExitClean {
+				t.Fatalf("exit code %d, want 0", code)
+			}
+			if !h.ev.has("step-end:" + supervise.StepEBPFFlush) {
+				t.Errorf("the owner never carried out %s; events %v", supervise.StepEBPFFlush, h.ev.all())
+			}
+			var got []string
+			for _, s := range h.drainSteps() {
+				got = append(got, s.step+"="+s.outcome)
+			}
+			if !eq(got, []string{"step_alpha=done", "ebpf_flush=done"}) {
+				t.Errorf("steps = %v", got)
+			}
+			if b := h.entries("drain_begin"); len(b) != 1 || b[0].ContextMap()["kind"] != "deliberate" {
+				t.Errorf("drain_begin entries: %v", b)
+			}
+		})
+	}
+}
+
+func TestEscalationDrainKeepsEnforcement(t *testing.T) {
+	t.Parallel()
+	cases := map[string]struct {
+		tweak    func(*root.Config)
+		escalate func(h *harness, pids map[string]*actor.PID)
+	}{
+		"restart intensity": {
+			tweak: flushSteps,
+			escalate: func(h *harness, pids map[string]*actor.PID) {
+				for i := 1; i <= 3; i++ { // the bound is 2
+					h.sys.Root.Send(pids["alpha"], &boom{msg: fmt.Sprintf("failure %d", i)})
+				}
+			},
+		},
+		"root panic": {
+			tweak: func(c *root.Config) {
+				flushSteps(c)
+				next := c.OnReady
+				c.OnReady = func(ctx actor.Context, pids map[string]*actor.PID) {
+					next(ctx, pids)
+					panic("wiring bug")
+				}
+			},
+			escalate: func(*harness, map[string]*actor.PID) {},
+		},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, tc.tweak, childSpec{name: "alpha"}, childSpec{name: "ebpf"})
+			tc.escalate(h, h.waitReady())
+			if code := h.waitExit(); code != root.ExitEscalated {
+				t.Fatalf("exit code %d, want %d", code, root.ExitEscalated)
+			}
+			if h.ev.has("step-begin:" + supervise.StepEBPFFlush) {
+				t.Errorf("an escalation sent %s to its owner; events %v", supervise.StepEBPFFlush, h.ev.all())
+			}
+			// Every other step still runs, and the skipped one is still
+			// logged in its place, so the drain's record stays complete.
+			steps := h.drainSteps()
+			if len(steps) != 2 {
+				t.Fatalf("drain steps %+v, want step_alpha then ebpf_flush", steps)
+			}
+			if s := steps[0]; s.step != "step_alpha" || s.outcome != supervise.OutcomeDone {
+				t.Errorf("first step %+v, want step_alpha done", s)
+			}
+			s := steps[1]
+			if s.step != supervise.StepEBPFFlush || s.outcome != root.OutcomeSkipped || s.owner != "ebpf" || s.index != 2 ||
+				!strings.Contains(s.detail, "enforcement stays pinned") {
+				t.Errorf("flush step %+v, want ebpf_flush skipped, detail saying enforcement stays pinned", s)
+			}
+			if b := h.entries("drain_begin"); len(b) != 1 || b[0].ContextMap()["kind"] != "escalation" {
+				t.Errorf("drain_begin entries: %v", b)
+			}
+			// The owner is still stopped like every child (its Stopping
+			// keeps the pins); only the flush request is withheld.
+			if !h.ev.has("stop:ebpf") {
+				t.Errorf("ebpf was not stopped; events %v", h.ev.all())
+			}
+		})
+	}
+}
+
+// A signal arriving while an escalation drains neither restarts the chain
+// nor turns it into a deliberate drain: the flush stays skipped.
+func TestSignalDuringEscalationDoesNotFlush(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	h := newHarness(t, flushSteps, childSpec{name: "alpha", stepGate: gate}, childSpec{name: "ebpf"})
+	pids := h.waitReady()
+	for i := 1; i <= 3; i++ {
+		h.sys.Root.Send(pids["ebpf"], &boom{msg: fmt.Sprintf("failure %d", i)})
+	}
+	testkit.WaitFor(t, 5*time.Second, "the escalation drain to be under way", func() bool { return h.ev.has("step-begin:step_alpha") })
+	h.sys.Root.Send(h.pid, &root.Drain{Reason: "signal", ExitCode: root.ExitClean})
+	testkit.WaitFor(t, 5*time.Second, "drain_already_running", func() bool { return len(h.entries("drain_already_running")) == 1 })
+	close(gate)
+	if code := h.waitExit(); code != root.ExitEscalated {
+		t.Fatalf("exit code %d, want %d", code, root.ExitEscalated)
+	}
+	if h.ev.has("step-begin:" + supervise.StepEBPFFlush) {
+		t.Errorf("the flush reached its owner; events %v", h.ev.all())
+	}
+	if s := h.drainSteps(); len(s) != 2 || s[1].outcome != root.OutcomeSkipped {
+		t.Errorf("drain steps %+v, want the flush skipped", s)
+	}
+}
+
 // ---- benchmarks ------------------------------------------------------------
 
 type benchEcho struct{}
