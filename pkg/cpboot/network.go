@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/moby/moby/api/types/network"
@@ -114,10 +116,15 @@ func ensureNetwork(ctx context.Context, d Docker, name string, labels map[string
 	if err != nil {
 		return netInfo{}, err
 	}
-	cfg := network.IPAMConfig{Subnet: subnet, Gateway: gw}
-	if r, ok := dynamicRange(subnet, cpIP); ok {
-		cfg.IPRange = r
+	r, ok := dynamicRange(subnet, cpIP)
+	if !ok {
+		// Without a dynamic range Docker could give the fixed addresses to
+		// any container; inspectNetwork would refuse the result anyway.
+		return netInfo{}, fmt.Errorf("creating network %s: the subnet %s Docker offered is too small to keep .%d-.%d "+
+			"outside its dynamic range; give Docker address pools of /24 or larger (default-address-pools in daemon.json)",
+			name, subnet, ProxyHostOctet, CPHostOctet)
 	}
+	cfg := network.IPAMConfig{Subnet: subnet, Gateway: gw, IPRange: r}
 	_, err = bounded(ctx, callTimeout, func(ctx context.Context) (client.NetworkCreateResult, error) {
 		return d.NetworkCreate(ctx, name, client.NetworkCreateOptions{
 			Driver: "bridge",
@@ -156,7 +163,69 @@ func inspectNetwork(ctx context.Context, d Docker, name string) (netInfo, error)
 	if err != nil {
 		return netInfo{}, err
 	}
+	if err := checkFixedOutsideRange(n, subnet, gw); err != nil {
+		return netInfo{}, err
+	}
 	return netInfo{ID: n.ID, Subnet: subnet, Gateway: gw, CPIP: ip}, nil
+}
+
+// checkFixedOutsideRange refuses a network whose dynamic allocation range
+// (IPAM IPRange) holds one of the fixed addresses (.200 to .202): Docker
+// could give it to another container while its owner is down, and that
+// container would then receive the agents' proxy, DNS or control plane
+// traffic. No IPRange means the whole subnet is allocatable. The network
+// clawker creates passes; one made by hand or by an older clawker may not.
+func checkFixedOutsideRange(n network.Inspect, subnet netip.Prefix, gw netip.Addr) error {
+	var r netip.Prefix
+	for _, c := range n.IPAM.Config {
+		if c.Subnet.Masked() == subnet.Masked() {
+			r = c.IPRange
+			break
+		}
+	}
+	var held []netip.Addr
+	for _, octet := range []byte{ProxyHostOctet, DNSHostOctet, CPHostOctet} {
+		ip, err := AddrWithLastOctet(gw, octet)
+		if err != nil {
+			return err
+		}
+		if !r.IsValid() || r.Contains(ip) {
+			held = append(held, ip)
+		}
+	}
+	if len(held) == 0 {
+		return nil
+	}
+	why := fmt.Sprintf("its ip-range %s holds %s", r, joinAddrs(held))
+	if !r.IsValid() {
+		why = fmt.Sprintf("it has no ip-range, so the whole subnet %s is allocatable", subnet)
+	}
+	fix := fmt.Sprintf("remove it (`docker network rm %s`) so clawker recreates it with a safe range", n.Name)
+	if len(n.Containers) > 0 {
+		var names []string
+		for _, e := range n.Containers {
+			names = append(names, e.Name)
+		}
+		slices.Sort(names)
+		fix += fmt.Sprintf(" (first stop and remove the containers using it: %s)", strings.Join(names, ", "))
+	}
+	fix += ", or recreate it with an ip-range that leaves them free"
+	a, _ := AddrWithLastOctet(gw, ProxyHostOctet)
+	c, _ := AddrWithLastOctet(gw, CPHostOctet)
+	// The range clawker itself would give it: the half without .200-.202.
+	if safe, ok := dynamicRange(subnet, c); ok {
+		fix += fmt.Sprintf(" (`docker network create --subnet %s --gateway %s --ip-range %s %s`)", subnet.Masked(), gw, safe, n.Name)
+	}
+	return fmt.Errorf("network %s cannot be adopted: Docker may give its fixed addresses %s-%s (proxy, DNS, control plane) "+
+		"to other containers: %s; %s", n.Name, a, c, why, fix)
+}
+
+func joinAddrs(ips []netip.Addr) string {
+	s := make([]string, len(ips))
+	for i, ip := range ips {
+		s[i] = ip.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // probeSubnet lets Docker pick a free subnet for a bridge network and
