@@ -35,6 +35,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/root"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/actors/watcher"
+	"github.com/clawker/clawker-cp/pkg/denials"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
@@ -451,9 +452,24 @@ func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firew
 	if err != nil {
 		return nil, err
 	}
+	srv := stackapi.NewServer(sink, stackapi.DNSClient, stackapi.ProxyClient)
+	window := denials.New(denials.DefaultSize)
+	srv.OnRefusals(func(from string, rs []stackapi.Refusal) {
+		where := "proxy"
+		if from == stackapi.DNSClient {
+			where = "dns"
+		}
+		for _, r := range rs {
+			src, err := netip.ParseAddr(r.Src)
+			if err != nil {
+				continue
+			}
+			window.Add(denials.Record{Time: r.Time, Src: src, Where: where, Name: r.Name, Proto: r.Proto, Reason: r.Reason})
+		}
+	})
 	return &firewall.StackConfig{
-		BinDir: opts.StackDir, Docker: d, CA: ca,
-		Server:      stackapi.NewServer(sink, stackapi.DNSClient, stackapi.ProxyClient),
+		BinDir: opts.StackDir, Docker: d, CA: ca, Denials: window,
+		Server:      srv,
 		NetworkName: network, HostProcess: isLoopback(opts.BindHost),
 		Port: s.ControlPlane.StackPort, UpstreamDNS: s.Firewall.UpstreamDNS,
 		Labels: opts.SiblingLabels, StartWait: 20 * time.Second,

@@ -160,6 +160,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.removeRule(ctx, m)
 	case *ListRules:
 		a.listRules(ctx)
+	case *GetDenied:
+		a.denied(ctx, m)
 	case *ReloadRules:
 		a.reloadRules(ctx)
 	case *StackUp:

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
+	"github.com/clawker/clawker-cp/pkg/denials"
 	"github.com/clawker/clawker-cp/pkg/sibling"
 	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
@@ -44,6 +45,8 @@ type StackConfig struct {
 	Labels map[string]string
 	// StartWait bounds a new sibling's wait for health.
 	StartWait time.Duration
+	// Denials holds the refusals the siblings report (GetDenied).
+	Denials *denials.Window
 }
 
 // Binary names in BinDir, and the repositories of their images.

@@ -497,6 +497,35 @@ func (s *adminService) FirewallRotateCA(context.Context, *adminv1.FirewallRotate
 	return nil, status.Error(codes.Unimplemented, "FirewallRotateCA: there is no TLS-inspection CA to rotate yet; it comes with the TLS-inspection work")
 }
 
+// FirewallDenied lists the recent refusals the siblings reported.
+func (s *adminService) FirewallDenied(_ context.Context, req *adminv1.FirewallDeniedRequest) (*adminv1.FirewallDeniedResponse, error) {
+	m := &firewall.GetDenied{Agent: req.GetAgent(), Project: req.GetProject()}
+	if d := req.GetSince(); d != nil {
+		if m.Since = d.AsDuration(); m.Since < 0 {
+			return nil, status.Error(codes.InvalidArgument, "since: negative; give how far back, e.g. 10m")
+		}
+	}
+	res, err := s.askFirewall(m)
+	if err != nil {
+		return nil, err
+	}
+	r, ok := res.(*firewall.DeniedResult)
+	if !ok {
+		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to GetDenied", res)
+	}
+	if r.Err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "firewall denied: %v", r.Err)
+	}
+	out := &adminv1.FirewallDeniedResponse{Groups: make([]*adminv1.DeniedGroup, 0, len(r.Groups))}
+	for _, g := range r.Groups {
+		out.Groups = append(out.Groups, &adminv1.DeniedGroup{
+			Where: g.Where, Name: g.Name, Proto: g.Proto, Count: uint32(g.Count), Agents: g.Agents,
+			First: timestamppb.New(g.First), Last: timestamppb.New(g.Last), Reason: g.Reason, Allow: g.Allow,
+		})
+	}
+	return out, nil
+}
+
 // askRules asks the firewall a rule request answered with
 // *firewall.RulesResult and returns it, or the status error its Err maps
 // to.

@@ -46,6 +46,7 @@ var adminScopes = map[string]string{
 	adminv1.AdminService_FirewallReload_FullMethodName:          oauth.ScopeAdmin,
 	adminv1.AdminService_FirewallResolveHostname_FullMethodName: oauth.ScopeAdmin,
 	adminv1.AdminService_FirewallRotateCA_FullMethodName:        oauth.ScopeAdmin,
+	adminv1.AdminService_FirewallDenied_FullMethodName:          oauth.ScopeAdmin,
 }
 
 // AdminScopes returns a copy of the AdminService's method-to-scope map

@@ -326,6 +326,53 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 			t.Errorf("the server saw %d requests for unlisted.test", n)
 		}
 	})
+	t.Run("firewall denied names the refusals, and its command allows the next attempt", func(t *testing.T) {
+		var groups []*adminv1.DeniedGroup
+		cptest.WaitFor(t, 5*time.Second, "the DNS and proxy refusals of unlisted.test reported", func() (bool, string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			res, err := r.admin.FirewallDenied(ctx, &adminv1.FirewallDeniedRequest{Project: "fwtest"})
+			if err != nil {
+				return false, err.Error()
+			}
+			groups = res.GetGroups()
+			seen := map[string]bool{}
+			for _, g := range groups {
+				if g.GetName() == "unlisted.test" {
+					seen[g.GetWhere()+"/"+g.GetProto()] = true
+				}
+			}
+			return seen["dns/"] && seen["proxy/https"] && seen["proxy/http"], fmt.Sprint(groups)
+		})
+		for _, g := range groups {
+			if g.GetName() != "unlisted.test" {
+				continue
+			}
+			if len(g.GetAgents()) != 1 || g.GetAgents()[0] != "fwtest/probe" {
+				t.Errorf("group %v: agents %v, want fwtest/probe", g.GetWhere(), g.GetAgents())
+			}
+			want := "clawker firewall add unlisted.test"
+			if g.GetProto() == "http" {
+				want += " --proto http"
+			}
+			if g.GetAllow() != want {
+				t.Errorf("group %s/%s: allow %q, want %q", g.GetWhere(), g.GetProto(), g.GetAllow(), want)
+			}
+		}
+		// What the suggested command adds, the next attempt gets through.
+		rule := &adminv1.EgressRule{Dst: "unlisted.test", Proto: "http"}
+		r.addRules(t, rule)
+		if o := r.try(t, "http:unlisted.test,ip="+gw); !o.OK || o.Status != 200 {
+			t.Errorf("http unlisted.test after the suggested add: %+v", o)
+		}
+		r.removeRule(t, rule)
+		// Another project's filter sees none of it.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if res, err := r.admin.FirewallDenied(ctx, &adminv1.FirewallDeniedRequest{Project: "other"}); err != nil || len(res.GetGroups()) != 0 {
+			t.Errorf("denied for project other: %v %v, want none", res.GetGroups(), err)
+		}
+	})
 	t.Run("AAAA is empty, UDP other than DNS is refused", func(t *testing.T) {
 		o := r.try(t, "dns:"+r.net.DNSIP().String()+",name=allowed.test,type=AAAA")
 		if !o.OK || o.RCode != 0 || len(o.Answers) != 0 {

@@ -77,7 +77,26 @@ func run(ctx context.Context, cfg config) error {
 	if _, err := netip.ParseAddrPort(cfg.DNS); err != nil {
 		return fmt.Errorf("--dns %q: want ip:port: %v", cfg.DNS, err)
 	}
+	var cp *stackapi.Client
+	var onDenied func(egressproxy.Denial)
+	if cfg.CP != "" {
+		var err error
+		if cp, err = controlPlaneClient(cfg.CP); err != nil {
+			return err
+		}
+		// Refusals go to the control plane's window for `clawker firewall
+		// denied`, batched off the connection's path.
+		q := stackapi.NewRefusalQueue(ctx, cp)
+		onDenied = func(d egressproxy.Denial) {
+			src := d.Src
+			if ap, err := netip.ParseAddrPort(src); err == nil {
+				src = ap.Addr().Unmap().String()
+			}
+			q.Add(stackapi.Refusal{Time: d.Time, Src: src, Name: d.Host, Proto: d.Proto, Reason: d.Reason})
+		}
+	}
 	srv := egressproxy.New(egressproxy.Config{
+		OnDenied:    onDenied,
 		Resolver:    siblingResolver(cfg.DNS),
 		PeekTimeout: cfg.PeekTimeout,
 		DialTimeout: cfg.DialTimeout,
@@ -111,10 +130,8 @@ func run(ctx context.Context, cfg config) error {
 	// The control plane's policy, fetched by long poll and swapped in
 	// place; the next request acknowledges it. Until the first arrives the
 	// proxy refuses everything and /healthz answers 503.
-	if cfg.CP != "" {
-		if err := watchControlPlane(ctx, srv, cfg.CP); err != nil {
-			return err
-		}
+	if cp != nil {
+		watchControlPlane(ctx, srv, cp)
 	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -151,19 +168,25 @@ func run(ctx context.Context, cfg config) error {
 	return nil
 }
 
-// watchControlPlane starts the policy watcher against the control plane's
-// stack service at addr, with the mTLS material the control plane put in
-// this container's environment.
-func watchControlPlane(ctx context.Context, srv *egressproxy.Server, addr string) error {
+// controlPlaneClient is the mTLS client of the control plane's stack
+// service at addr, with the material the control plane put in this
+// container's environment.
+func controlPlaneClient(addr string) (*stackapi.Client, error) {
 	if _, err := netip.ParseAddrPort(addr); err != nil {
-		return fmt.Errorf("--cp %q: want ip:port: %v", addr, err)
+		return nil, fmt.Errorf("--cp %q: want ip:port: %v", addr, err)
 	}
 	tlsCfg, err := stackapi.ClientTLSFromEnv(os.Getenv)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c := stackapi.NewClient(addr, tlsCfg)
 	c.Logf = func(format string, args ...any) { log.Printf("clawker-proxy: "+format, args...) }
+	return c, nil
+}
+
+// watchControlPlane starts the policy watcher: each policy is compiled and
+// swapped in place.
+func watchControlPlane(ctx context.Context, srv *egressproxy.Server, c *stackapi.Client) {
 	go func() {
 		_ = c.WatchPolicy(ctx, func(doc egressrules.Doc) error {
 			p, err := doc.Compile()
@@ -175,7 +198,6 @@ func watchControlPlane(ctx context.Context, srv *egressproxy.Server, addr string
 			return nil
 		})
 	}()
-	return nil
 }
 
 func loadPolicyFile(srv *egressproxy.Server, path string) error {

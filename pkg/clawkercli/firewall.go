@@ -94,6 +94,7 @@ func firewallCommand(env Env) *cli.Command {
 				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
 			},
 			presetsCommand(),
+			deniedCommand(env, formatFlag()),
 			{
 				Name:      "remove",
 				Usage:     "remove an egress rule, or all of them with --all",

@@ -35,6 +35,18 @@ type Config struct {
 	DialTimeout time.Duration // resolution, and each dial attempt; default 5 s
 	AccessLog   io.Writer     // one JSON line per connection; default discarded
 	Logf        func(format string, args ...any)
+	// OnDenied, when set, is told about every refused connection at its
+	// close (for `clawker firewall denied`); it must not block.
+	OnDenied func(Denial)
+}
+
+// Denial is one refused connection, as OnDenied sees it.
+type Denial struct {
+	Time   time.Time
+	Src    string // the agent's ip:port
+	Proto  string // https, http or other
+	Host   string // SNI or Host; empty when none was read
+	Reason string
 }
 
 // Stats are cumulative counters plus the live connection count.
@@ -342,6 +354,13 @@ func (s *Server) handle(c *liveConn, pol *egressrules.Policy) {
 			s.allowed.Add(1)
 		case "denied":
 			s.denied.Add(1)
+			if s.cfg.OnDenied != nil {
+				d := Denial{Time: l.start, Src: l.src, Proto: l.proto, Reason: l.reason}
+				if len(l.hosts) > 0 {
+					d.Host = l.hosts[len(l.hosts)-1] // the one refused
+				}
+				s.cfg.OnDenied(d)
+			}
 		default:
 			l.verdict = "error"
 			s.errs.Add(1)

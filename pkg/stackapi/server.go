@@ -58,6 +58,7 @@ type Server struct {
 	changed  chan struct{} // closed when a newer doc is published
 	clients  map[string]*clientState
 	progress chan struct{} // closed when any acknowledgement changes
+	refusals RefusalSink
 }
 
 type clientState struct {
@@ -164,6 +165,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+PolicyPath, s.servePolicy)
 	mux.HandleFunc("POST "+AnswersPath, s.serveAnswers)
+	mux.HandleFunc("POST "+RefusalsPath, s.serveRefusals)
 	return mux
 }
 

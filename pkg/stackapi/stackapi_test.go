@@ -224,3 +224,28 @@ func TestCAPersistsAndRefusesDamage(t *testing.T) {
 		t.Fatalf("damaged key: %v, want an error saying what to remove", err)
 	}
 }
+
+func TestRefusalsReachTheSink(t *testing.T) {
+	r := newRig(t)
+	got := make(chan []Refusal, 4)
+	r.srv.OnRefusals(func(from string, rs []Refusal) {
+		if from == DNSClient {
+			got <- rs
+		}
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	q := NewRefusalQueue(ctx, r.client(t, DNSClient))
+	q.Add(Refusal{Time: time.Now(), Src: "172.22.0.5", Name: "unlisted.example", Reason: "not in the egress policy"})
+	select {
+	case rs := <-got:
+		if len(rs) != 1 || rs[0].Name != "unlisted.example" || rs[0].Src != "172.22.0.5" {
+			t.Fatalf("sink got %+v", rs)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the refusal never reached the sink")
+	}
+	if q.Dropped.Load() != 0 {
+		t.Fatalf("%d dropped", q.Dropped.Load())
+	}
+}

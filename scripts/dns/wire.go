@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -32,6 +33,14 @@ func wireControlPlane(fw *clawkerfw.Firewall, o *options) error {
 	c := stackapi.NewClient(o.cp, tlsCfg)
 	c.Logf = func(format string, args ...any) { log.Printf("clawker-dns: "+format, args...) }
 	known := &reported{entries: map[netip.Addr]reportedEntry{}}
+	refusals := stackapi.NewRefusalQueue(context.Background(), c)
+	fw.OnBlocked = func(name string, client net.Addr) {
+		src := client.String()
+		if ap, err := netip.ParseAddrPort(src); err == nil {
+			src = ap.Addr().Unmap().String()
+		}
+		refusals.Add(stackapi.Refusal{Time: time.Now(), Src: src, Name: name, Reason: "no rule allows the name (NXDOMAIN)"})
+	}
 	fw.Reporter = clawkerfw.ReporterFunc(func(ctx context.Context, answers []clawkerfw.Answer) error {
 		now := time.Now()
 		if known.covers(answers, now) {

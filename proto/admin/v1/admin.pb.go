@@ -1977,6 +1977,225 @@ func (*FirewallRotateCAResponse) Descriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
+type FirewallDeniedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// agent and project keep only the refusals of that agent / project.
+	Agent   string `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	Project string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
+	// since bounds how far back; unset: everything kept.
+	Since         *durationpb.Duration `protobuf:"bytes,3,opt,name=since,proto3" json:"since,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallDeniedRequest) Reset() {
+	*x = FirewallDeniedRequest{}
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallDeniedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallDeniedRequest) ProtoMessage() {}
+
+func (x *FirewallDeniedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallDeniedRequest.ProtoReflect.Descriptor instead.
+func (*FirewallDeniedRequest) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *FirewallDeniedRequest) GetAgent() string {
+	if x != nil {
+		return x.Agent
+	}
+	return ""
+}
+
+func (x *FirewallDeniedRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *FirewallDeniedRequest) GetSince() *durationpb.Duration {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+// DeniedGroup is one refused name (or address), with how often, by whom
+// and how to allow it.
+type DeniedGroup struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// where it was refused: dns (the name is not allowed) or proxy (SNI/Host).
+	Where string `protobuf:"bytes,1,opt,name=where,proto3" json:"where,omitempty"`
+	Name  string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Proto string `protobuf:"bytes,3,opt,name=proto,proto3" json:"proto,omitempty"`
+	Count uint32 `protobuf:"varint,4,opt,name=count,proto3" json:"count,omitempty"`
+	// agents are project/agent, or the address when no agent holds it.
+	Agents []string               `protobuf:"bytes,5,rep,name=agents,proto3" json:"agents,omitempty"`
+	First  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=first,proto3" json:"first,omitempty"`
+	Last   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last,proto3" json:"last,omitempty"`
+	Reason string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
+	// allow is the clawker command that would allow it.
+	Allow         string `protobuf:"bytes,9,opt,name=allow,proto3" json:"allow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeniedGroup) Reset() {
+	*x = DeniedGroup{}
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeniedGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeniedGroup) ProtoMessage() {}
+
+func (x *DeniedGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeniedGroup.ProtoReflect.Descriptor instead.
+func (*DeniedGroup) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *DeniedGroup) GetWhere() string {
+	if x != nil {
+		return x.Where
+	}
+	return ""
+}
+
+func (x *DeniedGroup) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DeniedGroup) GetProto() string {
+	if x != nil {
+		return x.Proto
+	}
+	return ""
+}
+
+func (x *DeniedGroup) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *DeniedGroup) GetAgents() []string {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
+func (x *DeniedGroup) GetFirst() *timestamppb.Timestamp {
+	if x != nil {
+		return x.First
+	}
+	return nil
+}
+
+func (x *DeniedGroup) GetLast() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+func (x *DeniedGroup) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeniedGroup) GetAllow() string {
+	if x != nil {
+		return x.Allow
+	}
+	return ""
+}
+
+type FirewallDeniedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Groups        []*DeniedGroup         `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FirewallDeniedResponse) Reset() {
+	*x = FirewallDeniedResponse{}
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FirewallDeniedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FirewallDeniedResponse) ProtoMessage() {}
+
+func (x *FirewallDeniedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FirewallDeniedResponse.ProtoReflect.Descriptor instead.
+func (*FirewallDeniedResponse) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *FirewallDeniedResponse) GetGroups() []*DeniedGroup {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
 var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
@@ -2083,7 +2302,23 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x1fFirewallResolveHostnameResponse\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\"\x19\n" +
 	"\x17FirewallRotateCARequest\"\x1a\n" +
-	"\x18FirewallRotateCAResponse*H\n" +
+	"\x18FirewallRotateCAResponse\"x\n" +
+	"\x15FirewallDeniedRequest\x12\x14\n" +
+	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x18\n" +
+	"\aproject\x18\x02 \x01(\tR\aproject\x12/\n" +
+	"\x05since\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05since\"\x8b\x02\n" +
+	"\vDeniedGroup\x12\x14\n" +
+	"\x05where\x18\x01 \x01(\tR\x05where\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
+	"\x05proto\x18\x03 \x01(\tR\x05proto\x12\x14\n" +
+	"\x05count\x18\x04 \x01(\rR\x05count\x12\x16\n" +
+	"\x06agents\x18\x05 \x03(\tR\x06agents\x120\n" +
+	"\x05first\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05first\x12.\n" +
+	"\x04last\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04last\x12\x16\n" +
+	"\x06reason\x18\b \x01(\tR\x06reason\x12\x14\n" +
+	"\x05allow\x18\t \x01(\tR\x05allow\"O\n" +
+	"\x16FirewallDeniedResponse\x125\n" +
+	"\x06groups\x18\x01 \x03(\v2\x1d.clawker.admin.v1.DeniedGroupR\x06groups*H\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -2095,7 +2330,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14RULE_STATUS_MODIFIED\x10\x02\x12\x19\n" +
 	"\x15RULE_STATUS_UNCHANGED\x10\x03\x12\x17\n" +
 	"\x13RULE_STATUS_REMOVED\x10\x04\x12\x19\n" +
-	"\x15RULE_STATUS_NOT_FOUND\x10\x052\xaf\f\n" +
+	"\x15RULE_STATUS_NOT_FOUND\x10\x052\x94\r\n" +
 	"\fAdminService\x12W\n" +
 	"\n" +
 	"ListAgents\x12#.clawker.admin.v1.ListAgentsRequest\x1a$.clawker.admin.v1.ListAgentsResponse\x12`\n" +
@@ -2112,7 +2347,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x11FirewallListRules\x12*.clawker.admin.v1.FirewallListRulesRequest\x1a+.clawker.admin.v1.FirewallListRulesResponse\x12c\n" +
 	"\x0eFirewallReload\x12'.clawker.admin.v1.FirewallReloadRequest\x1a(.clawker.admin.v1.FirewallReloadResponse\x12~\n" +
 	"\x17FirewallResolveHostname\x120.clawker.admin.v1.FirewallResolveHostnameRequest\x1a1.clawker.admin.v1.FirewallResolveHostnameResponse\x12i\n" +
-	"\x10FirewallRotateCA\x12).clawker.admin.v1.FirewallRotateCARequest\x1a*.clawker.admin.v1.FirewallRotateCAResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
+	"\x10FirewallRotateCA\x12).clawker.admin.v1.FirewallRotateCARequest\x1a*.clawker.admin.v1.FirewallRotateCAResponse\x12c\n" +
+	"\x0eFirewallDenied\x12'.clawker.admin.v1.FirewallDeniedRequest\x1a(.clawker.admin.v1.FirewallDeniedResponseB6Z4github.com/clawker/clawker-cp/proto/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2127,7 +2363,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(Protocol)(0),                           // 0: clawker.admin.v1.Protocol
 	(RuleStatus)(0),                         // 1: clawker.admin.v1.RuleStatus
@@ -2166,22 +2402,25 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*FirewallResolveHostnameResponse)(nil), // 34: clawker.admin.v1.FirewallResolveHostnameResponse
 	(*FirewallRotateCARequest)(nil),         // 35: clawker.admin.v1.FirewallRotateCARequest
 	(*FirewallRotateCAResponse)(nil),        // 36: clawker.admin.v1.FirewallRotateCAResponse
-	(*timestamppb.Timestamp)(nil),           // 37: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),             // 38: google.protobuf.Duration
+	(*FirewallDeniedRequest)(nil),           // 37: clawker.admin.v1.FirewallDeniedRequest
+	(*DeniedGroup)(nil),                     // 38: clawker.admin.v1.DeniedGroup
+	(*FirewallDeniedResponse)(nil),          // 39: clawker.admin.v1.FirewallDeniedResponse
+	(*timestamppb.Timestamp)(nil),           // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),             // 41: google.protobuf.Duration
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	4,  // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
-	37, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
-	37, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	37, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
-	38, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
-	37, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
-	38, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
+	40, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
+	40, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	40, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
+	41, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
+	40, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
+	41, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
 	0,  // 7: clawker.admin.v1.Route.proto:type_name -> clawker.admin.v1.Protocol
 	13, // 8: clawker.admin.v1.FirewallSyncRoutesRequest.routes:type_name -> clawker.admin.v1.Route
 	19, // 9: clawker.admin.v1.FirewallStatusResponse.agents:type_name -> clawker.admin.v1.FirewallAgent
 	18, // 10: clawker.admin.v1.FirewallStatusResponse.stack:type_name -> clawker.admin.v1.StackMember
-	37, // 11: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
+	40, // 11: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
 	18, // 12: clawker.admin.v1.FirewallInitResponse.stack:type_name -> clawker.admin.v1.StackMember
 	24, // 13: clawker.admin.v1.FirewallAddRulesRequest.rules:type_name -> clawker.admin.v1.EgressRule
 	1,  // 14: clawker.admin.v1.FirewallAddRulesResponse.statuses:type_name -> clawker.admin.v1.RuleStatus
@@ -2189,41 +2428,47 @@ var file_admin_v1_admin_proto_depIdxs = []int32{
 	1,  // 16: clawker.admin.v1.FirewallRemoveRuleResponse.status:type_name -> clawker.admin.v1.RuleStatus
 	24, // 17: clawker.admin.v1.FirewallRemoveRuleResponse.rule:type_name -> clawker.admin.v1.EgressRule
 	24, // 18: clawker.admin.v1.FirewallListRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
-	2,  // 19: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
-	5,  // 20: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
-	7,  // 21: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
-	9,  // 22: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
-	11, // 23: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
-	14, // 24: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
-	16, // 25: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
-	20, // 26: clawker.admin.v1.AdminService.FirewallInit:input_type -> clawker.admin.v1.FirewallInitRequest
-	22, // 27: clawker.admin.v1.AdminService.FirewallRemove:input_type -> clawker.admin.v1.FirewallRemoveRequest
-	25, // 28: clawker.admin.v1.AdminService.FirewallAddRules:input_type -> clawker.admin.v1.FirewallAddRulesRequest
-	27, // 29: clawker.admin.v1.AdminService.FirewallRemoveRule:input_type -> clawker.admin.v1.FirewallRemoveRuleRequest
-	29, // 30: clawker.admin.v1.AdminService.FirewallListRules:input_type -> clawker.admin.v1.FirewallListRulesRequest
-	31, // 31: clawker.admin.v1.AdminService.FirewallReload:input_type -> clawker.admin.v1.FirewallReloadRequest
-	33, // 32: clawker.admin.v1.AdminService.FirewallResolveHostname:input_type -> clawker.admin.v1.FirewallResolveHostnameRequest
-	35, // 33: clawker.admin.v1.AdminService.FirewallRotateCA:input_type -> clawker.admin.v1.FirewallRotateCARequest
-	3,  // 34: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
-	6,  // 35: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
-	8,  // 36: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
-	10, // 37: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
-	12, // 38: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
-	15, // 39: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
-	17, // 40: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
-	21, // 41: clawker.admin.v1.AdminService.FirewallInit:output_type -> clawker.admin.v1.FirewallInitResponse
-	23, // 42: clawker.admin.v1.AdminService.FirewallRemove:output_type -> clawker.admin.v1.FirewallRemoveResponse
-	26, // 43: clawker.admin.v1.AdminService.FirewallAddRules:output_type -> clawker.admin.v1.FirewallAddRulesResponse
-	28, // 44: clawker.admin.v1.AdminService.FirewallRemoveRule:output_type -> clawker.admin.v1.FirewallRemoveRuleResponse
-	30, // 45: clawker.admin.v1.AdminService.FirewallListRules:output_type -> clawker.admin.v1.FirewallListRulesResponse
-	32, // 46: clawker.admin.v1.AdminService.FirewallReload:output_type -> clawker.admin.v1.FirewallReloadResponse
-	34, // 47: clawker.admin.v1.AdminService.FirewallResolveHostname:output_type -> clawker.admin.v1.FirewallResolveHostnameResponse
-	36, // 48: clawker.admin.v1.AdminService.FirewallRotateCA:output_type -> clawker.admin.v1.FirewallRotateCAResponse
-	34, // [34:49] is the sub-list for method output_type
-	19, // [19:34] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	41, // 19: clawker.admin.v1.FirewallDeniedRequest.since:type_name -> google.protobuf.Duration
+	40, // 20: clawker.admin.v1.DeniedGroup.first:type_name -> google.protobuf.Timestamp
+	40, // 21: clawker.admin.v1.DeniedGroup.last:type_name -> google.protobuf.Timestamp
+	38, // 22: clawker.admin.v1.FirewallDeniedResponse.groups:type_name -> clawker.admin.v1.DeniedGroup
+	2,  // 23: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
+	5,  // 24: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
+	7,  // 25: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
+	9,  // 26: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
+	11, // 27: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
+	14, // 28: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
+	16, // 29: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
+	20, // 30: clawker.admin.v1.AdminService.FirewallInit:input_type -> clawker.admin.v1.FirewallInitRequest
+	22, // 31: clawker.admin.v1.AdminService.FirewallRemove:input_type -> clawker.admin.v1.FirewallRemoveRequest
+	25, // 32: clawker.admin.v1.AdminService.FirewallAddRules:input_type -> clawker.admin.v1.FirewallAddRulesRequest
+	27, // 33: clawker.admin.v1.AdminService.FirewallRemoveRule:input_type -> clawker.admin.v1.FirewallRemoveRuleRequest
+	29, // 34: clawker.admin.v1.AdminService.FirewallListRules:input_type -> clawker.admin.v1.FirewallListRulesRequest
+	31, // 35: clawker.admin.v1.AdminService.FirewallReload:input_type -> clawker.admin.v1.FirewallReloadRequest
+	33, // 36: clawker.admin.v1.AdminService.FirewallResolveHostname:input_type -> clawker.admin.v1.FirewallResolveHostnameRequest
+	35, // 37: clawker.admin.v1.AdminService.FirewallRotateCA:input_type -> clawker.admin.v1.FirewallRotateCARequest
+	37, // 38: clawker.admin.v1.AdminService.FirewallDenied:input_type -> clawker.admin.v1.FirewallDeniedRequest
+	3,  // 39: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
+	6,  // 40: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
+	8,  // 41: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
+	10, // 42: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
+	12, // 43: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
+	15, // 44: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
+	17, // 45: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
+	21, // 46: clawker.admin.v1.AdminService.FirewallInit:output_type -> clawker.admin.v1.FirewallInitResponse
+	23, // 47: clawker.admin.v1.AdminService.FirewallRemove:output_type -> clawker.admin.v1.FirewallRemoveResponse
+	26, // 48: clawker.admin.v1.AdminService.FirewallAddRules:output_type -> clawker.admin.v1.FirewallAddRulesResponse
+	28, // 49: clawker.admin.v1.AdminService.FirewallRemoveRule:output_type -> clawker.admin.v1.FirewallRemoveRuleResponse
+	30, // 50: clawker.admin.v1.AdminService.FirewallListRules:output_type -> clawker.admin.v1.FirewallListRulesResponse
+	32, // 51: clawker.admin.v1.AdminService.FirewallReload:output_type -> clawker.admin.v1.FirewallReloadResponse
+	34, // 52: clawker.admin.v1.AdminService.FirewallResolveHostname:output_type -> clawker.admin.v1.FirewallResolveHostnameResponse
+	36, // 53: clawker.admin.v1.AdminService.FirewallRotateCA:output_type -> clawker.admin.v1.FirewallRotateCAResponse
+	39, // 54: clawker.admin.v1.AdminService.FirewallDenied:output_type -> clawker.admin.v1.FirewallDeniedResponse
+	39, // [39:55] is the sub-list for method output_type
+	23, // [23:39] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -2237,7 +2482,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   35,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

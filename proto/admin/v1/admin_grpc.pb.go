@@ -38,6 +38,7 @@ const (
 	AdminService_FirewallReload_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallReload"
 	AdminService_FirewallResolveHostname_FullMethodName = "/clawker.admin.v1.AdminService/FirewallResolveHostname"
 	AdminService_FirewallRotateCA_FullMethodName        = "/clawker.admin.v1.AdminService/FirewallRotateCA"
+	AdminService_FirewallDenied_FullMethodName          = "/clawker.admin.v1.AdminService/FirewallDenied"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -103,6 +104,10 @@ type AdminServiceClient interface {
 	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
 	// it answers Unimplemented until TLS inspection lands.
 	FirewallRotateCA(ctx context.Context, in *FirewallRotateCARequest, opts ...grpc.CallOption) (*FirewallRotateCAResponse, error)
+	// FirewallDenied lists the recent refusals the DNS sibling and the proxy
+	// reported (kept in memory only), grouped by name, with the command that
+	// would allow each.
+	FirewallDenied(ctx context.Context, in *FirewallDeniedRequest, opts ...grpc.CallOption) (*FirewallDeniedResponse, error)
 }
 
 type adminServiceClient struct {
@@ -263,6 +268,16 @@ func (c *adminServiceClient) FirewallRotateCA(ctx context.Context, in *FirewallR
 	return out, nil
 }
 
+func (c *adminServiceClient) FirewallDenied(ctx context.Context, in *FirewallDeniedRequest, opts ...grpc.CallOption) (*FirewallDeniedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FirewallDeniedResponse)
+	err := c.cc.Invoke(ctx, AdminService_FirewallDenied_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -326,6 +341,10 @@ type AdminServiceServer interface {
 	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
 	// it answers Unimplemented until TLS inspection lands.
 	FirewallRotateCA(context.Context, *FirewallRotateCARequest) (*FirewallRotateCAResponse, error)
+	// FirewallDenied lists the recent refusals the DNS sibling and the proxy
+	// reported (kept in memory only), grouped by name, with the command that
+	// would allow each.
+	FirewallDenied(context.Context, *FirewallDeniedRequest) (*FirewallDeniedResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -380,6 +399,9 @@ func (UnimplementedAdminServiceServer) FirewallResolveHostname(context.Context, 
 }
 func (UnimplementedAdminServiceServer) FirewallRotateCA(context.Context, *FirewallRotateCARequest) (*FirewallRotateCAResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method FirewallRotateCA not implemented")
+}
+func (UnimplementedAdminServiceServer) FirewallDenied(context.Context, *FirewallDeniedRequest) (*FirewallDeniedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method FirewallDenied not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -672,6 +694,24 @@ func _AdminService_FirewallRotateCA_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_FirewallDenied_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FirewallDeniedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).FirewallDenied(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_FirewallDenied_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).FirewallDenied(ctx, req.(*FirewallDeniedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -738,6 +778,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "FirewallRotateCA",
 			Handler:    _AdminService_FirewallRotateCA_Handler,
+		},
+		{
+			MethodName: "FirewallDenied",
+			Handler:    _AdminService_FirewallDenied_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -11,6 +11,7 @@ package clawkerfw
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,10 @@ type Firewall struct {
 	Reporter Reporter
 	// ReportTimeout bounds one Report call (default DefaultReportTimeout).
 	ReportTimeout time.Duration
+	// OnBlocked, when set, is told about every name answered NXDOMAIN
+	// because no rule allows it (for `clawker firewall denied`). It must
+	// not block: it runs on the query's path.
+	OnBlocked func(name string, client net.Addr)
 
 	policy atomic.Pointer[egressrules.Policy]
 	m      counters

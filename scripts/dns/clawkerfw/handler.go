@@ -59,6 +59,9 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		// caches the denial past a policy change), and never sent upstream:
 		// the query itself could carry data out.
 		fw.m.nxdomain.Add(1)
+		if fw.OnBlocked != nil {
+			fw.OnBlocked(name, w.RemoteAddr())
+		}
 		return reply(w, r, dns.RcodeNameError, dns.ExtendedErrorCodeBlocked, "clawker-dns: "+name+" is not in the egress policy")
 	}
 	if q.Qtype == dns.TypeAAAA {

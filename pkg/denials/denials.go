@@ -1,0 +1,172 @@
+// Package denials keeps the recent egress refusals the firewall siblings
+// report (a name the DNS sibling answered NXDOMAIN for, a connection the
+// proxy refused) in a bounded window in memory, and groups them for
+// `clawker firewall denied`: what was refused, how often, by which agents,
+// where, and the `clawker firewall add` line that would allow it. Nothing
+// is written to disk.
+package denials
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Record is one refusal.
+type Record struct {
+	Time   time.Time
+	Src    netip.Addr // the agent's address
+	Where  string     // "dns" or "proxy"
+	Name   string     // the name asked for (SNI, Host, query name)
+	Proto  string     // https, http, other; empty for DNS
+	Reason string
+}
+
+// Window is a bounded ring of records; the oldest go first. Safe for
+// concurrent use.
+type Window struct {
+	mu      sync.Mutex
+	recs    []Record
+	next    int
+	full    bool
+	dropped uint64 // overwritten before anyone asked
+}
+
+// DefaultSize is how many refusals a Window keeps.
+const DefaultSize = 8192
+
+// New returns a window of size records (DefaultSize when size < 1).
+func New(size int) *Window {
+	if size < 1 {
+		size = DefaultSize
+	}
+	return &Window{recs: make([]Record, size)}
+}
+
+// Add records rs.
+func (w *Window) Add(rs ...Record) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, r := range rs {
+		if w.full {
+			w.dropped++
+		}
+		w.recs[w.next] = r
+		w.next = (w.next + 1) % len(w.recs)
+		if w.next == 0 {
+			w.full = true
+		}
+	}
+}
+
+// Since returns the records at or after t, oldest first.
+func (w *Window) Since(t time.Time) []Record {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []Record
+	n := w.next
+	if w.full {
+		n = len(w.recs)
+	}
+	start := 0
+	if w.full {
+		start = w.next
+	}
+	for i := range n {
+		r := w.recs[(start+i)%len(w.recs)]
+		if !r.Time.Before(t) {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// Group is the summary of one refused destination.
+type Group struct {
+	Where  string    `json:"where"`
+	Name   string    `json:"name"`
+	Proto  string    `json:"proto,omitempty"`
+	Count  int       `json:"count"`
+	Agents []string  `json:"agents"`
+	First  time.Time `json:"first"`
+	Last   time.Time `json:"last"`
+	Reason string    `json:"reason"` // the latest
+	Allow  string    `json:"allow"`  // the command that would allow it
+}
+
+// Summarize groups records by where, name and proto, naming each agent by
+// agentOf (its address when agentOf has no name for it), most recent
+// group first.
+func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
+	type key struct{ where, name, proto string }
+	groups := map[key]*Group{}
+	agents := map[key]map[string]bool{}
+	for _, r := range rs {
+		k := key{r.Where, r.Name, r.Proto}
+		g := groups[k]
+		if g == nil {
+			g = &Group{Where: r.Where, Name: r.Name, Proto: r.Proto, First: r.Time}
+			groups[k] = g
+			agents[k] = map[string]bool{}
+		}
+		g.Count++
+		if r.Time.After(g.Last) {
+			g.Last, g.Reason = r.Time, r.Reason
+		}
+		if r.Time.Before(g.First) {
+			g.First = r.Time
+		}
+		name := agentOf(r.Src)
+		if name == "" {
+			name = r.Src.String()
+		}
+		agents[k][name] = true
+	}
+	out := make([]Group, 0, len(groups))
+	for k, g := range groups {
+		for a := range agents[k] {
+			g.Agents = append(g.Agents, a)
+		}
+		sort.Strings(g.Agents)
+		g.Allow = AllowCommand(g.Name, g.Proto, g.Reason)
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Last.Equal(out[j].Last) {
+			return out[i].Last.After(out[j].Last)
+		}
+		return out[i].Name < out[j].Name
+	})
+	return out
+}
+
+// denyRule finds the rule key a refusal by a deny rule names.
+var denyRule = regexp.MustCompile(`denied by (\S+):(https|http|tcp|ssh):(\d+(?:-\d+)?)`)
+
+// portInReason finds the port a proxy refusal names ("... on http/8080").
+var portInReason = regexp.MustCompile(`on (https|http)/(\d+)`)
+
+// AllowCommand is the `clawker firewall add` line that would let name
+// through: DNS and TLS refusals need an https rule (the default), plain
+// HTTP one with --proto http and, off port 80, --port. A refusal by a deny
+// rule is allowed only by removing that rule: say so.
+func AllowCommand(name, proto, reason string) string {
+	if m := denyRule.FindStringSubmatch(reason); m != nil {
+		// A deny rule refuses it: adding an allow would not win a tie.
+		return fmt.Sprintf("clawker firewall remove %s --proto %s --port %s", m[1], m[2], m[3])
+	}
+	cmd := "clawker firewall add " + name
+	if proto == "http" {
+		cmd += " --proto http"
+		if m := portInReason.FindStringSubmatch(reason); m != nil && m[2] != "80" {
+			if p, err := strconv.Atoi(m[2]); err == nil {
+				cmd += fmt.Sprintf(" --port %d", p)
+			}
+		}
+	}
+	return cmd
+}

@@ -1,0 +1,49 @@
+package denials
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func TestWindowKeepsTheNewest(t *testing.T) {
+	w := New(3)
+	t0 := time.Unix(100, 0)
+	for i := range 5 {
+		w.Add(Record{Time: t0.Add(time.Duration(i) * time.Second), Name: string(rune('a' + i))})
+	}
+	got := w.Since(time.Time{})
+	if len(got) != 3 || got[0].Name != "c" || got[2].Name != "e" {
+		t.Fatalf("window %+v, want c d e oldest first", got)
+	}
+	if got := w.Since(t0.Add(4 * time.Second)); len(got) != 1 || got[0].Name != "e" {
+		t.Fatalf("since the last: %+v", got)
+	}
+}
+
+func TestSummarizeGroupsAndSuggests(t *testing.T) {
+	a, b := netip.MustParseAddr("172.22.0.5"), netip.MustParseAddr("172.22.0.6")
+	t0 := time.Unix(100, 0)
+	rs := []Record{
+		{Time: t0, Src: a, Where: "dns", Name: "registry.npmjs.org", Reason: "not in the egress policy"},
+		{Time: t0.Add(time.Second), Src: b, Where: "dns", Name: "registry.npmjs.org", Reason: "not in the egress policy"},
+		{Time: t0.Add(2 * time.Second), Src: a, Where: "proxy", Name: "example.com", Proto: "http", Reason: "no rule allows example.com on http/8080"},
+		{Time: t0.Add(3 * time.Second), Src: a, Where: "proxy", Name: "evil.example.com", Proto: "https", Reason: "denied by .example.com:https:443"},
+	}
+	names := map[netip.Addr]string{a: "myapp/dev"}
+	gs := Summarize(rs, func(ip netip.Addr) string { return names[ip] })
+	if len(gs) != 3 {
+		t.Fatalf("%d groups, want 3: %+v", len(gs), gs)
+	}
+	if gs[0].Name != "evil.example.com" || gs[0].Allow != "clawker firewall remove .example.com --proto https --port 443" {
+		t.Errorf("deny group %+v", gs[0])
+	}
+	if gs[1].Allow != "clawker firewall add example.com --proto http --port 8080" {
+		t.Errorf("http group %+v", gs[1])
+	}
+	npm := gs[2]
+	if npm.Count != 2 || npm.Allow != "clawker firewall add registry.npmjs.org" || len(npm.Agents) != 2 ||
+		npm.Agents[0] != "172.22.0.6" || npm.Agents[1] != "myapp/dev" || !npm.First.Equal(t0) || !npm.Last.Equal(t0.Add(time.Second)) {
+		t.Errorf("dns group %+v", npm)
+	}
+}
