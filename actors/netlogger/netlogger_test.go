@@ -88,7 +88,7 @@ func newFixture(t *testing.T, ebpfKnows bool) *fixture {
 	})
 	dnsPID := responder(sys, func(msg any) any {
 		if _, ok := msg.(*dns.GetIdentities); ok {
-			return &dns.Identities{Entries: map[netip.Addr]dns.IdentityEntry{netip.MustParseAddr("140.82.112.3"): {Kernel: 7}}}
+			return &dns.Identities{Entries: map[netip.Addr]dns.IdentityEntry{netip.MustParseAddr("203.0.113.30"): {Kernel: 7}}}
 		}
 		return nil
 	})
@@ -175,9 +175,9 @@ func TestAgentsEnforcedBeforeStartAreEnriched(t *testing.T) {
 			f.rcv.Start(t)
 			f.cfg.Monitoring.OTLPEndpoint = f.rcv.Addr
 			// The events are in the ring before the netlogger starts.
-			f.put(connect("140.82.112.3:443", egress.RedirectProxy, "172.30.0.200:15001"),
+			f.put(connect("203.0.113.30:443", egress.RedirectProxy, "172.30.0.200:15001"),
 				connect("172.30.0.5:8080", egress.AllowSubnet, "172.30.0.5:8080"))
-			ev := connect("9.9.9.9:123", egress.DenyUDP, "")
+			ev := connect("198.51.100.99:123", egress.DenyUDP, "")
 			ev.Hook, ev.Proto = uint8(egress.HookSendmsg4), 17
 			f.put(ev)
 			f.spawn(t)
@@ -192,9 +192,9 @@ func TestAgentsEnforcedBeforeStartAreEnriched(t *testing.T) {
 					t.Errorf("resource %q %q client %q", r.Service, r.Host, r.ClientCN)
 				}
 			}
-			check(t, got[0], map[string]any{"action": "redirected", "verdict": "redirect-proxy", "dst_ip": "140.82.112.3", "dst_port": int64(443), "dst_host": "github.com", "new_ip": "172.30.0.200", "new_port": int64(15001)})
+			check(t, got[0], map[string]any{"action": "redirected", "verdict": "redirect-proxy", "dst_ip": "203.0.113.30", "dst_port": int64(443), "dst_host": "github.com", "new_ip": "172.30.0.200", "new_port": int64(15001)})
 			check(t, got[1], map[string]any{"action": "allowed", "verdict": "allow-subnet", "dst_ip": "172.30.0.5", "dst_port": int64(8080)})
-			check(t, got[2], map[string]any{"action": "denied", "verdict": "deny-udp", "dst_ip": "9.9.9.9", "dst_port": int64(123), "l4_proto": "udp"})
+			check(t, got[2], map[string]any{"action": "denied", "verdict": "deny-udp", "dst_ip": "198.51.100.99", "dst_port": int64(123), "l4_proto": "udp"})
 			if got[2].Log.EventName != "ebpf.egress.sendmsg" || got[0].Log.EventName != "ebpf.egress.connect" {
 				t.Errorf("event names %q %q", got[0].Log.EventName, got[2].Log.EventName)
 			}
@@ -212,7 +212,7 @@ func TestCollectorDownAtStartThenUp(t *testing.T) {
 	if !strings.Contains(e.Message, "cannot reach the collector at "+addr) {
 		t.Fatalf("unavailable line %q", e.Message)
 	}
-	f.put(connect("140.82.112.3:443", egress.RedirectProxy, "172.30.0.200:15001"))
+	f.put(connect("203.0.113.30:443", egress.RedirectProxy, "172.30.0.200:15001"))
 	// Still answering: nothing waits on the collector.
 	if _, err := f.sys.Root.RequestFuture(pid, &netlogger.GetStats{}, time.Second).Result(); err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func TestDrainStepExportsEverythingRead(t *testing.T) {
 	f.waitLog(t, "netlogger_connected")
 	const n = 5000
 	for i := 0; i < n; i++ {
-		ev := connect("140.82.112.3:443", egress.RedirectProxy, "172.30.0.200:15001")
+		ev := connect("203.0.113.30:443", egress.RedirectProxy, "172.30.0.200:15001")
 		ev.Pid = uint32(i)
 		f.put(ev)
 	}

@@ -37,8 +37,8 @@ func precedencePolicy() *Policy {
 		Rule{Dst: "github.com", Proto: SSH},                                  // 14
 		Rule{Dst: ".a.b.deep.org"},                                           // 15
 		Rule{Dst: ".deep.org", Action: Deny},                                 // 16
-		Rule{Dst: "1.2.3.4", Action: Deny},                                   // 17
-		Rule{Dst: "1.2.3.0/24"},                                              // 18
+		Rule{Dst: "203.0.113.4", Action: Deny},                               // 17
+		Rule{Dst: "203.0.113.0/24"},                                          // 18
 	), []netip.Prefix{netip.MustParsePrefix("172.30.0.1/32")})
 }
 
@@ -96,10 +96,10 @@ func TestDecidePrecedence(t *testing.T) {
 		{"10.1.2.4", TCP, 5432, false, 11, "denied by 10.1.0.0/16:tcp:5432"},
 		{"10.2.0.1", TCP, 5432, true, 10, "allowed by 10.0.0.0/8:tcp:5432"},
 		{"10.2.0.1", TCP, 5433, false, 0, "no rule allows 10.2.0.1 on tcp/5433"},
-		{"8.8.8.8", HTTPS, 443, true, 13, "allowed by 0.0.0.0/0:https:443"},
-		{"1.2.3.4", HTTPS, 443, false, 17, "denied by 1.2.3.4:https:443"},
-		{"1.2.3.5", HTTPS, 443, true, 18, "allowed by 1.2.3.0/24:https:443"},
-		{"8.8.8.8", HTTP, 80, false, 0, "no rule allows 8.8.8.8 on http/80"},
+		{"198.51.100.8", HTTPS, 443, true, 13, "allowed by 0.0.0.0/0:https:443"},
+		{"203.0.113.4", HTTPS, 443, false, 17, "denied by 203.0.113.4:https:443"},
+		{"203.0.113.5", HTTPS, 443, true, 18, "allowed by 203.0.113.0/24:https:443"},
+		{"198.51.100.8", HTTP, 80, false, 0, "no rule allows 198.51.100.8 on http/80"},
 		// IP rules never match names.
 		{"db.internal.example", TCP, 5432, false, 0, "no rule allows db.internal.example on tcp/5432"},
 		// The restricted floor under broad IP rules.
@@ -158,7 +158,7 @@ func TestNilAndEmptyPolicyDeny(t *testing.T) {
 		t.Fatal("nil policy resolvable")
 	}
 	e := Compile(nil, nil)
-	if d := e.Decide("8.8.8.8", HTTPS, 443); d.Allow {
+	if d := e.Decide("198.51.100.8", HTTPS, 443); d.Allow {
 		t.Fatal("empty policy allowed")
 	}
 }
@@ -304,13 +304,15 @@ func TestRestricted(t *testing.T) {
 	}{
 		{"169.254.169.254", true, "link-local (cloud metadata)"},
 		{"::ffff:10.0.0.1", true, "private (RFC 1918) in IPv4-mapped IPv6"},
-		{"::ffff:8.8.8.8", true, "IPv4-mapped IPv6"},
+		{"::ffff:198.51.100.8", true, "IPv4-mapped IPv6"},
 		{"64:ff9b::a00:1", true, "NAT64 (embeds IPv4)"},
 		{"64:ff9b:1::1", true, "local NAT64 (embeds IPv4)"},
 		{"100.64.1.1", true, "shared address space (CGNAT)"},
+		// The two boundary rows below name the first address past a range
+		// (CGNAT, RFC 1918): classification only, nothing is dialled.
 		{"100.128.0.1", false, ""},
-		{"8.8.8.8", false, ""},
-		{"2606:4700::1", false, ""},
+		{"198.51.100.8", false, ""},
+		{"2001:db8:4700::1", false, ""},
 		{"0.0.0.0", true, "unspecified"},
 		{"0.1.2.3", true, "this network (0.0.0.0/8)"},
 		{"127.0.0.53", true, "loopback"},
@@ -331,7 +333,7 @@ func TestRestricted(t *testing.T) {
 		{"ff02::1", true, "multicast"},
 		{"2002:a00:1::", true, "6to4 (embeds IPv4)"},
 		{"2001:0:4136:e378::1", true, "Teredo (embeds IPv4)"},
-		{"2001:4860:4860::8888", false, ""},
+		{"2001:db8:4860::8888", false, ""},
 	}
 	for _, c := range cases {
 		class, r := Restricted(netip.MustParseAddr(c.ip))
@@ -351,8 +353,8 @@ func TestAnswerAllowed(t *testing.T) {
 		ok     bool
 		reason string
 	}{
-		{"8.8.8.8", true, ""},
-		{"2606:4700::1", true, ""},
+		{"198.51.100.8", true, ""},
+		{"2001:db8:4700::1", true, ""},
 		{"172.30.0.1", true, "private destination 172.30.0.1/32"},
 		{"::ffff:172.30.0.1", true, "private destination 172.30.0.1/32"},
 		{"172.30.0.2", false, "172.30.0.2 is private (RFC 1918): answers pointing there are dropped (add it to firewall.private_destinations to allow it)"},

@@ -111,7 +111,7 @@ func TestInvalidDsts(t *testing.T) {
 		strings.Repeat("a", 64) + ".com":  "longer than 63",
 		strings.Repeat("a.", 127) + "com": "longer than 253",
 		"10.0.0.256":                      "not a valid IPv4 address",
-		"010.1.2.3":                       "not a valid IPv4 address",
+		"192.0.02.3":                      "not a valid IPv4 address",
 		"1.2.3":                           "not a valid IPv4 address",
 		"10.0.0.0/33":                     "not a valid CIDR",
 		"fd00::/8":                        "IPv6 destinations are not supported",

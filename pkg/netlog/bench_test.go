@@ -19,7 +19,7 @@ func cpuTime() time.Duration {
 }
 
 func benchRecord() []byte {
-	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("1.2.3.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
+	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("203.0.113.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
 	return netlog.Encode(&ev)
 }
 

@@ -43,7 +43,7 @@ func event(hook egress.Hook, v egress.Verdict, family uint8, proto uint8, dst ne
 }
 
 func TestDecodeRealBytes(t *testing.T) {
-	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("1.2.3.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
+	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("203.0.113.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
 	raw := netlog.Encode(&ev)
 	if len(raw) != netlog.RecordSize || netlog.RecordSize != 64 {
 		t.Fatalf("record of %d bytes (RecordSize %d)", len(raw), netlog.RecordSize)
@@ -72,7 +72,7 @@ func newWorld() *world {
 	w := &world{upCh: make(chan bool, 64)}
 	w.snap.Store(&netlog.Snapshot{AsOf: time.Now().Add(time.Hour),
 		Cgroups: map[uint64]netlog.Identity{cgid: {ContainerID: ctrID, Project: "myapp", Agent: "dev"}},
-		Hosts:   map[netip.Addr]string{netip.MustParseAddr("1.2.3.4"): "api.example.com"}})
+		Hosts:   map[netip.Addr]string{netip.MustParseAddr("203.0.113.4"): "api.example.com"}})
 	return w
 }
 
@@ -168,15 +168,15 @@ func TestRecordsReachReceiverWithExactAttributes(t *testing.T) {
 	none := netip.AddrPort{}
 	evs := []bpf.EgressEvent{
 		event(egress.HookConnect4, egress.AllowSubnet, afInet, 6, netip.MustParseAddrPort("172.30.0.9:8080"), netip.MustParseAddrPort("172.30.0.9:8080")),
-		event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("1.2.3.4:443"), netip.MustParseAddrPort("172.30.0.200:15001")),
-		event(egress.HookSendmsg4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("9.9.9.9:123"), none),
+		event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("203.0.113.4:443"), netip.MustParseAddrPort("172.30.0.200:15001")),
+		event(egress.HookSendmsg4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("198.51.100.99:123"), none),
 		event(egress.HookConnect6, egress.DenyIPv6, afInet6, 6, netip.MustParseAddrPort("[2001:db8::1]:443"), none),
-		event(egress.HookConnect6, egress.RedirectProxy, afInet6, 6, netip.MustParseAddrPort("[::ffff:1.2.3.4]:80"), netip.MustParseAddrPort("172.30.0.200:15001")),
+		event(egress.HookConnect6, egress.RedirectProxy, afInet6, 6, netip.MustParseAddrPort("[::ffff:203.0.113.4]:80"), netip.MustParseAddrPort("172.30.0.200:15001")),
 		event(egress.HookSockCreate, egress.DenySocket, afInet, 255, none, none),
-		event(egress.HookConnect4, egress.AllowBypass, afInet, 6, netip.MustParseAddrPort("5.6.7.8:22"), netip.MustParseAddrPort("5.6.7.8:22")),
+		event(egress.HookConnect4, egress.AllowBypass, afInet, 6, netip.MustParseAddrPort("198.51.100.22:22"), netip.MustParseAddrPort("198.51.100.22:22")),
 	}
 	// connect6 to a mapped address: the struct keeps it as the app gave it.
-	evs[4].OrigAddr = netlog.AddrWords(netip.MustParseAddr("::ffff:1.2.3.4"))
+	evs[4].OrigAddr = netlog.AddrWords(netip.MustParseAddr("::ffff:203.0.113.4"))
 	for i := range evs {
 		src.Put(netlog.Encode(&evs[i]))
 	}
@@ -189,12 +189,12 @@ func TestRecordsReachReceiverWithExactAttributes(t *testing.T) {
 		attrs map[string]any
 	}{
 		{"ebpf.egress.connect", map[string]any{"action": "allowed", "verdict": "allow-subnet", "l4_proto": "tcp", "dst_ip": "172.30.0.9", "dst_port": int64(8080), "ipv6": false, "ipv4_mapped": false}},
-		{"ebpf.egress.connect", map[string]any{"action": "redirected", "verdict": "redirect-proxy", "l4_proto": "tcp", "dst_ip": "1.2.3.4", "dst_port": int64(443), "dst_host": "api.example.com", "new_ip": "172.30.0.200", "new_port": int64(15001), "ipv6": false, "ipv4_mapped": false}},
-		{"ebpf.egress.sendmsg", map[string]any{"action": "denied", "verdict": "deny-udp", "l4_proto": "udp", "dst_ip": "9.9.9.9", "dst_port": int64(123), "ipv6": false, "ipv4_mapped": false}},
+		{"ebpf.egress.connect", map[string]any{"action": "redirected", "verdict": "redirect-proxy", "l4_proto": "tcp", "dst_ip": "203.0.113.4", "dst_port": int64(443), "dst_host": "api.example.com", "new_ip": "172.30.0.200", "new_port": int64(15001), "ipv6": false, "ipv4_mapped": false}},
+		{"ebpf.egress.sendmsg", map[string]any{"action": "denied", "verdict": "deny-udp", "l4_proto": "udp", "dst_ip": "198.51.100.99", "dst_port": int64(123), "ipv6": false, "ipv4_mapped": false}},
 		{"ebpf.egress.connect", map[string]any{"action": "denied", "verdict": "deny-ipv6", "l4_proto": "tcp", "dst_ip": "2001:db8::1", "dst_port": int64(443), "ipv6": true, "ipv4_mapped": false}},
-		{"ebpf.egress.connect", map[string]any{"action": "redirected", "verdict": "redirect-proxy", "l4_proto": "tcp", "dst_ip": "1.2.3.4", "dst_port": int64(80), "dst_host": "api.example.com", "new_ip": "172.30.0.200", "new_port": int64(15001), "ipv6": true, "ipv4_mapped": true}},
+		{"ebpf.egress.connect", map[string]any{"action": "redirected", "verdict": "redirect-proxy", "l4_proto": "tcp", "dst_ip": "203.0.113.4", "dst_port": int64(80), "dst_host": "api.example.com", "new_ip": "172.30.0.200", "new_port": int64(15001), "ipv6": true, "ipv4_mapped": true}},
 		{"ebpf.egress.sock_create", map[string]any{"action": "denied", "verdict": "deny-socket", "l4_proto": "raw", "ipv6": false}},
-		{"ebpf.egress.connect", map[string]any{"action": "bypassed", "verdict": "allow-bypass", "l4_proto": "tcp", "dst_ip": "5.6.7.8", "dst_port": int64(22), "ipv6": false, "ipv4_mapped": false}},
+		{"ebpf.egress.connect", map[string]any{"action": "bypassed", "verdict": "allow-bypass", "l4_proto": "tcp", "dst_ip": "198.51.100.22", "dst_port": int64(22), "ipv6": false, "ipv4_mapped": false}},
 	}
 	got := rcv.Records()
 	clock := netlog.NewBootClock()
@@ -252,7 +252,7 @@ func TestUnknownCgroupIsParkedUntilEnrichmentArrives(t *testing.T) {
 	}
 	src := netlog.NewMemSource(10)
 	start(t, cfg, src)
-	ev := event(egress.HookConnect4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("9.9.9.9:53"), netip.AddrPort{})
+	ev := event(egress.HookConnect4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("198.51.100.99:53"), netip.AddrPort{})
 	src.Put(netlog.Encode(&ev))
 	if err := rcv.WaitCount(1, 5*time.Second); err != nil {
 		t.Fatal(err)
@@ -281,7 +281,7 @@ func TestUnavailableAtStartThenRecordsFlow(t *testing.T) {
 		t.Fatalf("reason %q", r)
 	}
 	for i := 0; i < 20; i++ {
-		ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("1.2.3.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
+		ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("203.0.113.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
 		ev.Pid = uint32(i)
 		src.Put(netlog.Encode(&ev))
 	}
@@ -332,7 +332,7 @@ func TestBufferBoundDropsAreCounted(t *testing.T) {
 	src := netlog.NewMemSource(1000)
 	p := start(t, cfg, src)
 	w.waitUp(t, false)
-	ev := event(egress.HookConnect4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("9.9.9.9:53"), netip.AddrPort{})
+	ev := event(egress.HookConnect4, egress.DenyUDP, afInet, 17, netip.MustParseAddrPort("198.51.100.99:53"), netip.AddrPort{})
 	raw := netlog.Encode(&ev)
 	for i := 0; i < 500; i++ {
 		src.Put(raw)
@@ -361,7 +361,7 @@ func TestDrainExportsEverythingRead(t *testing.T) {
 	cfg.Buffer = 20000
 	src := netlog.NewMemSource(20000)
 	p := start(t, cfg, src)
-	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("1.2.3.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
+	ev := event(egress.HookConnect4, egress.RedirectProxy, afInet, 6, netip.MustParseAddrPort("203.0.113.4:443"), netip.MustParseAddrPort("172.30.0.200:15001"))
 	const n = 10000
 	for i := 0; i < n; i++ {
 		ev.Pid = uint32(i)

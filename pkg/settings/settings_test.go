@@ -488,7 +488,7 @@ func TestFirewallLists(t *testing.T) {
 	}
 	for _, c := range []struct{ yaml, want string }{
 		{"firewall:\n  upstream_dns: []\n", "firewall.upstream_dns: is empty; list at least one resolver"},
-		{"firewall:\n  upstream_dns: 1.1.1.1:53\n", "firewall.upstream_dns: must be a list"},
+		{"firewall:\n  upstream_dns: 192.0.2.53:53\n", "firewall.upstream_dns: must be a list"},
 		{"firewall:\n  upstream_dns: [\"dns.example:53\"]\n", `firewall.upstream_dns: entry 0 ("dns.example:53") is not an IPv4 ip:port`},
 		{"firewall:\n  upstream_dns: [53]\n", "firewall.upstream_dns: entry 0 must be a string"},
 		{"firewall:\n  private_destinations: [\"10.0.0.0/33\"]\n", `firewall.private_destinations: entry 0 ("10.0.0.0/33") is not an IPv4 CIDR or address`},
@@ -527,7 +527,7 @@ func TestMonitoring(t *testing.T) {
 	for _, c := range []struct{ yaml, key, want string }{
 		{"monitoring:\n  otlp_endpoint: http://127.0.0.1:4317\n", "monitoring.otlp_endpoint", `monitoring.otlp_endpoint: "http://127.0.0.1:4317" is plaintext; use host:port (TLS with a client certificate), or set monitoring.otlp_insecure: true`},
 		{"monitoring:\n  otlp_endpoint: collector:4317\n  otlp_insecure: true\n", "monitoring.otlp_insecure", `monitoring.otlp_insecure: plaintext to "collector" is refused`},
-		{"monitoring:\n  otlp_endpoint: 8.8.8.8:4317\n  otlp_insecure: true\n", "monitoring.otlp_insecure", `plaintext to "8.8.8.8" is refused`},
+		{"monitoring:\n  otlp_endpoint: 198.51.100.8:4317\n  otlp_insecure: true\n", "monitoring.otlp_insecure", `plaintext to "198.51.100.8" is refused`},
 		{"monitoring:\n  otlp_endpoint: https://127.0.0.1:4317\n  otlp_insecure: true\n", "monitoring.otlp_endpoint", "asks for TLS (https://) but monitoring.otlp_insecure is true"},
 		{"monitoring:\n  otlp_endpoint: collector\n", "monitoring.otlp_endpoint", `"collector" is not host:port`},
 		{"monitoring:\n  otlp_endpoint: collector:0\n", "monitoring.otlp_endpoint", `has port "0"`},

@@ -317,8 +317,8 @@ func TestParseAttempt(t *testing.T) {
 	if a, _ := ParseAttempt("socket:ping"); a.Family != 2 || a.Type != 2 || a.Proto != 1 {
 		t.Errorf("ping: %+v", a)
 	}
-	for _, bad := range []string{"tcp", "tcp:10.0.0.1", "ftp:1.2.3.4:21", "tcp:1.2.3.4:80,bogus", "tcp:1.2.3.4:80,nosend=1",
-		"tcp:1.2.3.4:80,timeout", "dns:x", "socket:inet/stream", "socket:nope", "sleep:soon", "tcp:1.2.3.4:80,uid=-1", "dns:1.2.3.4,type=MX"} {
+	for _, bad := range []string{"tcp", "tcp:10.0.0.1", "ftp:203.0.113.4:21", "tcp:203.0.113.4:80,bogus", "tcp:203.0.113.4:80,nosend=1",
+		"tcp:203.0.113.4:80,timeout", "dns:x", "socket:inet/stream", "socket:nope", "sleep:soon", "tcp:203.0.113.4:80,uid=-1", "dns:203.0.113.4,type=MX"} {
 		if _, err := ParseAttempt(bad); err == nil {
 			t.Errorf("%q parsed", bad)
 		}
@@ -361,7 +361,7 @@ func TestDNSRoundTrip(t *testing.T) {
 	if _, err := ParseResponse(q); err == nil {
 		t.Error("a query parsed as a response")
 	}
-	if _, err := ParseQuestion([]byte("probe 1 tcp:1.2.3.4:53\n")); err == nil {
+	if _, err := ParseQuestion([]byte("probe 1 tcp:203.0.113.4:53\n")); err == nil {
 		t.Error("a probe line parsed as a DNS question")
 	}
 	if _, err := BuildQuery(1, "a..b", TypeA); err == nil {
