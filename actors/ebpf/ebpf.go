@@ -281,7 +281,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 			a.progs = nil
 		}
 	case *Enforce:
-		ctx.Respond(a.enforce(m))
+		a.enforceAsync(ctx, m)
 	case *Release:
 		ctx.Respond(&Done{Err: a.release(m.ContainerID)})
 	case *SetBypass:
@@ -399,14 +399,59 @@ func (a *Actor) openEvents() *EventsRing {
 	return &EventsRing{Map: m, Err: err}
 }
 
-func (a *Actor) enforce(m *Enforce) *Enforced {
+// looked is what enforceAsync found out about a container off the
+// mailbox: its cgroup (a walk of the cgroup tree) and, with AgentOf, its
+// address and project (a Docker inspect).
+type looked struct {
+	path     string
+	cgid     uint64
+	cgErr    error
+	agent    Agent
+	agentErr error
+}
+
+// lookupTimeout bounds the off-mailbox lookups of one Enforce.
+const lookupTimeout = 15 * time.Second
+
+// enforceAsync runs the cgroup walk and the Docker inspect of an Enforce
+// off the mailbox (each can take far longer than a map update), then
+// carries out the map and link changes on it. The firewall sends one
+// order at a time, so no other order of its overtakes this one.
+func (a *Actor) enforceAsync(ctx actor.Context, m *Enforce) {
 	if a.progs == nil {
+		ctx.Respond(&Enforced{Err: ErrNotLoaded})
+		return
+	}
+	sender := ctx.Sender()
+	f := actor.NewFuture(ctx.ActorSystem(), lookupTimeout)
+	cgroupOf, agentOf := a.cfg.CgroupOf, a.cfg.AgentOf
+	go func() {
+		var l looked
+		l.path, l.cgid, l.cgErr = cgroupOf(m.ContainerID)
+		if l.cgErr == nil && agentOf != nil {
+			l.agent, l.agentErr = agentOf(m.ContainerID)
+		}
+		ctx.ActorSystem().Root.Send(f.PID(), &l)
+	}()
+	ctx.ReenterAfter(f, func(res any, err error) {
+		l, ok := res.(*looked)
+		if err != nil || !ok {
+			ctx.Send(sender, &Enforced{Err: fmt.Errorf("looking up container %s: %v", short(m.ContainerID), err)})
+			return
+		}
+		ctx.Send(sender, a.enforce(m, l))
+	})
+}
+
+func (a *Actor) enforce(m *Enforce, l *looked) *Enforced {
+	if a.progs == nil {
+		// Flushed or closed while the lookup ran.
 		return &Enforced{Err: ErrNotLoaded}
 	}
 	// The events flag is the CP's (settings), not the order's.
 	cfg := m.Config
 	cfg.Events, cfg.EventRate = a.cfg.Events, a.cfg.EventRate
-	path, cgid, err := a.cfg.CgroupOf(m.ContainerID)
+	path, cgid, err := l.path, l.cgid, l.cgErr
 	if err != nil {
 		return &Enforced{Err: fmt.Errorf("cgroup of container %s: %w", short(m.ContainerID), err)}
 	}
@@ -417,7 +462,7 @@ func (a *Actor) enforce(m *Enforce) *Enforced {
 		res.Retired = old
 	}
 	if a.cfg.AgentOf != nil {
-		ag, err := a.cfg.AgentOf(m.ContainerID)
+		ag, err := l.agent, l.agentErr
 		if err != nil {
 			res.Err = fmt.Errorf("inspecting container %s: %w", short(m.ContainerID), err)
 			return res

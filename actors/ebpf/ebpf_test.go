@@ -455,3 +455,42 @@ func TestAgentPeersAndCut(t *testing.T) {
 		t.Errorf("peers after release %v", f.peers)
 	}
 }
+
+// TestEnforceLooksUpOffTheMailbox: while an Enforce waits for its Docker
+// inspect, the owner still answers GetState and SetIdentities (the DNS
+// sibling's answers must not wait behind a slow daemon).
+func TestEnforceLooksUpOffTheMailbox(t *testing.T) {
+	f := newFake()
+	release := make(chan struct{})
+	sys, pid, ready := start(t, ebpf.Config{Enable: true, PinDir: "/unused", Open: func() (ebpf.Programs, error) { return f, nil }, CgroupOf: cgroupOf,
+		AgentOf: func(string) (ebpf.Agent, error) {
+			<-release
+			return ebpf.Agent{Project: "p", IPs: []netip.Addr{netip.MustParseAddr("10.5.0.7")}}, nil
+		}})
+	if ready.Err != nil {
+		t.Fatal(ready.Err)
+	}
+	cfg := egress.Config{Proxy: netip.MustParseAddrPort("10.5.0.200:15001"), DNS: netip.MustParseAddrPort("10.5.0.201:53"), Subnet: netip.MustParsePrefix("10.5.0.0/24")}
+	setGen("slow", 31)
+	pending := sys.Root.RequestFuture(pid, &ebpf.Enforce{ContainerID: "slow", Config: cfg}, 10*time.Second)
+	if st := ask[*ebpf.State](t, sys, pid, &ebpf.GetState{}); st.Err != nil {
+		t.Fatalf("GetState while an Enforce is looking up: %v", st.Err)
+	}
+	if d := ask[*ebpf.Done](t, sys, pid, &ebpf.SetIdentities{Set: map[netip.Addr]uint32{netip.MustParseAddr("203.0.113.7"): 1}}); d.Err != nil {
+		t.Fatalf("SetIdentities while an Enforce is looking up: %v", d.Err)
+	}
+	f.mu.Lock()
+	_, early := f.enrolled[31]
+	f.mu.Unlock()
+	if early {
+		t.Fatal("the cgroup was enrolled before its lookup ended")
+	}
+	close(release)
+	res, err := pending.Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.(*ebpf.Enforced); r.Err != nil || f.enrolled[31].Config.Self != netip.MustParseAddr("10.5.0.7") {
+		t.Fatalf("the Enforce after its lookup: %+v, enrolled %+v", r, f.enrolled[31])
+	}
+}
