@@ -375,52 +375,29 @@ func (m *Manager) Enrolled() ([]Enrollment, error) {
 // SetIdentity records that ip (IPv4) belongs to identity id. Routes are
 // looked up by (identity, port, protocol).
 func (m *Manager) SetIdentity(ip netip.Addr, id uint32) error {
-	k, err := ip4(ip)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return ErrClosed
-	}
-	return m.objs.IpIdentity.Put(k, id)
+	return m.putIP4(func() *ebpf.Map { return m.objs.IpIdentity }, ip, id)
 }
 
 // DeleteIdentity forgets ip. Forgetting an unknown address is not an error.
 func (m *Manager) DeleteIdentity(ip netip.Addr) error {
-	k, err := ip4(ip)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return ErrClosed
-	}
-	if err := m.objs.IpIdentity.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return err
-	}
-	return nil
+	return m.deleteIP4(func() *ebpf.Map { return m.objs.IpIdentity }, ip)
 }
 
 // SetPeer records that ip (IPv4) is an enforced agent of project id, for
 // the agents enforced with AgentToAgentProject.
 func (m *Manager) SetPeer(ip netip.Addr, project uint32) error {
-	k, err := ip4(ip)
-	if err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return ErrClosed
-	}
-	return m.objs.PeerProject.Put(k, project)
+	return m.putIP4(func() *ebpf.Map { return m.objs.PeerProject }, ip, project)
 }
 
 // DeletePeer forgets ip. Forgetting an unknown address is not an error.
 func (m *Manager) DeletePeer(ip netip.Addr) error {
+	return m.deleteIP4(func() *ebpf.Map { return m.objs.PeerProject }, ip)
+}
+
+// putIP4 and deleteIP4 update one of the maps keyed by an IPv4 address
+// (ip_identity, peer_project). The map is picked under the lock: a
+// migration may have replaced it.
+func (m *Manager) putIP4(which func() *ebpf.Map, ip netip.Addr, v uint32) error {
 	k, err := ip4(ip)
 	if err != nil {
 		return err
@@ -430,7 +407,20 @@ func (m *Manager) DeletePeer(ip netip.Addr) error {
 	if m.closed {
 		return ErrClosed
 	}
-	if err := m.objs.PeerProject.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+	return which().Put(k, v)
+}
+
+func (m *Manager) deleteIP4(which func() *ebpf.Map, ip netip.Addr) error {
+	k, err := ip4(ip)
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if err := which().Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return err
 	}
 	return nil
