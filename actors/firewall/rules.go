@@ -107,7 +107,6 @@ func (a *Actor) doAddRules(m *AddRules) *RulesResult {
 	if err != nil {
 		return &RulesResult{Err: storeErr(err)}
 	}
-	a.rules.count = len(entries)
 	changed := 0
 	for _, st := range statuses {
 		if st != egressrules.Unchanged {
@@ -136,7 +135,6 @@ func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
 		if err != nil {
 			return &RulesResult{Err: storeErr(err)}
 		}
-		a.rules.count = len(entries)
 		if n > 0 {
 			a.publish(entries)
 		}
@@ -152,7 +150,6 @@ func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
 	if err != nil {
 		return &RulesResult{Err: storeErr(err)}
 	}
-	a.rules.count = len(entries)
 	n := 0
 	if st == egressrules.Removed {
 		n = 1
@@ -170,8 +167,6 @@ func (a *Actor) listRules(ctx actor.Context) {
 		res.Err = errNoRuleStore
 	} else if res.Rules, res.Err = a.rules.store.List(); res.Err != nil {
 		res.Err = storeErr(res.Err)
-	} else {
-		a.rules.count = len(res.Rules)
 	}
 	a.answer(ctx, ctx.Sender(), res)
 }
@@ -183,7 +178,6 @@ func (a *Actor) reloadRules(ctx actor.Context) {
 		if res.Rules, res.Err = a.rules.store.List(); res.Err != nil {
 			res.Err = storeErr(res.Err)
 		} else {
-			a.rules.count = len(res.Rules)
 			a.publish(res.Rules)
 			a.rulesLog().Info("egress rules reloaded", zap.String("event", "egress_rules_reloaded"),
 				zap.Int("rules", len(res.Rules)), zap.Uint64("generation", a.rules.gen))
@@ -207,6 +201,7 @@ func (a *Actor) rulesMutable() error {
 // publish hands the whole store to Config.Publish under the next
 // generation.
 func (a *Actor) publish(entries []egressrules.Entry) {
+	a.rules.count = len(entries)
 	if a.cfg.Publish == nil {
 		return
 	}
@@ -218,17 +213,11 @@ func (a *Actor) publish(entries []egressrules.Entry) {
 	})
 }
 
-// fillStatus adds the rule count and the agent network to a status. A
-// store that cannot be read reports the last count read, and says so in
-// the log.
+// fillStatus adds the rule count and the agent network to a status. The
+// count is the one every load and change keeps: the rules the siblings
+// were last given, with no store read on a status (a hand edit counts
+// once `firewall reload` publishes it).
 func (a *Actor) fillStatus(st *Status) *Status {
-	if a.rules.store != nil {
-		if entries, err := a.rules.store.List(); err != nil {
-			a.rulesLog().Warn("cannot read the egress rule store for the status", zap.String("event", "egress_rules_read_failed"), zap.Error(err))
-		} else {
-			a.rules.count = len(entries)
-		}
-	}
 	st.Rules = a.rules.count
 	if a.cfg.Enable && a.addrs.Subnet.IsValid() {
 		st.Network, st.Subnet = dockerx.NetworkName, a.addrs.Subnet.String()

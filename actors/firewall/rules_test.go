@@ -454,3 +454,21 @@ func TestStatusCountsRulesAndNamesTheNetwork(t *testing.T) {
 		}
 	}
 }
+
+// The count a status reports is that of the rules loaded at start too, not
+// only of those changed since.
+func TestStatusCountsTheRulesLoadedAtStart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if _, _, err := egressrules.OpenStore(dir).Add([]egressrules.Rule{rule("a.example.com", "", 0, ""), rule("b.example.com", "", 0, ""), rule("c.example.com", "", 0, "")}); err != nil {
+		t.Fatal(err)
+	}
+	r := spawnRules(t, firewall.Config{RulesDir: dir})
+	res, err := r.sys.Root.RequestFuture(r.fw, &firewall.GetStatus{}, 5*time.Second).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, ok := res.(*firewall.Status); !ok || st.Rules != 3 {
+		t.Fatalf("status %#v, want 3 rules", res)
+	}
+}
