@@ -2,7 +2,6 @@ package cptest
 
 import (
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -44,10 +43,10 @@ func StackDir(t testing.TB) string {
 			dir, err = os.MkdirTemp(dir, "stack-")
 		}
 		if err == nil {
-			err = copyExec(dnsBin, filepath.Join(dir, "clawker-dns"))
+			err = installFile(dnsBin, filepath.Join(dir, "clawker-dns"), dir)
 		}
 		if err == nil {
-			err = copyExec(proxy, filepath.Join(dir, "clawker-proxy"))
+			err = installFile(proxy, filepath.Join(dir, "clawker-proxy"), dir)
 		}
 		stackDir.dir, stackDir.err = dir, err
 	})
@@ -55,21 +54,4 @@ func StackDir(t testing.TB) string {
 		t.Fatalf("cptest: preparing the stack dir: %v", stackDir.err)
 	}
 	return stackDir.dir
-}
-
-func copyExec(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
