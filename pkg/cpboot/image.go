@@ -2,9 +2,7 @@ package cpboot
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"path"
@@ -13,6 +11,8 @@ import (
 	"time"
 
 	"github.com/moby/moby/client"
+
+	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
 // ImageRepo is the repository of the control plane image; the tag is
@@ -141,49 +141,16 @@ func buildImage(ctx context.Context, d Docker, b *Bundle, ref string, labels map
 
 	ctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	res, err := d.ImageBuild(ctx, pr, client.ImageBuildOptions{
-		Tags:        []string{ref},
-		Dockerfile:  "Dockerfile",
-		Remove:      true,
-		ForceRemove: true,
-		PullParent:  false,
-	})
+	out, err := dockerx.BuildImage(ctx, d, pr, ref)
 	if err != nil {
-		return fmt.Errorf("building image %s: %w", ref, err)
-	}
-	defer res.Body.Close()
-	// The body is a stream of JSON messages; a failed build reports its
-	// error in one of them, not in the HTTP status.
-	var out bytes.Buffer
-	dec := json.NewDecoder(res.Body)
-	for {
-		var m struct {
-			Stream      string `json:"stream"`
-			Error       string `json:"error"`
-			ErrorDetail *struct {
-				Message string `json:"message"`
-			} `json:"errorDetail"`
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("building image %s: reading the daemon's answer: %w", ref, err)
-		}
-		out.WriteString(m.Stream)
-		msg := m.Error
-		if msg == "" && m.ErrorDetail != nil {
-			msg = m.ErrorDetail.Message
-		}
-		if msg != "" {
-			return fmt.Errorf("building image %s: %s\n%s", ref, msg, lastLines(out.String(), 10))
-		}
+		return err
 	}
 	ok, err := imageExists(ctx, d, ref)
 	if err != nil {
 		return err
 	}
 	if !ok {
-		return fmt.Errorf("building image %s: the daemon reported no error but the tag does not exist:\n%s", ref, lastLines(out.String(), 10))
+		return fmt.Errorf("building image %s: the daemon reported no error but the tag does not exist:\n%s", ref, dockerx.LastLines(out, 10))
 	}
 	return nil
 }
@@ -220,12 +187,4 @@ func pruneImages(ctx context.Context, d Docker, repo, keep string, match map[str
 		}
 	}
 	return removed, nil
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

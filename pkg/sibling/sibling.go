@@ -10,7 +10,6 @@ package sibling
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -365,26 +364,6 @@ func buildImage(ctx context.Context, d Docker, sp Spec, ref string) error {
 	defer pr.Close()
 	bctx, cancel := context.WithTimeout(ctx, buildTimeout)
 	defer cancel()
-	res, err := d.ImageBuild(bctx, pr, client.ImageBuildOptions{Tags: []string{ref}, Dockerfile: "Dockerfile", Remove: true, ForceRemove: true})
-	if err != nil {
-		return fmt.Errorf("building image %s: %w", ref, err)
-	}
-	defer res.Body.Close()
-	var out bytes.Buffer
-	dec := json.NewDecoder(res.Body)
-	for {
-		var m struct {
-			Stream, Error string
-		}
-		if err := dec.Decode(&m); err == io.EOF {
-			break
-		} else if err != nil {
-			return fmt.Errorf("building image %s: %w", ref, err)
-		}
-		out.WriteString(m.Stream)
-		if m.Error != "" {
-			return fmt.Errorf("building image %s: %s\n%s", ref, m.Error, out.String())
-		}
-	}
-	return nil
+	_, err = dockerx.BuildImage(bctx, d, pr, ref)
+	return err
 }
