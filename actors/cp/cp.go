@@ -68,6 +68,10 @@ type Options struct {
 	// NoMount forbids mounting bpffs: set inside the container, where only
 	// the host's bpffs bind-mounted at /sys/fs/bpf keeps pins alive.
 	NoMount bool
+	// HostProc is where the host's /proc is mounted in the CP's container
+	// ("" on the host): the eBPF owner's cuts enter agents' network
+	// namespaces through it.
+	HostProc string
 	// Network is the agents' network; "" means clawker-net.
 	Network string
 	// OryDir holds the hydra, kratos and oathkeeper binaries the auth
@@ -222,7 +226,7 @@ func Start(opts Options) (*Instance, error) {
 		return nil, err
 	}
 	// The BPF events cost something per connect: on only when netlogger reads them.
-	ebpfCfg := ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, log.With(zap.String("actor", "ebpf")))
+	ebpfCfg := ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, opts.HostProc, log.With(zap.String("actor", "ebpf")))
 	ebpfCfg.Events, ebpfCfg.EventRate = s.Monitoring.OTLPEndpoint != "", uint32(s.Monitoring.EgressEventsPerSecond)
 	hostName, _ := os.Hostname()
 	children := []root.Child{

@@ -30,6 +30,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -62,7 +63,7 @@ type Programs interface {
 	Reconfigure(cgid uint64, cfg egress.Config) error
 	SetPeer(ip netip.Addr, project uint32) error
 	DeletePeer(ip netip.Addr) error
-	Cut(cgid uint64, path string) (egress.CutResult, error)
+	Cut(cgid uint64, path string, initPid int) (egress.CutResult, error)
 	Reused() []string
 	Migrated() []egress.Migration
 	Close() error
@@ -99,16 +100,20 @@ type Config struct {
 type Agent struct {
 	Project string       // dev.clawker.project
 	IPs     []netip.Addr // on every network it is attached to
+	// Pid is its init process in the host's pid namespace (State.Pid):
+	// how a containerized CP enters its network namespace for a cut.
+	Pid int
 }
 
 // Production returns the Config hooks backed by pkg/egress. noMount is set
-// in a container, where mounting bpffs would give pins that die with it.
-func Production(enable bool, pinDir string, noMount bool, log *zap.Logger) Config {
+// in a container, where mounting bpffs would give pins that die with it;
+// hostProc is where the host's /proc is mounted there (egress.Options).
+func Production(enable bool, pinDir string, noMount bool, hostProc string, log *zap.Logger) Config {
 	return Config{
 		Enable: enable,
 		PinDir: pinDir,
 		Open: func() (Programs, error) {
-			m, err := egress.OpenWith(pinDir, egress.Options{NoMount: noMount})
+			m, err := egress.OpenWith(pinDir, egress.Options{NoMount: noMount, HostProc: hostProc})
 			if err != nil {
 				return nil, err
 			}
@@ -126,16 +131,13 @@ func Production(enable bool, pinDir string, noMount bool, log *zap.Logger) Confi
 }
 
 // dockerAgentOf inspects the container with a Docker client of its own,
-// made on first use (only ever called from the actor's mailbox).
+// made on first use (by the lookups of enforceAsync, off the mailbox).
 func dockerAgentOf() func(string) (Agent, error) {
-	var c *client.Client
+	newClient := sync.OnceValues(func() (*client.Client, error) { return dockerx.New(dockerx.Host(os.Getenv)) })
 	return func(id string) (Agent, error) {
-		if c == nil {
-			nc, err := dockerx.New(dockerx.Host(os.Getenv))
-			if err != nil {
-				return Agent{}, err
-			}
-			c = nc
+		c, err := newClient()
+		if err != nil {
+			return Agent{}, err
 		}
 		in, err := dockerx.Call(context.Background(), 10*time.Second, func(ctx context.Context) (client.ContainerInspectResult, error) {
 			return c.ContainerInspect(ctx, id, client.ContainerInspectOptions{})
@@ -146,6 +148,9 @@ func dockerAgentOf() func(string) (Agent, error) {
 		var a Agent
 		if cfg := in.Container.Config; cfg != nil {
 			a.Project = cfg.Labels[dockerx.LabelProject]
+		}
+		if st := in.Container.State; st != nil {
+			a.Pid = st.Pid
 		}
 		if ns := in.Container.NetworkSettings; ns != nil {
 			for _, ep := range ns.Networks {
@@ -253,6 +258,7 @@ type Actor struct {
 	// orders that follow Docker's initial listing.
 	cgroups map[string]uint64
 	paths   map[string]string     // container -> cgroup path, for Cut
+	pids    map[string]int        // container -> its init's host pid, for Cut
 	peers   map[string]netip.Addr // container -> its address in peer_project
 	// projects numbers the projects for peer_project: FNV-1a of the name,
 	// probed on a collision, so a restarted CP mostly finds the same ids.
@@ -264,7 +270,7 @@ type Actor struct {
 // New returns a producer of fresh eBPF owners.
 func New(cfg Config) actor.Producer {
 	return func() actor.Actor {
-		return &Actor{cfg: cfg, cgroups: map[string]uint64{}, paths: map[string]string{}, peers: map[string]netip.Addr{},
+		return &Actor{cfg: cfg, cgroups: map[string]uint64{}, paths: map[string]string{}, pids: map[string]int{}, peers: map[string]netip.Addr{},
 			projects: map[string]uint32{}, projectOf: map[uint32]string{}}
 	}
 }
@@ -504,6 +510,7 @@ func (a *Actor) enforce(m *Enforce, l *looked) *Enforced {
 	}
 	a.cgroups[m.ContainerID] = cgid
 	a.paths[m.ContainerID] = path
+	a.pids[m.ContainerID] = l.agent.Pid
 	// What an earlier generation let through (a bypass that ended while no
 	// CP ran) goes now.
 	a.cut(m.ContainerID, cgid, "enforced")
@@ -556,9 +563,9 @@ func (a *Actor) cut(containerID string, cgid uint64, why string) {
 	if path == "" {
 		return
 	}
-	res, err := a.progs.Cut(cgid, path)
+	res, err := a.progs.Cut(cgid, path, a.pids[containerID])
 	log := a.cfg.Log.With(zap.String("event", "ebpf_cut"), zap.String("container", short(containerID)), zap.String("why", why),
-		zap.Int("destroyed", res.Destroyed), zap.Int("seen", res.Seen), zap.Duration("took", res.Took))
+		zap.Int("destroyed", res.Destroyed), zap.Int("seen", res.Seen), zap.Int("netns", res.Netns), zap.Duration("took", res.Took))
 	switch {
 	case err != nil:
 		log.Warn("cutting the sockets connected while unfiltered failed; the backstop still drops their packets", zap.Error(err))
@@ -586,6 +593,7 @@ func (a *Actor) release(containerID string) error {
 	}
 	delete(a.cgroups, containerID)
 	delete(a.paths, containerID)
+	delete(a.pids, containerID)
 	var peerErr error
 	if ip, ok := a.peers[containerID]; ok {
 		delete(a.peers, containerID)

@@ -99,7 +99,7 @@ func (f *fakePrograms) DeletePeer(ip netip.Addr) error {
 	delete(f.peers, ip)
 	return nil
 }
-func (f *fakePrograms) Cut(cgid uint64, path string) (egress.CutResult, error) {
+func (f *fakePrograms) Cut(cgid uint64, path string, initPid int) (egress.CutResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.cuts = append(f.cuts, itoa(cgid)+" "+path)

@@ -81,6 +81,8 @@ func main() {
 				Usage: "directory of the hydra, kratos and oathkeeper binaries the CP supervises (empty: none, and the AdminService refuses every method but GetSystemTime)"},
 			&cli.StringFlag{Name: "stack-dir", EnvVars: []string{"CLAWKER_CP_STACK_DIR"},
 				Usage: "directory of the clawker-dns and clawker-proxy binaries: with the firewall enabled the CP builds and runs the firewall stack from them (empty: it adopts a stack that already answers at .200/.201)"},
+			&cli.StringFlag{Name: "host-proc", EnvVars: []string{"CLAWKER_CP_HOST_PROC"},
+				Usage: "where the host's /proc is mounted (read-only), for a CP in a container: a bypass's end cuts the agent's sockets from inside its network namespace, entered through its init process there (empty: this process's /proc sees the agents)"},
 			&cli.BoolFlag{Name: "version", Usage: "print the version and the commit, then exit"},
 		},
 		Action: func(c *cli.Context) error {
@@ -96,7 +98,7 @@ func main() {
 				}
 				stackDir = abs
 			}
-			code = run(c.Context, c.String("bind"), c.String("ory-dir"), stackDir)
+			code = run(c.Context, c.String("bind"), c.String("ory-dir"), stackDir, c.String("host-proc"))
 			return nil
 		},
 	}
@@ -107,7 +109,7 @@ func main() {
 	os.Exit(code)
 }
 
-func run(parent context.Context, bind, oryDir, stackDir string) int {
+func run(parent context.Context, bind, oryDir, stackDir, hostProc string) int {
 	paths, err := settings.ResolvePaths(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "clawker-cp:", err)
@@ -153,7 +155,7 @@ func run(parent context.Context, bind, oryDir, stackDir string) int {
 		// PID 1 means we are the container's init: pins must land on the
 		// host's bpffs bind-mounted at /sys/fs/bpf, never on a private one.
 		PinDir: pinDir, Network: network, NoMount: os.Getpid() == 1, OryDir: oryDir, SystemClock: systemClock,
-		StackDir: stackDir, SiblingLabels: siblingLabels(os.Getenv(debugLabelsEnv))})
+		StackDir: stackDir, HostProc: hostProc, SiblingLabels: siblingLabels(os.Getenv(debugLabelsEnv))})
 }
 
 // siblingLabels parses CLAWKER_DEBUG_LABELS (k=v,...): the labels the CLI

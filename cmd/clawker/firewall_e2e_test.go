@@ -152,6 +152,7 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 		}
 		return len(ks.LinksOn(holdCgroup)) == egress.LinksPerCgroup, fmt.Sprintf("%d links of %d", len(ks.LinksOn(holdCgroup)), egress.LinksPerCgroup)
 	})
+	testCutInContainer(t, e, holdRep.Agent.ID, outTCP, reached)
 	if r := e.clawker(t, cmdTimeout, "controlplane", "down"); r.Code == 0 || !strings.Contains(r.Stderr, "--force") || !strings.Contains(r.Stderr, "fw.hold") {
 		t.Errorf("down with an agent running: exit %d\n%s", r.Code, r.Stderr)
 	}
@@ -176,5 +177,48 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 		if r := e.clawker(t, cmdTimeout, "rm", "-f", "--project", "fw", "--agent", strings.TrimPrefix(name, "fw.")); r.Code != 0 {
 			t.Errorf("rm %s: %s", name, r.Stderr)
 		}
+	}
+}
+
+// testCutInContainer: a connection the hold agent opened while its
+// firewall was disabled is cut by `firewall enable`, by a CP in its
+// container, whose own /proc shows no task of the agent: it enters the
+// agent's network namespace through the host's /proc (--host-proc).
+func testCutInContainer(t *testing.T, e *e2e, agentID, outTCP string, reached <-chan string) {
+	t.Helper()
+	if r := e.clawker(t, cmdTimeout, "firewall", "disable", "--project", "fw", "--agent", "hold"); r.Code != 0 {
+		t.Fatalf("firewall disable: exit %d\n%s", r.Code, r.Stderr)
+	}
+	held := outTCP + ",nosend,timeout=20s"
+	type result struct {
+		res cptest.ProbeResult
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		res, err := cptest.ExecProbeErr(e.d, agentID, "", "-timeout", "20s", held)
+		done <- result{res, err}
+	}()
+	select {
+	case <-reached:
+	case <-time.After(15 * time.Second):
+		t.Fatalf("the probe did not reach the outside host while the firewall was disabled\n%s", e.cpLogs(t, 30))
+	}
+	start := time.Now()
+	if r := e.clawker(t, cmdTimeout, "firewall", "enable", "--project", "fw", "--agent", "hold"); r.Code != 0 {
+		t.Fatalf("firewall enable: exit %d\n%s", r.Code, r.Stderr)
+	}
+	select {
+	case r := <-done:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		o := r.res.Must(t, held)
+		if o.OK || o.Errno != "ECONNABORTED" {
+			t.Errorf("connection opened while disabled, after enable: %+v, want ECONNABORTED\n%s", o, e.cpLogs(t, 30))
+		}
+		t.Logf("enable to cut, seen by the agent through the CLI: %v", time.Since(start))
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the connection opened while disabled survived the enable\n%s", e.cpLogs(t, 30))
 	}
 }

@@ -71,12 +71,21 @@ type spec struct {
 	// FirewallDir is the host's firewall data dir (the egress rules
 	// store), mounted read-write: the CP is the rules' only writer.
 	FirewallDir string `json:",omitempty"`
+	// HostProc is clawker-cp's --host-proc: where the host's /proc is
+	// bind-mounted read-only (ContainerHostProc). The eBPF owner's cut
+	// enters an agent's network namespace through the agent's init process
+	// there; the container's own /proc shows no task of another container.
+	HostProc string `json:",omitempty"`
 }
+
+// ContainerHostProc is where the host's /proc is mounted in the CP's
+// container.
+const ContainerHostProc = "/host/proc"
 
 const specLayout = 1
 
 func newSpec(s settings.Settings, p settings.Paths, socket string) spec {
-	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s), FirewallDir: p.FirewallDir}
+	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s), FirewallDir: p.FirewallDir, HostProc: ContainerHostProc}
 }
 
 // withBundle is sp for a container of b's image: with --ory-dir when b
@@ -102,11 +111,17 @@ func (sp spec) cmd() []string {
 	if sp.StackDir != "" {
 		cmd = append(cmd, stackDirFlag, sp.StackDir)
 	}
+	if sp.HostProc != "" {
+		cmd = append(cmd, hostProcFlag, sp.HostProc)
+	}
 	return cmd
 }
 
 // stackDirFlag is clawker-cp's flag naming the sibling binaries' directory.
 const stackDirFlag = "--stack-dir"
+
+// hostProcFlag is clawker-cp's flag naming where the host's /proc is.
+const hostProcFlag = "--host-proc"
 
 // oryDirFlag is clawker-cp's flag naming the Ory servers' directory.
 const oryDirFlag = "--ory-dir"
@@ -146,7 +161,7 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 	labels := o.labels(dockerx.PurposeControlPlane)
 	labels[dockerx.LabelBinHash] = binHash
 	labels[dockerx.LabelSpecHash] = sp.hash()
-	return client.ContainerCreateOptions{
+	opts := client.ContainerCreateOptions{
 		Name: ContainerName,
 		Config: &container.Config{
 			Image: image,
@@ -185,7 +200,13 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 		NetworkingConfig: &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{
 			NetworkName: {IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: ip}},
 		}},
-	}, nil
+	}
+	if sp.HostProc != "" {
+		// Read-only; opening a task's ns/net through it still passes the
+		// kernel's ptrace check, which agents (no capabilities) meet.
+		opts.HostConfig.Mounts = append(opts.HostConfig.Mounts, mount.Mount{Type: mount.TypeBind, Source: "/proc", Target: sp.HostProc, ReadOnly: true})
+	}
+	return opts, nil
 }
 
 // daemonKnowsCapBPF says whether to ask for CAP_BPF at all: Docker before

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -307,6 +308,7 @@ func TestCreateOptions(t *testing.T) {
 		{"/sys/fs/bpf", "/sys/fs/bpf", false},
 		{"/sys/fs/cgroup", "/sys/fs/cgroup", true},
 		{"/var/run/docker.sock", "/var/run/docker.sock", true},
+		{"/proc", "/host/proc", true},
 	}
 	for _, w := range wantMounts {
 		m, ok := mounts[w.dst]
@@ -326,8 +328,8 @@ func TestCreateOptions(t *testing.T) {
 	if env != "XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data XDG_STATE_HOME=/state" {
 		t.Errorf("env %s", env)
 	}
-	if len(co.Config.Cmd) != 0 || len(co.Config.Entrypoint) != 0 {
-		t.Errorf("cmd %v entrypoint %v: the image's are meant", co.Config.Cmd, co.Config.Entrypoint)
+	if !slices.Equal(co.Config.Cmd, []string{"--host-proc", "/host/proc"}) || len(co.Config.Entrypoint) != 0 {
+		t.Errorf("cmd %v entrypoint %v: the image's entrypoint plus --host-proc /host/proc are meant", co.Config.Cmd, co.Config.Entrypoint)
 	}
 	ep := co.NetworkingConfig.EndpointsConfig[NetworkName]
 	if string(hc.NetworkMode) != NetworkName || ep == nil || ep.IPAMConfig.IPv4Address != ip {

@@ -169,7 +169,7 @@ func TestAgainstDocker(t *testing.T) {
 	// The log tail and the stop (SIGTERM, exit 0).
 	cptest.WaitFor(t, 10*time.Second, "the sleeper's first line", func() (bool, string) {
 		tail, err := logTail(ctx, d, id, LogTailLines)
-		return err == nil && strings.Contains(tail, "sleeper: started [--bind 0.0.0.0]"), tail
+		return err == nil && strings.Contains(tail, "sleeper: started [--bind 0.0.0.0 --host-proc /host/proc]"), tail
 	})
 	sr, err := stop(ctx, d, id, 10*time.Second)
 	if err != nil || !sr.WasRunning || sr.ExitCode != 0 || sr.Status != "exited" {
@@ -304,7 +304,7 @@ func TestOryImageAgainstDocker(t *testing.T) {
 	}
 	cptest.WaitFor(t, 10*time.Second, "the sleeper's first line", func() (bool, string) {
 		tail, err := logTail(ctx, d, cr.ID, LogTailLines)
-		return err == nil && strings.Contains(tail, "sleeper: started [--bind 0.0.0.0 --ory-dir /ory]"), tail
+		return err == nil && strings.Contains(tail, "sleeper: started [--bind 0.0.0.0 --ory-dir /ory --host-proc /host/proc]"), tail
 	})
 	if sr, err := stop(ctx, d, cr.ID, 10*time.Second); err != nil || sr.ExitCode != 0 {
 		t.Errorf("stop: %+v %v", sr, err)

@@ -209,8 +209,8 @@ func TestCreateOptionsWithOry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(co.Config.Cmd, []string{"--ory-dir", "/ory"}) || len(co.Config.Entrypoint) != 0 {
-		t.Errorf("cmd %q entrypoint %q: want the image's entrypoint plus --ory-dir /ory", co.Config.Cmd, co.Config.Entrypoint)
+	if !slices.Equal(co.Config.Cmd, []string{"--ory-dir", "/ory", "--host-proc", "/host/proc"}) || len(co.Config.Entrypoint) != 0 {
+		t.Errorf("cmd %q entrypoint %q: want the image's entrypoint plus --ory-dir /ory --host-proc /host/proc", co.Config.Cmd, co.Config.Entrypoint)
 	}
 	if co.Config.Labels[LabelSpecHash] != withOry.hash() {
 		t.Errorf("spec hash label %s, want %s", co.Config.Labels[LabelSpecHash], withOry.hash())
@@ -240,8 +240,8 @@ func TestCreateOptionsWithOry(t *testing.T) {
 		}
 	}
 	noOry, _ := createOptions(o, plain, "img", "h", ip, false)
-	if len(noOry.Config.Cmd) != 0 {
-		t.Errorf("cmd without Ory %q: the image's entrypoint alone is meant", noOry.Config.Cmd)
+	if !slices.Equal(noOry.Config.Cmd, []string{"--host-proc", "/host/proc"}) {
+		t.Errorf("cmd without Ory %q: the image's entrypoint plus --host-proc alone is meant", noOry.Config.Cmd)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -28,9 +29,12 @@ import (
 // bpf_sock_destroy (Linux 6.5+) on every socket of the agent's cgroup (or
 // one below it) connected to a destination the enforced policy would refuse
 // or rewrite. Socket iterators see only the network namespace they are
-// created in, so Cut enters each namespace the cgroup's tasks are in. That
-// needs their pids in this process's pid namespace: a control plane in a
-// container of its own sees none, and Cut then reports ErrNoNetns (the
+// created in, so Cut enters each namespace the cgroup's tasks are in. It
+// finds them by the cgroup's pids when this process's pid namespace holds
+// them (a CP on the host); a control plane in a container of its own sees
+// none, and enters instead through the agent's init process as the host
+// numbers it (Docker's State.Pid) in the host's /proc, bind-mounted
+// read-only at Options.HostProc. With neither, Cut reports ErrNoNetns (the
 // backstop still holds).
 
 // ErrNoNetns is returned by Cut when no task of the cgroup is visible.
@@ -75,8 +79,10 @@ func (m *Manager) loadCut() error {
 // Cut destroys the sockets of the cgroup at path (enrolled with id cgid),
 // and of cgroups below it, connected to where its enforced policy would not
 // let them: call it when a bypass or disable ends. A cgroup that is
-// bypassed or disabled right now keeps everything.
-func (m *Manager) Cut(cgid uint64, path string) (CutResult, error) {
+// bypassed or disabled right now keeps everything. initPid is the
+// container's init process in the host's pid namespace (0 if unknown),
+// used with Options.HostProc when no task of the cgroup is visible here.
+func (m *Manager) Cut(cgid uint64, path string, initPid int) (CutResult, error) {
 	start := time.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -90,6 +96,13 @@ func (m *Manager) Cut(cgid uint64, path string) (CutResult, error) {
 	if err != nil {
 		return CutResult{}, err
 	}
+	var hostErr error
+	if len(nsFiles) == 0 && m.hostProc != "" && initPid > 0 {
+		var f *os.File
+		if f, hostErr = hostNetns(m.hostProc, initPid, path); hostErr == nil {
+			nsFiles = append(nsFiles, f)
+		}
+	}
 	defer func() {
 		for _, f := range nsFiles {
 			f.Close()
@@ -98,6 +111,9 @@ func (m *Manager) Cut(cgid uint64, path string) (CutResult, error) {
 	var res CutResult
 	if len(nsFiles) == 0 {
 		res.Took = time.Since(start)
+		if hostErr != nil {
+			return res, fmt.Errorf("cgroup %s: %w (through the host's pid %d: %v)", path, ErrNoNetns, initPid, hostErr)
+		}
 		return res, fmt.Errorf("cgroup %s: %w", path, ErrNoNetns)
 	}
 	if err := m.objs.CutTarget.Put(uint32(0), bpf.EgressCutTarget{CgroupId: cgid}); err != nil {
@@ -212,4 +228,60 @@ func netnsOf(path string) ([]*os.File, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// hostNetns opens the network namespace of the host's task pid through
+// hostProc (the host's /proc), provided the task is in the cgroup at
+// cgroupDir or below it. Both reads go through one handle on
+// hostProc/<pid>: if the pid was reused they fail with ESRCH, or describe
+// the new task, whose cgroup then does not match.
+func hostNetns(hostProc string, pid int, cgroupDir string) (*os.File, error) {
+	dir, err := os.Open(filepath.Join(hostProc, strconv.Itoa(pid)))
+	if err != nil {
+		return nil, err
+	}
+	defer dir.Close()
+	cg, err := readAt(dir, "cgroup")
+	if err != nil {
+		return nil, err
+	}
+	if !inCgroup(cg, filepath.Base(cgroupDir)) {
+		return nil, fmt.Errorf("pid %d is not in cgroup %s", pid, cgroupDir)
+	}
+	fd, err := unix.Openat(int(dir.Fd()), "ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open the network namespace of pid %d: %w", pid, err)
+	}
+	return os.NewFile(uintptr(fd), filepath.Join(dir.Name(), "ns/net")), nil
+}
+
+func readAt(dir *os.File, name string) (string, error) {
+	fd, err := unix.Openat(int(dir.Fd()), name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return "", fmt.Errorf("open %s/%s: %w", dir.Name(), name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	return string(b), err
+}
+
+// inCgroup says whether a /proc/<pid>/cgroup text puts the task in a
+// cgroup v2 directory named base or below one. The path it shows is
+// relative to the reader's cgroup namespace (a containerized CP sees
+// "/../../system.slice/docker-<id>.scope"), so the directory is matched by
+// its name, which holds the container id.
+func inCgroup(procCgroup, base string) bool {
+	for _, line := range strings.Split(procCgroup, "\n") {
+		p, ok := strings.CutPrefix(line, "0::")
+		if !ok {
+			continue
+		}
+		for _, seg := range strings.Split(p, "/") {
+			if seg == base {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -123,6 +123,7 @@ type Manager struct {
 	reader   *ringbuf.Reader      // the Events reader, while one runs
 	readerWG sync.WaitGroup
 	closed   bool
+	hostProc string // Options.HostProc
 }
 
 // Open loads the programs and adopts the state pinned under pinDir
@@ -153,6 +154,11 @@ type Options struct {
 	// bind mount of the host's /sys/fs/bpf keeps pins alive past the
 	// container; a bpffs mounted there would vanish with it.
 	NoMount bool
+	// HostProc is where the host's /proc is mounted, for a CP in a
+	// container of its own: Cut enters an agent's network namespace through
+	// the agent's init process there, since this process's /proc shows no
+	// task of the agent. Empty: this process's /proc sees them.
+	HostProc string
 }
 
 // OpenWith is Open with options.
@@ -187,6 +193,7 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 		mapsDir:  filepath.Join(pinDir, "maps"),
 		linksDir: filepath.Join(pinDir, "links"),
 		links:    map[string]link.Link{},
+		hostProc: opts.HostProc,
 	}
 	for _, d := range []string{m.mapsDir, m.linksDir} {
 		if err := os.Mkdir(d, 0o700); err == nil {

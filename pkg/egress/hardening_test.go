@@ -177,7 +177,7 @@ func TestPrivilegedCut(t *testing.T) {
 	must(t, m.Enroll(cgid, w.cfg))
 	must(t, m.Bypass(cgid, time.Now().Add(time.Minute)))
 	h := startInCgroup(t, helperOp{Op: "cut-victim", Cgroup: cg, UID: nobody, Probes: probes})
-	res, err := m.Cut(cgid, cg)
+	res, err := m.Cut(cgid, cg, 0)
 	must(t, err)
 	if res.Destroyed != 0 || res.Seen < len(probes) {
 		t.Errorf("cut during the bypass: %+v, want nothing destroyed of at least %d seen", res, len(probes))
@@ -198,7 +198,7 @@ func TestPrivilegedCut(t *testing.T) {
 		h := startInCgroup(t, helperOp{Op: "cut-victim", Cgroup: dir, UID: nobody, Probes: probes})
 		t0 := monoNow()
 		must(t, m.Enable(cgid))
-		res, err := m.Cut(cgid, cg)
+		res, err := m.Cut(cgid, cg, 0)
 		must(t, err)
 		took = append(took, res.Took)
 		var last int64
