@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/clawker/clawker-cp/actors/firewall"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
@@ -40,11 +41,11 @@ const minBypass = time.Second
 const containerIDLen = 64
 
 // FirewallEnable clears a container's disable and bypass.
-func (s *adminService) FirewallEnable(_ context.Context, req *adminv1.FirewallEnableRequest) (*adminv1.FirewallEnableResponse, error) {
+func (s *adminService) FirewallEnable(ctx context.Context, req *adminv1.FirewallEnableRequest) (*adminv1.FirewallEnableResponse, error) {
 	id := req.GetContainerId()
 	err := checkContainerID(id)
 	if err == nil {
-		_, err = s.mutate(&firewall.Enable{ContainerID: id})
+		_, err = s.mutate(ctx, &firewall.Enable{ContainerID: id})
 	}
 	s.logMutation("enable", err, zap.String("container_id", id))
 	if err != nil {
@@ -54,11 +55,11 @@ func (s *adminService) FirewallEnable(_ context.Context, req *adminv1.FirewallEn
 }
 
 // FirewallDisable lets a container's traffic through until FirewallEnable.
-func (s *adminService) FirewallDisable(_ context.Context, req *adminv1.FirewallDisableRequest) (*adminv1.FirewallDisableResponse, error) {
+func (s *adminService) FirewallDisable(ctx context.Context, req *adminv1.FirewallDisableRequest) (*adminv1.FirewallDisableResponse, error) {
 	id := req.GetContainerId()
 	err := checkContainerID(id)
 	if err == nil {
-		_, err = s.mutate(&firewall.Disable{ContainerID: id})
+		_, err = s.mutate(ctx, &firewall.Disable{ContainerID: id})
 	}
 	s.logMutation("disable", err, zap.String("container_id", id))
 	if err != nil {
@@ -69,7 +70,7 @@ func (s *adminService) FirewallDisable(_ context.Context, req *adminv1.FirewallD
 
 // FirewallBypass lets a container's traffic through for the asked timeout
 // (firewall.DefaultBypass when none) and answers when it ends.
-func (s *adminService) FirewallBypass(_ context.Context, req *adminv1.FirewallBypassRequest) (*adminv1.FirewallBypassResponse, error) {
+func (s *adminService) FirewallBypass(ctx context.Context, req *adminv1.FirewallBypassRequest) (*adminv1.FirewallBypassResponse, error) {
 	id := req.GetContainerId()
 	err := checkContainerID(id)
 	var d time.Duration
@@ -78,7 +79,7 @@ func (s *adminService) FirewallBypass(_ context.Context, req *adminv1.FirewallBy
 	}
 	var res *firewall.Result
 	if err == nil {
-		res, err = s.mutate(&firewall.Bypass{ContainerID: id, Duration: d})
+		res, err = s.mutate(ctx, &firewall.Bypass{ContainerID: id, Duration: d})
 	}
 	fields := []zap.Field{zap.String("container_id", id), zap.Duration("timeout", d)}
 	if err == nil {
@@ -92,10 +93,10 @@ func (s *adminService) FirewallBypass(_ context.Context, req *adminv1.FirewallBy
 }
 
 // FirewallSyncRoutes replaces the whole route set.
-func (s *adminService) FirewallSyncRoutes(_ context.Context, req *adminv1.FirewallSyncRoutesRequest) (*adminv1.FirewallSyncRoutesResponse, error) {
+func (s *adminService) FirewallSyncRoutes(ctx context.Context, req *adminv1.FirewallSyncRoutesRequest) (*adminv1.FirewallSyncRoutesResponse, error) {
 	routes, err := convertRoutes(req.GetRoutes())
 	if err == nil {
-		_, err = s.mutate(&firewall.SyncRoutes{Routes: routes})
+		_, err = s.mutate(ctx, &firewall.SyncRoutes{Routes: routes})
 	}
 	s.logMutation("sync_routes", err, zap.Int("routes", len(req.GetRoutes())))
 	if err != nil {
@@ -105,14 +106,10 @@ func (s *adminService) FirewallSyncRoutes(_ context.Context, req *adminv1.Firewa
 }
 
 // FirewallStatus reports what the programs enforce.
-func (s *adminService) FirewallStatus(context.Context, *adminv1.FirewallStatusRequest) (*adminv1.FirewallStatusResponse, error) {
-	res, err := s.askFirewall(&firewall.GetStatus{})
+func (s *adminService) FirewallStatus(ctx context.Context, _ *adminv1.FirewallStatusRequest) (*adminv1.FirewallStatusResponse, error) {
+	st, err := s.firewall.Status(ctx)
 	if err != nil {
-		return nil, err
-	}
-	st, ok := res.(*firewall.Status)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to GetStatus", res)
+		return nil, s.firewallUnanswered(err)
 	}
 	out := &adminv1.FirewallStatusResponse{
 		Enabled:      st.Enabled,
@@ -134,16 +131,12 @@ func (s *adminService) FirewallStatus(context.Context, *adminv1.FirewallStatusRe
 	return out, nil
 }
 
-// mutate asks the firewall for a mutation answered with *firewall.Result
-// and returns it, or the status error its Err maps to.
-func (s *adminService) mutate(msg any) (*firewall.Result, error) {
-	res, err := s.askFirewall(msg)
+// mutate asks the firewall for a mutation and returns its answer, or the
+// status error the request's failure or the answer's Err maps to.
+func (s *adminService) mutate(ctx context.Context, m firewall.Mutation) (*firewall.Result, error) {
+	r, err := s.firewall.Mutate(ctx, m)
 	if err != nil {
-		return nil, err
-	}
-	r, ok := res.(*firewall.Result)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to %T", res, msg)
+		return nil, s.firewallUnanswered(err)
 	}
 	if r.Err != nil {
 		return nil, firewallStatus(r.Err)
@@ -151,24 +144,22 @@ func (s *adminService) mutate(msg any) (*firewall.Result, error) {
 	return r, nil
 }
 
-// askFirewall asks the firewall actor within the request timeout. No
-// answer in time (or no actor to answer) is Unavailable: the CP is
-// overloaded, restarting the firewall or shutting down, and a retry may
-// succeed.
-func (s *adminService) askFirewall(msg any) (any, error) {
-	if s.firewall == nil {
-		return nil, status.Error(codes.Unavailable, "firewall: this control plane runs no firewall actor")
-	}
-	res, err := s.ask(s.firewall, msg)
+// firewallUnanswered maps a request to the firewall that got no proper
+// answer to a status. No answer in time (or no actor to answer) is
+// Unavailable: the CP is overloaded, restarting the firewall or shutting
+// down, and a retry may succeed; an answer of the wrong type is Internal.
+func (s *adminService) firewallUnanswered(err error) error {
 	switch {
+	case errors.Is(err, request.ErrNoActor):
+		return status.Error(codes.Unavailable, "firewall: this control plane runs no firewall actor")
 	case errors.Is(err, actor.ErrTimeout):
-		return nil, status.Errorf(codes.Unavailable, "firewall: no answer within %s; the control plane may be busy or shutting down, retry", s.timeout)
+		return status.Errorf(codes.Unavailable, "firewall: no answer within %s; the control plane may be busy or shutting down, retry", s.firewall.Timeout())
 	case errors.Is(err, actor.ErrDeadLetter):
-		return nil, status.Error(codes.Unavailable, "firewall: the firewall actor is not running (restarting, or the control plane is shutting down); retry")
-	case err != nil:
-		return nil, status.Errorf(codes.Internal, "firewall: %v", err)
+		return status.Error(codes.Unavailable, "firewall: the firewall actor is not running (restarting, or the control plane is shutting down); retry")
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return status.FromContextError(err).Err()
 	}
-	return res, nil
+	return status.Errorf(codes.Internal, "firewall: %v", err)
 }
 
 // firewallStatus maps the firewall actor's errors to status codes, with a
@@ -334,25 +325,23 @@ func init() {
 
 // FirewallInit brings the stack up; the answer carries the members as
 // they stand afterwards.
-func (s *adminService) FirewallInit(context.Context, *adminv1.FirewallInitRequest) (*adminv1.FirewallInitResponse, error) {
-	_, err := s.mutate(&firewall.StackUp{})
+func (s *adminService) FirewallInit(ctx context.Context, _ *adminv1.FirewallInitRequest) (*adminv1.FirewallInitResponse, error) {
+	_, err := s.mutate(ctx, &firewall.StackUp{})
 	s.logMutation("init", err)
 	if err != nil {
 		return nil, err
 	}
 	out := &adminv1.FirewallInitResponse{}
 	// The members' state is a courtesy: the bring-up succeeded either way.
-	if res, err := s.askFirewall(&firewall.GetStatus{}); err == nil {
-		if st, ok := res.(*firewall.Status); ok {
-			out.Stack = stackMembers(st.Stack)
-		}
+	if st, err := s.firewall.Status(ctx); err == nil {
+		out.Stack = stackMembers(st.Stack)
 	}
 	return out, nil
 }
 
 // FirewallRemove stops the stack.
-func (s *adminService) FirewallRemove(_ context.Context, req *adminv1.FirewallRemoveRequest) (*adminv1.FirewallRemoveResponse, error) {
-	_, err := s.mutate(&firewall.StackDown{Force: req.GetForce()})
+func (s *adminService) FirewallRemove(ctx context.Context, req *adminv1.FirewallRemoveRequest) (*adminv1.FirewallRemoveResponse, error) {
+	_, err := s.mutate(ctx, &firewall.StackDown{Force: req.GetForce()})
 	s.logMutation("remove", err, zap.Bool("force", req.GetForce()))
 	if err != nil {
 		return nil, err
@@ -362,11 +351,11 @@ func (s *adminService) FirewallRemove(_ context.Context, req *adminv1.FirewallRe
 
 // FirewallAddRules adds a batch of rules: all of them or, when one is
 // malformed, none.
-func (s *adminService) FirewallAddRules(_ context.Context, req *adminv1.FirewallAddRulesRequest) (*adminv1.FirewallAddRulesResponse, error) {
+func (s *adminService) FirewallAddRules(ctx context.Context, req *adminv1.FirewallAddRulesRequest) (*adminv1.FirewallAddRulesResponse, error) {
 	rules, err := convertRules(req.GetRules())
 	var res *firewall.RulesResult
 	if err == nil {
-		res, err = s.askRules(&firewall.AddRules{Rules: rules})
+		res, err = s.askRules(ctx, &firewall.AddRules{Rules: rules})
 	}
 	if err == nil && len(res.Statuses) != len(rules) {
 		err = status.Errorf(codes.Internal, "firewall: %d statuses for %d rules", len(res.Statuses), len(rules))
@@ -393,11 +382,11 @@ func (s *adminService) FirewallAddRules(_ context.Context, req *adminv1.Firewall
 
 // FirewallRemoveRule removes one rule, or all of them; a rule that is not
 // stored is a status, not an error.
-func (s *adminService) FirewallRemoveRule(_ context.Context, req *adminv1.FirewallRemoveRuleRequest) (*adminv1.FirewallRemoveRuleResponse, error) {
+func (s *adminService) FirewallRemoveRule(ctx context.Context, req *adminv1.FirewallRemoveRuleRequest) (*adminv1.FirewallRemoveRuleResponse, error) {
 	msg, err := removeRequest(req)
 	var res *firewall.RulesResult
 	if err == nil {
-		res, err = s.askRules(msg)
+		res, err = s.askRules(ctx, msg)
 	}
 	if err == nil && len(res.Statuses) != 1 {
 		err = status.Errorf(codes.Internal, "firewall: %d statuses for one removal", len(res.Statuses))
@@ -423,8 +412,8 @@ func (s *adminService) FirewallRemoveRule(_ context.Context, req *adminv1.Firewa
 }
 
 // FirewallListRules lists the store in its canonical order.
-func (s *adminService) FirewallListRules(context.Context, *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
-	res, err := s.askRules(&firewall.ListRules{})
+func (s *adminService) FirewallListRules(ctx context.Context, _ *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
+	res, err := s.askRules(ctx, &firewall.ListRules{})
 	if err != nil {
 		return nil, err
 	}
@@ -436,8 +425,8 @@ func (s *adminService) FirewallListRules(context.Context, *adminv1.FirewallListR
 }
 
 // FirewallReload reads the store again and hands it to the stack.
-func (s *adminService) FirewallReload(context.Context, *adminv1.FirewallReloadRequest) (*adminv1.FirewallReloadResponse, error) {
-	res, err := s.askRules(&firewall.ReloadRules{})
+func (s *adminService) FirewallReload(ctx context.Context, _ *adminv1.FirewallReloadRequest) (*adminv1.FirewallReloadResponse, error) {
+	res, err := s.askRules(ctx, &firewall.ReloadRules{})
 	var fields []zap.Field
 	if err == nil {
 		fields = append(fields, zap.Int("rules", len(res.Rules)))
@@ -498,20 +487,16 @@ func (s *adminService) FirewallRotateCA(context.Context, *adminv1.FirewallRotate
 }
 
 // FirewallDenied lists the recent refusals the siblings reported.
-func (s *adminService) FirewallDenied(_ context.Context, req *adminv1.FirewallDeniedRequest) (*adminv1.FirewallDeniedResponse, error) {
-	m := &firewall.GetDenied{Agent: req.GetAgent(), Project: req.GetProject()}
+func (s *adminService) FirewallDenied(ctx context.Context, req *adminv1.FirewallDeniedRequest) (*adminv1.FirewallDeniedResponse, error) {
+	m := firewall.GetDenied{Agent: req.GetAgent(), Project: req.GetProject()}
 	if d := req.GetSince(); d != nil {
 		if m.Since = d.AsDuration(); m.Since < 0 {
 			return nil, status.Error(codes.InvalidArgument, "since: negative; give how far back, e.g. 10m")
 		}
 	}
-	res, err := s.askFirewall(m)
+	r, err := s.firewall.Denied(ctx, m)
 	if err != nil {
-		return nil, err
-	}
-	r, ok := res.(*firewall.DeniedResult)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to GetDenied", res)
+		return nil, s.firewallUnanswered(err)
 	}
 	if r.Err != nil {
 		return nil, status.Errorf(codes.FailedPrecondition, "firewall denied: %v", r.Err)
@@ -529,14 +514,10 @@ func (s *adminService) FirewallDenied(_ context.Context, req *adminv1.FirewallDe
 // askRules asks the firewall a rule request answered with
 // *firewall.RulesResult and returns it, or the status error its Err maps
 // to.
-func (s *adminService) askRules(msg any) (*firewall.RulesResult, error) {
-	res, err := s.askFirewall(msg)
+func (s *adminService) askRules(ctx context.Context, m firewall.RulesRequest) (*firewall.RulesResult, error) {
+	r, err := s.firewall.Rules(ctx, m)
 	if err != nil {
-		return nil, err
-	}
-	r, ok := res.(*firewall.RulesResult)
-	if !ok {
-		return nil, status.Errorf(codes.Internal, "firewall: unexpected answer %T to %T", res, msg)
+		return nil, s.firewallUnanswered(err)
 	}
 	if r.Err != nil {
 		return nil, firewallStatus(r.Err)

@@ -4,36 +4,31 @@ import (
 	"context"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
-	"github.com/clawker/clawker-cp/actors/grpc/sessions"
-	"github.com/clawker/clawker-cp/actors/registry"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
 type adminService struct {
 	adminv1.UnimplementedAdminServiceServer
 	peers
-	firewall *actor.PID       // the Firewall* methods' actor (admin_firewall.go)
-	now      func() time.Time // GetSystemTime's clock; nil means time.Now
+	now func() time.Time // GetSystemTime's clock; nil means time.Now
 }
 
 // ListAgents returns every registered agent and whether its Session is up.
-func (s *adminService) ListAgents(context.Context, *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
-	res, err := s.ask(s.registry, &registry.List{})
+func (s *adminService) ListAgents(ctx context.Context, _ *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+	list, err := s.registry.List(ctx)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "registry: %v", err)
 	}
-	list := res.(*registry.ListResult)
 	if list.Err != nil {
 		return nil, status.Errorf(codes.Internal, "registry: %v", list.Err)
 	}
 	connected := map[string]bool{}
-	if res, err := s.ask(s.sessions, &sessions.ListConnected{}); err == nil {
-		connected = res.(*sessions.Connected).Keys
+	if c, err := s.sessions.ListConnected(ctx); err == nil {
+		connected = c.Keys
 	}
 	out := &adminv1.ListAgentsResponse{Agents: make([]*adminv1.Agent, 0, len(list.Agents))}
 	for _, a := range list.Agents {

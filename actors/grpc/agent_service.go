@@ -27,25 +27,32 @@ import (
 )
 
 // peers is what the handlers, running on gRPC's goroutines, need to reach
-// the actors. Every request is bounded by timeout.
+// the actors: a typed client per actor they ask (each request bounded by
+// Config.RequestTimeout), and the PIDs they only send to.
 type peers struct {
 	sys      *actor.ActorSystem
-	registry *actor.PID
-	sessions *actor.PID
+	registry registry.Client
+	sessions sessions.Client
+	firewall firewall.Client // not wired: every request fails with request.ErrNoActor
 	overseer *actor.PID
-	timeout  time.Duration
 	log      *zap.Logger
 }
 
-func (p peers) ask(pid *actor.PID, msg any) (any, error) {
-	return p.sys.Root.RequestFuture(pid, msg, p.timeout).Result()
+func newPeers(sys *actor.ActorSystem, cfg Config, sessionsPID *actor.PID) peers {
+	return peers{
+		sys:      sys,
+		registry: registry.NewClient(sys, cfg.Registry, cfg.RequestTimeout),
+		sessions: sessions.NewClient(sys, sessionsPID, cfg.RequestTimeout),
+		firewall: firewall.NewClient(sys, cfg.Firewall, cfg.RequestTimeout),
+		overseer: cfg.Overseer,
+		log:      cfg.Log,
+	}
 }
 
 type agentService struct {
 	agentv1.UnimplementedAgentServiceServer
 	peers
-	firewall *actor.PID
-	enforce  bool
+	enforce bool
 	// tokens checks the agent tokens of new bindings (Register); nil when
 	// the control plane has no Hydra to ask, and then a certificate alone
 	// makes a binding.
@@ -135,6 +142,12 @@ func (s *agentService) fail(id identity, err error) error {
 // a control plane restart, whose Hydra has forgotten every token) needs no
 // token: the certificate minted for that container is the proof, and the
 // one-shot assertion could not be exchanged again anyway.
+//
+// The token is judged first (tokenVerdict) and the registry asked once:
+// with a verdict against a new binding the request is ExistingOnly, and
+// the registry looks the binding up and binds in one sqlite transaction
+// (registry.Register, agentdb.RegisterExisting); the verdict is answered
+// only when the binding turns out to be new.
 func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterRequest) (*agentv1.RegisterResponse, error) {
 	id, _, err := identify(ctx)
 	if err != nil {
@@ -144,68 +157,73 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 		return nil, s.fail(id, refuse("agent_san_mismatch", "request names %s.%s but the certificate is for %s",
 			req.GetProject(), req.GetAgentName(), id.name()))
 	}
-	if err := s.authorizeNewBinding(ctx, id); err != nil {
-		return nil, err
-	}
-	res, err := s.ask(s.registry, &registry.Register{Agent: agentdb.Agent{
+	verdict := s.tokenVerdict(ctx, id)
+	r, err := s.registry.Register(ctx, registry.Register{Agent: agentdb.Agent{
 		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
-	}})
+	}, ExistingOnly: verdict != nil})
 	if err != nil {
 		return nil, s.fail(id, fmt.Errorf("registry: %w", err))
 	}
-	r := res.(*registry.RegisterResult)
 	switch {
+	case verdict != nil && errors.Is(r.Err, agentdb.ErrNotFound):
+		return nil, s.refuseNewBinding(id, verdict)
 	case errors.Is(r.Err, agentdb.ErrContainerBound):
 		return nil, s.fail(id, refuse("container_bound", "%v", r.Err))
 	case r.Err != nil:
 		return nil, s.fail(id, r.Err)
 	}
-	enforced := s.ensureEnforced(id)
+	enforced := s.ensureEnforced(ctx, id)
 	s.log.Info("agent registered", zap.String("event", "agent_registered"), zap.String("agent", id.name()),
 		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created),
 		zap.Bool("enforced", enforced))
 	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt), Enforced: enforced}, nil
 }
 
-// authorizeNewBinding is Register's token check (see Register): nil when
-// no token is needed or the caller's is good, else the status to answer.
-// A binding removed between this lookup and the registration (its
-// container destroyed) would be made again without a token; the
-// container is gone, so nobody can use it.
-func (s *agentService) authorizeNewBinding(ctx context.Context, id identity) error {
+// tokenVerdict is Register's token check (see Register): nil when a new
+// binding may be made (no Hydra to ask, or the caller's token is good),
+// else why not, for refuseNewBinding to answer should the binding be new.
+// A token is introspected even when the binding exists (the registry has
+// not been asked yet); clawkerd sends one only until a Register succeeded.
+func (s *agentService) tokenVerdict(ctx context.Context, id identity) error {
 	if s.tokens == nil {
 		return nil
-	}
-	res, err := s.ask(s.registry, &registry.Get{Key: id.Key})
-	if err != nil {
-		return s.fail(id, fmt.Errorf("registry: %w", err))
-	}
-	switch g := res.(*registry.GetResult); {
-	case g.Err == nil:
-		return nil // registered before: the certificate is the proof
-	case !errors.Is(g.Err, agentdb.ErrNotFound):
-		return s.fail(id, fmt.Errorf("registry: %w", g.Err))
 	}
 	token, reason := bearerToken(ctx)
 	switch reason {
 	case "token_missing":
-		return s.fail(id, refuse("agent_token_missing", "a new agent binding needs a bearer token of client %s with scope %s "+
-			"(clawkerd gets one with the client assertion clawker run copies in); none was sent", oauth.ClientAgent, oauth.ScopeAgentRegister))
+		return refuse("agent_token_missing", "a new agent binding needs a bearer token of client %s with scope %s "+
+			"(clawkerd gets one with the client assertion clawker run copies in); none was sent", oauth.ClientAgent, oauth.ScopeAgentRegister)
 	case "":
 	default:
-		return s.fail(id, refuse("agent_token_invalid", "the agent token is refused: malformed bearer token (%s)", reason))
+		return refuse("agent_token_invalid", "the agent token is refused: malformed bearer token (%s)", reason)
 	}
 	in, why, msg, err := s.tokens.check(ctx, token, oauth.ScopeAgentRegister)
 	if err != nil {
+		return &introspectionFailed{err}
+	}
+	if why != "" {
+		return refuse("agent_token_invalid", "the agent token is refused: %s (%s; client %q, scope %q)", msg, why, in.ClientID, in.Scope)
+	}
+	return nil
+}
+
+// introspectionFailed is a verdict Hydra could not give.
+type introspectionFailed struct{ err error }
+
+func (e *introspectionFailed) Error() string { return e.err.Error() }
+
+// refuseNewBinding answers a Register whose binding is new with the token
+// verdict against it: PermissionDenied for a refusal, Unavailable (retry)
+// when Hydra did not answer.
+func (s *agentService) refuseNewBinding(id identity, verdict error) error {
+	var nf *introspectionFailed
+	if errors.As(verdict, &nf) {
 		s.log.Warn("agent token not validated", zap.String("event", "register_failed"), zap.String("reason", "introspection_failed"),
-			zap.Error(err), zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()),
+			zap.Error(nf.err), zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()),
 			zap.String("thumbprint", id.Thumbprint))
 		return status.Error(codes.Unavailable, "the agent token cannot be validated now, retry")
 	}
-	if why != "" {
-		return s.fail(id, refuse("agent_token_invalid", "the agent token is refused: %s (%s; client %q, scope %q)", msg, why, in.ClientID, in.Scope))
-	}
-	return nil
+	return s.fail(id, verdict)
 }
 
 // ensureEnforced asks the firewall to enforce the caller's container (the
@@ -213,15 +231,13 @@ func (s *agentService) authorizeNewBinding(ctx context.Context, id identity) err
 // Docker start event usually got there first. A failure is logged and
 // answered as enforced=false; a clawkerd told to require enforcement then
 // keeps its command waiting and registers again.
-func (s *agentService) ensureEnforced(id identity) bool {
-	if !s.enforce || s.firewall == nil {
+func (s *agentService) ensureEnforced(ctx context.Context, id identity) bool {
+	if !s.enforce || !s.firewall.Wired() {
 		return false
 	}
-	res, err := s.ask(s.firewall, &firewall.Enforce{ContainerID: id.ContainerID})
+	r, err := s.firewall.Enforce(ctx, id.ContainerID)
 	if err == nil {
-		if r, ok := res.(*firewall.EnforceResult); ok {
-			err = r.Err
-		}
+		err = r.Err
 	}
 	if err != nil {
 		s.log.Warn("cannot enforce the agent's container", zap.String("event", "agent_enforce_failed"), zap.String("agent", id.name()),
@@ -254,12 +270,12 @@ func (s *agentService) Session(stream agentv1.AgentService_SessionServer) error 
 			hello.GetProject(), hello.GetAgentName(), id.name()))
 	}
 	s.publish(id, overseer.SessionConnecting, "")
-	res, err := s.ask(s.registry, &registry.Get{Key: id.Key})
+	g, err := s.registry.Get(stream.Context(), id.Key)
 	if err != nil {
 		s.publish(id, overseer.SessionFailed, "registry unavailable")
 		return status.Error(codes.Unavailable, "registry unavailable, retry")
 	}
-	if g := res.(*registry.GetResult); g.Err != nil {
+	if g.Err != nil {
 		s.publish(id, overseer.SessionFailed, "not registered")
 		return s.fail(id, refuse("not_registered", "call Register before opening a Session: %v", g.Err))
 	}
@@ -267,12 +283,11 @@ func (s *agentService) Session(stream agentv1.AgentService_SessionServer) error 
 	ctx, end := context.WithCancelCause(stream.Context())
 	defer end(nil)
 	outbox := make(chan *agentv1.ControlMessage, 256)
-	res, err = s.ask(s.sessions, &sessions.Open{Agent: id.name(), Key: id.Key, ContainerID: id.ContainerID, Outbox: outbox, End: end})
+	opened, err := s.sessions.Open(ctx, sessions.Open{Agent: id.name(), Key: id.Key, ContainerID: id.ContainerID, Outbox: outbox, End: end})
 	if err != nil {
 		s.publish(id, overseer.SessionFailed, "sessions unavailable")
 		return status.Error(codes.Unavailable, "sessions unavailable, retry")
 	}
-	opened := res.(*sessions.Opened)
 	if opened.Err != nil {
 		s.publish(id, overseer.SessionFailed, opened.Err.Error())
 		return status.Error(codes.Unavailable, opened.Err.Error())

@@ -33,7 +33,8 @@ type fakeRegistry struct {
 	mu        sync.Mutex
 	rows      map[string]agentdb.Agent // by key
 	registers int
-	getErr    error // when set, Get answers it
+	gets      int
+	dbErr     error // when set, Get and Register answer it
 }
 
 func (r *fakeRegistry) Receive(ctx actor.Context) {
@@ -41,8 +42,9 @@ func (r *fakeRegistry) Receive(ctx actor.Context) {
 	case *registry.Get:
 		r.mu.Lock()
 		defer r.mu.Unlock()
-		if r.getErr != nil {
-			ctx.Respond(&registry.GetResult{Err: r.getErr})
+		r.gets++
+		if r.dbErr != nil {
+			ctx.Respond(&registry.GetResult{Err: r.dbErr})
 			return
 		}
 		a, ok := r.rows[m.Key]
@@ -55,12 +57,20 @@ func (r *fakeRegistry) Receive(ctx actor.Context) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.registers++
+		if r.dbErr != nil {
+			ctx.Respond(&registry.RegisterResult{Err: r.dbErr})
+			return
+		}
 		a := m.Agent
 		a.Key = agentdb.Key(a.Thumbprint, a.ContainerID)
 		old, exists := r.rows[a.Key]
-		if exists {
+		switch {
+		case !exists && m.ExistingOnly:
+			ctx.Respond(&registry.RegisterResult{Err: fmt.Errorf("%w: %s", agentdb.ErrNotFound, a.Key)})
+			return
+		case exists:
 			a = old
-		} else {
+		default:
 			r.rows[a.Key] = a
 		}
 		ctx.Respond(&registry.RegisterResult{Agent: a, Created: !exists})
@@ -71,6 +81,13 @@ func (r *fakeRegistry) counts() (rows, registers int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return len(r.rows), r.registers
+}
+
+// requests is how many Get and Register requests reached the registry.
+func (r *fakeRegistry) requests() (gets, registers int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gets, r.registers
 }
 
 // fakeIntrospector answers from a table of tokens; unknown tokens are
@@ -209,7 +226,7 @@ func TestRegisterAgentToken(t *testing.T) {
 		if resp2.GetAgentKey() != resp.GetAgentKey() || in.calls != calls {
 			t.Errorf("re-register: key %s (first %s), %d introspections", resp2.GetAgentKey(), resp.GetAgentKey(), in.calls-calls)
 		}
-		// A stale token on a re-registration is not even looked at.
+		// A stale token on a re-registration does not matter.
 		if _, err := register(t, c, id, "Bearer inactive-token"); err != nil {
 			t.Errorf("re-register with a stale token: %v", err)
 		}
@@ -250,18 +267,25 @@ func TestRegisterAgentToken(t *testing.T) {
 	})
 	t.Run("registry down", func(t *testing.T) {
 		f.reg.mu.Lock()
-		f.reg.getErr = errors.New("database is locked")
+		f.reg.dbErr = errors.New("database is locked")
 		f.reg.mu.Unlock()
-		defer func() { f.reg.mu.Lock(); f.reg.getErr = nil; f.reg.mu.Unlock() }()
+		defer func() { f.reg.mu.Lock(); f.reg.dbErr = nil; f.reg.mu.Unlock() }()
 		c, id := f.agent(t, "later")
 		_, err := register(t, c, id, "Bearer agent-token")
 		wantCode(t, err, codes.Unavailable)
 	})
 
-	// Only the two good agents made bindings: no refusal reached the
-	// registry's Register.
+	// Only the two good agents made bindings: a refused token's request
+	// was ExistingOnly, and wrote nothing.
 	if rows, _ := f.reg.counts(); rows != 2 {
 		t.Errorf("%d bindings, want 2 (good, unlucky)", rows)
+	}
+	// Each Register RPC that got past the certificate and token checks
+	// asked the registry once: no Get before the Register.
+	// 13 RPCs: tokenless 1, good 3, the six refused tokens 6, unlucky 2,
+	// later 1.
+	if gets, registers := f.reg.requests(); gets != 0 || registers != 13 {
+		t.Errorf("%d registry Gets and %d Registers for 13 Register RPCs, want 0 and 13", gets, registers)
 	}
 	for _, e := range f.logs.All() {
 		if strings.Contains(fmt.Sprint(e.ContextMap()), "agent-token") {

@@ -9,6 +9,7 @@
 package grpc
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"strconv"
@@ -147,7 +148,7 @@ func (a *Actor) serve(ctx actor.Context) {
 		a.cfg.Log.Error("auth material unreadable", zap.String("event", "grpc_unavailable"), zap.Error(err))
 		return
 	}
-	peers := peers{sys: ctx.ActorSystem(), registry: a.cfg.Registry, sessions: a.sessions, overseer: a.cfg.Overseer, timeout: a.cfg.RequestTimeout, log: a.cfg.Log}
+	peers := newPeers(ctx.ActorSystem(), a.cfg, a.sessions)
 	agentCreds, err := agentCredentials(m, a.cfg.Log)
 	if err != nil {
 		a.cfg.Log.Error("agent TLS config", zap.String("event", "grpc_unavailable"), zap.Error(err))
@@ -163,10 +164,10 @@ func (a *Actor) serve(ctx actor.Context) {
 		agentTokens = NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	}
 	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
-	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, firewall: a.cfg.Firewall, enforce: a.cfg.Enforce, tokens: agentTokens})
+	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	a.adminSrv = ggrpc.NewServer(append([]ggrpc.ServerOption{ggrpc.Creds(adminCreds)}, authz.ServerOptions()...)...)
-	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, firewall: a.cfg.Firewall, now: a.cfg.Now})
+	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, now: a.cfg.Now})
 	for _, p := range []struct {
 		srv *ggrpc.Server
 		ln  net.Listener
@@ -196,17 +197,14 @@ func (a *Actor) hardStop() {
 // ends by itself, so GracefulStop alone would wait it out), then stops both
 // servers gracefully. It runs off the mailbox and answers the root itself.
 func (a *Actor) gracefulStop(ctx actor.Context, m *supervise.DrainStep) {
-	sender, sys, sess := ctx.Sender(), ctx.ActorSystem(), a.sessions
+	sender, sys := ctx.Sender(), ctx.ActorSystem()
+	sess := sessions.NewClient(sys, a.sessions, 0)
 	servers := []*ggrpc.Server{a.agentSrv, a.adminSrv}
 	budget := a.cfg.StopTimeout
 	go func() {
 		n := 0
-		if sess != nil {
-			if res, err := sys.Root.RequestFuture(sess, &sessions.EndAll{}, budget/2).Result(); err == nil {
-				if e, ok := res.(*sessions.Ended); ok {
-					n = e.Sessions
-				}
-			}
+		if e, err := sess.EndAll(context.Background(), budget/2); err == nil {
+			n = e.Sessions
 		}
 		forced := false
 		for _, s := range servers {

@@ -26,8 +26,16 @@ type Config struct {
 	Log           *zap.Logger
 }
 
-// Register binds an agent identity; the answer is *RegisterResult.
-type Register struct{ Agent agentdb.Agent }
+// Register binds an agent identity; the answer is *RegisterResult. With
+// ExistingOnly (the caller may not create a binding, e.g. it lacks the
+// token a new one needs) a binding that does not exist yet is answered
+// with an Err wrapping agentdb.ErrNotFound and nothing is written: the
+// lookup and the insert are one sqlite transaction
+// (agentdb.RegisterExisting), so one request decides and binds.
+type Register struct {
+	Agent        agentdb.Agent
+	ExistingOnly bool
+}
 
 // RegisterResult answers Register.
 type RegisterResult struct {
@@ -103,6 +111,10 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.close()
 	case *Register:
 		a.async(ctx, func(c context.Context) any {
+			if m.ExistingOnly {
+				ag, err := a.db.RegisterExisting(c, m.Agent)
+				return &RegisterResult{Agent: ag, Err: err}
+			}
 			ag, created, err := a.db.Register(c, m.Agent)
 			return &RegisterResult{Agent: ag, Created: created, Err: err}
 		})

@@ -297,6 +297,21 @@ func validTime(t time.Time) bool {
 // A zero a.RegisteredAt means now. a.LastSeen is raised to at least
 // a.RegisteredAt. An idempotent re-registration writes nothing.
 func (d *DB) Register(ctx context.Context, a Agent) (Agent, bool, error) {
+	return d.register(ctx, a, true)
+}
+
+// RegisterExisting is Register for a caller that may not create a binding
+// (an agent without the token a new one needs): when no binding of
+// a.Thumbprint to a.ContainerID exists yet it fails with an error wrapping
+// ErrNotFound and writes nothing; otherwise it answers as Register. The
+// lookup and the decision are one transaction, so a binding removed
+// meanwhile is never made again without the caller's permission.
+func (d *DB) RegisterExisting(ctx context.Context, a Agent) (Agent, error) {
+	ag, _, err := d.register(ctx, a, false)
+	return ag, err
+}
+
+func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool, error) {
 	switch {
 	case a.Project == "" || a.AgentName == "":
 		return Agent{}, false, fmt.Errorf("%w: project and agent name are required (got %q/%q)", ErrInvalidAgent, a.Project, a.AgentName)
@@ -330,6 +345,14 @@ func (d *DB) Register(ctx context.Context, a Agent) (Agent, bool, error) {
 
 	existing, err := scanAgent(tx.QueryRowContext(ctx,
 		"SELECT "+agentColumns+" FROM agents WHERE container_id = ?", a.ContainerID))
+	if (err != nil || existing.Thumbprint != a.Thumbprint) && !mayCreate {
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return Agent{}, false, fmt.Errorf("agentdb: register: look up container %s: %w", prefix(a.ContainerID, 12), err)
+		}
+		// Key(a.Thumbprint, a.ContainerID) is not bound: a new binding.
+		return Agent{}, false, fmt.Errorf("%w: key %s (container %s is not bound to thumbprint %s…)", ErrNotFound,
+			prefix(key, 12), prefix(a.ContainerID, 12), prefix(a.Thumbprint, 12))
+	}
 	switch {
 	case err == nil:
 		if existing.Thumbprint != a.Thumbprint {

@@ -310,6 +310,40 @@ func TestRegisterContainerNeverRebound(t *testing.T) {
 	}
 }
 
+// RegisterExisting answers an existing binding as Register does and
+// refuses, writing nothing, one that would be new: an unknown container,
+// or a known one bound to another certificate.
+func TestRegisterExisting(t *testing.T) {
+	ctx := context.Background()
+	d := openTest(t, filepath.Join(t.TempDir(), "agents.db"))
+
+	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "cert-1", "c1", t0)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("new binding: err = %v, want ErrNotFound", err)
+	}
+	if as := mustList(t, d); len(as) != 0 {
+		t.Fatalf("a refused binding was written: %+v", as)
+	}
+	orig, _, err := d.Register(ctx, newAgent("myapp", "dev", "cert-1", "c1", t0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "cert-1", "c1", t0.Add(time.Hour)))
+	if err != nil || got != orig {
+		t.Fatalf("existing binding: %+v, %v; want %+v", got, err, orig)
+	}
+	// Another certificate for the bound container is a new binding too.
+	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "cert-2", "c1", t0)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("other thumbprint: err = %v, want ErrNotFound", err)
+	}
+	// The same binding under another name is refused as Register refuses it.
+	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "review", "cert-1", "c1", t0)); !errors.Is(err, ErrContainerBound) {
+		t.Fatalf("other name: err = %v, want ErrContainerBound", err)
+	}
+	if as := mustList(t, d); len(as) != 1 || as[0] != orig {
+		t.Fatalf("the registry changed: %+v", as)
+	}
+}
+
 func TestRegisterReplacesNameOnNewContainer(t *testing.T) {
 	ctx := context.Background()
 	d := openTest(t, filepath.Join(t.TempDir(), "agents.db"))
