@@ -23,6 +23,7 @@ import (
 
 	docker "github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
@@ -263,6 +264,41 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 			t.Errorf("member %+v, want healthy with a container", m)
 		}
 	}
+	t.Run("every listening socket of the siblings is a documented one", func(t *testing.T) {
+		for _, m := range st.GetStack() {
+			ap, err := netip.ParseAddrPort(m.GetAddress())
+			if err != nil {
+				t.Fatalf("member %+v: %v", m, err)
+			}
+			// docs/ARCHITECTURE.md, "Listeners": DNS on 53 (UDP and TCP);
+			// the proxy on its catch-all port, one per route, and /healthz.
+			want := map[string]bool{}
+			if ap.Port() == 53 {
+				want["udp 53"], want["tcp 53"] = false, false
+			} else {
+				want[fmt.Sprintf("tcp %d", ap.Port())] = false
+				want[fmt.Sprintf("tcp %d", firewall.ProxyHealthPort(ap.Port()))] = false
+			}
+			ls := cptest.ContainerListeners(t, r.d, m.GetContainerId())
+			for _, l := range ls {
+				if l.Addr.Addr() == dockerEmbeddedDNS {
+					continue // Docker's resolver in every container of a user-defined network
+				}
+				key := fmt.Sprintf("%s %d", l.Proto, l.Addr.Port())
+				if _, ok := want[key]; !ok || !l.Addr.Addr().IsUnspecified() {
+					t.Errorf("%s: listener %s is not a documented one", m.GetName(), l)
+					continue
+				}
+				want[key] = true
+			}
+			for k, seen := range want {
+				if !seen {
+					t.Errorf("%s: no listener %s among %v", m.GetName(), k, ls)
+				}
+			}
+			t.Logf("%s listens on %v", m.GetName(), ls)
+		}
+	})
 	res := r.addRules(t,
 		&adminv1.EgressRule{Dst: "allowed.test"},
 		&adminv1.EgressRule{Dst: "allowed.test", Proto: "http"},
@@ -622,3 +658,7 @@ func dnsQueryA(name string) []byte {
 	}
 	return append(q, 0, 0, 1, 0, 1)
 }
+
+// dockerEmbeddedDNS is where Docker's resolver listens inside every
+// container of a user-defined network (its ports are random).
+var dockerEmbeddedDNS = netip.MustParseAddr("127.0.0.11")

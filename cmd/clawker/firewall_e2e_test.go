@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -153,6 +154,7 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 		return len(ks.LinksOn(holdCgroup)) == egress.LinksPerCgroup, fmt.Sprintf("%d links of %d", len(ks.LinksOn(holdCgroup)), egress.LinksPerCgroup)
 	})
 	testCutInContainer(t, e, holdRep.Agent.ID, outTCP, reached)
+	checkCPListeners(t, e)
 	if r := e.clawker(t, cmdTimeout, "controlplane", "down"); r.Code == 0 || !strings.Contains(r.Stderr, "--force") || !strings.Contains(r.Stderr, "fw.hold") {
 		t.Errorf("down with an agent running: exit %d\n%s", r.Code, r.Stderr)
 	}
@@ -221,4 +223,60 @@ func testCutInContainer(t *testing.T, e *e2e, agentID, outTCP string, reached <-
 	case <-time.After(20 * time.Second):
 		t.Fatalf("the connection opened while disabled survived the enable\n%s", e.cpLogs(t, 30))
 	}
+}
+
+// checkCPListeners lists every listening socket in the CP's container and
+// checks it against the documented set (docs/ARCHITECTURE.md,
+// "Listeners"): on the container's address only the ports the CLI, the
+// siblings and agents use; everything else on 127.0.0.1. The kernel
+// refuses agents all but the agent and Hydra public ports anyway; this
+// keeps what is not meant for another container from listening on its
+// address at all.
+func checkCPListeners(t *testing.T, e *e2e) {
+	t.Helper()
+	p := e.home.Ports(t)
+	public := map[int]string{}
+	for _, k := range []string{"health_port", "admin_port", "agent_port", "stack_port", "hydra_public_port", "oathkeeper_port"} {
+		public[p["control_plane."+k]] = k
+	}
+	internal := map[int]string{}
+	for _, k := range []string{"hydra_admin_port", "kratos_public_port", "kratos_admin_port", "oathkeeper_api_port"} {
+		internal[p["control_plane."+k]] = k
+	}
+	seen := map[string]bool{}
+	ls := cptest.ContainerListeners(t, e.d, cpboot.ContainerName)
+	loopback := 0
+	for _, l := range ls {
+		a := l.Addr.Addr().Unmap()
+		switch {
+		case a == netip.MustParseAddr("127.0.0.11"):
+			// Docker's embedded resolver, in every container of a
+			// user-defined network.
+		case l.Proto != "tcp":
+			t.Errorf("CP listener %s: the CP listens on no UDP port", l)
+		case a == netip.MustParseAddr("127.0.0.1"):
+			loopback++
+			if k, ok := internal[int(l.Addr.Port())]; ok {
+				seen[k] = true
+			}
+		case a.IsUnspecified():
+			k, ok := public[int(l.Addr.Port())]
+			if !ok {
+				t.Errorf("CP listener %s: not one of the documented ports on the container's address %v", l, public)
+			}
+			seen[k] = true
+		default:
+			t.Errorf("CP listener %s: neither 127.0.0.1 nor the container's address", l)
+		}
+	}
+	need := []string{"health_port", "admin_port", "agent_port", "stack_port"}
+	if seen["hydra_admin_port"] { // the bundle carries Ory
+		need = append(need, "hydra_public_port", "oathkeeper_port", "hydra_admin_port", "kratos_public_port", "kratos_admin_port", "oathkeeper_api_port")
+	}
+	for _, k := range need {
+		if !seen[k] {
+			t.Errorf("no CP listener for control_plane.%s (%d) among %v", k, p["control_plane."+k], ls)
+		}
+	}
+	t.Logf("CP listeners: %v (%d on loopback)", ls, loopback)
 }

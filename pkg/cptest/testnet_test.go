@@ -2,7 +2,9 @@ package cptest
 
 import (
 	"context"
+	"net"
 	"net/netip"
+	"os"
 	"reflect"
 	"slices"
 	"testing"
@@ -240,5 +242,62 @@ func checkTestNetwork(t *testing.T, d *docker.Client, n *TestNet) {
 	}
 	if slices.ContainsFunc(hostRoutes(), func(p netip.Prefix) bool { return p.Overlaps(n.Subnet) && p != n.Subnet }) {
 		t.Errorf("a host route overlaps %s: %v", n.Subnet, hostRoutes())
+	}
+}
+
+func TestParseProcAddr(t *testing.T) {
+	for in, want := range map[string]string{
+		"0100007F:1F90":                         "127.0.0.1:8080",
+		"00000000:0035":                         "0.0.0.0:53",
+		"CA0012AC:1D11":                         "172.18.0.202:7441",
+		"00000000000000000000000000000000:01BB": "[::]:443",
+		"0000000000000000FFFF00000100007F:0050": "[::ffff:127.0.0.1]:80",
+		"B80D0120000000000000000001000000:0016": "[2001:db8::1]:22",
+	} {
+		got, err := parseProcAddr(in)
+		if err != nil || got.String() != want {
+			t.Errorf("parseProcAddr(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0100007F", "zz00007F:0050", "0100007F:zz", "01007F:0050"} {
+		if _, err := parseProcAddr(bad); err == nil {
+			t.Errorf("parseProcAddr(%q): no error", bad)
+		}
+	}
+}
+
+// TestNetnsListeners finds a listener this test opens, in its own
+// namespace, with its exact address and protocol.
+func TestNetnsListeners(t *testing.T) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	pc, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	}
+	defer pc.Close()
+	ls, err := NetnsListeners(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]bool{
+		"tcp " + ln.Addr().String():      false,
+		"udp " + pc.LocalAddr().String(): false,
+	}
+	for _, l := range ls {
+		if _, ok := want[l.String()]; ok {
+			want[l.String()] = true
+			if !l.Loopback() {
+				t.Errorf("%s: not loopback", l)
+			}
+		}
+	}
+	for k, seen := range want {
+		if !seen {
+			t.Errorf("%s not listed in %v", k, ls)
+		}
 	}
 }
