@@ -229,6 +229,7 @@ func Start(opts Options) (*Instance, error) {
 	ebpfCfg := ebpf.Production(s.Firewall.Enable, pinDir, opts.NoMount, opts.HostProc, log.With(zap.String("actor", "ebpf")))
 	ebpfCfg.Events, ebpfCfg.EventRate = s.Monitoring.OTLPEndpoint != "", uint32(s.Monitoring.EgressEventsPerSecond)
 	hostName, _ := os.Hostname()
+	reg := newMetrics(sys, pidOf, pinDir, log.With(zap.String("actor", "health")))
 	children := []root.Child{
 		{Name: "health", Props: props(health.New(health.Config{
 			Addr:         bind(s.ControlPlane.HealthPort),
@@ -238,6 +239,7 @@ func Start(opts Options) (*Instance, error) {
 			ProbeTimeout: 2 * time.Second,
 			Faults:       opts.DebugFaults,
 			Overseer:     pidOf("overseer"),
+			Metrics:      reg.Handler(),
 			Log:          log.With(zap.String("actor", "health")),
 		}))},
 		{Name: "overseer", Props: props(overseer.New())},
@@ -282,7 +284,8 @@ func Start(opts Options) (*Instance, error) {
 			Firewall: pidOf("firewall"), Now: opts.SystemClock,
 			Heartbeat: s.ControlPlane.Sessions.Heartbeat, RequestTimeout: 5 * time.Second, StopTimeout: stepTimeout * 8 / 10,
 			Introspector: introspector, AdminReady: adminReady.Load,
-			Log: log.With(zap.String("actor", "grpc")),
+			ServerOptions: reg.GRPCServerOptions,
+			Log:           log.With(zap.String("actor", "grpc")),
 		}))},
 	}
 

@@ -66,7 +66,10 @@ type Config struct {
 	// AuthCacheTTL keeps positive introspections this long, never past a
 	// token's exp; 0 asks Hydra on every call.
 	AuthCacheTTL time.Duration
-	Log          *zap.Logger
+	// ServerOptions adds options to a server ("agent" or "admin") ahead
+	// of its own: the metrics' interceptors. Nil adds none.
+	ServerOptions func(server string) []ggrpc.ServerOption
+	Log           *zap.Logger
 }
 
 // Actor owns the listeners and servers.
@@ -163,10 +166,14 @@ func (a *Actor) serve(ctx actor.Context) {
 	if a.cfg.Introspector != nil {
 		agentTokens = NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	}
-	a.agentSrv = ggrpc.NewServer(ggrpc.Creds(agentCreds))
+	extra := func(string) []ggrpc.ServerOption { return nil }
+	if a.cfg.ServerOptions != nil {
+		extra = a.cfg.ServerOptions
+	}
+	a.agentSrv = ggrpc.NewServer(append(extra("agent"), ggrpc.Creds(agentCreds))...)
 	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
-	a.adminSrv = ggrpc.NewServer(append([]ggrpc.ServerOption{ggrpc.Creds(adminCreds)}, authz.ServerOptions()...)...)
+	a.adminSrv = ggrpc.NewServer(append(append(extra("admin"), ggrpc.Creds(adminCreds)), authz.ServerOptions()...)...)
 	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, now: a.cfg.Now})
 	for _, p := range []struct {
 		srv *ggrpc.Server

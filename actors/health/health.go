@@ -1,8 +1,9 @@
 // Package health is the actor behind the CP's plain-HTTP listeners.
 //
 // The health port (Config.Addr) serves GET /healthz (503 until ready, then
-// every registered probe must pass) and, when the fault knob is on and the
-// port is bound to loopback, POST /debug/faults.
+// every registered probe must pass), GET /metrics (Prometheus, pkg/metrics)
+// and, when the fault knob is on and the port is bound to loopback, POST
+// /debug/faults.
 //
 // GET /debug/actors (the live actor tree) and GET /debug/state (the
 // overseer's worldview: every managed container and agent Session) are
@@ -77,7 +78,10 @@ type Config struct {
 	Faults bool
 	// Overseer answers GET /debug/state; nil leaves the route answering 503.
 	Overseer *actor.PID
-	Log      *zap.Logger
+	// Metrics serves GET /metrics (pkg/metrics); nil serves no such route.
+	// Counts only, no names: the agents on clawker-net may read them.
+	Metrics http.Handler
+	Log     *zap.Logger
 }
 
 // New returns a producer of fresh health actors.
@@ -145,6 +149,9 @@ func (a *Actor) listen(ctx actor.Context) error {
 	debugHere := LoopbackOnly(a.cfg.Addr)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", h.healthz)
+	if a.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", a.cfg.Metrics)
+	}
 	if debugHere {
 		h.routeDebug(mux)
 	}

@@ -63,10 +63,45 @@ type Config struct {
 // GetStats asks for the counters; answered with *Stats.
 type GetStats struct{}
 
-// Stats answers GetStats.
+// Stats answers GetStats. The counters are the CP's since start: a
+// restarted netlogger (a new pipeline) adds to what the previous ones
+// counted, so /metrics never sees a counter go back.
 type Stats struct {
 	Enabled bool
 	netlog.Stats
+}
+
+// carried is what the pipelines of earlier incarnations counted. Records
+// still in flight when one closed are counted Failed: they never left.
+type carried struct {
+	mu sync.Mutex
+	netlog.Stats
+}
+
+func (c *carried) add(s netlog.Stats) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.Read += s.Read
+	c.Malformed += s.Malformed
+	c.Emitted += s.Emitted
+	c.Exported += s.Exported
+	c.Failed += s.Failed + s.InFlight
+	c.Dropped += s.Dropped
+	c.DroppedDown += s.DroppedDown
+}
+
+// plus is the carried counts with the live pipeline's s on top.
+func (c *carried) plus(s netlog.Stats) netlog.Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s.Read += c.Read
+	s.Malformed += c.Malformed
+	s.Emitted += c.Emitted
+	s.Exported += c.Exported
+	s.Failed += c.Failed
+	s.Dropped += c.Dropped
+	s.DroppedDown += c.DroppedDown
+	return s
 }
 
 // availability is the pipeline's report of a reachability change.
@@ -87,6 +122,7 @@ type drained struct{}
 // Actor is the netlogger.
 type Actor struct {
 	cfg      Config
+	carried  *carried
 	pipe     *netlog.Pipeline
 	enricher *enricher
 	endpoint string
@@ -104,7 +140,8 @@ func New(cfg Config) actor.Producer {
 	if cfg.StepTimeout <= 0 {
 		cfg.StepTimeout = 10 * time.Second
 	}
-	return func() actor.Actor { return &Actor{cfg: cfg} }
+	c := &carried{} // shared by every incarnation
+	return func() actor.Actor { return &Actor{cfg: cfg, carried: c} }
 }
 
 var routeErrors sync.Once
@@ -130,11 +167,16 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 	case *GetStats:
 		st := &Stats{Enabled: a.pipe != nil}
+		var live netlog.Stats
 		if a.pipe != nil {
-			st.Stats = a.pipe.Stats()
+			live = a.pipe.Stats()
 		}
+		st.Stats = a.carried.plus(live)
 		ctx.Respond(st)
 	case *drained:
+		if a.pipe != nil {
+			a.carried.add(a.pipe.Stats())
+		}
 		a.pipe = nil
 	case *supervise.DrainStep:
 		if m.Step != supervise.StepNetloggerStop {
@@ -318,6 +360,7 @@ func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
 func (a *Actor) stop() {
 	if a.pipe != nil && !a.draining {
 		a.pipe.Close()
+		a.carried.add(a.pipe.Stats())
 	}
 	a.pipe = nil
 	if a.enricher != nil {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
+	"github.com/clawker/clawker-cp/pkg/metrics"
 	"github.com/clawker/clawker-cp/pkg/netlog"
 	"github.com/clawker/clawker-cp/pkg/netlog/netlogtest"
 	"github.com/clawker/clawker-cp/pkg/settings"
@@ -296,5 +298,198 @@ func TestOffAndMisconfiguredDoNotGetInTheWay(t *testing.T) {
 	}
 	if _, err := g.sys.Root.RequestFuture(pid2, &netlogger.GetStats{}, time.Second).Result(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// countLogs is how many lines carry event.
+func (f *fixture) countLogs(event string) int {
+	n := 0
+	for _, e := range f.logs.All() {
+		for _, fl := range e.Context {
+			if fl.Key == "event" && fl.String == event {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// scrapeRegistry is the CP's /metrics view of the netlogger: a registry
+// whose collector asks the actor, as actors/cp wires it.
+func scrapeRegistry(t *testing.T, sys *actor.ActorSystem, pid *actor.PID) *metrics.Registry {
+	t.Helper()
+	reg := metrics.New()
+	if err := reg.Register(metrics.Netlogger(func() (netlog.Stats, bool, bool) {
+		res, err := sys.Root.RequestFuture(pid, &netlogger.GetStats{}, time.Second).Result()
+		st, ok := res.(*netlogger.Stats)
+		if err != nil || !ok {
+			return netlog.Stats{}, false, false
+		}
+		return st.Stats, st.Enabled, true
+	})); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// series reads one series' value (name{labels} as exposed), -1 if absent.
+func series(t *testing.T, reg *metrics.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if labels[lp.GetName()] != lp.GetValue() {
+					continue next
+				}
+			}
+			if m.Counter != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
+}
+
+func TestCollectorKilledMidStreamDropsAreCountedAndFlowResumes(t *testing.T) {
+	f := newFixture(t, true)
+	f.rcv.Start(t)
+	f.cfg.Monitoring.OTLPEndpoint = f.rcv.Addr
+	f.cfg.Tune = func(c *netlog.Config) {
+		c.ExportInterval, c.Buffer, c.BatchSize, c.RetryFor = 20*time.Millisecond, 50, 10, 300*time.Millisecond
+	}
+	pid := f.spawn(t)
+	reg := scrapeRegistry(t, f.sys, pid)
+	burst := func(from, n int) {
+		for i := from; i < from+n; i++ {
+			ev := connect("203.0.113.30:443", egress.RedirectProxy, "172.30.0.200:15001")
+			ev.Pid = uint32(i)
+			f.put(ev)
+		}
+	}
+	burst(0, 5)
+	if err := f.rcv.WaitCount(5, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.waitLog(t, "netlogger_connected")
+	if up := series(t, reg, "clawker_netlogger_collector_up", nil); up != 1 {
+		t.Fatalf("collector_up %v while it answers", up)
+	}
+
+	f.rcv.Stop()
+	f.waitLog(t, "netlogger_unavailable")
+	burst(5, 500) // ten times the buffer
+	stats := func() netlog.Stats {
+		res, err := f.sys.Root.RequestFuture(pid, &netlogger.GetStats{}, time.Second).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.(*netlogger.Stats).Stats
+	}
+	// Settled: every record read is exported, dropped or given up.
+	deadline := time.Now().Add(15 * time.Second)
+	var st netlog.Stats
+	for st = stats(); !(st.Read == 505 && st.InFlight == 0 && st.Parked == 0) && time.Now().Before(deadline); st = stats() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	down := series(t, reg, "clawker_netlogger_records_lost_total", map[string]string{"stage": "dropped_collector_down"})
+	failed := series(t, reg, "clawker_netlogger_records_lost_total", map[string]string{"stage": "export_failed"})
+	exported := series(t, reg, "clawker_netlogger_records_exported_total", nil)
+	read := series(t, reg, "clawker_netlogger_records_read_total", nil)
+	if read != 505 || exported != 5 || down < 400 || down+failed+exported != read {
+		t.Fatalf("after the outage: read %v exported %v dropped while down %v failed %v; stats %+v", read, exported, down, failed, st)
+	}
+	if up := series(t, reg, "clawker_netlogger_collector_up", nil); up != 0 {
+		t.Fatalf("collector_up %v while it is away", up)
+	}
+	if n := f.countLogs("netlogger_unavailable"); n != 1 {
+		t.Fatalf("%d netlogger_unavailable lines for one outage", n)
+	}
+
+	// Back: the next records flow without a restart of anything.
+	f.rcv.Start(t)
+	f.waitLog(t, "netlogger_available")
+	burst(1000, 5)
+	if err := f.rcv.WaitCount(10, 20*time.Second); err != nil {
+		t.Fatalf("%v: %+v", err, stats())
+	}
+	var pids []int64
+	for _, r := range f.rcv.Records()[5:] {
+		pids = append(pids, r.Attrs["pid"].(int64))
+	}
+	if len(pids) != 5 || pids[0] != 1000 || pids[4] != 1004 {
+		t.Fatalf("after the return the receiver got pids %v", pids)
+	}
+	if got := series(t, reg, "clawker_netlogger_records_exported_total", nil); got != 10 {
+		t.Fatalf("exported %v, want 10", got)
+	}
+}
+
+// A restarted netlogger adds to the counters of the one before: the
+// series never go back.
+func TestCountersSurviveARestart(t *testing.T) {
+	f := newFixture(t, true)
+	f.rcv.Start(t)
+	f.cfg.Monitoring.OTLPEndpoint = f.rcv.Addr
+	srcs := []*netlog.MemSource{netlog.NewMemSource(100), netlog.NewMemSource(100)}
+	var opened atomic.Int32
+	f.cfg.OpenSource = func() (netlog.Source, error) { return srcs[min(int(opened.Add(1))-1, 1)], nil }
+	// Under a supervisor of the tree, as in the CP: a panic restarts it.
+	tree, in := supervise.NewTree(), supervise.Intensity{Max: 3, Window: time.Minute}
+	parent := f.sys.Root.Spawn(tree.Props(func() actor.Actor {
+		return actor.ReceiveFunc(func(c actor.Context) {
+			if _, ok := c.Message().(*actor.Started); ok {
+				_, _ = c.SpawnNamed(tree.Props(netlogger.New(f.cfg), in), "netlogger")
+			}
+		})
+	}, in))
+	pid := actor.NewPID(f.sys.Address(), parent.Id+"/netlogger")
+	reg := scrapeRegistry(t, f.sys, pid)
+	ev := connect("203.0.113.30:443", egress.RedirectProxy, "172.30.0.200:15001")
+	for range 3 {
+		srcs[0].Put(netlog.Encode(&ev))
+	}
+	if err := f.rcv.WaitCount(3, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitSeries(t, reg, "clawker_netlogger_records_exported_total", 3)
+	f.sys.Root.Send(pid, &supervise.Fault{Kind: supervise.FaultPanic})
+	for deadline := time.Now().Add(10 * time.Second); opened.Load() < 2; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the netlogger was not restarted")
+		}
+	}
+	for range 2 {
+		srcs[1].Put(netlog.Encode(&ev))
+	}
+	if err := f.rcv.WaitCount(5, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitSeries(t, reg, "clawker_netlogger_records_exported_total", 5)
+	if got := series(t, reg, "clawker_netlogger_records_read_total", nil); got != 5 {
+		t.Fatalf("read %v after the restart, want 5", got)
+	}
+}
+
+func waitSeries(t *testing.T, reg *metrics.Registry, name string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := series(t, reg, name, nil)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v, want %v", name, got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

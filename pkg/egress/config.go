@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -465,10 +466,26 @@ func (m *Manager) Stats() (Stats, error) {
 	if m.closed {
 		return Stats{}, ErrClosed
 	}
+	return readStats(m.objs.Stats)
+}
+
+// ReadPinnedStats reads the counters of the programs pinned under pinDir
+// without loading them: for a reader beside the eBPF owner (the CP's
+// /metrics). os.ErrNotExist when nothing is pinned there.
+func ReadPinnedStats(pinDir string) (Stats, error) {
+	sm, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.EgressMapStats), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return Stats{}, err
+	}
+	defer sm.Close()
+	return readStats(sm)
+}
+
+func readStats(sm *ebpf.Map) (Stats, error) {
 	var s Stats
 	for i, dst := range []*uint64{&s.ReserveFailures, &s.RateLimited, &s.Events, &s.Allowed, &s.Redirected, &s.Denied, &s.BackstopDrops, &s.Cut} {
 		var per []uint64
-		if err := m.objs.Stats.Lookup(uint32(i), &per); err != nil {
+		if err := sm.Lookup(uint32(i), &per); err != nil {
 			return Stats{}, fmt.Errorf("read stats: %w", err)
 		}
 		for _, v := range per {

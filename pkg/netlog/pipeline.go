@@ -108,9 +108,13 @@ type Stats struct {
 	Exported  uint64 // acknowledged by the collector
 	Failed    uint64 // given up by the exporter (after its retries)
 	Dropped   uint64 // refused at the full buffer (collector away or slow)
-	Parked    uint64 // waiting for enrichment now
-	InFlight  uint64 // in the batch processor or an export now
-	Up        bool   // the collector answered last time
+	// DroppedDown is the part of Dropped refused while the collector was
+	// unreachable; the rest overflowed a collector that answered but
+	// took them slower than they came.
+	DroppedDown uint64
+	Parked      uint64 // waiting for enrichment now
+	InFlight    uint64 // in the batch processor or an export now
+	Up          bool   // the collector answered last time
 }
 
 // Pipeline is one collector connection and its reader.
@@ -121,11 +125,13 @@ type Pipeline struct {
 	logger   log.Logger
 	clock    *BootClock
 
-	read, malformed, emitted, exported, failed, dropped, parked atomic.Uint64
+	read, malformed, emitted, exported, failed, dropped, droppedDown, parked atomic.Uint64
 
 	upMu    sync.Mutex
 	upKnown bool
 	up      bool
+	// down mirrors !up for emit, which must not take upMu per record.
+	down atomic.Bool
 
 	monitorStop context.CancelFunc
 	monitorDone chan struct{}
@@ -218,6 +224,7 @@ func (p *Pipeline) setUp(up bool, reason string) {
 	p.upMu.Lock()
 	changed := !p.upKnown || p.up != up
 	p.upKnown, p.up = true, up
+	p.down.Store(!up)
 	p.upMu.Unlock()
 	if changed {
 		p.cfg.Availability(up, reason)
@@ -389,6 +396,9 @@ func (p *Pipeline) snapshot() *Snapshot {
 func (p *Pipeline) emit(ev *bpf.EgressEvent, observed time.Time, snap *Snapshot) {
 	if p.emitted.Load()-p.exported.Load()-p.failed.Load() >= uint64(p.cfg.Buffer) {
 		p.dropped.Add(1)
+		if p.down.Load() {
+			p.droppedDown.Add(1)
+		}
 		return
 	}
 	var r log.Record
@@ -409,10 +419,11 @@ func RouteOTelErrors(f func(error)) {
 func (p *Pipeline) Stats() Stats {
 	// Exported and failed first: a record counted there was emitted
 	// before, so InFlight never underflows.
-	exp, fail := p.exported.Load(), p.failed.Load()
+	// DroppedDown before Dropped, for the same reason.
+	exp, fail, down := p.exported.Load(), p.failed.Load(), p.droppedDown.Load()
 	s := Stats{
 		Read: p.read.Load(), Malformed: p.malformed.Load(), Emitted: p.emitted.Load(),
-		Exported: exp, Failed: fail, Dropped: p.dropped.Load(), Parked: p.parked.Load(),
+		Exported: exp, Failed: fail, Dropped: p.dropped.Load(), DroppedDown: down, Parked: p.parked.Load(),
 	}
 	s.InFlight = s.Emitted - exp - fail
 	p.upMu.Lock()
