@@ -32,6 +32,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/netlogger"
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/registry"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/root"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/actors/watcher"
@@ -210,13 +211,12 @@ func Start(opts Options) (*Instance, error) {
 			zap.String("event", "auth_unavailable"))
 	}
 	stackCfg, err := stackConfig(opts, agentNet.name, func(ctx context.Context, _ string, answers []stackapi.Answer) error {
-		res, err := sys.Root.RequestFuture(pidOf("firewall/dns"), &dns.ReportAnswers{Answers: answers}, 2*time.Second).Result()
-		if err != nil {
+		d, err := dns.NewClient(sys, pidOf("firewall/dns"), 2*time.Second).ReportAnswers(ctx, answers)
+		switch {
+		case errors.Is(err, request.ErrWrongReply):
+			return fmt.Errorf("the DNS owner answered: %w", err)
+		case err != nil:
 			return fmt.Errorf("the DNS owner did not answer: %w", err)
-		}
-		d, ok := res.(*dns.AnswersDone)
-		if !ok {
-			return fmt.Errorf("the DNS owner answered %T", res)
 		}
 		return d.Err
 	})
@@ -291,12 +291,12 @@ func Start(opts Options) (*Instance, error) {
 
 	// Probes of the subsystems' own ports and resources.
 	resources := []health.Probe{
-		{Name: "registry_db", Check: func(context.Context) error {
-			res, err := sys.Root.RequestFuture(pidOf("registry"), &registry.CheckHealth{}, livenessTimeout).Result()
+		{Name: "registry_db", Check: func(ctx context.Context) error {
+			h, err := registry.NewClient(sys, pidOf("registry"), livenessTimeout).CheckHealth(ctx)
 			if err != nil {
 				return fmt.Errorf("registry did not answer: %w", err)
 			}
-			return res.(*registry.HealthResult).Err
+			return h.Err
 		}},
 		portProbe("agent_port", s.ControlPlane.AgentPort),
 		portProbe("admin_port", s.ControlPlane.AdminPort),
@@ -308,14 +308,15 @@ func Start(opts Options) (*Instance, error) {
 		resources = append(resources, health.Probe{Name: "firewall_stack", Check: func(ctx context.Context) error {
 			var errs []error
 			for _, m := range []string{"firewall/dns", "firewall/proxy"} {
-				res, err := sys.Root.RequestFuture(pidOf(m), &stack.GetMemberStatus{}, livenessTimeout).Result()
-				if err != nil {
+				st, err := stack.NewClient(sys, pidOf(m), livenessTimeout).Status(ctx)
+				switch {
+				case errors.Is(err, request.ErrWrongReply):
+					errs = append(errs, fmt.Errorf("%s: %w", m, err))
+				case err != nil:
 					errs = append(errs, fmt.Errorf("%s did not answer: %w", m, err))
-					continue
-				}
-				if st, ok := res.(*stack.MemberStatus); !ok || !st.Healthy {
+				case !st.Healthy:
 					msg := "not healthy"
-					if ok && st.Error != "" {
+					if st.Error != "" {
 						msg = st.Error
 					}
 					errs = append(errs, fmt.Errorf("%s: %s", m, msg))
@@ -351,8 +352,8 @@ func Start(opts Options) (*Instance, error) {
 				continue
 			}
 			pid := pids[ch.Name]
-			probes = append(probes, health.Probe{Name: ch.Name, Check: func(context.Context) error {
-				_, err := sys.Root.RequestFuture(pid, &supervise.Ping{}, livenessTimeout).Result()
+			probes = append(probes, health.Probe{Name: ch.Name, Check: func(ctx context.Context) error {
+				_, err := request.Ask[*supervise.Pong](ctx, request.Target{Sys: sys, PID: pid, Timeout: livenessTimeout}, &supervise.Ping{})
 				if err != nil {
 					return fmt.Errorf("actor %s did not answer a ping within %s: %w", pid.Id, livenessTimeout, err)
 				}

@@ -38,6 +38,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/debugknob"
@@ -313,9 +314,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
-	res, err := h.sys.Root.RequestFuture(h.self, &getSnapshot{}, time.Second).Result()
-	s, ok := res.(*snapshot)
-	if err != nil || !ok {
+	s, err := request.Ask[*snapshot](r.Context(), request.Target{Sys: h.sys, PID: h.self, Timeout: time.Second}, &getSnapshot{})
+	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, cpapi.Health{Status: cpapi.StatusUnhealthy, Failing: []string{"health"}})
 		return
 	}
@@ -397,19 +397,18 @@ func (h *handler) actors(w http.ResponseWriter, _ *http.Request) {
 const stateTimeout = time.Second
 
 // state serves the overseer's worldview (a deep copy it hands out).
-func (h *handler) state(w http.ResponseWriter, _ *http.Request) {
+func (h *handler) state(w http.ResponseWriter, r *http.Request) {
 	if h.cfg.Overseer == nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no overseer is wired to this health port"})
 		return
 	}
-	res, err := h.sys.Root.RequestFuture(h.cfg.Overseer, &overseer.GetState{}, stateTimeout).Result()
-	if err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("the overseer did not answer within %s: %v", stateTimeout, err)})
+	st, err := overseer.NewClient(h.sys, h.cfg.Overseer, stateTimeout).GetState(r.Context())
+	switch {
+	case errors.Is(err, request.ErrWrongReply):
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": fmt.Sprintf("the overseer answered: %v", err)})
 		return
-	}
-	st, ok := res.(*overseer.State)
-	if !ok {
-		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": fmt.Sprintf("the overseer answered %T", res)})
+	case err != nil:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": fmt.Sprintf("the overseer did not answer within %s: %v", stateTimeout, err)})
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
