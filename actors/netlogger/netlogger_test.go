@@ -229,6 +229,10 @@ func TestCollectorDownAtStartThenUp(t *testing.T) {
 	if err := f.rcv.WaitCount(2, 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// One line for the outage, however often the connection was retried.
+	if n := f.countLogs("netlogger_unavailable"); n != 1 {
+		t.Fatalf("%d netlogger_unavailable lines for one outage", n)
+	}
 }
 
 func TestDrainStepExportsEverythingRead(t *testing.T) {

@@ -481,6 +481,22 @@ func ReadPinnedStats(pinDir string) (Stats, error) {
 	return readStats(sm)
 }
 
+// ReadPinnedConfig reads one enrolled cgroup's config from the programs
+// pinned under pinDir, as ReadPinnedStats does: for tests and tools that
+// look at what the kernel enforces beside a running CP.
+func ReadPinnedConfig(pinDir string, cgid uint64) (Config, error) {
+	cm, err := ebpf.LoadPinnedMap(filepath.Join(pinDir, "maps", bpf.EgressMapCgroupCfg), &ebpf.LoadPinOptions{ReadOnly: true})
+	if err != nil {
+		return Config{}, err
+	}
+	defer cm.Close()
+	var v bpf.EgressAgentCfg
+	if err := cm.Lookup(cgid, &v); err != nil {
+		return Config{}, fmt.Errorf("cgroup %d: %w", cgid, err)
+	}
+	return decodeConfig(&v), nil
+}
+
 func readStats(sm *ebpf.Map) (Stats, error) {
 	var s Stats
 	for i, dst := range []*uint64{&s.ReserveFailures, &s.RateLimited, &s.Events, &s.Allowed, &s.Redirected, &s.Denied, &s.BackstopDrops, &s.Cut} {
