@@ -1,6 +1,7 @@
 package cp
 
 import (
+	"context"
 	"errors"
 	"os"
 	"sync"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/netlogger"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/metrics"
 	"github.com/clawker/clawker-cp/pkg/netlog"
@@ -39,17 +41,15 @@ func newMetrics(sys *actor.ActorSystem, pidOf func(string) *actor.PID, pinDir st
 			return s, err == nil
 		}),
 		metrics.Netlogger(func() (netlog.Stats, bool, bool) {
-			res, err := sys.Root.RequestFuture(pidOf("netlogger"), &netlogger.GetStats{}, scrapeTimeout).Result()
-			st, ok := res.(*netlogger.Stats)
-			if err != nil || !ok {
+			st, err := request.Ask[*netlogger.Stats](context.Background(), request.Target{Sys: sys, PID: pidOf("netlogger"), Timeout: scrapeTimeout}, &netlogger.GetStats{})
+			if err != nil {
 				return netlog.Stats{}, false, false
 			}
 			return st.Stats, st.Enabled, true
 		}),
 		metrics.Firewall(func() (metrics.FirewallView, bool) {
-			res, err := sys.Root.RequestFuture(pidOf("firewall"), &firewall.GetStatus{}, scrapeTimeout).Result()
-			st, ok := res.(*firewall.Status)
-			if err != nil || !ok {
+			st, err := firewall.NewClient(sys, pidOf("firewall"), scrapeTimeout).Status(context.Background())
+			if err != nil {
 				return metrics.FirewallView{}, false
 			}
 			v := metrics.FirewallView{Enabled: st.Enabled, Agents: len(st.Agents), Rules: st.Rules, Stack: map[string]bool{}}

@@ -63,6 +63,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/registry"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
@@ -274,9 +275,7 @@ func (a *Actor) start(ctx actor.Context) {
 		ctx.Send(ctx.Self(), &seeded{})
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.Overseer, &overseer.GetState{}, a.cfg.RequestTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
-		s, _ := res.(*overseer.State)
+	request.Reenter(ctx, a.cfg.Overseer, &overseer.GetState{}, a.cfg.RequestTimeout, func(s *overseer.State, err error) {
 		a.seed(&seeded{state: s, err: err})
 		a.connect(ctx)
 	})
@@ -758,15 +757,9 @@ func (a *Actor) forget(ctx actor.Context, c overseer.Container) {
 	if c.Purpose != dockerx.PurposeAgent || a.cfg.Registry == nil {
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.Registry, &registry.DeleteContainer{ContainerID: c.ID}, a.cfg.RequestTimeout)
 	log := a.cfg.Log
-	ctx.ReenterAfter(f, func(res any, err error) {
-		r, ok := res.(*registry.DeleteResult)
-		switch {
-		case err != nil:
-		case !ok:
-			err = fmt.Errorf("unexpected answer %T", res)
-		default:
+	request.Reenter(ctx, a.cfg.Registry, &registry.DeleteContainer{ContainerID: c.ID}, a.cfg.RequestTimeout, func(r *registry.DeleteResult, err error) {
+		if err == nil {
 			err = r.Err
 		}
 		if err != nil {

@@ -8,8 +8,8 @@ import (
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
-// The firewall's mutations. Each is asked with RequestFuture and answered
-// with the Result named beside it; the mailbox runs them one at a time, so
+// The firewall's mutations. Each is asked through Client (client.go) and
+// answered with the Result named beside it; the mailbox runs them one at a time, so
 // two RPCs never interleave their map updates.
 
 // Enforce makes sure an agent container is enforced: its cgroup (re-derived

@@ -8,6 +8,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/pkg/denials"
 )
 
@@ -40,21 +41,19 @@ func (a *Actor) denied(ctx actor.Context, m *GetDenied) {
 		since = time.Now().Add(-m.Since)
 	}
 	recs := a.cfg.Stack.Denials.Since(since)
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout, func(st *ebpf.State, err error) {
 		byIP := map[netip.Addr]string{} // address -> container id
-		if st, ok := res.(*ebpf.State); err == nil && ok {
+		if err == nil {
 			for _, ag := range st.Agents {
 				if ip := ag.Enrollment.Config.Self; ip.IsValid() {
 					byIP[ip] = ag.ContainerID
 				}
 			}
 		}
-		g := ctx.RequestFuture(a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout)
-		ctx.ReenterAfter(g, func(res any, err error) {
+		request.Reenter(ctx, a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout, func(st *overseer.State, err error) {
 			type who struct{ project, agent string }
 			byID := map[string]who{}
-			if st, ok := res.(*overseer.State); err == nil && ok {
+			if err == nil {
 				for _, c := range st.Containers {
 					byID[c.ID] = who{c.Project, c.Agent}
 				}

@@ -23,6 +23,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall/proxy"
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
@@ -306,10 +307,8 @@ func (a *Actor) reenforce(ctx actor.Context) {
 	if !a.cfg.Enable || !a.ready {
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
-		st, ok := res.(*overseer.State)
-		if err != nil || !ok {
+	request.Reenter(ctx, a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout, func(st *overseer.State, err error) {
+		if err != nil {
 			a.cfg.Log.Warn("cannot read the worldview to re-enforce agents", zap.String("event", "firewall_reenforce_failed"), zap.Error(err))
 			return
 		}
@@ -411,15 +410,22 @@ func (a *Actor) pump(ctx actor.Context) {
 	q := a.queue[0]
 	a.queue = a.queue[1:]
 	a.busy = true
-	f := ctx.RequestFuture(a.cfg.EBPF, q.order, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
+	done := func(res any, err error) {
 		a.busy = false
 		a.logOrder(q.order, res, err)
 		if q.reply != nil {
 			a.answer(ctx, q.sender, q.reply(res, err))
 		}
 		a.pump(ctx)
-	})
+	}
+	// The eBPF owner answers Enforce with *ebpf.Enforced and every other
+	// order with *ebpf.Done; any other answer is an error, so a reply
+	// function given err == nil holds the answer of its order's type.
+	if _, ok := q.order.(*ebpf.Enforce); ok {
+		request.Reenter(ctx, a.cfg.EBPF, q.order, a.cfg.OpTimeout, func(r *ebpf.Enforced, err error) { done(r, err) })
+		return
+	}
+	request.Reenter(ctx, a.cfg.EBPF, q.order, a.cfg.OpTimeout, func(r *ebpf.Done, err error) { done(r, err) })
 }
 
 // logOrder logs the outcome of every order, so enforcement changes can be
@@ -480,11 +486,9 @@ func (a *Actor) status(ctx actor.Context) {
 		a.answer(ctx, sender, a.fillStatus(&Status{}))
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res interface{}, err error) {
-		st, _ := res.(*ebpf.State)
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout, func(st *ebpf.State, err error) {
 		out := &Status{Enabled: true, AgentToAgent: a.cfg.AgentToAgent}
-		if err == nil && st != nil {
+		if err == nil {
 			err = st.Err
 		}
 		if err != nil {
@@ -516,10 +520,8 @@ func (a *Actor) withStack(ctx actor.Context, st *Status, done func(*Status)) {
 			next(i + 1)
 			return
 		}
-		f := ctx.RequestFuture(members[i], &stack.GetMemberStatus{}, a.cfg.OpTimeout)
-		ctx.ReenterAfter(f, func(res any, err error) {
-			m, ok := res.(*stack.MemberStatus)
-			if err != nil || !ok {
+		request.Reenter(ctx, members[i], &stack.GetMemberStatus{}, a.cfg.OpTimeout, func(m *stack.MemberStatus, err error) {
+			if err != nil {
 				st.Stack = append(st.Stack, StackMember{Name: members[i].Id, Error: fmt.Sprintf("did not answer: %v", err)})
 			} else {
 				st.Stack = append(st.Stack, StackMember{Name: m.Name, Address: m.Addr, ContainerID: m.ContainerID, Healthy: m.Healthy, Error: m.Error})
@@ -583,10 +585,8 @@ func (a *Actor) forward(ctx actor.Context, m *supervise.DrainStep, children ...*
 			next(i + 1)
 			return
 		}
-		f := ctx.RequestFuture(children[i], &supervise.DrainStep{Step: m.Step}, a.cfg.StepTimeout)
-		ctx.ReenterAfter(f, func(res interface{}, err error) {
-			d, ok := res.(*supervise.StepDone)
-			if err != nil || !ok {
+		request.Reenter(ctx, children[i], &supervise.DrainStep{Step: m.Step}, a.cfg.StepTimeout, func(d *supervise.StepDone, err error) {
+			if err != nil {
 				d = &supervise.StepDone{Outcome: supervise.OutcomeFailed, Detail: fmt.Sprintf("%s: %v", children[i].Id, err)}
 			}
 			results = append(results, d)

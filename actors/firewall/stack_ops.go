@@ -9,6 +9,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
+	"github.com/clawker/clawker-cp/actors/request"
 )
 
 // The stack's lifecycle verbs (`clawker firewall up` / `down`).
@@ -53,13 +54,11 @@ func (a *Actor) stackDown(ctx actor.Context, m *StackDown) {
 		down()
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
-		st, ok := res.(*ebpf.State)
-		if err == nil && ok {
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout, func(st *ebpf.State, err error) {
+		if err == nil {
 			err = st.Err
 		}
-		if err != nil || !ok {
+		if err != nil {
 			a.answer(ctx, sender, &Result{Err: fmt.Errorf("cannot tell whether agents run (%v); pass --force to stop the stack anyway", err)})
 			return
 		}
@@ -95,12 +94,9 @@ func (a *Actor) inTurn(ctx actor.Context, pids []*actor.PID, msg any, done func(
 			done(errors.Join(errs...))
 			return
 		}
-		f := ctx.RequestFuture(pids[i], msg, a.cfg.Stack.StartWait+a.cfg.OpTimeout)
-		ctx.ReenterAfter(f, func(res any, err error) {
-			if d, ok := res.(*stack.MemberDone); err == nil && ok {
+		request.Reenter(ctx, pids[i], msg, a.cfg.Stack.StartWait+a.cfg.OpTimeout, func(d *stack.MemberDone, err error) {
+			if err == nil {
 				err = d.Err
-			} else if err == nil {
-				err = fmt.Errorf("unexpected answer %T", res)
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", pids[i].Id, err))

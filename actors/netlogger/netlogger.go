@@ -32,6 +32,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/firewall/dns"
 	"github.com/clawker/clawker-cp/actors/overseer"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/netlog"
@@ -263,15 +264,13 @@ func (a *Actor) openSource(ctx actor.Context) {
 	if a.cfg.EBPF == nil {
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.OpenEvents{}, 5*time.Second)
-	ctx.ReenterAfter(f, func(res any, err error) {
-		if err != nil {
-			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner did not answer: %w", err)})
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.OpenEvents{}, 5*time.Second, func(r *ebpf.EventsRing, err error) {
+		switch {
+		case errors.Is(err, request.ErrWrongReply):
+			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner answered: %w", err)})
 			return
-		}
-		r, ok := res.(*ebpf.EventsRing)
-		if !ok {
-			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner answered %T", res)})
+		case err != nil:
+			a.opened(&sourceOpened{err: fmt.Errorf("the eBPF owner did not answer: %w", err)})
 			return
 		}
 		if r.Err != nil {
@@ -431,36 +430,36 @@ func (e *enricher) run(ctx context.Context) {
 	}
 }
 
-func (e *enricher) ask(pid *actor.PID, msg any) any {
-	if pid == nil {
-		return nil
-	}
-	res, err := e.sys.Root.RequestFuture(pid, msg, askTimeout).Result()
-	if err != nil {
-		return nil
-	}
-	return res
-}
-
 // build gathers the facts; AsOf is taken first, so every fact older than
 // it is in the snapshot.
 func (e *enricher) build(prev *netlog.Snapshot) *netlog.Snapshot {
 	s := &netlog.Snapshot{AsOf: time.Now(), Cgroups: map[uint64]netlog.Identity{}, Hosts: map[netip.Addr]string{}}
 	// Asked at once: a build takes the slowest answer, not their sum.
+	// A peer that is not wired or does not answer leaves its fact nil.
+	var (
+		st    *ebpf.State
+		world *overseer.State
+		ids   *dns.Identities
+		rules *firewall.RulesResult
+	)
+	ctx := context.Background() // each ask is bounded by askTimeout
 	var wg sync.WaitGroup
-	var ebpfRes, worldRes, idsRes, rulesRes any
-	for _, q := range []struct {
-		pid *actor.PID
-		msg any
-		out *any
-	}{{e.cfg.EBPF, &ebpf.GetState{}, &ebpfRes}, {e.cfg.Overseer, &overseer.GetState{}, &worldRes},
-		{e.cfg.DNS, &dns.GetIdentities{}, &idsRes}, {e.cfg.Firewall, &firewall.ListRules{}, &rulesRes}} {
+	for _, ask := range []func(){
+		func() {
+			st, _ = request.Ask[*ebpf.State](ctx, request.Target{Sys: e.sys, PID: e.cfg.EBPF, Timeout: askTimeout}, &ebpf.GetState{})
+		},
+		func() { world, _ = overseer.NewClient(e.sys, e.cfg.Overseer, askTimeout).GetState(ctx) },
+		func() { ids, _ = dns.NewClient(e.sys, e.cfg.DNS, askTimeout).GetIdentities(ctx) },
+		func() {
+			rules, _ = firewall.NewClient(e.sys, e.cfg.Firewall, askTimeout).Rules(ctx, &firewall.ListRules{})
+		},
+	} {
 		wg.Add(1)
-		go func() { defer wg.Done(); *q.out = e.ask(q.pid, q.msg) }()
+		go func() { defer wg.Done(); ask() }()
 	}
 	wg.Wait()
 	cgroupOf := map[string]uint64{}
-	if st, ok := ebpfRes.(*ebpf.State); ok {
+	if st != nil {
 		for _, ag := range st.Agents {
 			cgroupOf[ag.ContainerID] = ag.Enrollment.CgroupID
 		}
@@ -470,8 +469,8 @@ func (e *enricher) build(prev *netlog.Snapshot) *netlog.Snapshot {
 	for id, who := range prev.Cgroups {
 		s.Cgroups[id] = who
 	}
-	if ws, ok := worldRes.(*overseer.State); ok {
-		for _, c := range ws.Containers {
+	if world != nil {
+		for _, c := range world.Containers {
 			id, ok := cgroupOf[c.ID]
 			if !ok && e.cfg.CgroupOf != nil && c.Purpose == "agent" && c.State == "running" {
 				if _, cg, err := e.cfg.CgroupOf(c.ID); err == nil {
@@ -488,8 +487,6 @@ func (e *enricher) build(prev *netlog.Snapshot) *netlog.Snapshot {
 			s.Cgroups[id] = netlog.Identity{ContainerID: c}
 		}
 	}
-	ids, _ := idsRes.(*dns.Identities)
-	rules, _ := rulesRes.(*firewall.RulesResult)
 	if ids != nil && rules != nil {
 		dst := make(map[uint32]string, len(rules.Rules))
 		for _, r := range rules.Rules {

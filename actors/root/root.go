@@ -26,6 +26,7 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
 
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 )
@@ -388,19 +389,14 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 		r.runStep(ctx, i+1)
 		return
 	}
-	f := ctx.RequestFuture(pid, &supervise.DrainStep{Step: step.Name}, r.cfg.StepTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
+	request.Reenter(ctx, pid, &supervise.DrainStep{Step: step.Name}, r.cfg.StepTimeout, func(d *supervise.StepDone, err error) {
 		switch {
 		case errors.Is(err, actor.ErrTimeout):
 			logStep(supervise.OutcomeTimeout, fmt.Sprintf("no answer within %s", r.cfg.StepTimeout))
 		case err != nil:
 			logStep(supervise.OutcomeFailed, err.Error())
 		default:
-			if d, ok := res.(*supervise.StepDone); ok {
-				logStep(d.Outcome, d.Detail)
-			} else {
-				logStep(supervise.OutcomeFailed, fmt.Sprintf("unexpected answer %T", res))
-			}
+			logStep(d.Outcome, d.Detail)
 		}
 		r.runStep(ctx, i+1)
 	})

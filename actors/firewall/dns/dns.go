@@ -25,6 +25,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
+	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
@@ -195,12 +196,9 @@ func (a *Actor) report(ctx actor.Context, m *ReportAnswers) {
 		ctx.Respond(&AnswersDone{})
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.SetIdentities{Set: set}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
-		if d, ok := res.(*ebpf.Done); err == nil && ok {
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.SetIdentities{Set: set}, a.cfg.OpTimeout, func(d *ebpf.Done, err error) {
+		if err == nil {
 			err = d.Err
-		} else if err == nil {
-			err = fmt.Errorf("unexpected answer %T from the eBPF owner", res)
 		}
 		if err == nil {
 			for ip, k := range set {
@@ -239,9 +237,8 @@ func (a *Actor) gc(ctx actor.Context) {
 	if len(set) == 0 && len(del) == 0 {
 		return
 	}
-	f := ctx.RequestFuture(a.cfg.EBPF, &ebpf.SetIdentities{Set: set, Delete: del}, a.cfg.OpTimeout)
-	ctx.ReenterAfter(f, func(res any, err error) {
-		if d, ok := res.(*ebpf.Done); err == nil && ok {
+	request.Reenter(ctx, a.cfg.EBPF, &ebpf.SetIdentities{Set: set, Delete: del}, a.cfg.OpTimeout, func(d *ebpf.Done, err error) {
+		if err == nil {
 			err = d.Err
 		}
 		if err != nil {
