@@ -66,7 +66,12 @@ type Config struct {
 	BinDir string
 	// RunDir receives the servers' configuration files, rewritten at each
 	// start (0700 directory, 0600 files; Hydra's holds its system secret).
+	// With a User it must lie under world-searchable directories.
 	RunDir string
+	// User, when set, is who the servers run as (ory.Config.User): no
+	// capability, no_new_privs, no supplementary group. Nil runs them as
+	// the control plane's own user.
+	User *ory.User
 	// BindHost is where Hydra public and the Oathkeeper proxy listen (the
 	// CP's BindHost); every other Ory listener is on 127.0.0.1.
 	BindHost string
@@ -127,7 +132,7 @@ func (c Config) withDefaults() Config {
 // OryConfig is the configuration the three servers are written from.
 func (c Config) OryConfig() ory.Config {
 	return ory.Config{
-		RunDir: c.RunDir, BindHost: c.BindHost, Ports: c.Ports, IssuerURL: c.IssuerURL,
+		RunDir: c.RunDir, BindHost: c.BindHost, Ports: c.Ports, IssuerURL: c.IssuerURL, User: c.User,
 	}.FromServerBundle(c.ServerBundleDir)
 }
 
@@ -409,5 +414,9 @@ func (a *Actor) stopChildren(ctx actor.Context) {
 				zap.String("server", name), zap.Error(err))
 		}
 		delete(a.kids, name)
+	}
+	if a.cfg.User != nil {
+		// Empty once every member removed its files; a non-empty one stays.
+		_ = os.Remove(a.cfg.RunDir)
 	}
 }

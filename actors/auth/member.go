@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -104,7 +105,7 @@ func (m *member) start(ctx actor.Context) {
 	m.begin = time.Now()
 	proc, err := ory.StartProcess(ory.ProcessConfig{
 		Name: name, Path: m.cfg.binary, Args: spec.Args, Env: ory.OfflineEnv, Dir: m.cfg.ory.RunDir,
-		Output: m.cfg.output, Ready: probe,
+		Output: m.cfg.output, Ready: probe, User: m.cfg.ory.User,
 	})
 	if err != nil {
 		spec.Files.Remove()
@@ -114,7 +115,7 @@ func (m *member) start(ctx actor.Context) {
 	m.proc = proc
 	m.cfg.log.Info("Ory server started", zap.String("event", "ory_process_started"), zap.String("server", name),
 		zap.Int("pid", proc.PID()), zap.String("binary", m.cfg.binary),
-		zap.String("config", spec.Config))
+		zap.String("config", spec.Config), zap.Stringer("user", userOf(m.cfg.ory.User)))
 
 	run, cancel := context.WithCancel(context.Background())
 	m.cancel = cancel
@@ -175,6 +176,14 @@ func (m *member) onExited(ctx actor.Context, msg *processExited) {
 	}
 	m.stop()
 	panic(fmt.Sprintf("%s exited unexpectedly (%s, pid %d)", m.cfg.name, e, e.PID))
+}
+
+// userOf names who a server runs as, for the log.
+func userOf(u *ory.User) fmt.Stringer {
+	if u == nil {
+		return ory.User{UID: os.Geteuid(), GID: os.Getegid()}
+	}
+	return *u
 }
 
 // stop ends the process (SIGTERM, SIGKILL after the grace) and removes its

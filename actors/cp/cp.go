@@ -191,9 +191,10 @@ func Start(opts Options) (*Instance, error) {
 	// plain HTTP) about bearer tokens, and refuses non-public methods until
 	// the whole tree is ready (handOver).
 	var adminReady atomic.Bool
+	oryRun, oryUser := oryIdentity(opts.Paths.CPDir)
 	authCfg := auth.Config{
 		Enable: opts.OryDir != "", Tree: tree, Intensity: in,
-		BinDir: opts.OryDir, RunDir: filepath.Join(opts.Paths.CPDir, "ory"),
+		BinDir: opts.OryDir, RunDir: oryRun, User: oryUser,
 		BindHost: opts.BindHost, Ports: ports, ServerBundleDir: opts.Paths.CPAuthDir,
 		Log: log.With(zap.String("actor", "auth")),
 	}

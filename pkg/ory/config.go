@@ -115,6 +115,13 @@ type Config struct {
 	// schema migration of their in-memory database at each start, and
 	// every request.
 	LogLevel string
+	// User, when set, is who the servers run as (ProcessConfig.User).
+	// Prepare then makes RunDir and every file in it User's own (0700,
+	// 0600), creates RunDir's missing parents 0755 and refuses a RunDir
+	// User cannot reach; Hydra and Oathkeeper get copies of the TLS
+	// certificate and key in RunDir, so the server bundle directory
+	// stays the control plane's alone.
+	User *User
 }
 
 // FromServerBundle sets the TLS files from the control plane's server
@@ -210,6 +217,9 @@ func (c Config) Validate() error {
 	u, err := url.Parse(c.Issuer())
 	if err != nil || u.Scheme != "https" || u.Host == "" {
 		return fmt.Errorf("ory: issuer %q must be an https URL", c.Issuer())
+	}
+	if c.User != nil {
+		return c.User.validate()
 	}
 	return nil
 }
@@ -481,8 +491,8 @@ func (c Config) Prepare(name string) (Spec, error) {
 	if err := c.Validate(); err != nil {
 		return Spec{}, err
 	}
-	if err := ensureDir(c.RunDir); err != nil {
-		return Spec{}, fmt.Errorf("ory: run dir: %w", err)
+	if err := c.ensureRunDir(); err != nil {
+		return Spec{}, err
 	}
 	path := func(f string) string { return filepath.Join(c.RunDir, f) }
 	spec := Spec{Name: name}
@@ -495,9 +505,29 @@ func (c Config) Prepare(name string) (Spec, error) {
 			return err
 		}
 		spec.Files = append(spec.Files, path(file))
+		if c.User != nil {
+			// 0600 and root's until here: the window only denies.
+			return os.Chown(path(file), c.User.UID, c.User.GID)
+		}
 		return nil
 	}
 	var err error
+	if c.User != nil && (name == Hydra || name == Oathkeeper) {
+		// The servers' own copies of the TLS pair, named per server: a
+		// restart of one rewrites (and its stop removes) only its own.
+		cert, e1 := os.ReadFile(c.TLSCertFile)
+		key, e2 := os.ReadFile(c.TLSKeyFile)
+		if err = errors.Join(e1, e2); err == nil {
+			if err = write(name+"-tls.crt", cert, nil); err == nil {
+				err = write(name+"-tls.key", key, nil)
+			}
+		}
+		if err != nil {
+			spec.Files.Remove()
+			return Spec{}, fmt.Errorf("ory: copying the TLS certificate and key for %s: %w", name, err)
+		}
+		c.TLSCertFile, c.TLSKeyFile = path(name+"-tls.crt"), path(name+"-tls.key")
+	}
 	switch name {
 	case Hydra:
 		data, e := c.HydraConfig()
@@ -527,6 +557,29 @@ func (c Config) Prepare(name string) (Spec, error) {
 		return Spec{}, fmt.Errorf("ory: writing %s's configuration: %w", name, err)
 	}
 	return spec, nil
+}
+
+// ensureRunDir creates RunDir 0700, User's own when set.
+func (c Config) ensureRunDir() error {
+	if c.User == nil {
+		if err := ensureDir(c.RunDir); err != nil {
+			return fmt.Errorf("ory: run dir: %w", err)
+		}
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(c.RunDir), 0o755); err != nil {
+		return fmt.Errorf("ory: run dir: %w", err)
+	}
+	if err := c.User.checkReachable(c.RunDir, "run dir"); err != nil {
+		return err
+	}
+	if err := ensureDir(c.RunDir); err != nil {
+		return fmt.Errorf("ory: run dir: %w", err)
+	}
+	if err := os.Chown(c.RunDir, c.User.UID, c.User.GID); err != nil {
+		return fmt.Errorf("ory: run dir: making it the servers' (%s; the control plane must be root): %w", c.User, err)
+	}
+	return nil
 }
 
 func ensureDir(dir string) error {

@@ -57,6 +57,12 @@ type ProcessConfig struct {
 	// Ready is the readiness probe WaitReady polls (nil: ready at once).
 	Ready        func(ctx context.Context) error
 	PollInterval time.Duration
+	// User, when set, is who the server runs as: the control plane (root)
+	// starts itself as the launcher (launch_linux.go), which empties every
+	// capability set, sets no_new_privs, becomes User with no
+	// supplementary group and execs the binary. User must be able to reach
+	// and execute the binary and everything its configuration names.
+	User *User
 }
 
 // Exit is how a process ended.
@@ -124,6 +130,13 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 		path = abs
 	}
 	cmd := exec.Command(path, cfg.Args...)
+	if cfg.User != nil {
+		launcher, err := launcherCommand(*cfg.User, path, cfg.Args)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", cfg.Name, err)
+		}
+		cmd = launcher
+	}
 	cmd.Env = append([]string{TelemetryOff}, cfg.Env...)
 	cmd.Dir = cfg.Dir
 	cmd.Stdin = nil
@@ -138,6 +151,37 @@ func StartProcess(cfg ProcessConfig) (*Process, error) {
 	p.cmd = cmd
 	go p.wait()
 	return p, nil
+}
+
+// launcherCommand runs path as u through the launcher. The launcher execs
+// path after it left root, so path is made absolute (cmd.Dir would move a
+// relative one) and checked now, while the error can still say why.
+func launcherCommand(u User, path string, args []string) (*exec.Cmd, error) {
+	if launcherPath == "" {
+		return nil, errors.New("running the servers as another user needs Linux")
+	}
+	if err := u.validate(); err != nil {
+		return nil, err
+	}
+	resolved, err := exec.LookPath(path)
+	if err != nil {
+		return nil, fmt.Errorf("binary %s: %w", path, err)
+	}
+	if resolved, err = filepath.Abs(resolved); err != nil {
+		return nil, fmt.Errorf("binary %s: %w", path, err)
+	}
+	if err := u.checkReachable(resolved, "binary"); err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(resolved)
+	if err != nil {
+		return nil, fmt.Errorf("binary %s: %w", path, err)
+	}
+	// A file's execute bits read like a directory's search bits.
+	if !u.searchable(fi) {
+		return nil, fmt.Errorf("ory: binary %s (mode %04o) is not executable by the servers' user (%s): chmod 0755 it", resolved, fi.Mode().Perm(), u)
+	}
+	return exec.Command(launcherPath, launcherArgs(u, resolved, args)...), nil
 }
 
 func (p *Process) wait() {

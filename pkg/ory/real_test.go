@@ -53,6 +53,7 @@ func startServer(t *testing.T, bin string, cfg ory.Config, name string, out *syn
 	}
 	p, err := ory.StartProcess(ory.ProcessConfig{
 		Name: name, Path: filepath.Join(bin, name), Args: spec.Args, Env: ory.OfflineEnv, Output: out, Ready: probe,
+		User: cfg.User,
 	})
 	if err != nil {
 		t.Fatal(err)

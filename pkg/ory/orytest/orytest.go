@@ -5,8 +5,12 @@ package orytest
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
@@ -106,4 +110,100 @@ func NewEnv(t testing.TB) Env {
 		},
 	}.FromServerBundle(bundle)
 	return Env{Config: cfg, Material: m, BundleDir: bundle}
+}
+
+// Privileges is what /proc/<pid>/status says about a process's identity
+// and capabilities.
+type Privileges struct {
+	UID, GID   [4]string // real, effective, saved, filesystem
+	Groups     string    // supplementary groups, "" for none
+	Caps       map[string]string
+	NoNewPrivs string
+}
+
+// ReadPrivileges parses /proc/<pid>/status.
+func ReadPrivileges(pid int) (Privileges, error) {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
+	if err != nil {
+		return Privileges{}, err
+	}
+	return ParsePrivileges(string(b)), nil
+}
+
+// ParsePrivileges parses the text of a /proc/<pid>/status.
+func ParsePrivileges(status string) Privileges {
+	p := Privileges{Caps: map[string]string{}}
+	for _, line := range strings.Split(status, "\n") {
+		key, val, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		fields := strings.Fields(val)
+		switch {
+		case key == "Uid" && len(fields) == 4:
+			copy(p.UID[:], fields)
+		case key == "Gid" && len(fields) == 4:
+			copy(p.GID[:], fields)
+		case key == "Groups":
+			p.Groups = strings.Join(fields, " ")
+		case strings.HasPrefix(key, "Cap") && len(fields) == 1:
+			p.Caps[key] = fields[0]
+		case key == "NoNewPrivs" && len(fields) == 1:
+			p.NoNewPrivs = fields[0]
+		}
+	}
+	return p
+}
+
+// CapSets are the capability lines of /proc/<pid>/status.
+var CapSets = []string{"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"}
+
+// Dropped returns what keeps p from being fully unprivileged as u: every
+// id u's, no supplementary group, every capability set empty, no_new_privs
+// set. nil when nothing does.
+func (p Privileges) Dropped(u ory.User) error {
+	var bad []string
+	for i := range 4 {
+		if p.UID[i] != strconv.Itoa(u.UID) || p.GID[i] != strconv.Itoa(u.GID) {
+			bad = append(bad, fmt.Sprintf("Uid %v Gid %v, want %d and %d throughout", p.UID, p.GID, u.UID, u.GID))
+			break
+		}
+	}
+	if p.Groups != "" {
+		bad = append(bad, "Groups "+p.Groups+", want none")
+	}
+	for _, c := range CapSets {
+		v, ok := p.Caps[c]
+		if n, err := strconv.ParseUint(v, 16, 64); !ok || err != nil || n != 0 {
+			bad = append(bad, fmt.Sprintf("%s %q, want 0", c, v))
+		}
+	}
+	if p.NoNewPrivs != "1" {
+		bad = append(bad, fmt.Sprintf("NoNewPrivs %q, want 1", p.NoNewPrivs))
+	}
+	if len(bad) > 0 {
+		return errors.New(strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+// AsUser returns e with the servers running as u (root only: the test is
+// skipped otherwise, failed under CI=true). The run dir moves to a fresh
+// directory under the system temp dir, because t.TempDir's parents are
+// 0700 and so out of u's reach; it is removed when the test ends. The
+// server bundle stays where it was, unreachable by u, as in the control
+// plane: the servers read Prepare's copies.
+func (e Env) AsUser(t testing.TB, u ory.User) Env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(t, "running the Ory servers as another user needs root")
+	}
+	dir, err := os.MkdirTemp("", "clawker-test-ory-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	e.Config.RunDir = dir // Prepare makes it u's
+	e.Config.User = &u
+	return e
 }
