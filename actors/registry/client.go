@@ -22,7 +22,9 @@ func NewClient(sys *actor.ActorSystem, pid *actor.PID, timeout time.Duration) Cl
 	return Client{request.Target{Sys: sys, PID: pid, Timeout: timeout}}
 }
 
-// Register binds an agent identity (see Register).
+// Register binds an agent identity (see Register). The registry's Receive
+// runs it off the mailbox as agentdb.Register, or agentdb.RegisterExisting
+// with ExistingOnly: one sqlite transaction either way.
 func (c Client) Register(ctx context.Context, m Register) (*RegisterResult, error) {
 	return request.Ask[*RegisterResult](ctx, c.t, &m)
 }
