@@ -48,3 +48,39 @@ func TestClientRegisterExistingOnly(t *testing.T) {
 		t.Errorf("CheckHealth: %+v, %v", h, err)
 	}
 }
+
+// BenchmarkRegisterExisting is the Register RPC of an agent that is bound
+// already (a reconnect) as the registry sees it: before, a Get then a
+// Register (two requests, two sqlite steps); now one ExistingOnly Register.
+func BenchmarkRegisterExisting(b *testing.B) {
+	sys := actortest.System(b)
+	pid := sys.Root.Spawn(actor.PropsFromProducer(registry.New(registry.Config{
+		Path: filepath.Join(b.TempDir(), "controlplane.db"), FlushInterval: time.Hour, OpTimeout: 5 * time.Second, Log: zap.NewNop(),
+	})))
+	b.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
+	c := registry.NewClient(sys, pid, 10*time.Second)
+	ctx := context.Background()
+	ag := agentdb.Agent{Project: "p", AgentName: "a", ContainerID: strings.Repeat("c", 64), Thumbprint: strings.Repeat("d", 64)}
+	r, err := c.Register(ctx, registry.Register{Agent: ag})
+	if err != nil || r.Err != nil {
+		b.Fatal(r, err)
+	}
+	b.Run("Get then Register", func(b *testing.B) {
+		for b.Loop() {
+			g, err := c.Get(ctx, r.Agent.Key)
+			if err != nil || g.Err != nil {
+				b.Fatal(g, err)
+			}
+			if x, err := c.Register(ctx, registry.Register{Agent: ag}); err != nil || x.Err != nil {
+				b.Fatal(x, err)
+			}
+		}
+	})
+	b.Run("ExistingOnly Register", func(b *testing.B) {
+		for b.Loop() {
+			if x, err := c.Register(ctx, registry.Register{Agent: ag, ExistingOnly: true}); err != nil || x.Err != nil {
+				b.Fatal(x, err)
+			}
+		}
+	})
+}

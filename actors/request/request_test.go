@@ -153,3 +153,34 @@ func TestReenter(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkAsk compares one typed Ask with the bare RequestFuture it wraps.
+func BenchmarkAsk(b *testing.B) {
+	sys := actortest.System(b)
+	pid := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return answerer{} }))
+	t := request.Target{Sys: sys, PID: pid, Timeout: 5 * time.Second}
+	b.Run("RequestFuture", func(b *testing.B) {
+		for b.Loop() {
+			res, err := sys.Root.RequestFuture(pid, &question{n: 1}, t.Timeout).Result()
+			if _, ok := res.(*answer); err != nil || !ok {
+				b.Fatal(res, err)
+			}
+		}
+	})
+	b.Run("Ask", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := request.Ask[*answer](context.Background(), t, &question{n: 1}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Ask with a cancellable context", func(b *testing.B) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		for b.Loop() {
+			if _, err := request.Ask[*answer](ctx, t, &question{n: 1}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
