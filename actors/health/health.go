@@ -11,6 +11,14 @@
 // inside the CP. It is the upstream of Oathkeeper, which serves both paths
 // on oathkeeper_port to bearer tokens with scope admin only.
 //
+// GET /healthz answers from the last probe run for ProbeCacheTTL (one run
+// at a time, shared by every request meanwhile), so a burst of requests
+// costs one round of probes, not one per request. A caller from outside
+// loopback (in the container: an agent on clawker-net, and the host through
+// Docker's port forward) gets the verdict and each probe's name, result and
+// latency, but not its error text, which names internal addresses and
+// files; a loopback caller gets the text too.
+//
 // Inside the container the health port listens on 0.0.0.0: Docker
 // publishes it on the host's loopback, but the agents on clawker-net reach
 // it too, so there it serves no /debug/actors or /debug/state, and never
@@ -82,8 +90,18 @@ type Config struct {
 	// Metrics serves GET /metrics (pkg/metrics); nil serves no such route.
 	// Counts only, no names: the agents on clawker-net may read them.
 	Metrics http.Handler
-	Log     *zap.Logger
+	// ProbeCacheTTL is how long one probe run answers /healthz; 0 means
+	// DefaultProbeCacheTTL. A change of the probe set is seen at once.
+	ProbeCacheTTL time.Duration
+	// Clock reads the time for the probe cache; nil is time.Now.
+	Clock func() time.Time
+	Log   *zap.Logger
 }
+
+// DefaultProbeCacheTTL is Config.ProbeCacheTTL's default: short enough for
+// the CLI's readiness poll, long enough that a flood of requests (an agent
+// can reach the port) runs the probes about once a second.
+const DefaultProbeCacheTTL = time.Second
 
 // New returns a producer of fresh health actors.
 func New(cfg Config) actor.Producer {
@@ -102,6 +120,7 @@ type Actor struct {
 	ready    bool
 	draining bool
 	probes   map[string]Probe
+	probeGen uint64 // bumped by every RegisterProbes: the cache's key
 	// faultsRefused logs the refusal of the fault knob once per New.
 	faultsRefused *sync.Once
 }
@@ -110,6 +129,7 @@ type Actor struct {
 type snapshot struct {
 	ready, draining bool
 	probes          []Probe
+	probeGen        uint64
 }
 
 type getSnapshot struct{}
@@ -125,12 +145,13 @@ func (a *Actor) Receive(ctx actor.Context) {
 		for _, p := range m.Probes {
 			a.probes[p.Name] = p
 		}
+		a.probeGen++
 	case *SetReady:
 		a.ready = true
 	case *SetDraining:
 		a.draining = true
 	case *getSnapshot:
-		s := snapshot{ready: a.ready, draining: a.draining}
+		s := snapshot{ready: a.ready, draining: a.draining, probeGen: a.probeGen}
 		for _, p := range a.probes {
 			s.probes = append(s.probes, p)
 		}
@@ -146,7 +167,7 @@ func (a *Actor) listen(ctx actor.Context) error {
 	if err != nil {
 		return fmt.Errorf("health port: %w (is another control plane running? change control_plane.health_port)", err)
 	}
-	h := &handler{cfg: a.cfg, sys: ctx.ActorSystem(), self: ctx.Self()}
+	h := newHandler(a.cfg, ctx.ActorSystem(), ctx.Self())
 	debugHere := LoopbackOnly(a.cfg.Addr)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", h.healthz)
@@ -294,9 +315,89 @@ func (a *Actor) close() {
 // handler serves HTTP on net/http's goroutines. It reaches the actor's state
 // only by asking it, and runs the probes itself, off the actor's mailbox.
 type handler struct {
-	cfg  Config
-	sys  *actor.ActorSystem
-	self *actor.PID
+	cfg   Config
+	sys   *actor.ActorSystem
+	self  *actor.PID
+	cache *probeCache
+}
+
+func newHandler(cfg Config, sys *actor.ActorSystem, self *actor.PID) *handler {
+	c := &probeCache{ttl: cfg.ProbeCacheTTL, now: cfg.Clock}
+	if c.ttl <= 0 {
+		c.ttl = DefaultProbeCacheTTL
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	return &handler{cfg: cfg, sys: sys, self: self, cache: c}
+}
+
+// probeCache holds the last probe run for ttl, keyed by the probe set's
+// generation, and lets only one run happen at a time.
+type probeCache struct {
+	ttl time.Duration
+	now func() time.Time
+
+	mu       sync.Mutex
+	have     bool
+	gen      uint64
+	at       time.Time
+	body     cpapi.Health
+	inflight chan struct{} // closed when the run in flight ends
+}
+
+// get returns a run of probes (generation gen) younger than ttl, running
+// them if there is none. A request that finds a run in flight waits for
+// it; ok is false only when ctx ended first.
+func (c *probeCache) get(ctx context.Context, gen uint64, probes []Probe, timeout time.Duration) (body cpapi.Health, ok bool) {
+	for {
+		now := c.now()
+		c.mu.Lock()
+		if c.have && c.gen == gen && now.Sub(c.at) < c.ttl {
+			body = c.body
+			c.mu.Unlock()
+			return body, true
+		}
+		if wait := c.inflight; wait != nil {
+			c.mu.Unlock()
+			select {
+			case <-wait:
+				continue // its run may be of another generation
+			case <-ctx.Done():
+				return cpapi.Health{}, false
+			}
+		}
+		done := make(chan struct{})
+		c.inflight = done
+		c.mu.Unlock()
+		// Not the request's context: the run answers every waiter, and
+		// each probe is bounded by timeout anyway.
+		body = RunProbes(context.Background(), probes, timeout)
+		c.mu.Lock()
+		c.have, c.gen, c.at, c.body, c.inflight = true, gen, c.now(), body, nil
+		c.mu.Unlock()
+		close(done)
+		return body, true
+	}
+}
+
+// fromLoopback reports whether the request came from a loopback address.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// withoutErrors is h for a caller outside loopback: each probe's error
+// text is dropped (its name and result stay). h's slices are shared with
+// the cache, so the probes are copied.
+func withoutErrors(h cpapi.Health) cpapi.Health {
+	probes := make([]cpapi.ProbeResult, len(h.Probes))
+	for i, p := range h.Probes {
+		p.Error = ""
+		probes[i] = p
+	}
+	h.Probes = probes
+	return h
 }
 
 // routeDebug adds GET /debug/actors and GET /debug/state to mux.
@@ -327,7 +428,13 @@ func (h *handler) healthz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, cpapi.Health{Status: cpapi.StatusNotReady})
 		return
 	}
-	body := RunProbes(r.Context(), s.probes, h.cfg.ProbeTimeout)
+	body, ok := h.cache.get(r.Context(), s.probeGen, s.probes, h.cfg.ProbeTimeout)
+	if !ok {
+		return // the caller is gone
+	}
+	if !fromLoopback(r) {
+		body = withoutErrors(body)
+	}
 	code := http.StatusOK
 	if body.Status != cpapi.StatusOK {
 		code = http.StatusServiceUnavailable
