@@ -331,10 +331,7 @@ func (r *run) ensure(ctx context.Context) error {
 	if r.current(st) && st.Restarting {
 		// Crash-looping under the on-failure policy (say, until the
 		// settings were fixed): end the loop and start it afresh below.
-		if _, err := stop(ctx, o.Docker, st.ID, 10*time.Second); err != nil {
-			return err
-		}
-		if st, err = Inspect(ctx, o.Docker); err != nil {
+		if st, err = r.endForRestart(ctx, st, "it is restarting after a crash"); err != nil {
 			return err
 		}
 	}
@@ -343,10 +340,7 @@ func (r *run) ensure(ctx context.Context) error {
 		// have read settings fixed only since, and would then fail again.
 		// A healthy one is left alone; one still starting is restarted.
 		if code, _ := getHealthz(ctx, r.healthURL(), time.Second); code != http.StatusOK {
-			if _, err := stop(ctx, o.Docker, st.ID, 10*time.Second); err != nil {
-				return err
-			}
-			if st, err = Inspect(ctx, o.Docker); err != nil {
+			if st, err = r.endForRestart(ctx, st, "it was restarted after a crash and is not green"); err != nil {
 				return err
 			}
 		}
@@ -418,6 +412,37 @@ func (r *run) ensure(ctx context.Context) error {
 		return err
 	}
 	return r.waitHealthy(ctx, started, false)
+}
+
+// endForRestart ends a control plane that is restarting or not green, so
+// that ensure starts one afresh, and returns the state after. With agents
+// running it must not drain: the drain ends in ebpf_flush, which would
+// leave them unfiltered until the new control plane enforced them again.
+// A forced remove kills it with SIGKILL, which to the CP is a crash: its
+// pins keep enforcing, and the next one adopts them (a stop instead could
+// also race the on-failure policy's next start and SIGTERM that one). With
+// no agent running it is stopped, a drain like down's.
+func (r *run) endForRestart(ctx context.Context, st State, why string) (State, error) {
+	agents, err := runningAgents(ctx, r.o.Docker)
+	if err != nil {
+		return st, err
+	}
+	if len(agents) == 0 {
+		if _, err := stop(ctx, r.o.Docker, st.ID, 10*time.Second); err != nil {
+			return st, err
+		}
+		return Inspect(ctx, r.o.Docker)
+	}
+	t := time.Now()
+	r.o.Reporter.Begin(fmt.Sprintf("replacing %s without a drain (%s, and %d agent container(s) run, whose enforcement a drain would lift)",
+		ContainerName, why, len(agents)))
+	err = r.remove(ctx, st.ID)
+	r.record(StepReplace, t)
+	r.o.Reporter.End("killed and removed the previous "+ContainerName+" container; the eBPF pins kept enforcing", err)
+	if err != nil {
+		return st, err
+	}
+	return State{}, nil
 }
 
 // replace removes a container of other binaries or settings, unless agents

@@ -150,3 +150,71 @@ func TestStop(t *testing.T) {
 		t.Errorf("a container clawker did not create was stopped: %v", err)
 	}
 }
+
+// restartDocker is inspectOnly with a listing of running agents and a
+// recorded remove: what endForRestart may call.
+type restartDocker struct {
+	inspectOnly
+	agents  []string
+	removes []client.ContainerRemoveOptions
+}
+
+func (d *restartDocker) ContainerList(_ context.Context, o client.ContainerListOptions) (client.ContainerListResult, error) {
+	var res client.ContainerListResult
+	for _, name := range d.agents {
+		res.Items = append(res.Items, container.Summary{ID: name, Names: []string{"/" + name}})
+	}
+	return res, nil
+}
+
+func (d *restartDocker) ContainerRemove(_ context.Context, _ string, o client.ContainerRemoveOptions) (client.ContainerRemoveResult, error) {
+	d.removes = append(d.removes, o)
+	d.c = nil
+	return client.ContainerRemoveResult{}, nil
+}
+
+// A control plane found restarting (or not green after a crash) is ended
+// for a fresh start without a drain while agents run: a forced remove, the
+// SIGKILL that keeps the pins enforcing, never the SIGTERM whose drain
+// ends in ebpf_flush. With no agent running it is stopped, as down does.
+func TestEndForRestartNeverDrainsUnderAgents(t *testing.T) {
+	s, p := testSettingsPaths(t)
+	crashed := func() *container.InspectResponse {
+		return &container.InspectResponse{
+			ID:     "cafe",
+			State:  &container.State{Status: container.StateRestarting, Restarting: true},
+			Config: &container.Config{Labels: map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeControlPlane}},
+		}
+	}
+	for _, c := range []struct {
+		name    string
+		agents  []string
+		removes int
+		stops   int
+	}{
+		{"agents running", []string{"clawker.p.a", "clawker.p.b"}, 1, 0},
+		{"no agent", nil, 0, 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := &restartDocker{inspectOnly: inspectOnly{c: crashed()}, agents: c.agents}
+			r := &run{o: &Options{Settings: s, Paths: p, Docker: d, Reporter: nopReporter{}}}
+			st, err := inspectContainer(context.Background(), d, ContainerName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := r.endForRestart(context.Background(), st, "it is restarting after a crash")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(d.removes) != c.removes || len(d.stops) != c.stops {
+				t.Fatalf("removes %d, stops %d; want %d and %d", len(d.removes), len(d.stops), c.removes, c.stops)
+			}
+			if c.removes > 0 && !d.removes[0].Force {
+				t.Errorf("remove %+v: want forced (SIGKILL)", d.removes[0])
+			}
+			if after.Running || after.Restarting {
+				t.Errorf("state after: %+v, want ended", after)
+			}
+		})
+	}
+}
