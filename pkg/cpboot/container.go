@@ -76,6 +76,10 @@ type spec struct {
 	// enters an agent's network namespace through the agent's init process
 	// there; the container's own /proc shows no task of another container.
 	HostProc string `json:",omitempty"`
+	// ReservedPorts is every port the CP listens on, reserved in its
+	// network namespace (net.ipv4.ip_local_reserved_ports): part of the
+	// spec, so a change of any port makes a new container.
+	ReservedPorts string `json:",omitempty"`
 }
 
 // ContainerHostProc is where the host's /proc is mounted in the CP's
@@ -85,7 +89,8 @@ const ContainerHostProc = "/host/proc"
 const specLayout = 1
 
 func newSpec(s settings.Settings, p settings.Paths, socket string) spec {
-	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s), FirewallDir: p.FirewallDir, HostProc: ContainerHostProc}
+	return spec{Layout: specLayout, ConfigDir: p.ConfigDir, CPDir: p.CPDir, LogDir: p.LogDir, DockerSocket: socket, Ports: publishedPorts(s), FirewallDir: p.FirewallDir, HostProc: ContainerHostProc,
+		ReservedPorts: reservedPorts(s)}
 }
 
 // withBundle is sp for a container of b's image: with --ory-dir when b
@@ -201,6 +206,12 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 			NetworkName: {IPAMConfig: &network.EndpointIPAMConfig{IPv4Address: ip}},
 		}},
 	}
+	// No outgoing connection of the CP or its Ory children may take one of
+	// the ports it listens on as its source port: Ory starts (and is
+	// probed, and registers clients) before the gRPC servers bind, and a
+	// port in the ephemeral range would then be taken. Namespaced: the
+	// host's reservation is untouched.
+	opts.HostConfig.Sysctls = map[string]string{"net.ipv4.ip_local_reserved_ports": sp.ReservedPorts}
 	if sp.HostProc != "" {
 		// Read-only; opening a task's ns/net through it still passes the
 		// kernel's ptrace check, which agents (no capabilities) meet.
@@ -326,4 +337,17 @@ func runningAgents(ctx context.Context, d Docker) ([]string, error) {
 		names = append(names, name)
 	}
 	return names, nil
+}
+
+// reservedPorts lists every port the CP's container listens on, for
+// net.ipv4.ip_local_reserved_ports.
+func reservedPorts(s settings.Settings) string {
+	var b strings.Builder
+	for i, p := range s.Ports() {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Itoa(p.Port))
+	}
+	return b.String()
 }

@@ -324,6 +324,9 @@ func TestCreateOptions(t *testing.T) {
 			t.Errorf("mount %s exposes the CLI's auth directory %s", m.Source, p.AuthDir)
 		}
 	}
+	if got, want := hc.Sysctls["net.ipv4.ip_local_reserved_ports"], reservedPorts(s); got != want || strings.Count(got, ",") != len(s.Ports())-1 {
+		t.Errorf("reserved ports %q, want every listening port: %q", got, want)
+	}
 	env := strings.Join(co.Config.Env, " ")
 	if env != "XDG_CONFIG_HOME=/config XDG_DATA_HOME=/data XDG_STATE_HOME=/state" {
 		t.Errorf("env %s", env)
