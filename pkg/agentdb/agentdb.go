@@ -44,10 +44,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pressly/goose/v3"
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // registers the "sqlite" database/sql driver
 )
 
 // Sentinel errors; match them with errors.Is.
@@ -60,7 +61,35 @@ var (
 	ErrContainerBound = errors.New("agentdb: container already bound to a different identity")
 	// ErrInvalidAgent: Register was given an incomplete or malformed Agent.
 	ErrInvalidAgent = errors.New("agentdb: invalid agent")
+	// ErrDiskFull: a write was refused because the filesystem holding the
+	// registry has no space left. The transaction was rolled back: every
+	// binding made before is kept, and the next write after space was
+	// freed works.
+	ErrDiskFull = errors.New("agentdb: the disk holding the registry is full")
 )
+
+// sqliteFull and sqliteIOErr are SQLite's primary result codes for a full
+// database or disk and for an I/O error (ENOSPC in a WAL write may come
+// back as either).
+const (
+	sqliteIOErr = 10
+	sqliteFull  = 13
+)
+
+// diskFull turns a write's failure caused by a full filesystem into
+// ErrDiskFull, naming the directory to free space in.
+func (d *DB) diskFull(err error) error {
+	var se *sqlite.Error
+	full := errors.Is(err, syscall.ENOSPC)
+	if errors.As(err, &se) {
+		code := se.Code() & 0xff
+		full = full || code == sqliteFull || (code == sqliteIOErr && strings.Contains(se.Error(), "disk is full"))
+	}
+	if !full {
+		return err
+	}
+	return fmt.Errorf("%w (%s): free space there; no binding was lost, and the write can be retried (%v)", ErrDiskFull, filepath.Dir(d.path), err)
+}
 
 // Agent is one registry binding.
 type Agent struct {
@@ -339,7 +368,7 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 
 	tx, err := d.writer.BeginTx(ctx, nil)
 	if err != nil {
-		return Agent{}, false, fmt.Errorf("agentdb: register: begin: %w", err)
+		return Agent{}, false, fmt.Errorf("agentdb: register: begin: %w", d.diskFull(err))
 	}
 	defer func() { _ = tx.Rollback() }()
 
@@ -374,16 +403,16 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 	// gone (see the package documentation): its row is replaced.
 	if _, err := tx.ExecContext(ctx,
 		"DELETE FROM agents WHERE project = ? AND agent_name = ?", a.Project, a.AgentName); err != nil {
-		return Agent{}, false, fmt.Errorf("agentdb: register: release %s/%s: %w", a.Project, a.AgentName, err)
+		return Agent{}, false, fmt.Errorf("agentdb: register: release %s/%s: %w", a.Project, a.AgentName, d.diskFull(err))
 	}
 	if _, err := tx.ExecContext(ctx,
 		"INSERT INTO agents ("+agentColumns+") VALUES (?, ?, ?, ?, ?, ?, ?)",
 		a.Key, a.Project, a.AgentName, a.ContainerID, a.Thumbprint,
 		toNanos(a.RegisteredAt), toNanos(a.LastSeen)); err != nil {
-		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: insert: %w", a.Project, a.AgentName, err)
+		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: insert: %w", a.Project, a.AgentName, d.diskFull(err))
 	}
 	if err := tx.Commit(); err != nil {
-		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: commit: %w", a.Project, a.AgentName, err)
+		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: commit: %w", a.Project, a.AgentName, d.diskFull(err))
 	}
 	return a, true, nil
 }
