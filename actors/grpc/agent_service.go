@@ -143,11 +143,12 @@ func (s *agentService) fail(id identity, err error) error {
 // token: the certificate minted for that container is the proof, and the
 // one-shot assertion could not be exchanged again anyway.
 //
-// The token is judged first (tokenVerdict) and the registry asked once:
-// with a verdict against a new binding the request is ExistingOnly, and
-// the registry looks the binding up and binds in one sqlite transaction
-// (registry.Register, agentdb.RegisterExisting); the verdict is answered
-// only when the binding turns out to be new.
+// With Ory the registry is asked first with ExistingOnly: an existing
+// binding is confirmed in that one request (one sqlite transaction,
+// agentdb.RegisterExisting) and its token, if any, is never looked at, so
+// a bound agent cannot make the CP call Hydra. Only a binding that turns
+// out to be new has its token judged (tokenVerdict) and then takes a
+// second request that creates it (agentdb.Register, which checks again).
 func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterRequest) (*agentv1.RegisterResponse, error) {
 	id, _, err := identify(ctx)
 	if err != nil {
@@ -157,16 +158,22 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 		return nil, s.fail(id, refuse("agent_san_mismatch", "request names %s.%s but the certificate is for %s",
 			req.GetProject(), req.GetAgentName(), id.name()))
 	}
-	verdict := s.tokenVerdict(ctx, id)
-	r, err := s.registry.Register(ctx, registry.Register{Agent: agentdb.Agent{
+	binding := agentdb.Agent{
 		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
-	}, ExistingOnly: verdict != nil})
+	}
+	existingOnly := s.tokens != nil
+	r, err := s.registry.Register(ctx, registry.Register{Agent: binding, ExistingOnly: existingOnly})
+	if err == nil && existingOnly && errors.Is(r.Err, agentdb.ErrNotFound) {
+		// A new binding: it takes a good token.
+		if verdict := s.tokenVerdict(ctx, id); verdict != nil {
+			return nil, s.refuseNewBinding(id, verdict)
+		}
+		r, err = s.registry.Register(ctx, registry.Register{Agent: binding})
+	}
 	if err != nil {
 		return nil, s.fail(id, fmt.Errorf("registry: %w", err))
 	}
 	switch {
-	case verdict != nil && errors.Is(r.Err, agentdb.ErrNotFound):
-		return nil, s.refuseNewBinding(id, verdict)
 	case errors.Is(r.Err, agentdb.ErrContainerBound):
 		return nil, s.fail(id, refuse("container_bound", "%v", r.Err))
 	case r.Err != nil:
@@ -179,15 +186,10 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt), Enforced: enforced}, nil
 }
 
-// tokenVerdict is Register's token check (see Register): nil when a new
-// binding may be made (no Hydra to ask, or the caller's token is good),
-// else why not, for refuseNewBinding to answer should the binding be new.
-// A token is introspected even when the binding exists (the registry has
-// not been asked yet); clawkerd sends one only until a Register succeeded.
+// tokenVerdict is Register's token check for a new binding (see
+// Register): nil when the caller's token is good, else why not, for
+// refuseNewBinding to answer.
 func (s *agentService) tokenVerdict(ctx context.Context, id identity) error {
-	if s.tokens == nil {
-		return nil
-	}
 	token, reason := bearerToken(ctx)
 	switch reason {
 	case "token_missing":

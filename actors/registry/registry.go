@@ -29,9 +29,9 @@ type Config struct {
 // Register binds an agent identity; the answer is *RegisterResult. With
 // ExistingOnly (the caller may not create a binding, e.g. it lacks the
 // token a new one needs) a binding that does not exist yet is answered
-// with an Err wrapping agentdb.ErrNotFound and nothing is written: the
-// lookup and the insert are one sqlite transaction
-// (agentdb.RegisterExisting), so one request decides and binds.
+// with an Err wrapping agentdb.ErrNotFound and nothing is written; an
+// existing one is confirmed in that one request and sqlite transaction
+// (agentdb.RegisterExisting), with no Get before it.
 type Register struct {
 	Agent        agentdb.Agent
 	ExistingOnly bool
