@@ -66,6 +66,10 @@ type Config struct {
 	// AuthCacheTTL keeps positive introspections this long, never past a
 	// token's exp; 0 asks Hydra on every call.
 	AuthCacheTTL time.Duration
+	// AgentLimits and AdminLimits bound each server's connections,
+	// streams, message sizes and keepalives, and Register per peer (zero
+	// fields: AgentLimits, AdminLimits).
+	AgentLimits, AdminLimits Limits
 	// ServerOptions adds options to a server ("agent" or "admin") ahead
 	// of its own: the metrics' interceptors. Nil adds none.
 	ServerOptions func(server string) []ggrpc.ServerOption
@@ -84,7 +88,11 @@ type Actor struct {
 }
 
 // New returns a producer of fresh grpc actors.
-func New(cfg Config) actor.Producer { return func() actor.Actor { return &Actor{cfg: cfg} } }
+func New(cfg Config) actor.Producer {
+	cfg.AgentLimits = cfg.AgentLimits.withDefaults(AgentLimits)
+	cfg.AdminLimits = cfg.AdminLimits.withDefaults(AdminLimits)
+	return func() actor.Actor { return &Actor{cfg: cfg} }
+}
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
@@ -134,6 +142,8 @@ func (a *Actor) listen() error {
 	if a.adminLn, err = net.Listen("tcp", net.JoinHostPort(a.cfg.BindHost, strconv.Itoa(a.cfg.AdminPort))); err != nil {
 		return fmt.Errorf("admin port: %w (change control_plane.admin_port)", err)
 	}
+	a.agentLn = newLimitListener(a.agentLn, a.cfg.AgentLimits, "agent", a.cfg.Log)
+	a.adminLn = newLimitListener(a.adminLn, a.cfg.AdminLimits, "admin", a.cfg.Log)
 	return nil
 }
 
@@ -170,10 +180,16 @@ func (a *Actor) serve(ctx actor.Context) {
 	if a.cfg.ServerOptions != nil {
 		extra = a.cfg.ServerOptions
 	}
-	a.agentSrv = ggrpc.NewServer(append(extra("agent"), ggrpc.Creds(agentCreds))...)
+	// The Register limiter is the outermost interceptor of the server's
+	// own: a refused call costs no token or registry work.
+	registers := newRegisterLimiter(a.cfg.AgentLimits, a.cfg.Log)
+	agentOpts := append(append(extra("agent"), ggrpc.Creds(agentCreds), ggrpc.ChainUnaryInterceptor(registers.unary)),
+		a.cfg.AgentLimits.serverOptions()...)
+	a.agentSrv = ggrpc.NewServer(agentOpts...)
 	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
-	a.adminSrv = ggrpc.NewServer(append(append(extra("admin"), ggrpc.Creds(adminCreds)), authz.ServerOptions()...)...)
+	adminOpts := append(append(append(extra("admin"), ggrpc.Creds(adminCreds)), authz.ServerOptions()...), a.cfg.AdminLimits.serverOptions()...)
+	a.adminSrv = ggrpc.NewServer(adminOpts...)
 	adminv1.RegisterAdminServiceServer(a.adminSrv, &adminService{peers: peers, now: a.cfg.Now})
 	for _, p := range []struct {
 		srv *ggrpc.Server
