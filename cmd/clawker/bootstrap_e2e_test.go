@@ -223,6 +223,7 @@ func TestBootstrap(t *testing.T) {
 		f    func(*testing.T, *e2e)
 	}{
 		{"from_nothing", testFromNothing},
+		{"ory_unprivileged_in_container", testOryUnprivilegedInContainer},
 		{"down_drains", testDown},
 		{"start_fails_port_taken", testPortTaken},
 		{"start_fails_firewall_enabled", testFirewallEnabled},
