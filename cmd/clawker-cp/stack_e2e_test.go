@@ -473,15 +473,20 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 			t.Logf("cut %s after FirewallRemoveRule was sent, after %d bytes", cut, o.Bytes)
 		}
 	})
-	for _, role := range []string{"proxy", "dns"} {
-		t.Run("the "+role+" sibling killed is recreated; nothing passes meanwhile", func(t *testing.T) {
+	// KILL: the container dies. STOP: it hangs, still "running" to Docker,
+	// and only its health checks fail (three in a row recreate it).
+	for _, c := range []struct{ role, signal, what string }{
+		{"proxy", "KILL", "killed"}, {"dns", "KILL", "killed"}, {"proxy", "STOP", "hung (SIGSTOP)"}, {"dns", "STOP", "hung (SIGSTOP)"},
+	} {
+		role := c.role
+		t.Run("the "+role+" sibling "+c.what+" is recreated; nothing passes meanwhile", func(t *testing.T) {
 			name := r.net.Name + "-" + role
 			member := map[string]string{"proxy": "proxy", "dns": "DNS"}[role]
 			st := r.status(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			if _, err := r.d.ContainerKill(ctx, name, docker.ContainerKillOptions{Signal: "KILL"}); err != nil {
-				t.Fatalf("killing %s: %v", name, err)
+			if _, err := r.d.ContainerKill(ctx, name, docker.ContainerKillOptions{Signal: c.signal}); err != nil {
+				t.Fatalf("SIG%s to %s: %v", c.signal, name, err)
 			}
 			// Right after the kill, bounded so that a connect waiting for
 			// the recreated sibling does not count as passing meanwhile.

@@ -88,6 +88,7 @@ type Owner struct {
 	stopped       bool
 	healthy       bool
 	failures      int
+	replace       bool // the next ensure removes the running container first
 	lastErr       error
 	containerID   string
 	cancelTick    scheduler.CancelFunc
@@ -186,8 +187,18 @@ func (o *Owner) ensure(ctx actor.Context) {
 	o.ensuring = true
 	mg := o.M.Managed
 	self, sys := ctx.Self(), ctx.ActorSystem()
+	replace := o.replace
+	o.replace = false
 	go func() {
 		res := &ensured{}
+		if replace {
+			rctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			if err := sibling.Remove(rctx, mg.Docker, mg.Container); err != nil {
+				mg.Log.Warn("removing an unresponsive firewall sibling failed", zap.String("event", "firewall_stack_unavailable"),
+					zap.String("container", mg.Container), zap.Error(err))
+			}
+			cancel()
+		}
 		sp, err := mg.Spec()
 		if err == nil {
 			ectx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -327,6 +338,9 @@ func (o *Owner) onChecked(ctx actor.Context, m *checked) {
 	o.failures++
 	if !m.running || o.failures >= recreateAfter {
 		o.failures = 0
+		// A container that runs but does not answer (hung, stopped with
+		// SIGSTOP) has the same spec: Ensure alone would adopt it again.
+		o.replace = m.running
 		o.ensure(ctx)
 	}
 }
