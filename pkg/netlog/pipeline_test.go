@@ -101,7 +101,7 @@ func (w *world) config(endpoint string, tlsOn bool, m any) netlog.Config {
 	}
 }
 
-func (w *world) waitUp(t *testing.T, want bool) {
+func (w *world) waitUp(t testing.TB, want bool) {
 	t.Helper()
 	timeout := time.After(15 * time.Second)
 	for {
