@@ -11,6 +11,24 @@
 // the way either: the reader never blocks on the network (the batch
 // processor exports on its own goroutine, and a full buffer drops), so a
 // slow or absent collector costs the kernel nothing but ring space.
+//
+// The stack siblings' lines (decided, not built yet): they go out through
+// this pipeline too, as records of their own service.name (clawker-dns,
+// clawker-proxy) on the CP's one collector connection and certificate.
+// The siblings get no OTLP settings or key of their own: they run without
+// capabilities on the agent network, and a collector's reach and trust are
+// the CP's business. Their sources are what they already send the CP over
+// pkg/stackapi: the DNS sibling's answer reports and both siblings'
+// refusals (NXDOMAINs of names no rule allows, the proxy's refused
+// connections), as records with the agent's address, the name, the
+// reason and the agent and project the worldview gives that address.
+// Those reports are not a full log: a cached answer the CP already holds
+// is not reported again, and the proxy reports no allowed connection
+// (each one is already an ebpf-egress redirect-proxy record, with
+// dst_host when DNS named the address). A full query and access log would
+// be one more batched stackapi stream beside the refusals, bounded and
+// counted like the ring's records, and is left for when an operator asks
+// for it.
 package netlog
 
 import (
