@@ -490,6 +490,11 @@ func (s *adminService) FirewallRotateCA(context.Context, *adminv1.FirewallRotate
 func (s *adminService) FirewallDenied(ctx context.Context, req *adminv1.FirewallDeniedRequest) (*adminv1.FirewallDeniedResponse, error) {
 	m := firewall.GetDenied{Agent: req.GetAgent(), Project: req.GetProject()}
 	if d := req.GetSince(); d != nil {
+		// As bypassDuration: a malformed Duration (seconds and nanos of
+		// different signs) would otherwise be read as some other span.
+		if err := d.CheckValid(); err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "since: %v", err)
+		}
 		if m.Since = d.AsDuration(); m.Since < 0 {
 			return nil, status.Error(codes.InvalidArgument, "since: negative; give how far back, e.g. 10m")
 		}
