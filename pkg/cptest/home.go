@@ -10,6 +10,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/ory"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
@@ -43,6 +44,13 @@ func NewHome(t testing.TB) *Home {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A root CP of this home runs the Ory servers from a run dir outside
+	// it; a CP killed before its drain leaves that dir (and its copies of
+	// the home's TLS key) behind. This exact dir goes when the test ends.
+	if p, err := settings.ResolvePaths(h.getenv); err == nil {
+		runDir := ory.RunDirFor(p.CPDir)
+		t.Cleanup(func() { _ = os.RemoveAll(runDir) })
 	}
 	return h
 }

@@ -1,6 +1,8 @@
 package ory
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -19,6 +21,21 @@ type User struct {
 // anything else the control plane owns is theirs. Not nobody (65534), which
 // the firewall siblings use in their containers.
 var DefaultUser = User{UID: 65532, GID: 65532}
+
+// RunBase holds the servers' run dirs when they run as User: the control
+// plane's data dir is 0700 (the host's, bind-mounted into the container),
+// which User cannot traverse, and the files need not outlive the servers.
+// In the FROM-scratch container it is created 0755 on the container's own
+// filesystem.
+const RunBase = "/run/clawker-cp"
+
+// RunDirFor is the run dir of the servers of the control plane whose data
+// dir is cpDir: one per CP home, so that control planes run as host
+// processes (tests) never share one, and a test can remove its own.
+func RunDirFor(cpDir string) string {
+	h := sha256.Sum256([]byte(cpDir))
+	return filepath.Join(RunBase, "ory-"+hex.EncodeToString(h[:6]))
+}
 
 func (u User) String() string { return fmt.Sprintf("uid %d gid %d", u.UID, u.GID) }
 
