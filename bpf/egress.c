@@ -88,6 +88,8 @@ enum verdict {
 	V_DENY_BROADCAST = 19,  // network, subnet broadcast, 255.255.255.255
 	V_DENY_MULTICAST = 20,  // 224.0.0.0/4
 	V_DENY_BACKSTOP = 21,   // a packet the sock_addr hooks never saw
+	V_ALLOW_IPRULE = 22,    // an IP/CIDR rule allows it: passed unchanged, no proxy
+	V_DENY_IPRULE = 23,     // an IP/CIDR deny rule
 };
 
 enum stat {
@@ -193,6 +195,51 @@ struct {
 	__array(values, struct route_table);
 } routes SEC(".maps");
 
+// IP and CIDR rules (egressrules), decided here rather than by the proxy,
+// which cannot see where a rewritten connection was going. One slot holds
+// an LPM trie, swapped whole like the routes. Each entry holds every rule
+// that applies to its addresses, longest prefix first (deny first at equal
+// length): the rules of covering prefixes are pushed down into it, since
+// the trie answers only the longest entry. Rules name TCP protocols only
+// (tcp, ssh, http, https); UDP never matches.
+#define IP_RULES_PER_ENTRY 8
+#define IPR_ALLOW 1
+#define IPR_DENY 2
+
+struct ip_rule_key {
+	__u32 prefixlen;
+	__be32 addr;
+};
+
+struct ip_rule {
+	__u32 id;      // the rule's id in the store
+	__u16 port_lo; // host order, inclusive
+	__u16 port_hi;
+	__u8 action;    // IPR_ALLOW or IPR_DENY
+	__u8 prefixlen; // the rule's own prefix (an entry may hold broader ones)
+	__u8 _pad[2];
+};
+
+struct ip_rule_set {
+	__u32 n;
+	struct ip_rule r[IP_RULES_PER_ENTRY];
+};
+
+struct ip_rule_table {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct ip_rule_key);
+	__type(value, struct ip_rule_set);
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct ip_rule_table);
+} ip_rules SEC(".maps");
+
 // Every enforced agent's address and its project id (agent_to_agent:
 // project). Maintained by the eBPF owner.
 struct {
@@ -254,6 +301,8 @@ const struct route_key unused_route_key __attribute__((unused));
 const struct route_val unused_route_val __attribute__((unused));
 const struct dns_orig unused_sk_dns __attribute__((unused));
 const struct cut_target unused_cut_target __attribute__((unused));
+const struct ip_rule_key unused_ip_rule_key __attribute__((unused));
+const struct ip_rule_set unused_ip_rule_set __attribute__((unused));
 
 static __always_inline void count(__u32 idx)
 {
@@ -264,7 +313,7 @@ static __always_inline void count(__u32 idx)
 
 static __always_inline int is_deny(__u8 v)
 {
-	return (v >= V_DENY_UDP && v <= V_DENY_SOCKET) || (v >= V_DENY_SUBNET && v <= V_DENY_BACKSTOP);
+	return (v >= V_DENY_UDP && v <= V_DENY_SOCKET) || (v >= V_DENY_SUBNET && v <= V_DENY_BACKSTOP) || v == V_DENY_IPRULE;
 }
 
 static __always_inline int is_redirect(__u8 v)
@@ -420,6 +469,40 @@ static __always_inline int is_loopback4(__be32 ip)
 	return (ip & bpf_htonl(0xff000000)) == bpf_htonl(0x7f000000) || ip == 0;
 }
 
+// The IP/CIDR rule deciding a TCP connect to dst:dport: IPR_ALLOW,
+// IPR_DENY, or 0 when none applies. exact: only rules naming the address
+// itself (a /32) count, as on the agent network, where a broad CIDR must
+// not open other agents.
+static __always_inline __u8 ip_rule_action(__u8 proto, __be32 dst, __be16 dport, int exact)
+{
+	if (proto != IPPROTO_TCP)
+		return 0;
+	__u32 zero = 0;
+	void *table = bpf_map_lookup_elem(&ip_rules, &zero);
+	if (!table)
+		return 0;
+	struct ip_rule_key key = {.prefixlen = 32, .addr = dst};
+	struct ip_rule_set *set = bpf_map_lookup_elem(table, &key);
+	if (!set)
+		return 0;
+	__u16 port = bpf_ntohs(dport);
+	for (int i = 0; i < IP_RULES_PER_ENTRY; i++) {
+		if (i >= set->n)
+			break;
+		struct ip_rule *r = &set->r[i];
+		if (exact && r->prefixlen != 32)
+			continue;
+		if (port >= r->port_lo && port <= r->port_hi)
+			return r->action;
+	}
+	return 0;
+}
+
+static __always_inline __u8 ip_rule_verdict(__u8 action)
+{
+	return action == IPR_ALLOW ? V_ALLOW_IPRULE : V_DENY_IPRULE;
+}
+
 // On the agent network only the stack, the CP's two ports, the agent
 // itself and (by agent_to_agent) its peers pass; the rest is refused.
 static __always_inline __u8 decide_subnet(const struct agent_cfg *cfg, __be32 dst)
@@ -474,8 +557,21 @@ static __always_inline __u8 decide4(const struct agent_cfg *cfg, __u8 proto, __b
 	// address (so only a rule plus firewall.private_destinations reach it,
 	// never a bare connect); anything else to it is refused below.
 	if (cfg->subnet_prefixlen && (dst & cfg->subnet_mask4) == cfg->subnet_ip4 &&
-	    !(dst == cfg->gateway_ip4 && proto == IPPROTO_TCP))
+	    !(dst == cfg->gateway_ip4 && proto == IPPROTO_TCP)) {
+		// A container that is not an agent (a collector, say) is reached
+		// only through a rule naming its address.
+		__u8 a = ip_rule_action(proto, dst, dport, 1);
+		if (a)
+			return ip_rule_verdict(a);
 		return decide_subnet(cfg, dst);
+	}
+
+	// IP-literal destinations, the gateway included: a rule allows them
+	// straight through or refuses them; none applies, and TCP goes on to
+	// the proxy, which refuses an address no rule allows.
+	__u8 ipa = ip_rule_action(proto, dst, dport, 0);
+	if (ipa)
+		return ip_rule_verdict(ipa);
 
 	__u32 *identity = bpf_map_lookup_elem(&ip_identity, &dst);
 	if (identity) {

@@ -68,6 +68,26 @@ type EgressEvent struct {
 	Verdict  uint8
 }
 
+type EgressIpRuleKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
+type EgressIpRuleSet struct {
+	_ structs.HostLayout
+	N uint32
+	R [8]struct {
+		_         structs.HostLayout
+		Id        uint32
+		PortLo    uint16
+		PortHi    uint16
+		Action    uint8
+		Prefixlen uint8
+		Pad       [2]uint8
+	}
+}
+
 type EgressRouteKey struct {
 	_        structs.HostLayout
 	Identity uint32
@@ -91,6 +111,7 @@ const (
 	EgressMapCutTarget       = "cut_target"
 	EgressMapEvents          = "events"
 	EgressMapIpIdentity      = "ip_identity"
+	EgressMapIpRules         = "ip_rules"
 	EgressMapPeerProject     = "peer_project"
 	EgressMapRatelimit       = "ratelimit"
 	EgressMapRoutes          = "routes"
@@ -108,6 +129,8 @@ const (
 	EgressProgSockCreate     = "sock_create"
 	EgressVarUnusedCutTarget = "unused_cut_target"
 	EgressVarUnusedEvent     = "unused_event"
+	EgressVarUnusedIpRuleKey = "unused_ip_rule_key"
+	EgressVarUnusedIpRuleSet = "unused_ip_rule_set"
 	EgressVarUnusedRouteKey  = "unused_route_key"
 	EgressVarUnusedRouteVal  = "unused_route_val"
 	EgressVarUnusedSkDns     = "unused_sk_dns"
@@ -175,6 +198,7 @@ type EgressMapSpecs struct {
 	CutTarget   *ebpf.MapSpec `ebpf:"cut_target"`
 	Events      *ebpf.MapSpec `ebpf:"events"`
 	IpIdentity  *ebpf.MapSpec `ebpf:"ip_identity"`
+	IpRules     *ebpf.MapSpec `ebpf:"ip_rules"`
 	PeerProject *ebpf.MapSpec `ebpf:"peer_project"`
 	Ratelimit   *ebpf.MapSpec `ebpf:"ratelimit"`
 	Routes      *ebpf.MapSpec `ebpf:"routes"`
@@ -188,6 +212,8 @@ type EgressMapSpecs struct {
 type EgressVariableSpecs struct {
 	UnusedCutTarget *ebpf.VariableSpec `ebpf:"unused_cut_target"`
 	UnusedEvent     *ebpf.VariableSpec `ebpf:"unused_event"`
+	UnusedIpRuleKey *ebpf.VariableSpec `ebpf:"unused_ip_rule_key"`
+	UnusedIpRuleSet *ebpf.VariableSpec `ebpf:"unused_ip_rule_set"`
 	UnusedRouteKey  *ebpf.VariableSpec `ebpf:"unused_route_key"`
 	UnusedRouteVal  *ebpf.VariableSpec `ebpf:"unused_route_val"`
 	UnusedSkDns     *ebpf.VariableSpec `ebpf:"unused_sk_dns"`
@@ -217,6 +243,7 @@ type EgressMaps struct {
 	CutTarget   *ebpf.Map `ebpf:"cut_target"`
 	Events      *ebpf.Map `ebpf:"events"`
 	IpIdentity  *ebpf.Map `ebpf:"ip_identity"`
+	IpRules     *ebpf.Map `ebpf:"ip_rules"`
 	PeerProject *ebpf.Map `ebpf:"peer_project"`
 	Ratelimit   *ebpf.Map `ebpf:"ratelimit"`
 	Routes      *ebpf.Map `ebpf:"routes"`
@@ -230,6 +257,7 @@ func (m *EgressMaps) Close() error {
 		m.CutTarget,
 		m.Events,
 		m.IpIdentity,
+		m.IpRules,
 		m.PeerProject,
 		m.Ratelimit,
 		m.Routes,
@@ -244,6 +272,8 @@ func (m *EgressMaps) Close() error {
 type EgressVariables struct {
 	UnusedCutTarget *ebpf.Variable `ebpf:"unused_cut_target"`
 	UnusedEvent     *ebpf.Variable `ebpf:"unused_event"`
+	UnusedIpRuleKey *ebpf.Variable `ebpf:"unused_ip_rule_key"`
+	UnusedIpRuleSet *ebpf.Variable `ebpf:"unused_ip_rule_set"`
 	UnusedRouteKey  *ebpf.Variable `ebpf:"unused_route_key"`
 	UnusedRouteVal  *ebpf.Variable `ebpf:"unused_route_val"`
 	UnusedSkDns     *ebpf.Variable `ebpf:"unused_sk_dns"`

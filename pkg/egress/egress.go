@@ -48,6 +48,7 @@ var pinnedMaps = []string{
 	bpf.EgressMapRatelimit,
 	bpf.EgressMapSkDns,
 	bpf.EgressMapPeerProject,
+	bpf.EgressMapIpRules,
 }
 
 // objects is what Open loads: every map and the programs attached to
@@ -276,6 +277,11 @@ func OpenWith(pinDir string, opts Options) (_ *Manager, err error) {
 			return nil, err
 		}
 	}
+	if _, ok := replacements[bpf.EgressMapIpRules]; !ok {
+		if err := m.swapIPRules(nil); err != nil {
+			return nil, err
+		}
+	}
 
 	// Pin the maps this generation created before any link can use them.
 	for _, name := range pinnedMaps {
@@ -335,6 +341,8 @@ func (m *Manager) mapByName(name string) *ebpf.Map {
 		return m.objs.IpIdentity
 	case bpf.EgressMapRoutes:
 		return m.objs.Routes
+	case bpf.EgressMapIpRules:
+		return m.objs.IpRules
 	case bpf.EgressMapEvents:
 		return m.objs.Events
 	case bpf.EgressMapStats:

@@ -73,6 +73,8 @@ const (
 	DenyBroadcast Verdict = 19 // network, subnet broadcast, 255.255.255.255
 	DenyMulticast Verdict = 20
 	DenyBackstop  Verdict = 21 // a packet dropped by the backstop
+	AllowIPRule   Verdict = 22 // an IP/CIDR rule allows it: unchanged, no proxy
+	DenyIPRule    Verdict = 23 // an IP/CIDR deny rule
 	firstRedirect         = RedirectDNS
 	lastRedirect          = RedirectProxy
 )
@@ -85,6 +87,7 @@ var verdictNames = map[Verdict]string{
 	AllowCP: "allow-cp", AllowPeer: "allow-peer", AllowSelf: "allow-self",
 	DenySubnet: "deny-subnet", DenyCP: "deny-cp", DenyGateway: "deny-gateway",
 	DenyBroadcast: "deny-broadcast", DenyMulticast: "deny-multicast", DenyBackstop: "deny-backstop",
+	AllowIPRule: "allow-ip-rule", DenyIPRule: "deny-ip-rule",
 }
 
 func (v Verdict) String() string {
@@ -96,7 +99,7 @@ func (v Verdict) String() string {
 
 // Denied reports whether the application got EPERM (is_deny in egress.c).
 func (v Verdict) Denied() bool {
-	return (v >= DenyUDP && v <= DenySocket) || (v >= DenySubnet && v <= DenyBackstop)
+	return (v >= DenyUDP && v <= DenySocket) || (v >= DenySubnet && v <= DenyBackstop) || v == DenyIPRule
 }
 
 // Redirected reports whether the destination was rewritten.

@@ -72,8 +72,8 @@ func (m *Manager) compatible(name string, pm *ebpf.Map) error {
 	if err := spec.Compatible(pm); err != nil {
 		return err
 	}
-	if name == bpf.EgressMapRoutes {
-		return m.checkRouteTable(pm)
+	if name == bpf.EgressMapRoutes || name == bpf.EgressMapIpRules {
+		return m.checkInnerTable(name, pm)
 	}
 	if migratedMaps[name] {
 		return sameBTFLayout(pm, spec)

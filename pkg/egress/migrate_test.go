@@ -388,7 +388,7 @@ func TestPrivilegedMigrateIncompatibleMaps(t *testing.T) {
 	}
 	reused := m.Reused()
 	slices.Sort(reused)
-	if want := []string{bpf.EgressMapEvents, bpf.EgressMapPeerProject, bpf.EgressMapRatelimit, bpf.EgressMapSkDns, bpf.EgressMapStats}; !slices.Equal(reused, want) {
+	if want := []string{bpf.EgressMapEvents, bpf.EgressMapIpRules, bpf.EgressMapPeerProject, bpf.EgressMapRatelimit, bpf.EgressMapSkDns, bpf.EgressMapStats}; !slices.Equal(reused, want) {
 		t.Errorf("reused %v, want %v", reused, want)
 	}
 

@@ -52,40 +52,41 @@ const MaxRoutes = 65536
 // lookup for the generation, and a cleanup pass that can leak entries when
 // the writer dies halfway.)
 
-// checkRouteTable verifies that the table held by a pinned outer map has
-// the key and value layout of this build.
-func (m *Manager) checkRouteTable(outer *ebpf.Map) error {
+// checkInnerTable verifies that the table held by a pinned outer map (the
+// routes or the IP rules) has the key and value layout of this build.
+func (m *Manager) checkInnerTable(name string, outer *ebpf.Map) error {
 	inner, err := currentTable(outer)
 	if err != nil || inner == nil {
 		return err
 	}
 	defer inner.Close()
-	spec := m.spec.Maps[bpf.EgressMapRoutes].InnerMap
+	spec := m.spec.Maps[name].InnerMap
 	if inner.Type() != spec.Type || inner.KeySize() != spec.KeySize || inner.ValueSize() != spec.ValueSize {
-		return fmt.Errorf("route table: %v key %d value %d, want %v key %d value %d: %w",
-			inner.Type(), inner.KeySize(), inner.ValueSize(), spec.Type, spec.KeySize, spec.ValueSize, ebpf.ErrMapIncompatible)
+		return fmt.Errorf("%s table: %v key %d value %d, want %v key %d value %d: %w",
+			name, inner.Type(), inner.KeySize(), inner.ValueSize(), spec.Type, spec.KeySize, spec.ValueSize, ebpf.ErrMapIncompatible)
 	}
 	if err := sameBTFLayout(inner, spec); err != nil {
-		return fmt.Errorf("route table: %w", err)
+		return fmt.Errorf("%s table: %w", name, err)
 	}
 	return nil
 }
 
-// currentTable opens the route table the programs use now (nil if none).
+// currentTable opens the inner table (routes or IP rules) the programs use
+// now (nil if none).
 func currentTable(outer *ebpf.Map) (*ebpf.Map, error) {
 	var id uint32
 	if err := outer.Lookup(uint32(0), &id); err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("route table: %w", err)
+		return nil, fmt.Errorf("inner table: %w", err)
 	}
 	if id == 0 {
 		return nil, nil
 	}
 	inner, err := ebpf.NewMapFromID(ebpf.MapID(id))
 	if err != nil {
-		return nil, fmt.Errorf("route table %d: %w", id, err)
+		return nil, fmt.Errorf("inner table %d: %w", id, err)
 	}
 	return inner, nil
 }
