@@ -57,6 +57,7 @@ type Programs interface {
 	Disable(cgid uint64) error
 	Enable(cgid uint64) error
 	SyncRoutes(routes []egress.Route) error
+	SyncIPRules(entries []egress.IPRuleEntry) error
 	Routes() ([]egress.Route, error)
 	SetIdentity(ip netip.Addr, id uint32) error
 	DeleteIdentity(ip netip.Addr) error
@@ -203,6 +204,11 @@ type SetDisabled struct {
 // SyncRoutes swaps the route set. Answered with *Done.
 type SyncRoutes struct{ Routes []egress.Route }
 
+// SyncIPRules swaps the IP and CIDR rule trie (egress.Manager.SyncIPRules):
+// one map update of a prebuilt table, so it stays on the mailbox.
+// Answered with *Done.
+type SyncIPRules struct{ Entries []egress.IPRuleEntry }
+
 // SetIdentities records DNS-learned addresses in the kernel's IP ->
 // identity table (Set) and forgets expired ones (Delete). Answered with
 // *Done once the map holds them.
@@ -315,6 +321,12 @@ func (a *Actor) Receive(ctx actor.Context) {
 		err := ErrNotLoaded
 		if a.progs != nil {
 			err = a.progs.SyncRoutes(m.Routes)
+		}
+		ctx.Respond(&Done{Err: err})
+	case *SyncIPRules:
+		err := ErrNotLoaded
+		if a.progs != nil {
+			err = a.progs.SyncIPRules(m.Entries)
 		}
 		ctx.Respond(&Done{Err: err})
 	case *SetIdentities:

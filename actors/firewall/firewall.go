@@ -118,6 +118,9 @@ func New(cfg Config) actor.Producer {
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
+	// A message that published rules (start, add, remove, reload) also
+	// orders their IP and CIDR part into the kernel, once it is handled.
+	defer a.flushIPRules(ctx)
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
 		a.startRules()
@@ -472,6 +475,9 @@ func (a *Actor) logOrder(order, res interface{}, err error) {
 	case *ebpf.SyncRoutes:
 		event = "firewall_routes_synced"
 		fields = append(fields, zap.Int("routes", len(o.Routes)))
+	case *ebpf.SyncIPRules:
+		event = "firewall_ip_rules_synced"
+		fields = append(fields, zap.Int("entries", len(o.Entries)))
 	}
 	if err != nil {
 		log.Warn("firewall order failed", append(fields, zap.String("event", event+"_failed"), zap.Error(err))...)

@@ -41,7 +41,7 @@ type order struct {
 func (f *fakeEBPF) Receive(ctx actor.Context) {
 	msg := ctx.Message()
 	switch msg.(type) {
-	case *ebpf.Enforce, *ebpf.Release, *ebpf.SetBypass, *ebpf.SetDisabled, *ebpf.SyncRoutes:
+	case *ebpf.Enforce, *ebpf.Release, *ebpf.SetBypass, *ebpf.SetDisabled, *ebpf.SyncRoutes, *ebpf.SyncIPRules:
 	default:
 		return
 	}

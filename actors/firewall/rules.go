@@ -9,7 +9,9 @@ import (
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
 
+	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
@@ -28,6 +30,10 @@ type rulesState struct {
 	store *egressrules.Store // nil without Config.RulesDir
 	gen   uint64             // generation of the last Doc published
 	count int                // rules at the last successful read
+	// kernel holds the IP and CIDR rules of the last publish until they
+	// are ordered into the kernel (flushIPRules, after the message that
+	// published them); nil when nothing is pending.
+	kernel *egressrules.Doc
 }
 
 // errNoRuleStore answers every rule request of a firewall started without
@@ -202,15 +208,55 @@ func (a *Actor) rulesMutable() error {
 // generation.
 func (a *Actor) publish(entries []egressrules.Entry) {
 	a.rules.count = len(entries)
+	doc := egressrules.Doc{
+		Rules:               append([]egressrules.Entry(nil), entries...),
+		PrivateDestinations: append([]string(nil), a.cfg.PrivateDestinations...),
+	}
+	a.rules.kernel = &doc
 	if a.cfg.Publish == nil {
 		return
 	}
 	a.rules.gen++
-	a.cfg.Publish(egressrules.Doc{
-		Generation:          a.rules.gen,
-		Rules:               append([]egressrules.Entry(nil), entries...),
-		PrivateDestinations: append([]string(nil), a.cfg.PrivateDestinations...),
-	})
+	doc.Generation = a.rules.gen
+	a.cfg.Publish(doc)
+}
+
+// flushIPRules orders the IP and CIDR rules of the last publish into the
+// kernel (the eBPF owner's trie), through the action queue like every
+// order. Rules the kernel cannot hold are logged and left out: those
+// destinations then go on to the proxy, which refuses IP-literal hosts no
+// rule it can see allows (fail closed).
+func (a *Actor) flushIPRules(ctx actor.Context) {
+	doc := a.rules.kernel
+	if doc == nil || !a.cfg.Enable || a.queueClosed {
+		return
+	}
+	a.rules.kernel = nil
+	var entries []egress.IPRuleEntry
+	p, err := doc.Compile()
+	if err == nil {
+		var ke []egressrules.KernelIPEntry
+		if ke, err = p.KernelIPEntries(); err == nil {
+			entries = kernelEntries(ke)
+		}
+	}
+	if err != nil {
+		a.rulesLog().Error("the IP and CIDR rules cannot be put into the kernel; their destinations are refused",
+			zap.String("event", "firewall_ip_rules_unavailable"), zap.Error(err))
+	}
+	a.enqueue(ctx, nil, &ebpf.SyncIPRules{Entries: entries}, nil)
+}
+
+func kernelEntries(ke []egressrules.KernelIPEntry) []egress.IPRuleEntry {
+	out := make([]egress.IPRuleEntry, 0, len(ke))
+	for _, e := range ke {
+		ie := egress.IPRuleEntry{Prefix: e.Prefix}
+		for _, r := range e.Rules {
+			ie.Rules = append(ie.Rules, egress.IPRule{ID: r.ID, Prefix: r.Prefix, PortLo: r.Port.Lo, PortHi: r.Port.Hi, Allow: r.Allow})
+		}
+		out = append(out, ie)
+	}
+	return out
 }
 
 // fillStatus adds the rule count and the agent network to a status. The

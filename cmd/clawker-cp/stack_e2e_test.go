@@ -424,6 +424,33 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 			t.Errorf("dns meta.test: %+v, want no address (the floor drops 169.254.169.254)", o)
 		}
 	})
+	t.Run("an IP rule passes TCP to the address without the proxy; an IP deny rule is EPERM", func(t *testing.T) {
+		// The gateway is a private destination of this rig, so a rule
+		// naming it opens it. The server sees the ClientHello of a name
+		// no rule allows: the connection went straight to it, not through
+		// the proxy, which would have refused it before dialling.
+		attempt := "https:unlisted.test,ip=" + gw
+		before := r.world.seenSNI("unlisted.test")
+		if o := r.try(t, attempt); o.OK || r.world.seenSNI("unlisted.test") != before {
+			t.Fatalf("before the rule: %+v (the server saw %d ClientHellos), want refused by the proxy", o, r.world.seenSNI("unlisted.test")-before)
+		}
+		ipRule := &adminv1.EgressRule{Dst: gw, Proto: "tcp", Port: "443"}
+		r.addRules(t, ipRule)
+		_ = r.try(t, attempt) // the certificate is not unlisted.test's: the handshake may fail after the server saw it
+		if n := r.world.seenSNI("unlisted.test") - before; n != 1 {
+			t.Errorf("with the IP rule the server saw %d ClientHellos for unlisted.test, want 1 (straight through)", n)
+		}
+		r.removeRule(t, ipRule)
+		deny := &adminv1.EgressRule{Dst: gw, Proto: "tcp", Port: "443", Action: "deny"}
+		r.addRules(t, deny)
+		if o := r.try(t, "https:allowed.test,ip="+gw); o.OK || o.Errno != "EPERM" {
+			t.Errorf("with an IP deny rule: %+v, want EPERM from the kernel", o)
+		}
+		r.removeRule(t, deny)
+		if o := r.try(t, "https:allowed.test"); !o.OK || o.Status != 200 {
+			t.Errorf("after the deny rule was removed: %+v", o)
+		}
+	})
 	t.Run("add allows the next connection, remove refuses it", func(t *testing.T) {
 		if o := r.try(t, "https:late.test"); o.OK {
 			t.Fatalf("https late.test before its rule: %+v", o)

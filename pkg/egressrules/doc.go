@@ -47,6 +47,10 @@
 // destination holds it; a broad rule such as 0.0.0.0/0 does not open it.
 // For names the same floor is applied to DNS answers (Policy.AnswerAllowed).
 //
+// IP and CIDR rules are enforced by the eBPF programs (Policy.KernelIPEntries
+// compiles them, floor included, into the entries of a longest-prefix
+// trie); the kernel knows the port but not the protocol above TCP.
+//
 // # Store
 //
 // Store keeps the rules in dir/egress-rules.yaml and their identities in
