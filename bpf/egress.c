@@ -54,6 +54,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define CFG_ENFORCE_LOOPBACK (1U << 2) // no loopback exemption (tests)
 #define CFG_A2A_PROJECT (1U << 3)      // agents of the same project reach each other
 #define CFG_A2A_ALLOW (1U << 4)        // the whole subnet passes (the old behaviour)
+#define CFG_EVENTS_DENIED (1U << 5)    // emit events of refusals only (CFG_EVENTS: of every decision)
 
 enum hook {
 	HOOK_CONNECT4 = 1,
@@ -360,7 +361,7 @@ static __always_inline int ratelimit_ok(const struct agent_cfg *cfg, __u64 cgid,
 // program, where "current" may be any task or none).
 static __always_inline void emit_ev(const struct agent_cfg *cfg, __u64 cgid, __u64 now, struct event *ev, int task)
 {
-	if (!(cfg->flags & CFG_EVENTS))
+	if (!(cfg->flags & CFG_EVENTS) && !((cfg->flags & CFG_EVENTS_DENIED) && is_deny(ev->verdict)))
 		return;
 	if (!ratelimit_ok(cfg, cgid, now)) {
 		count(STAT_RATELIMIT_DROP);

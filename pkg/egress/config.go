@@ -21,6 +21,7 @@ const (
 	flagEnforceLoopback = 1 << 2
 	flagA2AProject      = 1 << 3
 	flagA2AAllow        = 1 << 4
+	flagEventsDenied    = 1 << 5
 )
 
 // AgentToAgent says which agents on the network one agent reaches directly
@@ -69,6 +70,10 @@ type Config struct {
 	ProjectID uint32
 	// Events turns decision events on for this cgroup.
 	Events bool
+	// EventsDenied turns on the events of refusals alone (what `clawker
+	// firewall denied` shows from the kernel), when Events is off: an
+	// allowed or redirected connect then pays nothing for events.
+	EventsDenied bool
 	// EventRate and EventBurst bound this cgroup's events (per second, and
 	// the bucket depth); 0 means DefaultEventRate and EventRate.
 	EventRate  uint32
@@ -174,6 +179,9 @@ func (c Config) encode() (bpf.EgressAgentCfg, error) {
 	if c.Events {
 		out.Flags |= flagEvents
 	}
+	if c.EventsDenied {
+		out.Flags |= flagEventsDenied
+	}
 	if c.EnforceLoopback {
 		out.Flags |= flagEnforceLoopback
 	}
@@ -206,6 +214,7 @@ func decodeConfig(v *bpf.EgressAgentCfg) Config {
 		Proxy:           netip.AddrPortFrom(fromIP4(v.ProxyIp4), fromBE16(v.ProxyPort)),
 		DNS:             netip.AddrPortFrom(fromIP4(v.DnsIp4), fromBE16(v.DnsPort)),
 		Events:          v.Flags&flagEvents != 0,
+		EventsDenied:    v.Flags&flagEventsDenied != 0,
 		EnforceLoopback: v.Flags&flagEnforceLoopback != 0,
 	}
 	if v.SubnetPrefixlen > 0 {
