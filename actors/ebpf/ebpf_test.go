@@ -149,9 +149,9 @@ func (f *fakePrograms) Disable(cgid uint64) error {
 func (f *fakePrograms) Enable(cgid uint64) error {
 	return f.modify(cgid, func(e *egress.Enrollment) { e.Disabled, e.BypassUntil = false, time.Time{} })
 }
-func (f *fakePrograms) SyncRoutes([]egress.Route) error { return nil }
+func (f *fakePrograms) SyncRoutes([]egress.Route) error        { return nil }
 func (f *fakePrograms) SyncIPRules([]egress.IPRuleEntry) error { return nil }
-func (f *fakePrograms) Routes() ([]egress.Route, error) { return nil, nil }
+func (f *fakePrograms) Routes() ([]egress.Route, error)        { return nil, nil }
 func (f *fakePrograms) SetIdentity(ip netip.Addr, id uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
