@@ -33,7 +33,8 @@ const chaosKillsEnv = "CLAWKER_TEST_CHAOS_KILLS"
 // TestChaosSIGKILL kills the CP with SIGKILL 50 times, each at a random
 // point of its life, while simulated agents register, rules are added and
 // removed and firewall orders run, and a probe loop inside an enforced
-// agent container tries the outside host by TCP and UDP without pause.
+// agent container tries the outside host by TCP and UDP every 20 ms (one
+// loop per kill: from before it until the next CP is green).
 // After every kill the registry passes sqlite's integrity check and holds
 // every registration acknowledged so far; across the whole run the loop
 // never reaches the outside host (every TCP attempt ends at the proxy or
@@ -78,16 +79,32 @@ func TestChaosSIGKILL(t *testing.T) {
 		return slices.Contains(enforcedIDs(t, home, s), agent.ID), ""
 	})
 	outTCP, outUDP := outside.tcpTarget(), outside.udpTarget()
-	stopFile := "/stop-" + cptest.NewRunID()
-	loopDone := make(chan cptest.ProbeResult, 1)
-	go func() {
-		res, err := cptest.ExecProbeErr(d, agent.ID, "", "-timeout", "2s", "-loop", "-interval", "20ms", "-for", "20m",
-			"-stop-file", stopFile, outTCP, outUDP)
-		if err != nil {
-			res.Stderr += "\n" + err.Error()
+	// One probe loop per kill, from before the kill until the next CP is
+	// green (an exec is bounded, and its output with it).
+	startLoop := func() (stop func() cptest.ProbeResult) {
+		stopFile := "/stop-" + cptest.NewRunID()
+		done := make(chan cptest.ProbeResult, 1)
+		go func() {
+			res, err := cptest.ExecProbeErr(d, agent.ID, "", "-timeout", "2s", "-loop", "-interval", "20ms", "-for", "2m",
+				"-stop-file", stopFile, outTCP, outUDP)
+			if err != nil {
+				res.Stderr += "\n" + err.Error()
+			}
+			done <- res
+		}()
+		return func() cptest.ProbeResult {
+			cptest.TouchInContainer(t, d, agent.ID, stopFile)
+			select {
+			case res := <-done:
+				return res
+			case <-time.After(time.Minute):
+				t.Fatal("the probe loop did not stop")
+			}
+			return cptest.ProbeResult{}
 		}
-		loopDone <- res
-	}()
+	}
+	var outcomes []netprobe.Outcome
+	var loopErrs []string
 
 	// Registrations: one worker, each on a new connection with a new
 	// certificate; what was acknowledged must survive every kill.
@@ -175,6 +192,7 @@ func TestChaosSIGKILL(t *testing.T) {
 
 	var toGreen []time.Duration
 	for k := range kills {
+		stopLoop := startLoop()
 		// A random point: from just after green to well into steady state.
 		time.Sleep(time.Duration(rand.Int64N(int64(1500 * time.Millisecond))))
 		p := current()
@@ -197,19 +215,20 @@ func TestChaosSIGKILL(t *testing.T) {
 		gen.Add(1)
 		next.WaitHealthy(t, healthyTimeout)
 		toGreen = append(toGreen, time.Since(killed))
+		res := stopLoop()
+		outcomes = append(outcomes, res.Outcomes...)
+		if len(res.Outcomes) == 0 {
+			loopErrs = append(loopErrs, fmt.Sprintf("kill %d: no attempt; stderr: %s", k, res.Stderr))
+		}
 	}
 	stopAll.Store(true)
 	wg.Wait()
-	cptest.TouchInContainer(t, d, agent.ID, stopFile)
-	var res cptest.ProbeResult
-	select {
-	case res = <-loopDone:
-	case <-time.After(time.Minute):
-		t.Fatal("the probe loop did not stop")
+	for _, e := range loopErrs {
+		t.Error(e)
 	}
 
 	tcp, udp := 0, 0
-	for _, o := range res.Outcomes {
+	for _, o := range outcomes {
 		switch o.What {
 		case outTCP:
 			tcp++
@@ -224,7 +243,7 @@ func TestChaosSIGKILL(t *testing.T) {
 		}
 	}
 	if tcp == 0 || udp == 0 {
-		t.Fatalf("the probe loop made %d TCP and %d UDP attempts; stderr:\n%s", tcp, udp, res.Stderr)
+		t.Fatalf("the probe loops made %d TCP and %d UDP attempts", tcp, udp)
 	}
 	if n := outside.reachedBy(agent.IP); n != 0 {
 		t.Errorf("the outside host was reached %d times from the agent", n)
