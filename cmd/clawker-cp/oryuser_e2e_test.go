@@ -81,3 +81,32 @@ func TestOryServersRunUnprivileged(t *testing.T) {
 		t.Errorf("the servers' run dir %s outlived the drain: %v", runDir, err)
 	}
 }
+
+// TestOryRunDirGoneAfterAKill: a root CP SIGKILLed (as the helpers' cleanup
+// does to a CP still running) leaves its Ory run dir behind; the test home
+// removes that exact dir when its test ends.
+func TestOryRunDirGoneAfterAKill(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.SkipOrFail(t, "the Ory run dir outside the home exists only for a root control plane")
+	}
+	var runDir string
+	t.Run("cp", func(t *testing.T) {
+		home := identityHome(t, "")
+		p := cptest.Start(t, home, cpBinary(t), []string{"--ory-dir", cptest.OryDir(t)})
+		p.WaitHealthy(t, healthyTimeout)
+		runDir = ory.RunDirFor(home.Paths(t).CPDir)
+		if _, err := os.Stat(filepath.Join(runDir, ory.HydraConfigFile)); err != nil {
+			t.Fatalf("the running CP's Hydra configuration: %v", err)
+		}
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = p.Wait(30 * time.Second) // killed: no exit code
+		if _, err := os.Stat(runDir); err != nil {
+			t.Fatalf("the killed CP's run dir should still be there before the cleanup: %v", err)
+		}
+	})
+	if _, err := os.Stat(runDir); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the run dir %s outlived its test: %v", runDir, err)
+	}
+}
