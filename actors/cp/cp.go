@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/moby/moby/client"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/auth"
@@ -285,8 +286,8 @@ func Start(opts Options) (*Instance, error) {
 			Firewall: pidOf("firewall"), Now: opts.SystemClock,
 			Heartbeat: s.ControlPlane.Sessions.Heartbeat, RequestTimeout: 5 * time.Second, StopTimeout: stepTimeout * 8 / 10,
 			Introspector: introspector, AdminReady: adminReady.Load,
-			ServerOptions: reg.GRPCServerOptions,
-			Log:           log.With(zap.String("actor", "grpc")),
+			ServerOptions: reg.GRPCServerOptions, ContainerAddrs: dockerContainerAddrs(),
+			Log: log.With(zap.String("actor", "grpc")),
 		}))},
 	}
 
@@ -439,6 +440,20 @@ func (n *networkInfo) resolve(ctx context.Context) (netip.Prefix, netip.Addr, er
 	}
 	n.subnet, n.gw = subnet, gw
 	return subnet, gw, nil
+}
+
+// dockerContainerAddrs looks a container's addresses up with a Docker
+// client of its own, made on first use: the AgentService binds an agent's
+// identity to them.
+func dockerContainerAddrs() grpc.ContainerAddrs {
+	newClient := sync.OnceValues(func() (*client.Client, error) { return dockerx.New(dockerx.Host(os.Getenv)) })
+	return func(ctx context.Context, id string) ([]netip.Addr, error) {
+		c, err := newClient()
+		if err != nil {
+			return nil, err
+		}
+		return dockerx.ContainerAddrs(ctx, c, id)
+	}
 }
 
 // stackConfig is the firewall's StackConfig: nil unless the firewall is

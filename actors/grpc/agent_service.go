@@ -57,6 +57,9 @@ type agentService struct {
 	// the control plane has no Hydra to ask, and then a certificate alone
 	// makes a binding.
 	tokens *Authz
+	// bind refuses a certificate used from another address than its
+	// container's (nil: Config.ContainerAddrs unset, no check).
+	bind *peerBinding
 }
 
 // identity is what the live TLS handshake proves about the caller.
@@ -116,6 +119,12 @@ func (id identity) name() string { return id.Project + "." + id.Agent }
 
 func (s *agentService) fail(id identity, err error) error {
 	var r *refusal
+	var u *unavailable
+	if errors.As(err, &u) {
+		s.log.Warn("agent not served now", zap.String("event", "register_failed"), zap.String("reason", "peer_lookup_failed"),
+			zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()))
+		return status.Error(codes.Unavailable, u.msg)
+	}
 	if errors.As(err, &r) {
 		s.log.Warn("agent refused", zap.String("event", "register_failed"), zap.String("reason", r.reason), zap.String("error", r.msg),
 			zap.String("peer", id.Peer), zap.String("container_id", id.ContainerID), zap.String("agent", id.name()),
@@ -157,6 +166,9 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	if req.GetProject() != id.Project || req.GetAgentName() != id.Agent {
 		return nil, s.fail(id, refuse("agent_san_mismatch", "request names %s.%s but the certificate is for %s",
 			req.GetProject(), req.GetAgentName(), id.name()))
+	}
+	if err := s.bind.check(ctx, id); err != nil {
+		return nil, s.fail(id, err)
 	}
 	binding := agentdb.Agent{
 		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
@@ -270,6 +282,9 @@ func (s *agentService) Session(stream agentv1.AgentService_SessionServer) error 
 	if hello.GetProject() != id.Project || hello.GetAgentName() != id.Agent {
 		return s.fail(id, refuse("agent_san_mismatch", "hello names %s.%s but the certificate is for %s",
 			hello.GetProject(), hello.GetAgentName(), id.name()))
+	}
+	if err := s.bind.check(stream.Context(), id); err != nil {
+		return s.fail(id, err)
 	}
 	s.publish(id, overseer.SessionConnecting, "")
 	g, err := s.registry.Get(stream.Context(), id.Key)

@@ -73,7 +73,11 @@ type Config struct {
 	// ServerOptions adds options to a server ("agent" or "admin") ahead
 	// of its own: the metrics' interceptors. Nil adds none.
 	ServerOptions func(server string) []ggrpc.ServerOption
-	Log           *zap.Logger
+	// ContainerAddrs binds an agent's identity to its container's
+	// addresses: Register and Session from any other (non-loopback)
+	// address are refused (peerBinding). Nil: no such check.
+	ContainerAddrs ContainerAddrs
+	Log            *zap.Logger
 }
 
 // Actor owns the listeners and servers.
@@ -186,7 +190,8 @@ func (a *Actor) serve(ctx actor.Context) {
 	agentOpts := append(append(extra("agent"), ggrpc.Creds(agentCreds), ggrpc.ChainUnaryInterceptor(registers.unary)),
 		a.cfg.AgentLimits.serverOptions()...)
 	a.agentSrv = ggrpc.NewServer(agentOpts...)
-	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens})
+	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens,
+		bind: newPeerBinding(a.cfg.ContainerAddrs)})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	adminOpts := append(append(append(extra("admin"), ggrpc.Creds(adminCreds)), authz.ServerOptions()...), a.cfg.AdminLimits.serverOptions()...)
 	a.adminSrv = ggrpc.NewServer(adminOpts...)
