@@ -293,3 +293,68 @@ func FuzzDocCompile(f *testing.F) {
 		}
 	})
 }
+
+// FuzzResolvable builds a policy of a few rules over overlapping names
+// (exact, wildcards of several depths, allow and deny, port ranges) from
+// the fuzz bytes and checks the DNS sibling's question against the
+// proxy's: Resolvable(name) is ok exactly when Decide allows the name on
+// some proto and port, and every rule Decide allows it by is among the
+// ids Resolvable reports (the rules the kernel map learns the answers
+// under). Decide only changes where a rule's range starts or ends, so
+// checking those ports covers every port.
+func FuzzResolvable(f *testing.F) {
+	f.Add([]byte{0, 0, 1, 1, 1, 0, 4, 1}, "a.example.com")
+	f.Add([]byte{1, 2, 0, 0, 2, 1, 0, 0, 3, 1, 1, 1}, "b.a.example.com")
+	f.Add([]byte{1, 0, 0x20, 0x40, 0, 1, 0, 0x10, 0xff}, "example.com.")
+	f.Add([]byte{5, 3, 7, 7, 0, 6, 1, 3, 3}, "x.example.org")
+	names := []string{"example.com", ".example.com", "a.example.com", ".a.example.com", "b.a.example.com", "example.org", ".example.org"}
+	protos := []Proto{HTTPS, HTTP, TCP, SSH}
+	f.Fuzz(func(t *testing.T, spec []byte, name string) {
+		var entries []Entry
+		for i := 0; i+3 < len(spec) && len(entries) < 6; i += 4 {
+			lo := uint16(spec[i+2])*257 + 1 // spread over 1..65536
+			hi := lo + uint16(spec[i+3])*7
+			if hi < lo {
+				hi = 65535
+			}
+			action := Allow
+			if spec[i+1]&0x80 != 0 {
+				action = Deny
+			}
+			entries = append(entries, Entry{ID: uint32(len(entries) + 1), Rule: Rule{
+				Dst: names[int(spec[i])%len(names)], Proto: protos[int(spec[i+1])%len(protos)], Port: PortRange{Lo: lo, Hi: hi}, Action: action,
+			}})
+		}
+		p := Compile(entries, nil)
+		ids, ok := p.Resolvable(name)
+
+		starts := []int{1}
+		for _, e := range p.Entries() {
+			starts = append(starts, int(e.Port.Lo), int(e.Port.Hi)+1)
+		}
+		allowed := false
+		for _, proto := range protos {
+			for _, port := range starts {
+				if port < 1 || port > 65535 {
+					continue
+				}
+				d := p.Decide(name, proto, uint16(port))
+				if !d.Allow {
+					continue
+				}
+				allowed = true
+				if !slices.Contains(ids, d.Rule.ID) {
+					t.Fatalf("%q allowed on %s/%d by rule %d, Resolvable's ids are %v\n%+v", name, proto, port, d.Rule.ID, ids, p.Entries())
+				}
+			}
+		}
+		if ok != allowed {
+			t.Fatalf("Resolvable(%q) = %v, %v but Decide allows it somewhere: %v\n%+v", name, ids, ok, allowed, p.Entries())
+		}
+		for _, id := range ids {
+			if e := entries[id-1]; e.Action != Allow {
+				t.Fatalf("Resolvable(%q) lists deny rule %+v", name, e)
+			}
+		}
+	})
+}
