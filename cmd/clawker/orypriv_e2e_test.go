@@ -40,6 +40,21 @@ func testOryUnprivilegedInContainer(t *testing.T, e *e2e) {
 			t.Errorf("%s (host pid %d) in the CP container: %v", name, pid, err)
 		}
 		t.Logf("%s: host pid %d, Uid %v Gid %v Groups %q %v NoNewPrivs %s", name, pid, priv.UID, priv.GID, priv.Groups, priv.Caps, priv.NoNewPrivs)
+		// The host's /proc, bpffs, the cgroup tree and the Docker socket
+		// are mounted in the CP's view, not in the server's.
+		mi, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "mountinfo"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(mi), "\n") {
+			if f := strings.Fields(line); len(f) > 4 && slices.Contains(ory.HiddenMounts, f[4]) {
+				t.Errorf("%s (host pid %d) sees the mount %s: %s", name, pid, f[4], line)
+			}
+		}
+		cpMI, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(cpPid), "mountinfo"))
+		if err != nil || !strings.Contains(string(cpMI), " "+cpboot.ContainerHostProc+" ") {
+			t.Errorf("the CP itself lost the mount %s (%v)", cpboot.ContainerHostProc, err)
+		}
 		cmdline, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
 		if err != nil {
 			t.Fatal(err)

@@ -63,6 +63,9 @@ func launch(args []string) error {
 	}
 	path := args[2]
 	ppid := os.Getppid()
+	if err := hideHostMounts(); err != nil {
+		return err
+	}
 	if err := dropPrivileges(u); err != nil {
 		return err
 	}
@@ -79,6 +82,34 @@ func launch(args []string) error {
 	}
 	argv := append([]string{path}, args[3:]...)
 	return fmt.Errorf("exec %s: %w", path, unix.Exec(path, argv, os.Environ()))
+}
+
+// HiddenMounts are the mounts of the CP's container that the servers have
+// no use for and do not see: the host's /proc (the CP's way into agents'
+// network namespaces), bpffs, the host's cgroup tree and the Docker
+// socket. Hydra's public port is reachable from agents: a server taken
+// over through it must not read the host's process table.
+var HiddenMounts = []string{"/host/proc", "/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/docker.sock"}
+
+// hideHostMounts gives the launcher (and the server it becomes: the thread
+// that execs passes its namespaces on) a mount namespace of its own, with
+// HiddenMounts detached. The CP's own view is untouched. A path that is
+// not a mount point (a CP on the host) is left as it is.
+func hideHostMounts() error {
+	if err := unix.Unshare(unix.CLONE_NEWNS); err != nil {
+		return fmt.Errorf("a mount namespace of its own (needs CAP_SYS_ADMIN): %w", err)
+	}
+	// Nothing done here may propagate back to the CP's namespace.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("making the mounts private: %w", err)
+	}
+	for _, p := range HiddenMounts {
+		err := unix.Unmount(p, unix.MNT_DETACH)
+		if err != nil && !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("detaching %s: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // dropPrivileges empties the bounding and ambient sets, sets no_new_privs,
