@@ -35,14 +35,17 @@ type AgentReport struct {
 const shortIDLen = 12
 
 func agents(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, args: func() error {
+		if c.NArg() > 0 {
+			return fmt.Errorf("controlplane agents takes no arguments, got %q", c.Args().Slice())
+		}
+		return nil
+	}, cp: true})
 	if err != nil {
 		return err
 	}
-	if c.NArg() > 0 {
-		return fmt.Errorf("controlplane agents takes no arguments, got %q", c.Args().Slice())
-	}
-	client, err := dialAdmin(c, env)
+	defer v.release()
+	client, err := v.dialAdmin(c.Context)
 	if err != nil {
 		return err
 	}
@@ -56,7 +59,7 @@ func agents(c *cli.Context, env Env) error {
 	}
 	list := agentReports(resp.GetAgents())
 
-	if asJSON {
+	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(list)

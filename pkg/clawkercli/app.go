@@ -14,7 +14,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
@@ -138,11 +137,6 @@ func DefaultEnv() Env {
 // NoBootstrapEnv names the debug knob that turns the transparent bootstrap off.
 var NoBootstrapEnv = debugknob.NoBootstrap.Name
 
-func loadSettings(env Env) (settings.Settings, error) {
-	_, s, err := loadPathsSettings(env)
-	return s, err
-}
-
 func loadPathsSettings(env Env) (settings.Paths, settings.Settings, error) {
 	paths, err := settings.ResolvePaths(env.Getenv)
 	if err != nil {
@@ -150,20 +144,6 @@ func loadPathsSettings(env Env) (settings.Paths, settings.Settings, error) {
 	}
 	s, err := settings.Load(paths.SettingsFile)
 	return paths, s, err
-}
-
-// dialAdmin brings the control plane up when needed and opens the
-// AdminService with the CLI certificate and a bearer token: what every
-// admin verb does first.
-func dialAdmin(c *cli.Context, env Env) (*adminclient.Client, error) {
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		return nil, err
-	}
-	if err := ensureCP(c.Context, env); err != nil {
-		return nil, err
-	}
-	return adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
 }
 
 // healthBase is the CP's health port as seen from the host.

@@ -10,7 +10,6 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/debugknob"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
-	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 // labelsEnv adds labels to everything `controlplane up` creates
@@ -39,39 +38,27 @@ func controlplaneUp(c *cli.Context, env Env) error {
 	if c.NArg() > 0 {
 		return fmt.Errorf("controlplane up takes no arguments, got %q", c.Args().Slice())
 	}
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, settings: true, labels: cpLabels})
 	if err != nil {
 		return err
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
+	defer v.release()
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	s, err := settings.Load(paths.SettingsFile)
-	if err != nil {
-		return err
-	}
-	labels, err := parseLabels(env.Getenv(labelsEnv))
-	if err != nil {
-		return fmt.Errorf("%s: %w", labelsEnv, err)
-	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
 
 	rep := cpboot.NewReporter(env.Stderr)
-	if len(labels) > 0 {
+	if len(v.labels) > 0 {
 		rep.Note(fmt.Sprintf("debug knob %s set: extra labels %s", labelsEnv, env.Getenv(labelsEnv)))
 	}
 	res, err := cpboot.EnsureRunning(c.Context, cpboot.Options{
-		Settings: s,
-		Paths:    paths,
+		Settings: v.s,
+		Paths:    v.paths,
 		Docker:   d,
 		Reporter: rep,
 		Timeout:  c.Duration("timeout"),
-		Labels:   labels,
+		Labels:   v.labels,
 		Env:      cpDebugEnv(env, rep),
 	})
 	if err != nil {
@@ -79,12 +66,22 @@ func controlplaneUp(c *cli.Context, env Env) error {
 	}
 	// EnsureRunning returns only once the container runs and /healthz
 	// answered 200: no need to ask Docker again.
-	st := StatusReport{Container: "running", Healthz: probeHealth(healthBase(s))}
-	addFirewall(c.Context, env, &st)
-	if asJSON {
+	st := StatusReport{Container: "running", Healthz: probeHealth(healthBase(v.s))}
+	addFirewall(c.Context, env, v.paths, v.s, &st)
+	if v.asJSON {
 		st.Bootstrap = &res
 	}
-	return printStatus(env.Stdout, st, asJSON)
+	return printStatus(env.Stdout, st, v.asJSON)
+}
+
+// cpDebugLabels reads the CLAWKER_DEBUG_LABELS knob for the control plane
+// container; debugLabels is the stricter rule for agent containers.
+func cpDebugLabels(env Env) (map[string]string, error) {
+	labels, err := parseLabels(env.Getenv(labelsEnv))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", labelsEnv, err)
+	}
+	return labels, nil
 }
 
 // parseLabels reads "k=v,k=v".

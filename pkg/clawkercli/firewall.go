@@ -163,35 +163,32 @@ func firewallMutate(c *cli.Context, env Env, action string) error {
 	if err != nil {
 		return fmt.Errorf("firewall %s: %w (%s)", action, err, usage)
 	}
-	asJSON, err := checkFormat(c)
-	if err != nil {
-		return err
-	}
 	var timeout time.Duration
-	if action == "bypass" {
-		if timeout, err = bypassArg(args); err != nil {
-			return err
-		}
-	} else if len(args) > 0 {
-		return fmt.Errorf("firewall %s takes no arguments, got %q (%s)", action, args, usage)
-	}
-	project, agent, err := agentNames(c, usage)
+	v, err := prologue(c, env, needs{
+		format: true,
+		args: func() (err error) {
+			if action == "bypass" {
+				timeout, err = bypassArg(args)
+				return err
+			}
+			if len(args) > 0 {
+				return fmt.Errorf("firewall %s takes no arguments, got %q (%s)", action, args, usage)
+			}
+			return nil
+		},
+		names:  usage,
+		cp:     true,
+		labels: agentLabels,
+	})
 	if err != nil {
 		return err
 	}
-	paths, s, err := loadPathsSettings(env)
+	defer v.release()
+	project, agent := v.project, v.agent
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	labels, err := debugLabels(env)
-	if err != nil {
-		return err
-	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
 
 	// Docker first: a wrong name is reported without bringing the control
 	// plane up.
@@ -199,10 +196,7 @@ func firewallMutate(c *cli.Context, env Env, action string) error {
 	if err != nil {
 		return err
 	}
-	if _, _, err := ensureCPWith(c.Context, env, s, paths, d, labels); err != nil {
-		return err
-	}
-	cl, err := adminclient.Dial(c.Context, paths, s, adminclient.WithOAuth())
+	cl, err := v.dialAdmin(c.Context)
 	if err != nil {
 		return err
 	}
@@ -232,7 +226,7 @@ func firewallMutate(c *cli.Context, env Env, action string) error {
 	if err != nil {
 		return rpcError("firewall "+action+" "+target.name, cl.Addr(), err)
 	}
-	if asJSON {
+	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
@@ -369,14 +363,17 @@ const (
 )
 
 func firewallStatus(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, args: func() error {
+		if c.NArg() > 0 {
+			return fmt.Errorf("firewall status takes no arguments, got %q", c.Args().Slice())
+		}
+		return nil
+	}, cp: true})
 	if err != nil {
 		return err
 	}
-	if c.NArg() > 0 {
-		return fmt.Errorf("firewall status takes no arguments, got %q", c.Args().Slice())
-	}
-	cl, err := dialAdmin(c, env)
+	defer v.release()
+	cl, err := v.dialAdmin(c.Context)
 	if err != nil {
 		return err
 	}
@@ -398,7 +395,7 @@ func firewallStatus(c *cli.Context, env Env) error {
 		agents = list.GetAgents()
 	}
 	rep := firewallReport(resp, agents)
-	if asJSON {
+	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
@@ -570,17 +567,24 @@ func writeStack(w io.Writer, members []FirewallMemberReport) {
 	}
 }
 
-// firewallCall dials the AdminService (bringing the control plane up
-// when needed) and runs one call within adminclient.CallTimeout.
-func firewallCall(c *cli.Context, env Env, call func(ctx context.Context, cl *adminclient.Client) error) error {
-	cl, err := dialAdmin(c, env)
+// firewallCall runs the prologue n of a verb that brings the control plane
+// up, dials the AdminService and runs one call within
+// adminclient.CallTimeout.
+func firewallCall(c *cli.Context, env Env, n needs, call func(ctx context.Context, v *verb, cl *adminclient.Client) error) error {
+	n.cp = true
+	v, err := prologue(c, env, n)
+	if err != nil {
+		return err
+	}
+	defer v.release()
+	cl, err := v.dialAdmin(c.Context)
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(c.Context, adminclient.CallTimeout)
 	defer cancel()
-	return call(ctx, cl)
+	return call(ctx, v, cl)
 }
 
 // noArgs refuses arguments to a verb that takes none.
@@ -592,10 +596,7 @@ func noArgs(c *cli.Context, verb string) error {
 }
 
 func firewallUp(c *cli.Context, env Env) error {
-	if err := noArgs(c, "up"); err != nil {
-		return err
-	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "up") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallInit(ctx, &adminv1.FirewallInitRequest{})
 		if err != nil {
 			return rpcError("firewall up", cl.Addr(), err)
@@ -607,10 +608,7 @@ func firewallUp(c *cli.Context, env Env) error {
 }
 
 func firewallDown(c *cli.Context, env Env) error {
-	if err := noArgs(c, "down"); err != nil {
-		return err
-	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "down") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		if _, err := cl.FirewallRemove(ctx, &adminv1.FirewallRemoveRequest{Force: c.Bool("force")}); err != nil {
 			return rpcError("firewall down", cl.Addr(), err)
 		}
@@ -620,10 +618,7 @@ func firewallDown(c *cli.Context, env Env) error {
 }
 
 func firewallReload(c *cli.Context, env Env) error {
-	if err := noArgs(c, "reload"); err != nil {
-		return err
-	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "reload") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallReload(ctx, &adminv1.FirewallReloadRequest{})
 		if err != nil {
 			return rpcError("firewall reload", cl.Addr(), err)
@@ -681,14 +676,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func firewallList(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
-	if err != nil {
-		return err
-	}
-	if err := noArgs(c, "list"); err != nil {
-		return err
-	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{format: true, args: func() error { return noArgs(c, "list") }}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallListRules(ctx, &adminv1.FirewallListRulesRequest{})
 		if err != nil {
 			return rpcError("firewall list", cl.Addr(), err)
@@ -697,7 +685,7 @@ func firewallList(c *cli.Context, env Env) error {
 		for _, r := range resp.GetRules() {
 			rules = append(rules, ruleReport(r))
 		}
-		if asJSON {
+		if v.asJSON {
 			return writeJSON(env.Stdout, rules)
 		}
 		return writeRules(env.Stdout, rules)
@@ -726,15 +714,11 @@ func firewallAdd(c *cli.Context, env Env) error {
 	if err != nil {
 		return fmt.Errorf("firewall add: %w (%s)", err, fwAddUsage)
 	}
-	asJSON, err := checkFormat(c)
-	if err != nil {
+	var rules []*adminv1.EgressRule
+	return firewallCall(c, env, needs{format: true, args: func() (err error) {
+		rules, err = addRequestRules(c, args)
 		return err
-	}
-	rules, err := addRequestRules(c, args)
-	if err != nil {
-		return err
-	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	}}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: rules})
 		if err != nil {
 			return rpcError("firewall add", cl.Addr(), err)
@@ -748,7 +732,7 @@ func firewallAdd(c *cli.Context, env Env) error {
 			rep.Status = ruleStatusWord(resp.GetStatuses()[i])
 			reports = append(reports, rep)
 		}
-		if asJSON {
+		if v.asJSON {
 			return writeJSON(env.Stdout, reports)
 		}
 		for _, r := range reports {
@@ -774,24 +758,23 @@ func firewallRemove(c *cli.Context, env Env) error {
 	if err != nil {
 		return fmt.Errorf("firewall remove: %w (%s)", err, fwRemoveUsage)
 	}
-	asJSON, err := checkFormat(c)
-	if err != nil {
-		return err
-	}
 	all := c.Bool("all")
-	switch {
-	case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != ""):
-		return fmt.Errorf("--all: give either --all or a rule (DST with --proto and --port), not both (%s)", fwRemoveUsage)
-	case !all && len(args) == 0:
-		return fmt.Errorf("DST: required: the rule's destination, or --all for every rule (%s)", fwRemoveUsage)
-	case len(args) > 1:
-		return fmt.Errorf("firewall remove takes one argument, DST, got %q (%s)", args, fwRemoveUsage)
+	checkArgs := func() error {
+		switch {
+		case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != ""):
+			return fmt.Errorf("--all: give either --all or a rule (DST with --proto and --port), not both (%s)", fwRemoveUsage)
+		case !all && len(args) == 0:
+			return fmt.Errorf("DST: required: the rule's destination, or --all for every rule (%s)", fwRemoveUsage)
+		case len(args) > 1:
+			return fmt.Errorf("firewall remove takes one argument, DST, got %q (%s)", args, fwRemoveUsage)
+		}
+		return nil
 	}
 	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port")}
-	if !all {
+	if !all && len(args) > 0 {
 		req.Dst = args[0]
 	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{format: true, args: checkArgs}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallRemoveRule(ctx, req)
 		if err != nil {
 			return rpcError("firewall remove", cl.Addr(), err)
@@ -804,7 +787,7 @@ func firewallRemove(c *cli.Context, env Env) error {
 		}
 		notFound := resp.GetStatus() == adminv1.RuleStatus_RULE_STATUS_NOT_FOUND
 		switch {
-		case asJSON:
+		case v.asJSON:
 			if err := writeJSON(env.Stdout, rep); err != nil {
 				return err
 			}

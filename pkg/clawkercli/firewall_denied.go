@@ -43,22 +43,21 @@ func deniedCommand(env Env, format cli.Flag) *cli.Command {
 }
 
 func firewallDenied(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
-	if err != nil {
-		return err
-	}
-	if err := noArgs(c, "denied"); err != nil {
-		return err
-	}
 	since := c.Duration("since")
-	if since < 0 {
-		return fmt.Errorf("--since %s: give how far back, e.g. 10m", since)
+	checkArgs := func() error {
+		if err := noArgs(c, "denied"); err != nil {
+			return err
+		}
+		if since < 0 {
+			return fmt.Errorf("--since %s: give how far back, e.g. 10m", since)
+		}
+		return nil
 	}
 	req := &adminv1.FirewallDeniedRequest{Agent: c.String("agent"), Project: c.String("project")}
 	if since > 0 {
 		req.Since = durationpb.New(since)
 	}
-	return firewallCall(c, env, func(ctx context.Context, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{format: true, args: checkArgs}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallDenied(ctx, req)
 		if err != nil {
 			return rpcError("firewall denied", cl.Addr(), err)
@@ -71,7 +70,7 @@ func firewallDenied(c *cli.Context, env Env) error {
 				Reason: g.GetReason(), Allow: g.GetAllow(),
 			})
 		}
-		if asJSON {
+		if v.asJSON {
 			return writeJSON(env.Stdout, groups)
 		}
 		return writeDenied(env.Stdout, groups, since)

@@ -59,47 +59,49 @@ type RunReport struct {
 }
 
 func runAgent(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	var image string
+	var cmd []string
+	v, err := prologue(c, env, needs{
+		format: true,
+		args: func() error {
+			if c.NArg() < 1 {
+				return fmt.Errorf("run: IMAGE is required (%s)", runUsage)
+			}
+			image, cmd = c.Args().First(), c.Args().Tail()
+			return nil
+		},
+		names:    runUsage,
+		settings: true,
+		// Checked before anything is asked of Docker: an unconfined agent
+		// must never start by accident.
+		checkSettings: func(s settings.Settings) error {
+			if err := checkFirewallConsent(s.Firewall.Enable, c.Bool(noFirewallFlag)); err != nil {
+				return err
+			}
+			if !s.Firewall.Enable {
+				// Every run, not once: the consent is per invocation.
+				fmt.Fprintln(env.Stderr, unconfinedWarning)
+			}
+			return nil
+		},
+		labels: agentLabels,
+	})
 	if err != nil {
 		return err
 	}
-	if c.NArg() < 1 {
-		return fmt.Errorf("run: IMAGE is required (%s)", runUsage)
-	}
-	image, cmd := c.Args().First(), c.Args().Tail()
-	project, agent, err := agentNames(c, runUsage)
+	defer v.release()
+	project, agent, paths, s := v.project, v.agent, v.paths, v.s
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		return err
-	}
-	// Checked before anything is asked of Docker: an unconfined agent must
-	// never start by accident.
-	if err := checkFirewallConsent(s.Firewall.Enable, c.Bool(noFirewallFlag)); err != nil {
-		return err
-	}
-	if !s.Firewall.Enable {
-		// Every run, not once: the consent is per invocation.
-		fmt.Fprintln(env.Stderr, unconfinedWarning)
-	}
-	labels, err := debugLabels(env)
-	if err != nil {
-		return err
-	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
 	ad, ok := d.(agentrun.Docker)
 	if !ok {
 		return fmt.Errorf("the Docker client (%T) cannot copy files into containers", d)
 	}
 
 	var report RunReport
-	cp, bootstrapped, err := ensureCPForRun(c.Context, env, s, paths, d, labels)
+	cp, bootstrapped, err := v.ensureCPForRun(c.Context)
 	if err != nil {
 		return fmt.Errorf("starting container: bootstrapping services: %w", err)
 	}
@@ -125,7 +127,7 @@ func runAgent(c *cli.Context, env Env) error {
 		// With the firewall on, clawkerd starts the command only once the
 		// control plane enforces the container's egress.
 		RequireEnforced: s.Firewall.Enable,
-		Labels:          labels,
+		Labels:          v.labels,
 		// Validated when the settings were loaded.
 		PidsLimit: int64(s.Agents.PidsLimit),
 		Memory:    agentMemory(s),
@@ -141,7 +143,7 @@ func runAgent(c *cli.Context, env Env) error {
 		fmt.Fprintf(env.Stderr, "note: %s has no entrypoint or command and none was given: clawkerd runs no command and holds the Session\n", image)
 	}
 	report.Agent = res
-	if asJSON {
+	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(report)
@@ -218,9 +220,9 @@ func agentNames(c *cli.Context, usage string) (project, agent string, err error)
 
 // debugLabels reads the CLAWKER_DEBUG_LABELS knob (see controlplane_up.go).
 func debugLabels(env Env) (map[string]string, error) {
-	labels, err := parseLabels(env.Getenv(labelsEnv))
+	labels, err := cpDebugLabels(env)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", labelsEnv, err)
+		return nil, err
 	}
 	for k := range labels {
 		if k == dockerx.LabelProject || k == dockerx.LabelAgent {
@@ -231,26 +233,10 @@ func debugLabels(env Env) (map[string]string, error) {
 }
 
 // ensureCP brings the control plane up for a verb that needs it, as
-// `controlplane up` does, with progress on stderr. It does nothing when
-// env.Bootstrap is nil.
-func ensureCP(ctx context.Context, env Env) error {
-	if env.Bootstrap == nil {
-		return nil
-	}
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		return err
-	}
-	labels, err := debugLabels(env)
-	if err != nil {
-		return err
-	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
-	_, _, err = ensureCPWith(ctx, env, s, paths, d, labels)
+// `controlplane up` does, with progress on stderr, from what the prologue
+// loaded. It does nothing when env.Bootstrap is nil.
+func (v *verb) ensureCP(ctx context.Context) error {
+	_, _, err := v.ensureCPWith(ctx)
 	return err
 }
 
@@ -258,18 +244,22 @@ func ensureCP(ctx context.Context, env Env) error {
 // bring it up (or, told not to, find it running), then pass the clock-sync
 // gate (env.ClockGate). It returns the control plane's address in res.IP;
 // every error says "ensuring control plane is running".
-func ensureCPForRun(ctx context.Context, env Env, s settings.Settings, paths settings.Paths, d cpboot.Docker, labels map[string]string) (res cpboot.Result, bootstrapped bool, err error) {
+func (v *verb) ensureCPForRun(ctx context.Context) (res cpboot.Result, bootstrapped bool, err error) {
 	defer func() {
 		if err != nil {
 			err = fmt.Errorf("ensuring control plane is running: %w", err)
 		}
 	}()
-	res, bootstrapped, err = ensureCPWith(ctx, env, s, paths, d, labels)
+	res, bootstrapped, err = v.ensureCPWith(ctx)
 	if err != nil {
 		return res, bootstrapped, err
 	}
 	if !bootstrapped {
 		// Told not to bring it up: it must run already.
+		d, err := v.docker()
+		if err != nil {
+			return res, false, err
+		}
 		st, err := cpboot.Inspect(ctx, d)
 		if err != nil {
 			return res, false, err
@@ -282,25 +272,30 @@ func ensureCPForRun(ctx context.Context, env Env, s settings.Settings, paths set
 	if !res.IP.IsValid() {
 		return res, bootstrapped, fmt.Errorf("the control plane has no address on %s", cpboot.NetworkName)
 	}
-	if env.ClockGate != nil {
-		if err := env.ClockGate.waitCP(ctx, paths, s, cpboot.NewReporter(env.Stderr)); err != nil {
+	if env := v.env; env.ClockGate != nil {
+		if err := env.ClockGate.waitCP(ctx, v.paths, v.s, cpboot.NewReporter(env.Stderr)); err != nil {
 			return res, bootstrapped, err
 		}
 	}
 	return res, bootstrapped, nil
 }
 
-// ensureCPWith is ensureCP with everything at hand; bootstrapped is false
-// when env.Bootstrap is nil.
-func ensureCPWith(ctx context.Context, env Env, s settings.Settings, paths settings.Paths, d cpboot.Docker, labels map[string]string) (res cpboot.Result, bootstrapped bool, err error) {
+// ensureCPWith is ensureCP returning what the bootstrap did; bootstrapped
+// is false when env.Bootstrap is nil.
+func (v *verb) ensureCPWith(ctx context.Context) (res cpboot.Result, bootstrapped bool, err error) {
+	env := v.env
 	if env.Bootstrap == nil {
 		return cpboot.Result{}, false, nil
 	}
+	d, err := v.docker()
+	if err != nil {
+		return cpboot.Result{}, false, err
+	}
 	rep := cpboot.NewReporter(env.Stderr)
-	if len(labels) > 0 {
+	if len(v.labels) > 0 {
 		rep.Note(fmt.Sprintf("debug knob %s set: extra labels %s", labelsEnv, env.Getenv(labelsEnv)))
 	}
-	res, err = env.Bootstrap(ctx, cpboot.Options{Settings: s, Paths: paths, Docker: d, Reporter: rep, Labels: labels, Env: cpDebugEnv(env, rep)})
+	res, err = env.Bootstrap(ctx, cpboot.Options{Settings: v.s, Paths: v.paths, Docker: d, Reporter: rep, Labels: v.labels, Env: cpDebugEnv(env, rep)})
 	return res, true, err
 }
 

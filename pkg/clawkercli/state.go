@@ -26,23 +26,20 @@ func stateCommand(env Env) *cli.Command {
 }
 
 func state(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, cp: true})
 	if err != nil {
 		return err
 	}
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		return err
-	}
-	if err := ensureCP(c.Context, env); err != nil {
+	defer v.release()
+	if err := v.ensureCP(c.Context); err != nil {
 		return err
 	}
 	var st cpapi.WorldState
-	body, err := getDebug(c.Context, paths, s, "/debug/state", &st)
+	body, err := getDebug(c.Context, v.paths, v.s, "/debug/state", &st)
 	if err != nil {
 		return err
 	}
-	if asJSON {
+	if v.asJSON {
 		// The CP's own JSON, untouched: fields this CLI does not know
 		// survive.
 		body = bytes.TrimRight(body, "\n")

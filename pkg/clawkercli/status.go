@@ -8,8 +8,6 @@ import (
 	"net/http"
 	"strings"
 
-	"github.com/urfave/cli/v2"
-
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
@@ -47,17 +45,12 @@ type FirewallSummary struct {
 
 // addFirewall asks the AdminService for the firewall's state when the
 // control plane is healthy (and env asks for it).
-func addFirewall(ctx context.Context, env Env, rep *StatusReport) {
+func addFirewall(ctx context.Context, env Env, paths settings.Paths, s settings.Settings, rep *StatusReport) {
 	if !env.AskFirewall || rep.Healthz == nil || !rep.Healthz.OK {
 		return
 	}
 	fw := &FirewallSummary{}
 	rep.Firewall = fw
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		fw.Error = err.Error()
-		return
-	}
 	cl, err := adminclient.Dial(ctx, paths, s, adminclient.WithOAuth())
 	if err != nil {
 		fw.Error = err.Error()
@@ -84,26 +77,18 @@ type HealthReport struct {
 	answered bool // a control plane's /healthz body came back
 }
 
-func status(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+// status prints `controlplane status` without its image part to stdout.
+func status(ctx context.Context, v *verb, stdout io.Writer) error {
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	s, err := loadSettings(env)
+	rep, err := collectStatus(ctx, d, v.s)
 	if err != nil {
 		return err
 	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
-	rep, err := collectStatus(c.Context, d, s)
-	if err != nil {
-		return err
-	}
-	addFirewall(c.Context, env, &rep)
-	return printStatus(env.Stdout, rep, asJSON)
+	addFirewall(ctx, v.env, v.paths, v.s, &rep)
+	return printStatus(stdout, rep, v.asJSON)
 }
 
 func printStatus(w io.Writer, rep StatusReport, asJSON bool) error {

@@ -22,6 +22,16 @@ func TestStatusFirewallLines(t *testing.T) {
 	healthy := func() StatusReport {
 		return StatusReport{Container: "running", Healthz: &HealthReport{OK: true, Status: "ok"}}
 	}
+	// The settings are loaded at each ask, as the verbs' prologue does:
+	// the ports change below.
+	ask := func(env Env, rep *StatusReport) {
+		t.Helper()
+		paths, s, err := loadPathsSettings(env)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addFirewall(context.Background(), env, paths, s, rep)
+	}
 	render := func(rep StatusReport) string {
 		var b bytes.Buffer
 		writeStatus(&b, rep)
@@ -31,26 +41,26 @@ func TestStatusFirewallLines(t *testing.T) {
 	srv.SetFirewallStatus(&adminv1.FirewallStatusResponse{Enabled: true, Rules: 12,
 		Agents: []*adminv1.FirewallAgent{{ContainerId: strings.Repeat("a", 64), CgroupId: 7}}})
 	rep := healthy()
-	addFirewall(context.Background(), env, &rep)
+	ask(env, &rep)
 	if got, want := render(rep), "Container: running\nHealthz: ✓\nFirewall: ✓ (1 agents enforced)\nRules: 12 active\n"; got != want {
 		t.Errorf("enabled:\n%s\nwant:\n%s", got, want)
 	}
 
 	srv.SetFirewallStatus(&adminv1.FirewallStatusResponse{})
 	rep = healthy()
-	addFirewall(context.Background(), env, &rep)
+	ask(env, &rep)
 	if got := render(rep); !strings.HasSuffix(got, "Healthz: ✓\nFirewall: off (firewall.enable: false)\n") {
 		t.Errorf("disabled:\n%s", got)
 	}
 
 	// Not asked when /healthz is not green, nor when env says not to.
 	rep = StatusReport{Container: "running", Healthz: &HealthReport{Status: "not_ready"}}
-	addFirewall(context.Background(), env, &rep)
+	ask(env, &rep)
 	if rep.Firewall != nil {
 		t.Errorf("asked the firewall of an unhealthy CP: %+v", rep.Firewall)
 	}
 	rep = healthy()
-	addFirewall(context.Background(), Env{Getenv: h.Getenv}, &rep)
+	ask(Env{Getenv: h.Getenv}, &rep)
 	if rep.Firewall != nil {
 		t.Errorf("asked the firewall without AskFirewall: %+v", rep.Firewall)
 	}
@@ -58,7 +68,7 @@ func TestStatusFirewallLines(t *testing.T) {
 	// An AdminService that refuses: the status says so on the firewall line.
 	h.SetPorts(t, deadAdminPort(t), adminclienttest.ServeTokenEndpoint(t, m).Port)
 	rep = healthy()
-	addFirewall(context.Background(), env, &rep)
+	ask(env, &rep)
 	if rep.Firewall == nil || rep.Firewall.Error == "" || !strings.Contains(render(rep), "Firewall: ✗ (") {
 		t.Errorf("unreachable AdminService: %+v\n%s", rep.Firewall, render(rep))
 	}

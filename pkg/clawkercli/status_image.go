@@ -38,25 +38,25 @@ type statusImageReport struct {
 // after its text, or a field after its JSON's (which is decoded and written
 // again, so that status stays the one place the rest is built).
 func statusWithImage(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, settings: true})
 	if err != nil {
 		return err
 	}
+	defer v.release()
 	var buf bytes.Buffer
-	inner := env
-	if asJSON {
-		inner.Stdout = &buf
+	out := env.Stdout
+	if v.asJSON {
+		out = &buf
 	}
-	if err := status(c, inner); err != nil {
+	if err := status(c.Context, v, out); err != nil {
 		return err
 	}
-	d, release, err := env.docker()
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	defer release()
 	img := imageReport(c.Context, d)
-	if !asJSON {
+	if !v.asJSON {
 		writeImage(env.Stdout, img)
 		return nil
 	}

@@ -14,22 +14,19 @@ import (
 )
 
 func tree(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, cp: true})
 	if err != nil {
 		return err
 	}
-	paths, s, err := loadPathsSettings(env)
-	if err != nil {
-		return err
-	}
-	if err := ensureCP(c.Context, env); err != nil {
+	defer v.release()
+	if err := v.ensureCP(c.Context); err != nil {
 		return err
 	}
 	var root cpapi.ActorNode
-	if _, err := getDebug(c.Context, paths, s, "/debug/actors", &root); err != nil {
+	if _, err := getDebug(c.Context, v.paths, v.s, "/debug/actors", &root); err != nil {
 		return err
 	}
-	if asJSON {
+	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(root)
