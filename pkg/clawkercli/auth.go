@@ -16,7 +16,6 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/clawker/clawker-cp/pkg/certs"
-	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 func authCommand(env Env) *cli.Command {
@@ -41,17 +40,19 @@ func authCommand(env Env) *cli.Command {
 }
 
 func authRotate(c *cli.Context, env Env) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("auth rotate takes no arguments, got %q", c.Args().Slice())
-	}
-	ips, err := parseServerIPs(c.StringSlice("server-ip"))
+	var ips []net.IP
+	v, err := prologue(c, env, needs{args: func() (err error) {
+		if c.NArg() > 0 {
+			return fmt.Errorf("auth rotate takes no arguments, got %q", c.Args().Slice())
+		}
+		ips, err = parseServerIPs(c.StringSlice("server-ip"))
+		return err
+	}, paths: true})
 	if err != nil {
 		return err
 	}
-	paths, err := settings.ResolvePaths(env.Getenv)
-	if err != nil {
-		return err
-	}
+	defer v.release()
+	paths := v.paths
 
 	_, statErr := os.Stat(filepath.Join(paths.AuthDir, certs.CACertFile))
 	hadCA := statErr == nil

@@ -12,7 +12,6 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
-	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
 func downCommand(env Env) *cli.Command {
@@ -32,27 +31,28 @@ func downCommand(env Env) *cli.Command {
 }
 
 func controlplaneDown(c *cli.Context, env Env) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("controlplane down takes no arguments, got %q", c.Args().Slice())
-	}
-	paths, err := settings.ResolvePaths(env.Getenv)
+	v, err := prologue(c, env, needs{
+		args: func() error {
+			if c.NArg() > 0 {
+				return fmt.Errorf("controlplane down takes no arguments, got %q", c.Args().Slice())
+			}
+			return nil
+		},
+		settings: true,
+	})
 	if err != nil {
 		return err
 	}
-	s, err := settings.Load(paths.SettingsFile)
+	defer v.release()
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
 
 	if err := checkNoAgents(c.Context, env, d, c.Bool("force")); err != nil {
 		return err
 	}
-	res, err := cpboot.Stop(c.Context, cpboot.StopOptions{Settings: s, Paths: paths, Docker: d})
+	res, err := cpboot.Stop(c.Context, cpboot.StopOptions{Settings: v.s, Paths: v.paths, Docker: d})
 	if err != nil {
 		return err
 	}

@@ -36,11 +36,9 @@ type PresetReport struct {
 }
 
 func firewallPresets(c *cli.Context) error {
-	asJSON, err := checkFormat(c)
+	// No Env: the presets are compiled in and printed to the app's writer.
+	v, err := prologue(c, Env{}, needs{format: true, args: func() error { return noArgs(c, "presets") }})
 	if err != nil {
-		return err
-	}
-	if err := noArgs(c, "presets"); err != nil {
 		return err
 	}
 	var reps []PresetReport
@@ -51,7 +49,7 @@ func firewallPresets(c *cli.Context) error {
 		}
 		reps = append(reps, rep)
 	}
-	if asJSON {
+	if v.asJSON {
 		return writeJSON(c.App.Writer, reps)
 	}
 	return writePresets(c.App.Writer, reps)

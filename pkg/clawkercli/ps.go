@@ -101,22 +101,20 @@ type cpView struct {
 }
 
 func ps(c *cli.Context, env Env) error {
-	asJSON, err := checkFormat(c)
+	v, err := prologue(c, env, needs{format: true, args: func() error {
+		if c.NArg() > 0 {
+			return fmt.Errorf("ps takes no arguments, got %q", c.Args().Slice())
+		}
+		return nil
+	}, settings: true})
 	if err != nil {
 		return err
 	}
-	if c.NArg() > 0 {
-		return fmt.Errorf("ps takes no arguments, got %q", c.Args().Slice())
-	}
-	paths, s, err := loadPathsSettings(env)
+	defer v.release()
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	d, release, err := env.docker()
-	if err != nil {
-		return err
-	}
-	defer release()
 	f := dockerx.AgentFilter()
 	if p := c.String("project"); p != "" {
 		f = f.Add("label", dockerx.Label(dockerx.LabelProject, p))
@@ -129,10 +127,10 @@ func ps(c *cli.Context, env Env) error {
 	}
 	view := cpView{unknown: map[string]string{}}
 	if len(res.Items) > 0 {
-		view = askCP(c.Context, paths, s)
+		view = askCP(c.Context, v.paths, v.s)
 	}
 	rep := psReport(res.Items, view)
-	if asJSON {
+	if v.asJSON {
 		return writeJSON(env.Stdout, rep)
 	}
 	if len(rep.Agents) == 0 {

@@ -28,18 +28,21 @@ func rmCommand(env Env) *cli.Command {
 }
 
 func rmAgent(c *cli.Context, env Env) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("rm takes no arguments, got %q (%s)", c.Args().Slice(), rmUsage)
-	}
-	project, agent, err := agentNames(c, rmUsage)
+	v, err := prologue(c, env, needs{args: func() error {
+		if c.NArg() > 0 {
+			return fmt.Errorf("rm takes no arguments, got %q (%s)", c.Args().Slice(), rmUsage)
+		}
+		return nil
+	}, names: rmUsage})
 	if err != nil {
 		return err
 	}
-	d, release, err := env.docker()
+	defer v.release()
+	project, agent := v.project, v.agent
+	d, err := v.docker()
 	if err != nil {
 		return err
 	}
-	defer release()
 	ad, ok := d.(agentrun.Docker)
 	if !ok {
 		return fmt.Errorf("the Docker client (%T) cannot remove agent containers", d)
