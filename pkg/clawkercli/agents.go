@@ -35,12 +35,7 @@ type AgentReport struct {
 const shortIDLen = 12
 
 func agents(c *cli.Context, env Env) error {
-	v, err := prologue(c, env, needs{format: true, args: func() error {
-		if c.NArg() > 0 {
-			return fmt.Errorf("controlplane agents takes no arguments, got %q", c.Args().Slice())
-		}
-		return nil
-	}, cp: true})
+	v, err := prologue(c, env, needs{format: true, noArgs: "controlplane agents", cp: true})
 	if err != nil {
 		return err
 	}

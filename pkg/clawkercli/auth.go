@@ -41,10 +41,7 @@ func authCommand(env Env) *cli.Command {
 
 func authRotate(c *cli.Context, env Env) error {
 	var ips []net.IP
-	v, err := prologue(c, env, needs{args: func() (err error) {
-		if c.NArg() > 0 {
-			return fmt.Errorf("auth rotate takes no arguments, got %q", c.Args().Slice())
-		}
+	v, err := prologue(c, env, needs{noArgs: "auth rotate", args: func() (err error) {
 		ips, err = parseServerIPs(c.StringSlice("server-ip"))
 		return err
 	}, paths: true})

@@ -31,15 +31,7 @@ func downCommand(env Env) *cli.Command {
 }
 
 func controlplaneDown(c *cli.Context, env Env) error {
-	v, err := prologue(c, env, needs{
-		args: func() error {
-			if c.NArg() > 0 {
-				return fmt.Errorf("controlplane down takes no arguments, got %q", c.Args().Slice())
-			}
-			return nil
-		},
-		settings: true,
-	})
+	v, err := prologue(c, env, needs{noArgs: "controlplane down", settings: true})
 	if err != nil {
 		return err
 	}

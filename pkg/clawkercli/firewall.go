@@ -363,12 +363,7 @@ const (
 )
 
 func firewallStatus(c *cli.Context, env Env) error {
-	v, err := prologue(c, env, needs{format: true, args: func() error {
-		if c.NArg() > 0 {
-			return fmt.Errorf("firewall status takes no arguments, got %q", c.Args().Slice())
-		}
-		return nil
-	}, cp: true})
+	v, err := prologue(c, env, needs{format: true, noArgs: "firewall status", cp: true})
 	if err != nil {
 		return err
 	}
@@ -587,16 +582,8 @@ func firewallCall(c *cli.Context, env Env, n needs, call func(ctx context.Contex
 	return call(ctx, v, cl)
 }
 
-// noArgs refuses arguments to a verb that takes none.
-func noArgs(c *cli.Context, verb string) error {
-	if c.NArg() > 0 {
-		return fmt.Errorf("firewall %s takes no arguments, got %q", verb, c.Args().Slice())
-	}
-	return nil
-}
-
 func firewallUp(c *cli.Context, env Env) error {
-	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "up") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{noArgs: "firewall up"}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallInit(ctx, &adminv1.FirewallInitRequest{})
 		if err != nil {
 			return rpcError("firewall up", cl.Addr(), err)
@@ -608,7 +595,7 @@ func firewallUp(c *cli.Context, env Env) error {
 }
 
 func firewallDown(c *cli.Context, env Env) error {
-	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "down") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{noArgs: "firewall down"}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		if _, err := cl.FirewallRemove(ctx, &adminv1.FirewallRemoveRequest{Force: c.Bool("force")}); err != nil {
 			return rpcError("firewall down", cl.Addr(), err)
 		}
@@ -618,7 +605,7 @@ func firewallDown(c *cli.Context, env Env) error {
 }
 
 func firewallReload(c *cli.Context, env Env) error {
-	return firewallCall(c, env, needs{args: func() error { return noArgs(c, "reload") }}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{noArgs: "firewall reload"}, func(ctx context.Context, _ *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallReload(ctx, &adminv1.FirewallReloadRequest{})
 		if err != nil {
 			return rpcError("firewall reload", cl.Addr(), err)
@@ -676,7 +663,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 func firewallList(c *cli.Context, env Env) error {
-	return firewallCall(c, env, needs{format: true, args: func() error { return noArgs(c, "list") }}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{format: true, noArgs: "firewall list"}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallListRules(ctx, &adminv1.FirewallListRulesRequest{})
 		if err != nil {
 			return rpcError("firewall list", cl.Addr(), err)

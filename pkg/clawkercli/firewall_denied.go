@@ -45,9 +45,6 @@ func deniedCommand(env Env, format cli.Flag) *cli.Command {
 func firewallDenied(c *cli.Context, env Env) error {
 	since := c.Duration("since")
 	checkArgs := func() error {
-		if err := noArgs(c, "denied"); err != nil {
-			return err
-		}
 		if since < 0 {
 			return fmt.Errorf("--since %s: give how far back, e.g. 10m", since)
 		}
@@ -57,7 +54,7 @@ func firewallDenied(c *cli.Context, env Env) error {
 	if since > 0 {
 		req.Since = durationpb.New(since)
 	}
-	return firewallCall(c, env, needs{format: true, args: checkArgs}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
+	return firewallCall(c, env, needs{format: true, noArgs: "firewall denied", args: checkArgs}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallDenied(ctx, req)
 		if err != nil {
 			return rpcError("firewall denied", cl.Addr(), err)

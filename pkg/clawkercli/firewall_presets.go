@@ -37,7 +37,7 @@ type PresetReport struct {
 
 func firewallPresets(c *cli.Context) error {
 	// No Env: the presets are compiled in and printed to the app's writer.
-	v, err := prologue(c, Env{}, needs{format: true, args: func() error { return noArgs(c, "presets") }})
+	v, err := prologue(c, Env{}, needs{format: true, noArgs: "firewall presets"})
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package clawkercli
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/urfave/cli/v2"
 
@@ -17,6 +18,8 @@ import (
 type needs struct {
 	// format: --format is text or json.
 	format bool
+	// noArgs is the verb's name when it takes no arguments.
+	noArgs string
 	// args checks the verb's arguments (after the format).
 	args func() error
 	// names is the verb's usage line when it reads --project and --agent.
@@ -69,6 +72,9 @@ func prologue(c *cli.Context, env Env, n needs) (*verb, error) {
 		if v.asJSON, err = checkFormat(c); err != nil {
 			return nil, err
 		}
+	}
+	if n.noArgs != "" && c.NArg() > 0 {
+		return nil, fmt.Errorf("%s takes no arguments, got %q", n.noArgs, c.Args().Slice())
 	}
 	if n.args != nil {
 		if err := n.args(); err != nil {

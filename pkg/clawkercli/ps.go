@@ -101,12 +101,7 @@ type cpView struct {
 }
 
 func ps(c *cli.Context, env Env) error {
-	v, err := prologue(c, env, needs{format: true, args: func() error {
-		if c.NArg() > 0 {
-			return fmt.Errorf("ps takes no arguments, got %q", c.Args().Slice())
-		}
-		return nil
-	}, settings: true})
+	v, err := prologue(c, env, needs{format: true, noArgs: "ps", settings: true})
 	if err != nil {
 		return err
 	}
