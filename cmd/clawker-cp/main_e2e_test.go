@@ -47,11 +47,9 @@ var subsystems = []string{"health", "overseer", "registry", "ebpf", "firewall", 
 // grandchildren are the children of subsystems that have any.
 var grandchildren = map[string][]string{"firewall": {"dns", "proxy"}, "grpc": {"sessions"}}
 
-// drainSteps is the ordered drain (docs/ARCHITECTURE.md, "The ordered drain").
-var drainSteps = []string{
-	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",
-	"netlogger_stop", "dns_gc_stop", "ebpf_flush",
-}
+// drainSteps is the ordered drain (cpapi.DrainSteps), as its drain_step
+// lines name the steps.
+var drainSteps = cpapi.DrainStepNames()
 
 func cpBinary(t testing.TB) string {
 	t.Helper()

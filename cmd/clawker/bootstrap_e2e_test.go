@@ -23,6 +23,7 @@ import (
 	"github.com/moby/moby/client"
 
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cpboot"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
@@ -31,12 +32,9 @@ import (
 
 func TestMain(m *testing.M) { cptest.Main(m) }
 
-// drainSteps is the CP's ordered drain (docs/ARCHITECTURE.md), as its drain_step
+// drainSteps is the CP's ordered drain (cpapi.DrainSteps), as its drain_step
 // lines name the steps.
-var drainSteps = []string{
-	"firewall_queue_close", "grpc_stop", "bypass_timers_cancel", "stack_stop",
-	"netlogger_stop", "dns_gc_stop", "ebpf_flush",
-}
+var drainSteps = cpapi.DrainStepNames()
 
 // Bounds of the CLI runs. A cold up builds a ~40 MB image.
 const (

@@ -8,13 +8,14 @@ import (
 
 	"github.com/moby/moby/client"
 
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
 
-// drainSteps is the number of steps of the CP's ordered drain (docs/ARCHITECTURE.md),
-// each bounded by control_plane.supervisor.drain_step_timeout.
-const drainSteps = 7
+// drainSteps is the number of steps of the CP's ordered drain
+// (cpapi.DrainSteps), each bounded by control_plane.supervisor.drain_step_timeout.
+var drainSteps = time.Duration(len(cpapi.DrainSteps))
 
 // MinStopTimeout is the least time `controlplane down` gives the CP between
 // SIGTERM and SIGKILL. Docker's default of 10 s would kill it mid-drain.
