@@ -208,8 +208,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.childReady(ctx, m)
 	case *clientsRegistered:
 		a.onRegistered(ctx, m)
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 

@@ -72,7 +72,7 @@ func startRoot(t *testing.T, cfg auth.Config, in supervise.Intensity) *harness {
 	var once sync.Once
 	props := h.tree.Props(root.New(root.Config{
 		Log: log, Tree: h.tree, Intensity: in, StartTimeout: time.Minute, StepTimeout: 10 * time.Second,
-		Children: []root.Child{{Name: "auth", Props: func() *actor.Props { return h.tree.Props(auth.New(cfg), in) }}},
+		Children: []supervise.Spec{auth.Spec(cfg)},
 		OnReady:  func(actor.Context, map[string]*actor.PID) { once.Do(func() { close(h.ready) }) },
 		Exit:     func(code int) { h.exit <- code },
 	}), in)

@@ -75,8 +75,6 @@ func (m *member) Receive(ctx actor.Context) {
 		m.onExited(ctx, msg)
 	case *failMember:
 		panic(msg.reason)
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, msg)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/cp"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -76,10 +77,8 @@ func TestRunDrainsOnCancel(t *testing.T) {
 		t.Fatal("Run did not return after the cancel")
 	}
 
-	var got, want []string
-	for _, s := range cp.DrainSteps {
-		want = append(want, s.Name)
-	}
+	var got []string
+	want := cpapi.DrainStepNames()
 	for _, e := range logs.FilterField(zap.String("event", "drain_step")).All() {
 		m := e.ContextMap()
 		got = append(got, m["step"].(string))

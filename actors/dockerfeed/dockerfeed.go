@@ -250,8 +250,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 	case *Resync:
 		a.resync(ctx)
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 

@@ -336,10 +336,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *OpenEvents:
 		ctx.Respond(a.openEvents())
 	case *supervise.DrainStep:
-		if m.Step != supervise.StepEBPFFlush {
-			supervise.RefuseStep(ctx, m)
-			return
-		}
+		// Only ebpf_flush: the middleware answers any other step.
 		outcome, detail := a.flush()
 		supervise.AnswerStep(ctx, m.Step, outcome, detail)
 	}

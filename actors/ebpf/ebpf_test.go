@@ -19,6 +19,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/egress"
 )
 
@@ -243,7 +244,7 @@ func start(t *testing.T, cfg ebpf.Config) (*actor.ActorSystem, *actor.PID, *supe
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	p := &parent{props: tree.Props(ebpf.New(cfg), in), ready: make(chan *supervise.Ready, 2)}
+	p := &parent{props: tree.SpecProps(ebpf.Spec(cfg), in), ready: make(chan *supervise.Ready, 2)}
 	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "cp")
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +339,7 @@ func TestEnforceLifecycle(t *testing.T) {
 		t.Errorf("release calls %q", got)
 	}
 
-	d := ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: supervise.StepEBPFFlush})
+	d := ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: cpapi.StepEBPFFlush})
 	if d.Outcome != supervise.OutcomeDone || !f.flushed {
 		t.Errorf("ebpf_flush = %+v, flushed=%v", d, f.flushed)
 	}
@@ -364,7 +365,7 @@ func TestDisabledFlushesOnlyAnEarlierGenerationsPins(t *testing.T) {
 	if ready.Err != nil {
 		t.Fatal(ready.Err)
 	}
-	d := ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: supervise.StepEBPFFlush})
+	d := ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: cpapi.StepEBPFFlush})
 	if d.Outcome != supervise.OutcomeNothing || flushes != 0 {
 		t.Errorf("flush without pins = %+v (%d flushes)", d, flushes)
 	}
@@ -372,7 +373,7 @@ func TestDisabledFlushesOnlyAnEarlierGenerationsPins(t *testing.T) {
 		t.Fatal(err)
 	}
 	sys, pid, _ = start(t, cfg)
-	d = ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: supervise.StepEBPFFlush})
+	d = ask[*supervise.StepDone](t, sys, pid, &supervise.DrainStep{Step: cpapi.StepEBPFFlush})
 	if d.Outcome != supervise.OutcomeDone || flushes != 1 {
 		t.Errorf("flush with an earlier generation's pins = %+v (%d flushes)", d, flushes)
 	}

@@ -34,17 +34,17 @@ import (
 // Config wires the firewall actor.
 type Config struct {
 	// Enable is settings' firewall.enable.
-	Enable      bool
-	Tree        *supervise.Tree
-	Intensity   supervise.Intensity
-	StepTimeout time.Duration // bound on a child's part of a drain step
+	Enable    bool
+	Tree      *supervise.Tree
+	Intensity supervise.Intensity
 
 	// The rest matters only with Enable.
 
 	EBPF     *actor.PID // the eBPF owner
 	Overseer *actor.PID // container events come from its bus
-	// Network resolves the agent network's subnet and gateway.
-	Network   func(ctx context.Context) (netip.Prefix, netip.Addr, error)
+	// Network is the agent network, read once where the tree is built
+	// (ResolveNetwork): a Docker inspect does not belong in Started.
+	Network   AgentNetwork
 	ProxyPort uint16
 	// AgentPort and HydraPublicPort are the two ports of the CP agents
 	// reach (control_plane.agent_port, hydra_public_port); every other
@@ -191,19 +191,17 @@ func (a *Actor) Receive(ctx actor.Context) {
 
 func (a *Actor) start(ctx actor.Context) {
 	if !a.cfg.Enable {
-		a.dns = a.spawn(ctx, "dns", dns.New(dns.Config{}))
+		a.dns = a.spawn(ctx, dns.Spec(dns.Config{}))
 		return
 	}
-	nctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	subnet, gw, err := a.cfg.Network(nctx)
-	cancel()
-	if err != nil {
+	if err := a.cfg.Network.Err; err != nil {
 		supervise.ReportReady(ctx, fmt.Errorf("firewall.enable is true but the agent network cannot be read (%w); "+
 			"the control plane must run beside its agents (`clawker controlplane up` creates the network), "+
 			"or set firewall.enable: false in settings.yaml to run without egress enforcement", err))
 		return
 	}
-	a.addrs, err = stack.AddrsFor(subnet, gw, a.cfg.ProxyPort)
+	var err error
+	a.addrs, err = stack.AddrsFor(a.cfg.Network.Subnet, a.cfg.Network.Gateway, a.cfg.ProxyPort)
 	if err != nil {
 		supervise.ReportReady(ctx, err)
 		return
@@ -220,7 +218,7 @@ func (a *Actor) start(ctx actor.Context) {
 	if a.cfg.Stack != nil {
 		mem.Managed = a.managedDNS()
 	}
-	a.dns = a.spawn(ctx, "dns", dns.New(dns.Config{Member: mem, EBPF: a.cfg.EBPF, OpTimeout: a.cfg.OpTimeout, Log: a.cfg.Log.With(zap.String("member", "dns"))}))
+	a.dns = a.spawn(ctx, dns.Spec(dns.Config{Member: mem, EBPF: a.cfg.EBPF, OpTimeout: a.cfg.OpTimeout, Log: a.cfg.Log.With(zap.String("member", cpapi.MemberDNS))}))
 }
 
 func (a *Actor) member(name string, addr netip.AddrPort) stack.Member {
@@ -237,10 +235,10 @@ func Members(subnet netip.Prefix, gw netip.Addr, proxyPort uint16) ([]stack.Memb
 	return []stack.Member{{Name: "DNS server", Addr: addrs.DNS}, {Name: "egress proxy", Addr: addrs.Proxy}}, nil
 }
 
-func (a *Actor) spawn(ctx actor.Context, name string, p actor.Producer) *actor.PID {
-	pid, err := ctx.SpawnNamed(a.cfg.Tree.Props(p, a.cfg.Intensity), name)
+func (a *Actor) spawn(ctx actor.Context, s supervise.Spec) *actor.PID {
+	pid, err := ctx.SpawnNamed(a.cfg.Tree.SpecProps(s, a.cfg.Intensity), s.Name)
 	if err != nil {
-		supervise.ReportReady(ctx, fmt.Errorf("spawning firewall/%s: %w", name, err))
+		supervise.ReportReady(ctx, fmt.Errorf("spawning firewall/%s: %w", s.Name, err))
 	}
 	return pid
 }
@@ -254,7 +252,7 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 		return
 	}
 	switch m.Name {
-	case "dns":
+	case cpapi.MemberDNS:
 		if a.proxy == nil { // a dns restarted before the proxy came up reports Ready twice
 			mem := stack.Member{}
 			if a.cfg.Enable {
@@ -263,9 +261,9 @@ func (a *Actor) childReady(ctx actor.Context, m *supervise.Ready) {
 					mem.Managed = a.managedProxy()
 				}
 			}
-			a.proxy = a.spawn(ctx, "proxy", proxy.New(mem))
+			a.proxy = a.spawn(ctx, proxy.Spec(mem))
 		}
-	case "proxy":
+	case cpapi.MemberProxy:
 		a.ready = true
 		if a.cfg.Enable {
 			// From here on every agent container that starts is enforced;
@@ -555,28 +553,27 @@ func (a *Actor) cancelTimers() int {
 
 func (a *Actor) drainStep(ctx actor.Context, m *supervise.DrainStep) {
 	switch m.Step {
-	case supervise.StepFirewallQueueClose:
+	case cpapi.StepFirewallQueueClose:
 		// From here on the mailbox refuses mutations; drain steps still run.
 		a.queueClosed = true
 		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, "action queue closed to new mutations")
-	case supervise.StepBypassTimersCancel:
+	case cpapi.StepBypassTimersCancel:
 		if n := a.cancelTimers(); n > 0 {
 			supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, fmt.Sprintf("cancelled %d bypass timers (each bypass still ends on time: the programs check the expiry)", n))
 			return
 		}
 		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no bypass timers armed")
-	case supervise.StepStackStop:
+	case cpapi.StepStackStop:
 		// Reverse of start order: the proxy goes before the DNS it uses.
 		a.forward(ctx, m, a.proxy, a.dns)
-	case supervise.StepDNSGCStop:
+	case cpapi.StepDNSGCStop:
 		a.forward(ctx, m, a.dns)
-	default:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 
-// forward runs a step on each child in turn and answers with the combined
-// outcome, without blocking the mailbox while the children work.
+// forward runs a step on each child in turn, within the step's deadline,
+// and answers with the combined outcome, without blocking the mailbox
+// while the children work.
 func (a *Actor) forward(ctx actor.Context, m *supervise.DrainStep, children ...*actor.PID) {
 	var results []*supervise.StepDone
 	var next func(i int)
@@ -591,7 +588,11 @@ func (a *Actor) forward(ctx actor.Context, m *supervise.DrainStep, children ...*
 			next(i + 1)
 			return
 		}
-		request.Reenter(ctx, children[i], &supervise.DrainStep{Step: m.Step}, a.cfg.StepTimeout, func(d *supervise.StepDone, err error) {
+		// Each child gets an even share of what is left of the step's
+		// deadline, so a stalled one leaves time for the next and the
+		// answer reaches the root in time.
+		share := max(m.Left()/time.Duration(len(children)-i), time.Millisecond)
+		request.Reenter(ctx, children[i], &supervise.DrainStep{Step: m.Step, Deadline: time.Now().Add(share)}, share, func(d *supervise.StepDone, err error) {
 			if err != nil {
 				d = &supervise.StepDone{Outcome: supervise.OutcomeFailed, Detail: fmt.Sprintf("%s: %v", children[i].Id, err)}
 			}

@@ -45,6 +45,8 @@ type rig struct {
 	sys  *actor.ActorSystem
 	tree *supervise.Tree
 	fw   *actor.PID
+	// stepTimeout is how far away the deadline of each step it sends is.
+	stepTimeout time.Duration
 }
 
 func startFirewall(t *testing.T, stepTimeout time.Duration) *rig {
@@ -57,7 +59,7 @@ func startFirewall(t *testing.T, stepTimeout time.Duration) *rig {
 	ready := make(chan *supervise.Ready, 4)
 	p := &parent{
 		props: func() *actor.Props {
-			return tree.Props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: stepTimeout}), in)
+			return tree.SpecProps(firewall.Spec(firewall.Config{Tree: tree, Intensity: in}), in)
 		},
 		ready: ready,
 	}
@@ -78,12 +80,12 @@ func startFirewall(t *testing.T, stepTimeout time.Duration) *rig {
 		t.Fatal("the firewall never reported Ready")
 	}
 	fw, _ := tree.Lookup("cp/firewall")
-	return &rig{sys: sys, tree: tree, fw: fw}
+	return &rig{sys: sys, tree: tree, fw: fw, stepTimeout: stepTimeout}
 }
 
 func (r *rig) step(t *testing.T, step string) *supervise.StepDone {
 	t.Helper()
-	res, err := r.sys.Root.RequestFuture(r.fw, &supervise.DrainStep{Step: step}, 5*time.Second).Result()
+	res, err := r.sys.Root.RequestFuture(r.fw, &supervise.DrainStep{Step: step, Deadline: time.Now().Add(r.stepTimeout)}, 5*time.Second).Result()
 	if err != nil {
 		t.Fatalf("%s: %v", step, err)
 	}
@@ -117,11 +119,11 @@ func TestOwnSteps(t *testing.T) {
 	t.Parallel()
 	r := startFirewall(t, time.Second)
 	cases := []struct{ step, outcome, detail string }{
-		{supervise.StepFirewallQueueClose, supervise.OutcomeDone, "action queue closed to new mutations"},
-		{supervise.StepBypassTimersCancel, supervise.OutcomeNothing, "no bypass timers armed"},
-		{supervise.StepDNSGCStop, supervise.OutcomeNothing, "no DNS cache GC running"},
-		{supervise.StepGRPCStop, supervise.OutcomeFailed, "cp/firewall does not own drain step grpc_stop"},
-		{supervise.StepEBPFFlush, supervise.OutcomeFailed, "cp/firewall does not own drain step ebpf_flush"},
+		{cpapi.StepFirewallQueueClose, supervise.OutcomeDone, "action queue closed to new mutations"},
+		{cpapi.StepBypassTimersCancel, supervise.OutcomeNothing, "no bypass timers armed"},
+		{cpapi.StepDNSGCStop, supervise.OutcomeNothing, "no DNS cache GC running"},
+		{cpapi.StepGRPCStop, supervise.OutcomeFailed, "cp/firewall does not own drain step grpc_stop"},
+		{cpapi.StepEBPFFlush, supervise.OutcomeFailed, "cp/firewall does not own drain step ebpf_flush"},
 	}
 	for _, c := range cases {
 		d := r.step(t, c.step)
@@ -134,7 +136,7 @@ func TestOwnSteps(t *testing.T) {
 func TestStackStopForwardsProxyThenDNS(t *testing.T) {
 	t.Parallel()
 	r := startFirewall(t, time.Second)
-	d := r.step(t, supervise.StepStackStop)
+	d := r.step(t, cpapi.StepStackStop)
 	// The details are joined in the order the children were asked.
 	if d.Outcome != supervise.OutcomeNothing || d.Detail != "no proxy container running; no DNS container running" {
 		t.Errorf("stack_stop = %s %q", d.Outcome, d.Detail)
@@ -146,10 +148,11 @@ func TestStackStopFailsWhenAChildDoesNotAnswer(t *testing.T) {
 	r := startFirewall(t, 300*time.Millisecond)
 	waitFor(t, 5*time.Second, "proxy registered", func() bool { _, ok := r.tree.Lookup("cp/firewall/proxy"); return ok })
 	proxy, _ := r.tree.Lookup("cp/firewall/proxy")
-	// The proxy's mailbox stalls well past the firewall's per-child bound.
+	// The proxy's mailbox stalls well past the firewall's per-child bound
+	// (half the step's: the proxy is the first of two children).
 	r.sys.Root.Send(proxy, &supervise.Fault{Kind: supervise.FaultBlock, Duration: 700 * time.Millisecond})
 
-	stack := r.sys.Root.RequestFuture(r.fw, &supervise.DrainStep{Step: supervise.StepStackStop}, 5*time.Second)
+	stack := r.sys.Root.RequestFuture(r.fw, &supervise.DrainStep{Step: cpapi.StepStackStop, Deadline: time.Now().Add(2 * r.stepTimeout)}, 5*time.Second)
 	// Only one goroutine may wait on a protoactor Future: its completion
 	// wakes a single waiter (sync.Cond.Signal), a second one would hang.
 	type result struct {
@@ -163,7 +166,7 @@ func TestStackStopFailsWhenAChildDoesNotAnswer(t *testing.T) {
 	}()
 	// The firewall's mailbox is not held while it waits on its children: a
 	// later step is answered while stack_stop still waits for the proxy.
-	if d := r.step(t, supervise.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
+	if d := r.step(t, cpapi.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
 		t.Errorf("queue close during stack_stop = %+v", d)
 	}
 	select {
@@ -198,14 +201,14 @@ func TestStackStopFailsWhenAChildIsGone(t *testing.T) {
 	if err := r.sys.Root.StopFuture(dns).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	d := r.step(t, supervise.StepStackStop)
+	d := r.step(t, cpapi.StepStackStop)
 	if d.Outcome != supervise.OutcomeFailed {
 		t.Errorf("stack_stop with DNS gone = %s %q", d.Outcome, d.Detail)
 	}
 	if !strings.HasPrefix(d.Detail, "no proxy container running; cp/firewall/dns: ") {
 		t.Errorf("detail %q", d.Detail)
 	}
-	if d := r.step(t, supervise.StepDNSGCStop); d.Outcome != supervise.OutcomeFailed {
+	if d := r.step(t, cpapi.StepDNSGCStop); d.Outcome != supervise.OutcomeFailed {
 		t.Errorf("dns_gc_stop with DNS gone = %s %q", d.Outcome, d.Detail)
 	}
 }
@@ -248,7 +251,7 @@ func TestDNSRestartDuringStartSpawnsOneProxy(t *testing.T) {
 	ready := make(chan *supervise.Ready, 4)
 	p := &restartingParent{
 		props: func() *actor.Props {
-			return tree.Props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: time.Second}), in)
+			return tree.SpecProps(firewall.Spec(firewall.Config{Tree: tree, Intensity: in}), in)
 		},
 		ready: ready,
 	}

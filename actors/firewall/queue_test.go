@@ -18,6 +18,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/overseer"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 )
 
@@ -108,12 +109,10 @@ func startEnabled(t *testing.T, dial func(context.Context, string) error, fe *fa
 	ready := make(chan *supervise.Ready, 4)
 	p := &parent{
 		props: func() *actor.Props {
-			return tree.Props(firewall.New(firewall.Config{
-				Enable: true, Tree: tree, Intensity: in, StepTimeout: time.Second,
+			return tree.SpecProps(firewall.Spec(firewall.Config{
+				Enable: true, Tree: tree, Intensity: in,
 				EBPF: ebpfPID, Overseer: ovPID,
-				Network: func(context.Context) (netip.Prefix, netip.Addr, error) {
-					return testSubnet, netip.MustParseAddr("10.99.7.1"), nil
-				},
+				Network:   firewall.AgentNetwork{Name: "clawker-net", Subnet: testSubnet, Gateway: netip.MustParseAddr("10.99.7.1")},
 				ProxyPort: 15001, StackWait: 300 * time.Millisecond, StackDial: dial,
 				OpTimeout: 5 * time.Second, Log: zap.NewNop(),
 			}), in)
@@ -135,7 +134,7 @@ func startEnabled(t *testing.T, dial func(context.Context, string) error, fe *fa
 		t.Fatal("the firewall never reported Ready")
 	}
 	fw, _ := tree.Lookup("cp/firewall")
-	return &enabledRig{rig: rig{sys: sys, tree: tree, fw: fw}, ebpf: fe, subscribed: sink.subscribed}, m
+	return &enabledRig{rig: rig{sys: sys, tree: tree, fw: fw, stepTimeout: time.Second}, ebpf: fe, subscribed: sink.subscribed}, m
 }
 
 func answerOK(context.Context, string) error { return nil }
@@ -281,7 +280,7 @@ func TestBypass(t *testing.T) {
 		t.Errorf("c2 tidied at %s, before its bypass ended at %s", orders[2].start, res.Until)
 	}
 	// c1's timer is still armed: the drain step cancels it.
-	d := r.step(t, supervise.StepBypassTimersCancel)
+	d := r.step(t, cpapi.StepBypassTimersCancel)
 	if d.Outcome != supervise.OutcomeDone || !strings.HasPrefix(d.Detail, "cancelled 1 bypass timers") {
 		t.Errorf("bypass_timers_cancel = %s %q", d.Outcome, d.Detail)
 	}
@@ -335,7 +334,7 @@ func TestErrorsReachTheRequester(t *testing.T) {
 		t.Error("a failed enforce answered without an error")
 	}
 
-	if d := r.step(t, supervise.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
+	if d := r.step(t, cpapi.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
 		t.Fatalf("queue close = %+v", d)
 	}
 	n := len(fe.snapshot())

@@ -2,7 +2,6 @@ package firewall_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/ebpf"
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
 
@@ -61,18 +61,16 @@ func spawnRules(t *testing.T, cfg firewall.Config) *rig {
 	}))
 	tree := supervise.NewTree()
 	in := supervise.Intensity{Max: 5, Window: time.Minute}
-	cfg.Tree, cfg.Intensity, cfg.StepTimeout = tree, in, time.Second
+	cfg.Tree, cfg.Intensity = tree, in
 	if cfg.Enable {
 		cfg.EBPF = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return stateEBPF{} }))
 		cfg.Overseer = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &subscriberSink{subscribed: make(chan *actor.PID, 4)} }))
-		cfg.Network = func(context.Context) (netip.Prefix, netip.Addr, error) {
-			return testSubnet, netip.MustParseAddr("10.99.7.1"), nil
-		}
+		cfg.Network = firewall.AgentNetwork{Name: "clawker-net", Subnet: testSubnet, Gateway: netip.MustParseAddr("10.99.7.1")}
 		cfg.ProxyPort, cfg.StackWait, cfg.StackDial = 15001, 300*time.Millisecond, answerOK
 		cfg.OpTimeout, cfg.Log = 5*time.Second, zap.NewNop()
 	}
 	ready := make(chan *supervise.Ready, 4)
-	p := &parent{props: func() *actor.Props { return tree.Props(firewall.New(cfg), in) }, ready: ready}
+	p := &parent{props: func() *actor.Props { return tree.SpecProps(firewall.Spec(cfg), in) }, ready: ready}
 	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "cp")
 	if err != nil {
 		t.Fatal(err)
@@ -90,7 +88,7 @@ func spawnRules(t *testing.T, cfg firewall.Config) *rig {
 		t.Fatal("the firewall never reported Ready")
 	}
 	fw, _ := tree.Lookup("cp/firewall")
-	return &rig{sys: sys, tree: tree, fw: fw}
+	return &rig{sys: sys, tree: tree, fw: fw, stepTimeout: time.Second}
 }
 
 func (r *rig) rules(t *testing.T, msg any) *firewall.RulesResult {
@@ -360,7 +358,7 @@ func TestRulesRefusedAfterQueueClose(t *testing.T) {
 	pubs := &publications{}
 	r := spawnRules(t, firewall.Config{RulesDir: dir, Publish: pubs.publish})
 	r.rules(t, &firewall.AddRules{Rules: []egressrules.Rule{rule("example.com", "", 0, "")}})
-	if d := r.step(t, supervise.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
+	if d := r.step(t, cpapi.StepFirewallQueueClose); d.Outcome != supervise.OutcomeDone {
 		t.Fatalf("queue close = %+v", d)
 	}
 	n := len(pubs.all())

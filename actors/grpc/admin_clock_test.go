@@ -32,7 +32,7 @@ func startWithClock(t *testing.T, now func() time.Time) *adminclient.Client {
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
 		Now:       now,
-		Heartbeat: time.Second, RequestTimeout: time.Second, StopTimeout: time.Second,
+		Heartbeat: time.Second, RequestTimeout: time.Second,
 		Log: zap.NewNop(),
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

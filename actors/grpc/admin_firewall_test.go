@@ -131,7 +131,7 @@ func (f *fixture) serve(t *testing.T, spawnFirewall func(*actor.ActorSystem) *ac
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir,
 		Firewall:  fwPID,
-		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
+		Heartbeat: time.Second, RequestTimeout: requestTimeout,
 		Introspector: tokens,
 		Log:          zap.New(core),
 	})

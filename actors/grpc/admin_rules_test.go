@@ -23,6 +23,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall"
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
@@ -35,7 +36,7 @@ func startRules(t *testing.T, dir string) *fixture {
 	return f.serve(t, func(sys *actor.ActorSystem) *actor.PID {
 		tree := supervise.NewTree()
 		in := supervise.Intensity{Max: 3, Window: time.Minute}
-		pid := sys.Root.Spawn(tree.Props(firewall.New(firewall.Config{Tree: tree, Intensity: in, StepTimeout: time.Second, RulesDir: dir}), in))
+		pid := sys.Root.Spawn(tree.SpecProps(firewall.Spec(firewall.Config{Tree: tree, Intensity: in, RulesDir: dir}), in))
 		t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
 		return pid
 	})
@@ -249,7 +250,7 @@ func TestFirewallRuleStoreBroken(t *testing.T) {
 // reason QUEUE_CLOSED; the list still answers.
 func TestFirewallRulesAfterQueueClose(t *testing.T) {
 	f := startRules(t, t.TempDir())
-	res, err := f.sys.Root.RequestFuture(f.fwPID, &supervise.DrainStep{Step: supervise.StepFirewallQueueClose}, 5*time.Second).Result()
+	res, err := f.sys.Root.RequestFuture(f.fwPID, &supervise.DrainStep{Step: cpapi.StepFirewallQueueClose}, 5*time.Second).Result()
 	if d, ok := res.(*supervise.StepDone); err != nil || !ok || d.Outcome != supervise.OutcomeDone {
 		t.Fatalf("queue close: %#v, %v", res, err)
 	}

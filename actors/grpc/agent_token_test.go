@@ -148,7 +148,7 @@ func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture 
 	spawnGRPC(t, sys, cpgrpc.Config{
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
-		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
+		Heartbeat: time.Second, RequestTimeout: requestTimeout,
 		Introspector: in,
 		Log:          zap.New(core),
 	})

@@ -50,8 +50,6 @@ type Config struct {
 	Heartbeat time.Duration
 	// RequestTimeout bounds each handler's request to another actor.
 	RequestTimeout time.Duration
-	// StopTimeout bounds the graceful stop of the servers in grpc_stop.
-	StopTimeout time.Duration
 	// Introspector validates bearer tokens (Hydra's admin API:
 	// oauth.NewIntrospector): the AdminService's, and the agent tokens a
 	// Register must carry to create a new binding (scope
@@ -125,10 +123,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *actor.Stopping, *actor.Restarting:
 		a.hardStop()
 	case *supervise.DrainStep:
-		if m.Step != supervise.StepGRPCStop {
-			supervise.RefuseStep(ctx, m)
-			return
-		}
+		// Only grpc_stop: the middleware answers any other step.
 		a.gracefulStop(ctx, m)
 	}
 }
@@ -228,7 +223,7 @@ func (a *Actor) gracefulStop(ctx actor.Context, m *supervise.DrainStep) {
 	sender, sys := ctx.Sender(), ctx.ActorSystem()
 	sess := sessions.NewClient(sys, a.sessions, 0)
 	servers := []*ggrpc.Server{a.agentSrv, a.adminSrv}
-	budget := a.cfg.StopTimeout
+	budget := m.Left() * 8 / 10 // the rest for the answer's way back
 	go func() {
 		n := 0
 		if e, err := sess.EndAll(context.Background(), budget/2); err == nil {

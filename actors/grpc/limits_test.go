@@ -44,7 +44,7 @@ func startLimitedAgentService(t *testing.T, lim cpgrpc.Limits) *agentFixture {
 	spawnGRPC(t, sys, cpgrpc.Config{
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
-		Heartbeat: time.Second, RequestTimeout: requestTimeout, StopTimeout: time.Second,
+		Heartbeat: time.Second, RequestTimeout: requestTimeout,
 		AgentLimits: lim, Log: zap.New(core),
 	})
 	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}

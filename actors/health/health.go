@@ -52,12 +52,9 @@ import (
 	"github.com/clawker/clawker-cp/pkg/debugknob"
 )
 
-// Probe checks one port or resource a subsystem depends on. Check must
-// honour ctx: it is bounded by the probe timeout.
-type Probe struct {
-	Name  string
-	Check func(ctx context.Context) error
-}
+// Probe checks one port or resource a subsystem depends on (declared in
+// supervise, beside the specs that carry them).
+type Probe = supervise.Probe
 
 // RegisterProbes adds probes (a probe with an existing name replaces it).
 type RegisterProbes struct{ Probes []Probe }
@@ -157,8 +154,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 		sort.Slice(s.probes, func(i, j int) bool { return s.probes[i].Name < s.probes[j].Name })
 		ctx.Respond(&s)
-	case *supervise.DrainStep:
-		ctx.Respond(&supervise.StepDone{Step: m.Step, Outcome: supervise.OutcomeFailed, Detail: "health owns no drain step"})
 	}
 }
 

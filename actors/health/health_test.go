@@ -338,11 +338,11 @@ func TestHealthzLifecycle(t *testing.T) {
 	}
 
 	// Health owns no drain step and says so.
-	res, err := r.sys.Root.RequestFuture(r.health, &supervise.DrainStep{Step: supervise.StepGRPCStop}, 2*time.Second).Result()
+	res, err := r.sys.Root.RequestFuture(r.health, &supervise.DrainStep{Step: cpapi.StepGRPCStop}, 2*time.Second).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeFailed || d.Step != supervise.StepGRPCStop {
+	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeFailed || d.Step != cpapi.StepGRPCStop {
 		t.Errorf("DrainStep answer %+v", d)
 	}
 

@@ -52,8 +52,6 @@ type Config struct {
 	// has not (yet) mapped it: after a CP restart its map is rebuilt
 	// only as Docker's listing is replayed.
 	CgroupOf func(containerID string) (path string, id uint64, err error)
-	// StepTimeout is the drain step's bound; the drain uses 80% of it.
-	StepTimeout time.Duration
 	// OpenSource replaces asking the eBPF owner for the ring (tests).
 	OpenSource func() (netlog.Source, error)
 	// Tune adjusts the pipeline's config before it is built (tests).
@@ -138,9 +136,6 @@ func New(cfg Config) actor.Producer {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	if cfg.StepTimeout <= 0 {
-		cfg.StepTimeout = 10 * time.Second
-	}
 	c := &carried{} // shared by every incarnation
 	return func() actor.Actor { return &Actor{cfg: cfg, carried: c} }
 }
@@ -180,10 +175,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 		a.pipe = nil
 	case *supervise.DrainStep:
-		if m.Step != supervise.StepNetloggerStop {
-			supervise.RefuseStep(ctx, m)
-			return
-		}
+		// Only netlogger_stop: the middleware answers any other step.
 		a.drain(ctx, m)
 	}
 }
@@ -327,7 +319,7 @@ func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
 	}
 	a.draining = true
 	p, e, sender, sys, self := a.pipe, a.enricher, ctx.Sender(), ctx.ActorSystem(), ctx.Self()
-	endpoint, bound := a.endpoint, a.cfg.StepTimeout*8/10
+	endpoint, bound := a.endpoint, m.Left()*8/10 // the rest for the answer's way back
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), bound)
 		defer cancel()

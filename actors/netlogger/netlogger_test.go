@@ -110,17 +110,17 @@ func newFixture(t *testing.T, ebpfKnows bool) *fixture {
 			}
 			return "", 0, os.ErrNotExist
 		},
-		StepTimeout: 5 * time.Second,
-		OpenSource:  func() (netlog.Source, error) { return f.src, nil },
-		Tune:        func(c *netlog.Config) { c.ExportInterval = 50 * time.Millisecond },
-		Log:         zap.New(core),
+		OpenSource: func() (netlog.Source, error) { return f.src, nil },
+		Tune:       func(c *netlog.Config) { c.ExportInterval = 50 * time.Millisecond },
+		Log:        zap.New(core),
 	}
 	return f
 }
 
 func (f *fixture) spawn(t *testing.T) *actor.PID {
 	t.Helper()
-	pid, err := f.sys.Root.SpawnNamed(actor.PropsFromProducer(netlogger.New(f.cfg)), "netlogger")
+	// As the root spawns it: the middleware answers the steps it does not own.
+	pid, err := f.sys.Root.SpawnNamed(supervise.NewTree().SpecProps(netlogger.Spec(f.cfg), supervise.Intensity{Max: 1, Window: time.Minute}), "netlogger")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -248,7 +248,7 @@ func TestDrainStepExportsEverythingRead(t *testing.T) {
 		ev.Pid = uint32(i)
 		f.put(ev)
 	}
-	res, err := f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: supervise.StepNetloggerStop}, 6*time.Second).Result()
+	res, err := f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: cpapi.StepNetloggerStop, Deadline: time.Now().Add(5 * time.Second)}, 6*time.Second).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,11 +260,11 @@ func TestDrainStepExportsEverythingRead(t *testing.T) {
 		t.Fatalf("receiver has %d of %d", c, n)
 	}
 	// A second drain has nothing left.
-	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: supervise.StepNetloggerStop}, time.Second).Result()
+	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: cpapi.StepNetloggerStop}, time.Second).Result()
 	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeNothing {
 		t.Fatalf("second drain %+v", d)
 	}
-	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: supervise.StepEBPFFlush}, time.Second).Result()
+	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: cpapi.StepEBPFFlush}, time.Second).Result()
 	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeFailed {
 		t.Fatalf("foreign step %+v", d)
 	}
@@ -278,7 +278,7 @@ func TestOffAndMisconfiguredDoNotGetInTheWay(t *testing.T) {
 	if st := res.(*netlogger.Stats); st.Enabled {
 		t.Fatalf("stats %+v", st)
 	}
-	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: supervise.StepNetloggerStop}, time.Second).Result()
+	res, _ = f.sys.Root.RequestFuture(pid, &supervise.DrainStep{Step: cpapi.StepNetloggerStop}, time.Second).Result()
 	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeNothing || !strings.Contains(d.Detail, "monitoring.otlp_endpoint") {
 		t.Fatalf("drain %+v", d)
 	}

@@ -187,8 +187,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 	case *GetState:
 		ctx.Respond(a.snapshot())
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 

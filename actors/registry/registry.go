@@ -141,8 +141,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 	case *flushTick:
 		a.flush()
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 

@@ -39,19 +39,7 @@ const (
 )
 
 // Name is the root actor's PID id; every other actor's path starts with it.
-const Name = "clawker-cp"
-
-// Child is one subsystem actor the root starts, in the order given.
-type Child struct {
-	Name  string
-	Props func() *actor.Props
-}
-
-// Step is one step of the ordered drain and the child that owns it.
-type Step struct {
-	Name   string
-	Target string
-}
+const Name = cpapi.RootName
 
 // Config wires the root.
 type Config struct {
@@ -60,16 +48,20 @@ type Config struct {
 	Intensity    supervise.Intensity
 	StartTimeout time.Duration
 	StepTimeout  time.Duration
-	Children     []Child
-	Steps        []Step
+	// Children are started in this order, each spawned from its spec
+	// (Tree.SpecProps: it sees only the drain steps it owns).
+	Children []supervise.Spec
+	// Steps is the ordered drain (cpapi.DrainSteps in the CP); each step
+	// goes to the child its Owner names, with a deadline StepTimeout away.
+	Steps []cpapi.DrainStep
 	// HoldReady delays the ready declaration after every child started, so
 	// tests can watch /healthz answer 503 first. Zero in production.
 	HoldReady time.Duration
 	// OnReady runs inside the root's context once every child reported
 	// Ready; the wiring uses it to register probes and open /healthz.
 	OnReady func(ctx actor.Context, children map[string]*actor.PID)
-	// OnRestarted runs when a child reports Ready again after ready, so state
-	// that others keep in it (the health probes) can be handed back.
+	// OnRestarted runs when a child reports Ready again after ready, after
+	// the messages its siblings' specs ask for (Spec.AfterRestart) went out.
 	OnRestarted func(ctx actor.Context, name string, children map[string]*actor.PID)
 	// OnDraining runs when the drain starts (so /healthz can say so).
 	OnDraining func(ctx actor.Context, children map[string]*actor.PID)
@@ -115,7 +107,7 @@ func (k drainKind) String() string {
 
 // liftsEnforcement reports whether a step removes the filters of running
 // agents: such a step runs only in a deliberate drain.
-func liftsEnforcement(step string) bool { return step == supervise.StepEBPFFlush }
+func liftsEnforcement(step string) bool { return step == cpapi.StepEBPFFlush }
 
 type phase int
 
@@ -211,7 +203,7 @@ func (r *Root) startNext(ctx actor.Context) {
 		return
 	}
 	c := r.cfg.Children[r.next]
-	pid, err := ctx.SpawnNamed(c.Props(), c.Name)
+	pid, err := ctx.SpawnNamed(r.cfg.Tree.SpecProps(c, r.cfg.Intensity), c.Name)
 	if err != nil {
 		r.failStartup(ctx, fmt.Errorf("spawning %s: %w", c.Name, err))
 		return
@@ -248,8 +240,8 @@ func (r *Root) onReady(ctx actor.Context, m *supervise.Ready) {
 // logRecovered reports a child that came back after a restart. One that came
 // back broken degrades its subsystem; the CP keeps running.
 func (r *Root) logRecovered(ctx actor.Context, m *supervise.Ready) {
-	if r.phase == phaseReady && r.cfg.OnRestarted != nil {
-		r.cfg.OnRestarted(ctx, m.Name, r.pids)
+	if r.phase == phaseReady {
+		r.afterRestart(ctx, m.Name)
 	}
 	if m.Err != nil {
 		r.log.Error("subsystem unavailable after restart", zap.String("event", m.Name+"_unavailable"),
@@ -257,6 +249,21 @@ func (r *Root) logRecovered(ctx actor.Context, m *supervise.Ready) {
 		return
 	}
 	r.log.Info("subsystem restarted", zap.String("event", "subsystem_restarted"), zap.String("subsystem", m.Name))
+}
+
+// afterRestart gives a child that is back after a restart what its
+// siblings' specs hand back (Spec.AfterRestart), then runs OnRestarted.
+func (r *Root) afterRestart(ctx actor.Context, name string) {
+	for _, c := range r.cfg.Children {
+		for _, msg := range c.AfterRestart[name] {
+			if pid := r.pids[c.Name]; pid != nil {
+				ctx.Send(pid, msg)
+			}
+		}
+	}
+	if r.cfg.OnRestarted != nil {
+		r.cfg.OnRestarted(ctx, name, r.pids)
+	}
 }
 
 func (r *Root) becomeReady(ctx actor.Context) {
@@ -367,7 +374,7 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 	begin := time.Now()
 	logStep := func(outcome, detail string) {
 		fields := []zap.Field{zap.String("event", "drain_step"), zap.String("step", step.Name), zap.Int("index", i+1),
-			zap.String("owner", step.Target), zap.String("outcome", outcome),
+			zap.String("owner", step.Owner), zap.String("outcome", outcome),
 			zap.Float64("duration_ms", cpapi.Millis(time.Since(begin)))}
 		if detail != "" {
 			fields = append(fields, zap.String("detail", detail))
@@ -383,13 +390,13 @@ func (r *Root) runStep(ctx actor.Context, i int) {
 		r.runStep(ctx, i+1)
 		return
 	}
-	pid, ok := r.pids[step.Target]
+	pid, ok := r.pids[step.Owner]
 	if !ok {
-		logStep(supervise.OutcomeFailed, "no actor named "+step.Target)
+		logStep(supervise.OutcomeFailed, "no actor named "+step.Owner)
 		r.runStep(ctx, i+1)
 		return
 	}
-	request.Reenter(ctx, pid, &supervise.DrainStep{Step: step.Name}, r.cfg.StepTimeout, func(d *supervise.StepDone, err error) {
+	request.Reenter(ctx, pid, &supervise.DrainStep{Step: step.Name, Deadline: begin.Add(r.cfg.StepTimeout)}, r.cfg.StepTimeout, func(d *supervise.StepDone, err error) {
 		switch {
 		case errors.Is(err, actor.ErrTimeout):
 			logStep(supervise.OutcomeTimeout, fmt.Sprintf("no answer within %s", r.cfg.StepTimeout))

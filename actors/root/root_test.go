@@ -184,14 +184,13 @@ func newHarness(t testing.TB, tweak func(*root.Config), children ...childSpec) *
 		ready: make(chan map[string]*actor.PID, 1),
 	}
 	in := supervise.Intensity{Max: 2, Window: time.Minute}
-	var kids []root.Child
-	var steps []root.Step
+	var kids []supervise.Spec
+	var steps []cpapi.DrainStep
 	for _, c := range children {
 		c.ev = h.ev
 		c.incarnations = &atomic.Int32{}
-		c := c
-		kids = append(kids, root.Child{Name: c.name, Props: func() *actor.Props { return h.tree.Props(c.producer(), in) }})
-		steps = append(steps, root.Step{Name: "step_" + c.name, Target: c.name})
+		kids = append(kids, supervise.Spec{Name: c.name, Producer: c.producer()})
+		steps = append(steps, cpapi.DrainStep{Name: "step_" + c.name, Owner: c.name})
 	}
 	cfg := root.Config{
 		Log:          zap.New(core),
@@ -230,6 +229,15 @@ func newHarness(t testing.TB, tweak func(*root.Config), children ...childSpec) *
 	}
 	if tweak != nil {
 		tweak(&cfg)
+	}
+	// Each fake owns the steps the (tweaked) table gives it, as a real
+	// owner's spec declares them.
+	for i, k := range cfg.Children {
+		for _, s := range cfg.Steps {
+			if s.Owner == k.Name {
+				cfg.Children[i].Steps = append(cfg.Children[i].Steps, s.Name)
+			}
+		}
 	}
 	pid, err := h.sys.Root.SpawnNamed(h.tree.Props(root.New(cfg), in), root.Name)
 	if err != nil {
@@ -455,11 +463,11 @@ func TestDrainRunsStepsInOrderOneAtATime(t *testing.T) {
 	delay := 40 * time.Millisecond
 	h := newHarness(t, func(c *root.Config) {
 		// Owners are visited out of spawn order, and alpha twice.
-		c.Steps = []root.Step{
-			{Name: "one", Target: "alpha"},
-			{Name: "two", Target: "charlie"},
-			{Name: "three", Target: "bravo"},
-			{Name: "four", Target: "alpha"},
+		c.Steps = []cpapi.DrainStep{
+			{Name: "one", Owner: "alpha"},
+			{Name: "two", Owner: "charlie"},
+			{Name: "three", Owner: "bravo"},
+			{Name: "four", Owner: "alpha"},
 		}
 	},
 		childSpec{name: "alpha", stepDelay: delay},
@@ -531,15 +539,15 @@ func TestDrainStepTimeoutContinuesChain(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, func(c *root.Config) {
 		c.StepTimeout = 100 * time.Millisecond
-		c.Steps = []root.Step{
-			{Name: supervise.StepFirewallQueueClose, Target: "alpha"},
-			{Name: supervise.StepGRPCStop, Target: "bravo"},
-			{Name: supervise.StepNetloggerStop, Target: "ghost"},
-			{Name: supervise.StepEBPFFlush, Target: "charlie"},
+		c.Steps = []cpapi.DrainStep{
+			{Name: cpapi.StepFirewallQueueClose, Owner: "alpha"},
+			{Name: cpapi.StepGRPCStop, Owner: "bravo"},
+			{Name: cpapi.StepNetloggerStop, Owner: "ghost"},
+			{Name: cpapi.StepEBPFFlush, Owner: "charlie"},
 		}
 	},
 		childSpec{name: "alpha"},
-		childSpec{name: "bravo", silent: map[string]bool{supervise.StepGRPCStop: true}},
+		childSpec{name: "bravo", silent: map[string]bool{cpapi.StepGRPCStop: true}},
 		childSpec{name: "charlie"},
 	)
 	h.waitReady()
@@ -567,7 +575,7 @@ func TestDrainStepTimeoutContinuesChain(t *testing.T) {
 	if steps[2].detail != "no actor named ghost" {
 		t.Errorf("ownerless step: %+v", steps[2])
 	}
-	if !h.ev.has("step-begin:" + supervise.StepEBPFFlush) {
+	if !h.ev.has("step-begin:" + cpapi.StepEBPFFlush) {
 		t.Error("the eBPF flush step never reached its owner")
 	}
 	// The timeout and failure entries are warnings, the others info.
@@ -751,9 +759,9 @@ func TestRootPanicAfterReadyDrainsAndExits2(t *testing.T) {
 // flushSteps is a drain whose last step is the real eBPF flush, owned by a
 // fake "ebpf" child that records whether the request reached it.
 func flushSteps(c *root.Config) {
-	c.Steps = []root.Step{
-		{Name: "step_alpha", Target: "alpha"},
-		{Name: supervise.StepEBPFFlush, Target: "ebpf"},
+	c.Steps = []cpapi.DrainStep{
+		{Name: "step_alpha", Owner: "alpha"},
+		{Name: cpapi.StepEBPFFlush, Owner: "ebpf"},
 	}
 }
 
@@ -771,8 +779,8 @@ func TestDeliberateDrainSendsEBPFFlush(t *testing.T) {
 			if code := h.waitExit(); code != root.ExitClean {
 				t.Fatalf("exit code %d, want 0", code)
 			}
-			if !h.ev.has("step-end:" + supervise.StepEBPFFlush) {
-				t.Errorf("the owner never carried out %s; events %v", supervise.StepEBPFFlush, h.ev.all())
+			if !h.ev.has("step-end:" + cpapi.StepEBPFFlush) {
+				t.Errorf("the owner never carried out %s; events %v", cpapi.StepEBPFFlush, h.ev.all())
 			}
 			var got []string
 			for _, s := range h.drainSteps() {
@@ -822,8 +830,8 @@ func TestEscalationDrainKeepsEnforcement(t *testing.T) {
 			if code := h.waitExit(); code != root.ExitEscalated {
 				t.Fatalf("exit code %d, want %d", code, root.ExitEscalated)
 			}
-			if h.ev.has("step-begin:" + supervise.StepEBPFFlush) {
-				t.Errorf("an escalation sent %s to its owner; events %v", supervise.StepEBPFFlush, h.ev.all())
+			if h.ev.has("step-begin:" + cpapi.StepEBPFFlush) {
+				t.Errorf("an escalation sent %s to its owner; events %v", cpapi.StepEBPFFlush, h.ev.all())
 			}
 			// Every other step still runs, and the skipped one is still
 			// logged in its place, so the drain's record stays complete.
@@ -835,7 +843,7 @@ func TestEscalationDrainKeepsEnforcement(t *testing.T) {
 				t.Errorf("first step %+v, want step_alpha done", s)
 			}
 			s := steps[1]
-			if s.step != supervise.StepEBPFFlush || s.outcome != root.OutcomeSkipped || s.owner != "ebpf" || s.index != 2 ||
+			if s.step != cpapi.StepEBPFFlush || s.outcome != root.OutcomeSkipped || s.owner != "ebpf" || s.index != 2 ||
 				!strings.Contains(s.detail, "enforcement stays pinned") {
 				t.Errorf("flush step %+v, want ebpf_flush skipped, detail saying enforcement stays pinned", s)
 			}
@@ -868,7 +876,7 @@ func TestSignalDuringEscalationDoesNotFlush(t *testing.T) {
 	if code := h.waitExit(); code != root.ExitEscalated {
 		t.Fatalf("exit code %d, want %d", code, root.ExitEscalated)
 	}
-	if h.ev.has("step-begin:" + supervise.StepEBPFFlush) {
+	if h.ev.has("step-begin:" + cpapi.StepEBPFFlush) {
 		t.Errorf("the flush reached its owner; events %v", h.ev.all())
 	}
 	if s := h.drainSteps(); len(s) != 2 || s[1].outcome != root.OutcomeSkipped {
@@ -920,8 +928,8 @@ func BenchmarkRequestResponseHop(b *testing.B) {
 // answer at once, then the reverse-order stop of all seven.
 func BenchmarkDrainChain(b *testing.B) {
 	stepNames := []string{
-		supervise.StepFirewallQueueClose, supervise.StepGRPCStop, supervise.StepBypassTimersCancel,
-		supervise.StepStackStop, supervise.StepNetloggerStop, supervise.StepDNSGCStop, supervise.StepEBPFFlush,
+		cpapi.StepFirewallQueueClose, cpapi.StepGRPCStop, cpapi.StepBypassTimersCancel,
+		cpapi.StepStackStop, cpapi.StepNetloggerStop, cpapi.StepDNSGCStop, cpapi.StepEBPFFlush,
 	}
 	b.Run("seven_owners", func(b *testing.B) {
 		b.ReportAllocs()
@@ -931,12 +939,12 @@ func BenchmarkDrainChain(b *testing.B) {
 			tree := supervise.NewTree()
 			in := supervise.Intensity{Max: 5, Window: time.Minute}
 			ev := &events{}
-			var kids []root.Child
-			var steps []root.Step
+			var kids []supervise.Spec
+			var steps []cpapi.DrainStep
 			for j, s := range stepNames {
 				c := childSpec{name: fmt.Sprintf("owner%d", j), ev: ev, incarnations: &atomic.Int32{}}
-				kids = append(kids, root.Child{Name: c.name, Props: func() *actor.Props { return tree.Props(c.producer(), in) }})
-				steps = append(steps, root.Step{Name: s, Target: c.name})
+				kids = append(kids, supervise.Spec{Name: c.name, Producer: c.producer(), Steps: []string{s}})
+				steps = append(steps, cpapi.DrainStep{Name: s, Owner: c.name})
 			}
 			ready := make(chan struct{})
 			exit := make(chan int, 1)

@@ -22,20 +22,30 @@ func ReportReady(ctx actor.Context, err error) {
 	}
 }
 
-// The steps of the ordered drain, in the order the root runs them.
-const (
-	StepFirewallQueueClose = "firewall_queue_close"
-	StepGRPCStop           = "grpc_stop"
-	StepBypassTimersCancel = "bypass_timers_cancel"
-	StepStackStop          = "stack_stop"
-	StepNetloggerStop      = "netlogger_stop"
-	StepDNSGCStop          = "dns_gc_stop"
-	StepEBPFFlush          = "ebpf_flush"
-)
+// DrainStep asks the actor that owns Step (one of cpapi.DrainSteps) to
+// carry it out. The actor answers with StepDone once the step is complete
+// (not merely started). Only the owner sees it: the middleware of Tree
+// answers a step the actor does not own (see Spec.Steps).
+type DrainStep struct {
+	Step string
+	// Deadline is when the sender stops waiting for the answer (the root
+	// then logs the step as timed out and goes on). An owner that bounds
+	// its own work bounds it by Left.
+	Deadline time.Time
+}
 
-// DrainStep asks the actor that owns Step to carry it out. The actor answers
-// with StepDone once the step is complete (not merely started).
-type DrainStep struct{ Step string }
+// DefaultStepTimeout bounds a DrainStep sent without a Deadline: the
+// default of control_plane.supervisor.drain_step_timeout.
+const DefaultStepTimeout = 10 * time.Second
+
+// Left is the time until the step's deadline (DefaultStepTimeout from now
+// without one), never negative.
+func (m *DrainStep) Left() time.Duration {
+	if m.Deadline.IsZero() {
+		return DefaultStepTimeout
+	}
+	return max(time.Until(m.Deadline), 0)
+}
 
 // Outcomes of a drain step.
 const (

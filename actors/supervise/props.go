@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -20,10 +21,21 @@ type Intensity struct {
 
 // Props builds the props of an actor that shows up in the tree: its mailbox is
 // counted, its lifecycle followed, Ping and Fault handled, and its own
-// children are supervised one-for-one within the given intensity. Call it once
-// per spawn: the props carry that one actor's counters.
+// children are supervised one-for-one within the given intensity. The actor
+// owns no drain step: the middleware answers every DrainStep for it. Call it
+// once per spawn: the props carry that one actor's counters.
 func (t *Tree) Props(producer actor.Producer, in Intensity, opts ...actor.PropsOption) *actor.Props {
-	n := &node{state: cpapi.ActorStarting}
+	return t.props(producer, in, nil, opts)
+}
+
+// SpecProps builds the props of s's actor, as Props does; the actor sees
+// the drain steps s.Steps names and no other.
+func (t *Tree) SpecProps(s Spec, in Intensity, opts ...actor.PropsOption) *actor.Props {
+	return t.props(s.Producer, in, s.Steps, opts)
+}
+
+func (t *Tree) props(producer actor.Producer, in Intensity, steps []string, opts []actor.PropsOption) *actor.Props {
+	n := &node{state: cpapi.ActorStarting, steps: steps}
 	// The sibling order is taken here, at spawn time: actors process
 	// Started on their own goroutines, in no fixed order.
 	t.mu.Lock()
@@ -61,6 +73,12 @@ func (t *Tree) middleware(n *node) actor.ReceiverMiddleware {
 				if env.Sender != nil {
 					c.ActorSystem().Root.Send(env.Sender, &Pong{})
 				}
+			case *DrainStep:
+				if !slices.Contains(n.steps, m.Step) {
+					notOwned(c, env.Sender, m)
+					return
+				}
+				t.invoke(n, next, c, env)
 			case *Fault:
 				// Through invoke, so an injected panic is counted and logged
 				// like any other.

@@ -534,19 +534,28 @@ func mustSnap(t *testing.T, tree *supervise.Tree, path string) cpapi.ActorNode {
 func TestReportReadyAndSteps(t *testing.T) {
 	t.Parallel()
 	sys := actortest.System(t)
+	tree := supervise.NewTree()
 	got := make(chan any, 4)
 	type start struct{}
+	// The worker owns netlogger_stop only: the middleware answers every
+	// other step without the worker seeing it.
+	worker := supervise.Spec{Name: "worker", Steps: []string{cpapi.StepNetloggerStop}, Producer: func() actor.Actor {
+		return actor.ReceiveFunc(func(c actor.Context) {
+			switch d := c.Message().(type) {
+			case *actor.Started:
+				supervise.ReportReady(c, fmt.Errorf("no socket"))
+			case *supervise.DrainStep:
+				if d.Step != cpapi.StepNetloggerStop {
+					t.Errorf("the worker saw %s, a step it does not own", d.Step)
+				}
+				supervise.AnswerStep(c, d.Step, supervise.OutcomeDone, "worker did it")
+			}
+		})
+	}}
 	parentProps := actor.PropsFromFunc(func(ctx actor.Context) {
 		switch m := ctx.Message().(type) {
 		case *start:
-			_, _ = ctx.SpawnNamed(actor.PropsFromFunc(func(c actor.Context) {
-				switch d := c.Message().(type) {
-				case *actor.Started:
-					supervise.ReportReady(c, fmt.Errorf("no socket"))
-				case *supervise.DrainStep:
-					supervise.RefuseStep(c, d)
-				}
-			}), "worker")
+			_, _ = ctx.SpawnNamed(tree.SpecProps(worker, supervise.Intensity{Max: 1, Window: time.Minute}), worker.Name)
 		case *supervise.Ready:
 			got <- m
 		}
@@ -566,13 +575,20 @@ func TestReportReadyAndSteps(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no Ready reached the parent")
 	}
-	res, err := request(t, sys, actor.NewPID(sys.Address(), "boss/worker"), &supervise.DrainStep{Step: supervise.StepEBPFFlush}, 2*time.Second)
+	res, err := request(t, sys, actor.NewPID(sys.Address(), "boss/worker"), &supervise.DrainStep{Step: cpapi.StepEBPFFlush}, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := res.(*supervise.StepDone)
-	if d.Step != supervise.StepEBPFFlush || d.Outcome != supervise.OutcomeFailed || d.Detail != "boss/worker does not own drain step ebpf_flush" {
-		t.Errorf("RefuseStep answered %+v", d)
+	if d.Step != cpapi.StepEBPFFlush || d.Outcome != supervise.OutcomeFailed || d.Detail != "boss/worker does not own drain step ebpf_flush" {
+		t.Errorf("the middleware answered %+v", d)
+	}
+	res, err = request(t, sys, actor.NewPID(sys.Address(), "boss/worker"), &supervise.DrainStep{Step: cpapi.StepNetloggerStop}, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := res.(*supervise.StepDone); d.Outcome != supervise.OutcomeDone || d.Detail != "worker did it" {
+		t.Errorf("the owned step answered %+v", d)
 	}
 
 	// ReportReady of a top-level actor (no parent) is a no-op, not a crash.

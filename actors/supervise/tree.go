@@ -38,7 +38,8 @@ type node struct {
 	name     string
 	pid      *actor.PID
 	parentID string
-	seq      uint64 // registration order, so children list in spawn order
+	seq      uint64   // registration order, so children list in spawn order
+	steps    []string // the drain steps the actor owns (fixed at spawn)
 
 	// Guarded by Tree.mu.
 	state     cpapi.ActorState

@@ -109,8 +109,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.poll(ctx)
 	case *polled:
 		a.onPolled(ctx, m)
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 

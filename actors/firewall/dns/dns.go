@@ -27,6 +27,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
 
@@ -124,17 +125,15 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.gc(ctx)
 	case *supervise.DrainStep:
 		switch m.Step {
-		case supervise.StepStackStop:
+		case cpapi.StepStackStop:
 			a.owner.StopStep(ctx, m, "no DNS container running")
-		case supervise.StepDNSGCStop:
+		case cpapi.StepDNSGCStop:
 			if a.cancelGC == nil {
 				supervise.AnswerStep(ctx, m.Step, supervise.OutcomeNothing, "no DNS cache GC running")
 				return
 			}
 			a.stopGC()
 			supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, fmt.Sprintf("DNS identity GC stopped (%d addresses known)", len(a.table)))
-		default:
-			supervise.RefuseStep(ctx, m)
 		}
 	default:
 		a.owner.Receive(ctx)
@@ -259,4 +258,10 @@ func (a *Actor) snapshot() *Identities {
 		out.Entries[ip] = IdentityEntry{Kernel: e.kernel, Rules: rules}
 	}
 	return out
+}
+
+// Spec is how the firewall spawns the DNS member; it does the DNS side of
+// stack_stop and dns_gc_stop.
+func Spec(cfg Config) supervise.Spec {
+	return supervise.Spec{Name: cpapi.MemberDNS, Producer: New(cfg), Steps: []string{cpapi.StepStackStop, cpapi.StepDNSGCStop}}
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/clawker/clawker-cp/actors/firewall/stack"
 	"github.com/clawker/clawker-cp/actors/supervise"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 )
 
 // Actor is the egress proxy's owner.
@@ -23,13 +24,15 @@ func New(cfg stack.Member) actor.Producer {
 
 // Receive handles the actor's messages.
 func (a *Actor) Receive(ctx actor.Context) {
-	if m, ok := ctx.Message().(*supervise.DrainStep); ok {
-		if m.Step != supervise.StepStackStop {
-			supervise.RefuseStep(ctx, m)
-			return
-		}
+	if m, ok := ctx.Message().(*supervise.DrainStep); ok { // stack_stop, its only one
 		a.owner.StopStep(ctx, m, "no proxy container running")
 		return
 	}
 	a.owner.Receive(ctx)
+}
+
+// Spec is how the firewall spawns the proxy member; it does the proxy side
+// of stack_stop.
+func Spec(cfg stack.Member) supervise.Spec {
+	return supervise.Spec{Name: cpapi.MemberProxy, Producer: New(cfg), Steps: []string{cpapi.StepStackStop}}
 }

@@ -156,8 +156,6 @@ func (a *Actor) Receive(ctx actor.Context) {
 			delete(a.waiting, name)
 			a.spawn(ctx, w.open, w.sender)
 		}
-	case *supervise.DrainStep:
-		supervise.RefuseStep(ctx, m)
 	}
 }
 
