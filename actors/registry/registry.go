@@ -1,17 +1,21 @@
 // Package registry is the sole writer of the agent identity registry, a
-// sqlite file (pkg/agentdb). Database calls run off the mailbox, in a
-// goroutine that answers the requester directly, so a slow fsync never
-// stalls the actor; last_seen updates are batched in memory and written in
-// one transaction per flush interval rather than one per heartbeat.
+// sqlite file (pkg/agentdb). Opening the file and every database call run
+// off the mailbox, in a goroutine that reports back or answers the
+// requester directly, so a slow open (a lock held, a migration) or fsync
+// never stalls the actor; last_seen updates are batched in memory and
+// written in one transaction per flush interval rather than one per
+// heartbeat.
 package registry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/scheduler"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
@@ -79,7 +83,8 @@ type DeleteResult struct {
 }
 
 // CheckHealth asks whether the database answers; the answer is an error
-// value (nil when healthy) wrapped in *HealthResult.
+// value (nil when healthy) wrapped in *HealthResult, ErrOpening at once
+// while the file is still being opened.
 type CheckHealth struct{}
 
 // HealthResult answers CheckHealth.
@@ -87,14 +92,40 @@ type HealthResult struct{ Err error }
 
 type flushTick struct{}
 
+// ErrOpening answers CheckHealth while the file is being opened.
+var ErrOpening = errors.New("registry: the database is still being opened")
+
+// openTimeout bounds opening the file, migrations included.
+const openTimeout = 30 * time.Second
+
+// opening is one open of the file in flight, off the mailbox. If the actor
+// stops or restarts meanwhile, whichever of it and the goroutine comes
+// last closes the file.
+type opening struct {
+	mu        sync.Mutex
+	db        *agentdb.DB
+	abandoned bool
+	cancel    context.CancelFunc
+}
+
+// opened reports an opening's outcome.
+type opened struct {
+	o   *opening
+	err error
+}
+
 // Actor owns the database handle.
 type Actor struct {
-	cfg      Config
-	db       *agentdb.DB
-	pending  map[string]time.Time
-	ticker   *time.Ticker
-	stop     chan struct{}
-	inflight sync.WaitGroup
+	cfg     Config
+	db      *agentdb.DB
+	pending map[string]time.Time
+	// stopTicks cancels the flush timer (protoactor's scheduler).
+	stopTicks scheduler.CancelFunc
+	inflight  sync.WaitGroup
+	opening   *opening // the open in flight, nil once it reported
+	// held are the requests that came while the file was being opened,
+	// run once it is open.
+	held []func()
 }
 
 // New returns a producer of fresh registry actors.
@@ -106,7 +137,9 @@ func New(cfg Config) actor.Producer {
 func (a *Actor) Receive(ctx actor.Context) {
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
-		supervise.ReportReady(ctx, a.open(ctx))
+		a.open(ctx)
+	case *opened:
+		a.onOpened(ctx, m)
 	case *actor.Stopping, *actor.Restarting:
 		a.close()
 	case *Register:
@@ -134,6 +167,10 @@ func (a *Actor) Receive(ctx actor.Context) {
 			return &DeleteResult{Removed: n, Err: err}
 		})
 	case *CheckHealth:
+		if a.opening != nil {
+			ctx.Respond(&HealthResult{Err: ErrOpening})
+			return
+		}
 		a.async(ctx, func(c context.Context) any { return &HealthResult{Err: a.db.Ping(c)} })
 	case *Seen:
 		if m.At.After(a.pending[m.Key]) {
@@ -144,37 +181,66 @@ func (a *Actor) Receive(ctx actor.Context) {
 	}
 }
 
-func (a *Actor) open(ctx actor.Context) error {
-	c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	db, err := agentdb.Open(c, a.cfg.Path)
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	a.db = db
-	a.ticker = time.NewTicker(a.cfg.FlushInterval)
-	a.stop = make(chan struct{})
-	self, sys, tick, stop := ctx.Self(), ctx.ActorSystem(), a.ticker.C, a.stop
+// open opens the file in a goroutine that reports back (opened); the actor
+// reports Ready then.
+func (a *Actor) open(ctx actor.Context) {
+	run, cancel := context.WithTimeout(context.Background(), openTimeout)
+	o := &opening{cancel: cancel}
+	a.opening = o
+	self, sys, path := ctx.Self(), ctx.ActorSystem(), a.cfg.Path
 	go func() {
-		for {
-			select {
-			case <-tick:
-				sys.Root.Send(self, &flushTick{})
-			case <-stop:
-				return
+		defer cancel()
+		db, err := agentdb.Open(run, path)
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		if o.abandoned {
+			if db != nil {
+				_ = db.Close()
 			}
+			return
 		}
+		o.db = db
+		sys.Root.Send(self, &opened{o: o, err: err})
 	}()
-	a.cfg.Log.Info("registry open", zap.String("event", "registry_open"), zap.String("path", db.Path()))
-	return nil
+}
+
+func (a *Actor) onOpened(ctx actor.Context, m *opened) {
+	if m.o != a.opening {
+		return // an earlier incarnation's: its close closed the file
+	}
+	a.opening = nil
+	held := a.held
+	a.held = nil
+	if m.err != nil {
+		// The held requests go unanswered, as every later one: their
+		// requesters' timeouts report it.
+		supervise.ReportReady(ctx, fmt.Errorf("registry: %w", m.err))
+		return
+	}
+	a.db = m.o.db
+	every := a.cfg.FlushInterval
+	a.stopTicks = scheduler.NewTimerScheduler(ctx.ActorSystem().Root).SendRepeatedly(every, every, ctx.Self(), &flushTick{})
+	a.cfg.Log.Info("registry open", zap.String("event", "registry_open"), zap.String("path", a.db.Path()))
+	supervise.ReportReady(ctx, nil)
+	for _, req := range held {
+		req()
+	}
 }
 
 // async runs op off the mailbox and sends its result to the requester.
 func (a *Actor) async(ctx actor.Context, op func(context.Context) any) {
 	sender, sys := ctx.Sender(), ctx.ActorSystem()
+	if a.opening != nil {
+		a.held = append(a.held, func() { a.runOp(sys, sender, op) })
+		return
+	}
 	if a.db == nil {
 		return // not open: the requester's timeout reports it
 	}
+	a.runOp(sys, sender, op)
+}
+
+func (a *Actor) runOp(sys *actor.ActorSystem, sender *actor.PID, op func(context.Context) any) {
 	a.inflight.Add(1)
 	go func() {
 		defer a.inflight.Done()
@@ -208,11 +274,22 @@ func (a *Actor) flush() {
 // close flushes what is pending, waits for in-flight calls and closes the
 // file. Each call is bounded by OpTimeout, so this is bounded too.
 func (a *Actor) close() {
+	if o := a.opening; o != nil {
+		a.opening = nil
+		o.mu.Lock()
+		o.abandoned = true
+		if o.db != nil {
+			_ = o.db.Close()
+			o.db = nil
+		}
+		o.mu.Unlock()
+		o.cancel()
+	}
 	if a.db == nil {
 		return
 	}
-	close(a.stop)
-	a.ticker.Stop()
+	a.stopTicks()
+	a.stopTicks = nil
 	a.flush()
 	a.inflight.Wait()
 	if err := a.db.Close(); err != nil {
