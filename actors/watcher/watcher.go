@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/scheduler"
 	"github.com/moby/moby/client"
 	"go.uber.org/zap"
 
@@ -67,9 +68,10 @@ type Actor struct {
 	docker  Docker
 	owned   *client.Client
 	started time.Time
-	ticker  *time.Ticker
-	run     context.Context // cancelled when the actor stops
-	cancel  context.CancelFunc
+	// stopTicks cancels the poll timer (protoactor's scheduler).
+	stopTicks scheduler.CancelFunc
+	run       context.Context // cancelled when the actor stops
+	cancel    context.CancelFunc
 
 	polling bool // a poll is in flight; a tick meanwhile is skipped
 	polls   int  // completed polls
@@ -137,29 +139,19 @@ func (a *Actor) start(ctx actor.Context) {
 		}
 		a.owned, a.docker = c, c
 	}
-	a.ticker = time.NewTicker(a.cfg.PollInterval)
 	a.run, a.cancel = context.WithCancel(context.Background())
-	sys, self, tc, done := ctx.ActorSystem(), ctx.Self(), a.ticker.C, a.run.Done()
-	go func() {
-		for {
-			select {
-			case <-tc:
-				sys.Root.Send(self, &tick{})
-			case <-done:
-				return
-			}
-		}
-	}()
+	every := a.cfg.PollInterval
+	a.stopTicks = scheduler.NewTimerScheduler(ctx.ActorSystem().Root).SendRepeatedly(every, every, ctx.Self(), &tick{})
 	a.cfg.Log.Info("watching for agents", zap.String("event", "watcher_started"),
 		zap.Duration("poll_interval", a.cfg.PollInterval), zap.Duration("grace", a.cfg.Grace),
 		zap.Int("zero_streak", a.cfg.ZeroStreak), zap.Time("cp_started", a.started))
 }
 
 func (a *Actor) stop() {
-	if a.ticker != nil {
-		a.ticker.Stop()
+	if a.stopTicks != nil {
+		a.stopTicks()
 		a.cancel()
-		a.ticker = nil
+		a.stopTicks = nil
 	}
 	if a.owned != nil {
 		_ = a.owned.Close()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/scheduler"
 	"go.uber.org/zap"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -24,8 +25,8 @@ type session struct {
 	lastHeard time.Time
 	nextID    int
 	pending   map[string]*inflight
-	stopTick  chan struct{}
-	ended     bool // the stream was ended (by us or by the agent)
+	stopTick  scheduler.CancelFunc // the heartbeat timer (protoactor's scheduler)
+	ended     bool                 // the stream was ended (by us or by the agent)
 	broken    bool
 }
 
@@ -89,20 +90,8 @@ func (s *session) start(ctx actor.Context) {
 	s.log.Info("session connected", zap.String("event", "session_connected"))
 	// The first message tells clawkerd its Session was accepted.
 	s.send(ctx, &agentv1.ControlMessage{Msg: &agentv1.ControlMessage_Heartbeat{Heartbeat: &agentv1.Heartbeat{SentAt: timestamppb.Now()}}})
-	s.stopTick = make(chan struct{})
-	self, sys, stop, every := ctx.Self(), ctx.ActorSystem(), s.stopTick, s.cfg.Heartbeat
-	go func() {
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-t.C:
-				sys.Root.Send(self, &heartbeatTick{})
-			case <-stop:
-				return
-			}
-		}
-	}()
+	every := s.cfg.Heartbeat
+	s.stopTick = scheduler.NewTimerScheduler(ctx.ActorSystem().Root).SendRepeatedly(every, every, ctx.Self(), &heartbeatTick{})
 }
 
 func (s *session) heartbeat(ctx actor.Context) {
@@ -191,7 +180,7 @@ func (s *session) end(cause error) {
 
 func (s *session) stopping(ctx actor.Context) {
 	if s.stopTick != nil {
-		close(s.stopTick)
+		s.stopTick()
 		s.stopTick = nil
 	}
 	s.end(ErrShuttingDown)
