@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -25,6 +26,37 @@ type memberConfig struct {
 	stopGrace    time.Duration
 	output       io.Writer
 	log          *zap.Logger
+	// last is shared by the member's incarnations: the stop of the
+	// previous process, which a restarted member waits out (off its
+	// mailbox) before it starts the next one on the same ports.
+	last *lastStop
+}
+
+// lastStop is the stop of a member's latest process.
+type lastStop struct {
+	mu   sync.Mutex
+	done chan struct{} // closed once the process is gone; nil: none
+}
+
+func (l *lastStop) set(done chan struct{}) {
+	l.mu.Lock()
+	l.done = done
+	l.mu.Unlock()
+}
+
+// pending is the stop still in flight, or nil.
+func (l *lastStop) pending() chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done == nil {
+		return nil
+	}
+	select {
+	case <-l.done:
+		return nil
+	default:
+		return l.done
+	}
 }
 
 // member owns one Ory server process: hydra, kratos or oathkeeper. At
@@ -32,6 +64,12 @@ type memberConfig struct {
 // for it off the mailbox and reports Ready. After Ready, an exit it did not
 // ask for is a failure: the actor panics and its supervisor (the auth
 // actor's strategy) restarts it, which starts a fresh process.
+//
+// Stopping a process (SIGTERM, SIGKILL after the grace) runs off the
+// mailbox, but for the member's own final stop, which waits for it so that
+// no server outlives the control plane. A restarted member waits for the
+// previous process to be gone, off the mailbox too, before it starts the
+// next.
 type member struct {
 	cfg      memberConfig
 	spec     ory.Spec
@@ -59,16 +97,37 @@ type processExited struct {
 // server is unusable): the supervisor restarts it and counts the restart.
 type failMember struct{ reason string }
 
+// previousGone says the previous incarnation's process is gone.
+type previousGone struct{}
+
 func newMember(cfg memberConfig) actor.Producer {
+	if cfg.last == nil {
+		cfg.last = &lastStop{}
+	}
 	return func() actor.Actor { return &member{cfg: cfg} }
 }
 
 func (m *member) Receive(ctx actor.Context) {
 	switch msg := ctx.Message().(type) {
 	case *actor.Started:
+		if done := m.cfg.last.pending(); done != nil {
+			self, sys := ctx.Self(), ctx.ActorSystem()
+			go func() {
+				<-done
+				sys.Root.Send(self, &previousGone{})
+			}()
+			return
+		}
 		m.start(ctx)
-	case *actor.Stopping, *actor.Restarting:
-		m.stop()
+	case *previousGone:
+		m.start(ctx)
+	case *actor.Stopping:
+		// The last thing this actor does: the server must not outlive it.
+		if done := m.stop(); done != nil {
+			<-done
+		}
+	case *actor.Restarting:
+		m.stop() // the next incarnation waits for it
 	case *processReady:
 		m.onReady(ctx, msg)
 	case *processExited:
@@ -185,24 +244,34 @@ func userOf(u *ory.User) fmt.Stringer {
 }
 
 // stop ends the process (SIGTERM, SIGKILL after the grace) and removes its
-// configuration files. Idempotent.
-func (m *member) stop() {
+// configuration files, in a goroutine; the channel it returns is closed
+// once the process is gone (nil: no process). Idempotent.
+func (m *member) stop() chan struct{} {
 	if m.cancel != nil {
 		m.cancel()
 		m.cancel = nil
 	}
 	if m.proc == nil {
-		return
+		return nil
+	}
+	if m.stopping {
+		return m.cfg.last.pending()
 	}
 	m.stopping = true
-	proc := m.proc
-	begin := time.Now()
-	_, already := proc.ExitStatus()
-	e := proc.Stop(m.cfg.stopGrace)
-	m.spec.Files.Remove()
-	if !already {
-		m.cfg.log.Info("Ory server stopped", zap.String("event", "ory_process_stopped"), zap.String("server", m.cfg.name),
-			zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal),
-			zap.Float64("stop_ms", cpapi.Millis(time.Since(begin))))
-	}
+	proc, files, grace, log, name := m.proc, m.spec.Files, m.cfg.stopGrace, m.cfg.log, m.cfg.name
+	done := make(chan struct{})
+	m.cfg.last.set(done)
+	go func() {
+		defer close(done)
+		begin := time.Now()
+		_, already := proc.ExitStatus()
+		e := proc.Stop(grace)
+		files.Remove()
+		if !already {
+			log.Info("Ory server stopped", zap.String("event", "ory_process_stopped"), zap.String("server", name),
+				zap.Int("pid", e.PID), zap.Int("code", e.Code), zap.String("signal", e.Signal),
+				zap.Float64("stop_ms", cpapi.Millis(time.Since(begin))))
+		}
+	}()
+	return done
 }
