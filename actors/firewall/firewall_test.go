@@ -1,6 +1,7 @@
 package firewall_test
 
 import (
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -271,5 +272,45 @@ func TestDNSRestartDuringStartSpawnsOneProxy(t *testing.T) {
 	}
 	if first.Err != nil {
 		t.Fatalf("a second Ready of dns before the proxy is ready fails start-up: %v", first.Err)
+	}
+}
+
+// TestUnreadableNetworkFailsStartWithTheFix: the agent network is read
+// before the tree starts (firewall.ResolveNetwork); when that failed, the
+// enabled firewall fails its start at once with the reason and the fix,
+// without asking Docker itself.
+func TestUnreadableNetworkFailsStartWithTheFix(t *testing.T) {
+	t.Parallel()
+	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
+		return slog.New(slog.DiscardHandler)
+	}))
+	tree := supervise.NewTree()
+	in := supervise.Intensity{Max: 5, Window: time.Minute}
+	ready := make(chan *supervise.Ready, 4)
+	p := &parent{
+		props: func() *actor.Props {
+			return tree.SpecProps(firewall.Spec(firewall.Config{
+				Enable: true, Tree: tree, Intensity: in,
+				Network: firewall.AgentNetwork{Name: "clawker-net", Err: errors.New("network clawker-net not found")},
+			}), in)
+		},
+		ready: ready,
+	}
+	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "cp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = sys.Root.StopFuture(top).Wait()
+		sys.Shutdown()
+	})
+	select {
+	case m := <-ready:
+		if m.Err == nil || !strings.Contains(m.Err.Error(), "agent network cannot be read (network clawker-net not found)") ||
+			!strings.Contains(m.Err.Error(), "firewall.enable: false") {
+			t.Fatalf("Ready = %+v, want the network's error and the fix", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the firewall never reported Ready")
 	}
 }
