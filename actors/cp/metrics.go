@@ -13,6 +13,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/firewall"
 	"github.com/clawker/clawker-cp/actors/netlogger"
 	"github.com/clawker/clawker-cp/actors/request"
+	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/metrics"
 	"github.com/clawker/clawker-cp/pkg/netlog"
@@ -41,14 +42,14 @@ func newMetrics(sys *actor.ActorSystem, pidOf func(string) *actor.PID, pinDir st
 			return s, err == nil
 		}),
 		metrics.Netlogger(func() (netlog.Stats, bool, bool) {
-			st, err := request.Ask[*netlogger.Stats](context.Background(), request.Target{Sys: sys, PID: pidOf("netlogger"), Timeout: scrapeTimeout}, &netlogger.GetStats{})
+			st, err := request.Ask[*netlogger.Stats](context.Background(), request.Target{Sys: sys, PID: pidOf(cpapi.ActorNetlogger), Timeout: scrapeTimeout}, &netlogger.GetStats{})
 			if err != nil {
 				return netlog.Stats{}, false, false
 			}
 			return st.Stats, st.Enabled, true
 		}),
 		metrics.Firewall(func() (metrics.FirewallView, bool) {
-			st, err := firewall.NewClient(sys, pidOf("firewall"), scrapeTimeout).Status(context.Background())
+			st, err := firewall.NewClient(sys, pidOf(cpapi.ActorFirewall), scrapeTimeout).Status(context.Background())
 			if err != nil {
 				return metrics.FirewallView{}, false
 			}
