@@ -191,17 +191,21 @@ func (a *Actor) Receive(ctx actor.Context) {
 }
 
 // watchDeadLetters turns an event of ours that reached a gone PID into a
-// subscriberGone message. The predicate runs on the sender's goroutine, so
-// it only looks at the message; the actor decides in its own mailbox
-// whether the PID was a subscriber.
+// subscriberGone message. The handler runs on the publisher's goroutine,
+// so it only looks at the message; the actor decides in its own mailbox
+// whether the PID was a subscriber. The filter is in the handler, not a
+// SubscribeWithPredicate: that sets the predicate after the subscription
+// is visible, so a concurrent Publish could run the handler unfiltered on
+// any event (a data race, and with an unchecked assertion a panic in
+// whatever goroutine published).
 func (a *Actor) watchDeadLetters(ctx actor.Context) {
 	sys, self := ctx.ActorSystem(), ctx.Self()
-	a.deadLetters = sys.EventStream.SubscribeWithPredicate(func(evt any) {
-		dl := evt.(*actor.DeadLetterEvent)
-		sys.Root.Send(self, &subscriberGone{pid: dl.PID})
-	}, func(evt any) bool {
+	a.deadLetters = sys.EventStream.Subscribe(func(evt any) {
 		dl, ok := evt.(*actor.DeadLetterEvent)
-		return ok && dl.PID != nil && isBusEvent(dl.Message)
+		if !ok || dl.PID == nil || !isBusEvent(dl.Message) {
+			return
+		}
+		sys.Root.Send(self, &subscriberGone{pid: dl.PID})
 	})
 }
 
