@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/clawker/clawker-cp/actors/cp"
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/clawkercli"
@@ -120,7 +121,8 @@ func TestDebugThroughOathkeeper(t *testing.T) {
 			URL string `yaml:"url"`
 		} `yaml:"upstream"`
 	}
-	b, err := os.ReadFile(filepath.Join(w.paths.CPDir, "ory", ory.OathkeeperRulesFile))
+	runDir := cp.OryRunDir(w.paths.CPDir) // a root CP writes them outside its data dir, for the servers' uid
+	b, err := os.ReadFile(filepath.Join(runDir, ory.OathkeeperRulesFile))
 	if err != nil {
 		t.Fatal(err)
 	}

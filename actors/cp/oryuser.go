@@ -19,3 +19,10 @@ func oryIdentity(cpDir string) (runDir string, user *ory.User) {
 	u := ory.DefaultUser
 	return ory.RunDirFor(cpDir), &u
 }
+
+// OryRunDir is where a control plane on cpDir writes the Ory servers'
+// configuration and rules (outside cpDir when it runs as root).
+func OryRunDir(cpDir string) string {
+	d, _ := oryIdentity(cpDir)
+	return d
+}
