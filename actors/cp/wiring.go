@@ -196,8 +196,11 @@ func (w *wiring) pinDir() string {
 
 func (w *wiring) ebpf() ebpf.Config {
 	c := ebpf.Production(w.s.Firewall.Enable, w.pinDir(), w.opts.NoMount, w.opts.HostProc, w.logger(cpapi.ActorEBPF))
-	// The BPF events cost something per connect: on only when netlogger reads them.
+	// The BPF events cost something per connect: on only when netlogger
+	// reads them. Without a collector, the refusals alone, for `clawker
+	// firewall denied` (the netlogger reads them into the stack's window).
 	c.Events, c.EventRate = w.s.Monitoring.OTLPEndpoint != "", uint32(w.s.Monitoring.EgressEventsPerSecond)
+	c.EventsDenied = !c.Events && w.stack != nil && w.stack.Denials != nil
 	return c
 }
 
@@ -218,9 +221,17 @@ func (w *wiring) netlogger() netlogger.Config {
 	return netlogger.Config{
 		Monitoring: w.s.Monitoring, AuthDir: w.opts.Paths.CPAuthDir, HostName: hostName,
 		EBPF: w.pid(cpapi.ActorEBPF), Overseer: w.pid(cpapi.ActorOverseer), DNS: w.pid(cpapi.ActorDNS), Firewall: w.pid(cpapi.ActorFirewall),
-		CgroupOf: egress.ContainerCgroup,
-		Log:      w.logger(cpapi.ActorNetlogger),
+		CgroupOf: egress.ContainerCgroup, Denials: w.denials(),
+		Log: w.logger(cpapi.ActorNetlogger),
 	}
+}
+
+// denials is the stack's window of recent refusals, or nil without one.
+func (w *wiring) denials() *denials.Window {
+	if w.stack == nil {
+		return nil
+	}
+	return w.stack.Denials
 }
 
 func (w *wiring) dockerfeed() dockerfeed.Config {

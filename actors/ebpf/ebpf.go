@@ -89,6 +89,10 @@ type Config struct {
 	// per second each; off, the programs pay nothing for them.
 	Events    bool
 	EventRate uint32
+	// EventsDenied, with Events off, has the programs emit the events of
+	// refusals alone (for `clawker firewall denied`); allowed connects
+	// still pay nothing.
+	EventsDenied bool
 	// OpenEvents opens the events ring buffer for the netlogger's reader.
 	OpenEvents func() (*cebpf.Map, error)
 	// AgentOf tells a container's project and its addresses; nil leaves
@@ -465,7 +469,7 @@ func (a *Actor) enforce(m *Enforce, l *looked) *Enforced {
 	}
 	// The events flag is the CP's (settings), not the order's.
 	cfg := m.Config
-	cfg.Events, cfg.EventRate = a.cfg.Events, a.cfg.EventRate
+	cfg.Events, cfg.EventRate, cfg.EventsDenied = a.cfg.Events, a.cfg.EventRate, a.cfg.EventsDenied
 	path, cgid, err := l.path, l.cgid, l.cgErr
 	if err != nil {
 		return &Enforced{Err: fmt.Errorf("cgroup of container %s: %w", short(m.ContainerID), err)}

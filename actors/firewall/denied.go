@@ -43,11 +43,18 @@ func (a *Actor) denied(ctx actor.Context, m *GetDenied) {
 	recs := a.cfg.Stack.Denials.Since(since)
 	request.Reenter(ctx, a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout, func(st *ebpf.State, err error) {
 		byIP := map[netip.Addr]string{} // address -> container id
+		selfOf := map[uint64]netip.Addr{} // cgroup -> address, for the kernel's refusals
 		if err == nil {
 			for _, ag := range st.Agents {
 				if ip := ag.Enrollment.Config.Self; ip.IsValid() {
 					byIP[ip] = ag.ContainerID
+					selfOf[ag.Enrollment.CgroupID] = ip
 				}
+			}
+		}
+		for i := range recs {
+			if r := &recs[i]; !r.Src.IsValid() && r.CgroupID != 0 {
+				r.Src = selfOf[r.CgroupID]
 			}
 		}
 		request.Reenter(ctx, a.cfg.Overseer, &overseer.GetState{}, a.cfg.OpTimeout, func(st *overseer.State, err error) {

@@ -35,6 +35,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/actors/supervise"
 	"github.com/clawker/clawker-cp/pkg/certs"
+	"github.com/clawker/clawker-cp/pkg/denials"
 	"github.com/clawker/clawker-cp/pkg/netlog"
 	"github.com/clawker/clawker-cp/pkg/settings"
 )
@@ -56,6 +57,9 @@ type Config struct {
 	OpenSource func() (netlog.Source, error)
 	// Tune adjusts the pipeline's config before it is built (tests).
 	Tune func(*netlog.Config)
+	// Denials is the firewall's window of recent refusals: the kernel's
+	// go in too (refusals.go); nil without the firewall stack.
+	Denials *denials.Window
 	Log  *zap.Logger
 }
 
@@ -124,6 +128,7 @@ type Actor struct {
 	carried  *carried
 	pipe     *netlog.Pipeline
 	enricher *enricher
+	feed     *refusalFeed // the kernel's refusals into Config.Denials
 	endpoint string
 	// down is whether the last report was "unavailable" (a first
 	// success after start is logged too, as netlogger_connected).
@@ -182,7 +187,15 @@ func (a *Actor) Receive(ctx actor.Context) {
 
 func (a *Actor) start(ctx actor.Context) {
 	mon, log := a.cfg.Monitoring, a.cfg.Log
+	a.feed = newRefusalFeed(a.cfg.Denials)
 	if mon.OTLPEndpoint == "" {
+		if a.feed != nil {
+			// The programs emit the refusals alone (ebpf.Config.EventsDenied).
+			log.Info("netlogger off: no monitoring.otlp_endpoint; the kernel's refusals are read for `clawker firewall denied` only",
+				zap.String("event", "netlogger_off"))
+			a.openSource(ctx)
+			return
+		}
 		log.Info("netlogger off: no monitoring.otlp_endpoint, the programs emit no events", zap.String("event", "netlogger_off"))
 		return
 	}
@@ -210,6 +223,9 @@ func (a *Actor) start(ctx actor.Context) {
 	a.enricher = newEnricher(sys, a.cfg)
 	pcfg.Enrich = a.enricher.load
 	pcfg.Refresh = a.enricher.kick
+	if a.feed != nil {
+		pcfg.OnEvent = a.feed.add
+	}
 	pcfg.Availability = func(up bool, reason string) { sys.Root.Send(self, &availability{up: up, reason: reason}) }
 	if a.cfg.Tune != nil {
 		a.cfg.Tune(&pcfg)
@@ -282,6 +298,8 @@ func (a *Actor) opened(m *sourceOpened) {
 		log.Info("netlogger has no events to read: no eBPF programs loaded (firewall.enable: false)", zap.String("event", "netlogger_no_ring"))
 	case m.err != nil:
 		log.Warn("netlogger cannot read the events ring", zap.String("event", "netlogger_no_ring"), zap.Error(m.err))
+	case a.pipe == nil && a.feed != nil && a.cfg.Monitoring.OTLPEndpoint == "" && !a.draining:
+		a.feed.read(m.src, log)
 	case a.pipe == nil || a.draining:
 		_ = m.src.Close()
 	default:
@@ -307,6 +325,12 @@ func (a *Actor) availability(m *availability) {
 }
 
 func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
+	if a.pipe == nil && !a.draining && a.feed != nil && a.feed.stop != nil {
+		a.draining = true
+		a.feed.close()
+		supervise.AnswerStep(ctx, m.Step, supervise.OutcomeDone, "netlogger off: stopped reading the kernel's refusals")
+		return
+	}
 	if a.pipe == nil || a.draining {
 		detail := "netlogger off: no monitoring.otlp_endpoint"
 		if a.draining {
@@ -349,6 +373,9 @@ func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
 }
 
 func (a *Actor) stop() {
+	if a.cfg.Monitoring.OTLPEndpoint == "" {
+		a.feed.close() // its own reader: off the ring before a new one comes
+	}
 	if a.pipe != nil && !a.draining {
 		a.pipe.Close()
 		a.carried.add(a.pipe.Stats())

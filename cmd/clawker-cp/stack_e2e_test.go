@@ -15,6 +15,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -416,6 +417,62 @@ func TestFirewallStackEndToEnd(t *testing.T) {
 		}
 		if o := r.try(t, "udp:"+gw+":9"); o.OK || o.Errno != "EPERM" {
 			t.Errorf("udp to the gateway: %+v, want EPERM", o)
+		}
+	})
+	t.Run("firewall denied shows the kernel's refusals, and the IP rule it suggests allows the next attempt", func(t *testing.T) {
+		// A container on the agent network that is not an agent: refused
+		// (deny-subnet) until a rule names its address.
+		collector := r.net.Addr(150)
+		r.net.StartStandin(t, collector, netprobe.StandinConfig{Name: "collector", TCPPorts: []int{8080}})
+		tcpTarget := "tcp:" + collector.String() + ":8080"
+		if o := r.try(t, tcpTarget); o.OK || o.Errno != "EPERM" {
+			t.Fatalf("tcp to a container that is no agent: %+v, want EPERM", o)
+		}
+		if o := r.try(t, "udp:"+gw+":9"); o.OK || o.Errno != "EPERM" {
+			t.Fatalf("udp to the gateway: %+v, want EPERM", o)
+		}
+		var udp, tcp *adminv1.DeniedGroup
+		cptest.WaitFor(t, 5*time.Second, "the kernel's refusals in firewall denied", func() (bool, string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			res, err := r.admin.FirewallDenied(ctx, &adminv1.FirewallDeniedRequest{Project: "fwtest"})
+			if err != nil {
+				return false, err.Error()
+			}
+			udp, tcp = nil, nil
+			for _, g := range res.GetGroups() {
+				switch {
+				case g.GetWhere() == "kernel" && g.GetName() == gw+":9":
+					udp = g
+				case g.GetWhere() == "kernel" && g.GetName() == collector.String()+":8080":
+					tcp = g
+				}
+			}
+			return udp != nil && tcp != nil, fmt.Sprint(res.GetGroups())
+		})
+		for _, g := range []*adminv1.DeniedGroup{udp, tcp} {
+			if len(g.GetAgents()) != 1 || g.GetAgents()[0] != "fwtest/probe" {
+				t.Errorf("kernel group %s: agents %v, want fwtest/probe", g.GetName(), g.GetAgents())
+			}
+		}
+		// This rig's CP runs on the host, at the gateway: UDP to it is
+		// refused as a CP port (deny-cp); with the CP at .202 it would be
+		// deny-gateway, and anywhere else deny-udp. No rule opens any.
+		if udp.GetProto() != "udp" || !slices.Contains([]string{"deny-cp", "deny-gateway", "deny-udp"}, udp.GetReason()) || !strings.HasPrefix(udp.GetAllow(), "none:") {
+			t.Errorf("the UDP refusal: %v", udp)
+		}
+		want := "clawker firewall add " + collector.String() + " --proto tcp --port 8080"
+		if tcp.GetProto() != "tcp" || tcp.GetReason() != "deny-subnet" || !strings.Contains(tcp.GetAllow(), want) {
+			t.Errorf("the refusal on the agent network: %v, want the allow line to hold %q", tcp, want)
+		}
+		rule := &adminv1.EgressRule{Dst: collector.String(), Proto: "tcp", Port: "8080"}
+		r.addRules(t, rule)
+		if o := r.try(t, tcpTarget); !o.OK || o.Reply != netprobe.Banner("collector", 8080) {
+			t.Errorf("tcp to the container after the suggested add: %+v, want its banner", o)
+		}
+		r.removeRule(t, rule)
+		if o := r.try(t, tcpTarget); o.OK || o.Errno != "EPERM" {
+			t.Errorf("after the rule was removed: %+v, want EPERM", o)
 		}
 	})
 	t.Run("an allowed name resolving into the metadata range is not reachable", func(t *testing.T) {

@@ -16,14 +16,21 @@ import (
 	"time"
 )
 
+// WhereKernel is Record.Where for a refusal of the eBPF programs: the
+// name is the address and port asked for, the reason the verdict.
+const WhereKernel = "kernel"
+
 // Record is one refusal.
 type Record struct {
-	Time   time.Time
-	Src    netip.Addr // the agent's address
-	Where  string     // "dns" or "proxy"
-	Name   string     // the name asked for (SNI, Host, query name)
-	Proto  string     // https, http, other; empty for DNS
-	Reason string
+	Time time.Time
+	Src  netip.Addr // the agent's address
+	// CgroupID names the agent of a kernel refusal instead of Src (the
+	// eBPF event knows its cgroup); whoever reads the window maps it.
+	CgroupID uint64
+	Where    string // "dns", "proxy" or WhereKernel
+	Name     string // the name asked for (SNI, Host, query name)
+	Proto    string // https, http, other; empty for DNS
+	Reason   string
 }
 
 // Window is a bounded ring of records; the oldest go first. Safe for
@@ -132,7 +139,11 @@ func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
 			g.Agents = append(g.Agents, a)
 		}
 		sort.Strings(g.Agents)
-		g.Allow = AllowCommand(g.Name, g.Proto, g.Reason)
+		if g.Where == WhereKernel {
+			g.Allow = KernelAllow(g.Name, g.Proto, g.Reason)
+		} else {
+			g.Allow = AllowCommand(g.Name, g.Proto, g.Reason)
+		}
 		out = append(out, *g)
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -142,6 +153,36 @@ func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
 		return out[i].Name < out[j].Name
 	})
 	return out
+}
+
+// KernelAllow says how a refusal of the eBPF programs could be allowed:
+// dst is the "ip:port" asked for, verdict the program's (egress.Verdict's
+// name). Most are refused by design, and it says so.
+func KernelAllow(dst, proto, verdict string) string {
+	ipRule := "an IP rule for " + dst
+	if ap, err := netip.ParseAddrPort(dst); err == nil {
+		ipRule = fmt.Sprintf("clawker firewall add %s --proto tcp --port %d", ap.Addr(), ap.Port())
+	}
+	switch verdict {
+	case "deny-udp":
+		return "none: agents send UDP only to DNS (port 53); use TCP"
+	case "deny-subnet":
+		if proto == "tcp" {
+			return "another agent: firewall.agent_to_agent: project (same project) or allow; another container: " + ipRule
+		}
+		return "another agent: firewall.agent_to_agent: project (same project) or allow"
+	case "deny-ip-rule":
+		return "an IP deny rule refuses it: `clawker firewall list` names it, `clawker firewall remove` drops it"
+	case "deny-cp":
+		return "none: agents reach only the control plane's agent and Hydra public ports"
+	case "deny-ipv6":
+		return "none: agents have no IPv6 egress"
+	case "deny-socket":
+		return "none: raw and packet sockets are refused"
+	case "deny-gateway":
+		return "none for this protocol: TCP to the host goes through the proxy (a rule plus firewall.private_destinations)"
+	}
+	return "none: refused by design (" + verdict + ")"
 }
 
 // denyRule finds the rule key a refusal by a deny rule names.

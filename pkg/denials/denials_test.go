@@ -2,6 +2,7 @@ package denials
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 )
@@ -45,5 +46,35 @@ func TestSummarizeGroupsAndSuggests(t *testing.T) {
 	if npm.Count != 2 || npm.Allow != "clawker firewall add registry.npmjs.org" || len(npm.Agents) != 2 ||
 		npm.Agents[0] != "172.22.0.6" || npm.Agents[1] != "myapp/dev" || !npm.First.Equal(t0) || !npm.Last.Equal(t0.Add(time.Second)) {
 		t.Errorf("dns group %+v", npm)
+	}
+}
+
+// The kernel's refusals name their agent by address once mapped, group
+// by destination and say how (or that nothing can) allow them.
+func TestKernelRefusals(t *testing.T) {
+	at := time.Unix(1_800_000_000, 0)
+	agent := netip.MustParseAddr("192.0.2.10")
+	recs := []Record{
+		{Time: at, Src: agent, Where: WhereKernel, Name: "198.51.100.1:9", Proto: "udp", Reason: "deny-udp"},
+		{Time: at.Add(time.Second), Src: agent, Where: WhereKernel, Name: "198.51.100.1:9", Proto: "udp", Reason: "deny-udp"},
+		{Time: at, Src: agent, Where: WhereKernel, Name: "192.0.2.50:8080", Proto: "tcp", Reason: "deny-subnet"},
+		{Time: at, Src: agent, Where: WhereKernel, Name: "192.0.2.202:7443", Proto: "tcp", Reason: "deny-cp"},
+	}
+	groups := Summarize(recs, func(netip.Addr) string { return "p/a" })
+	if len(groups) != 3 {
+		t.Fatalf("groups %+v, want 3", groups)
+	}
+	byName := map[string]Group{}
+	for _, g := range groups {
+		byName[g.Name] = g
+	}
+	if g := byName["198.51.100.1:9"]; g.Count != 2 || !strings.HasPrefix(g.Allow, "none: agents send UDP only to DNS") {
+		t.Errorf("udp group %+v", g)
+	}
+	if g := byName["192.0.2.50:8080"]; !strings.Contains(g.Allow, "clawker firewall add 192.0.2.50 --proto tcp --port 8080") || !strings.Contains(g.Allow, "agent_to_agent") {
+		t.Errorf("subnet group %+v", g)
+	}
+	if g := byName["192.0.2.202:7443"]; !strings.HasPrefix(g.Allow, "none:") {
+		t.Errorf("CP port group %+v", g)
 	}
 }

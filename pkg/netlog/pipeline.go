@@ -61,6 +61,10 @@ type Config struct {
 	Enrich func() *Snapshot
 	// Refresh asks for a snapshot newer than now. It must not block.
 	Refresh func()
+	// OnEvent, when set, sees every decoded record on the reader's
+	// goroutine (the netlogger's feed of kernel refusals into `clawker
+	// firewall denied`). It must not block.
+	OnEvent func(ev *bpf.EgressEvent, at time.Time)
 	// Availability is called on every change of the collector's
 	// reachability (up false: reason says why). It must not block.
 	Availability func(up bool, reason string)
@@ -361,6 +365,9 @@ func (p *Pipeline) reader(src Source, done chan struct{}) {
 		if Decode(raw, &ev) != nil {
 			p.malformed.Add(1)
 			continue
+		}
+		if p.cfg.OnEvent != nil {
+			p.cfg.OnEvent(&ev, now)
 		}
 		snap := p.snapshot()
 		unknown := !snap.known(&ev) && !snap.AsOf.After(now)
