@@ -42,7 +42,7 @@ func (a *Actor) denied(ctx actor.Context, m *GetDenied) {
 	}
 	recs := a.cfg.Stack.Denials.Since(since)
 	request.Reenter(ctx, a.cfg.EBPF, &ebpf.GetState{}, a.cfg.OpTimeout, func(st *ebpf.State, err error) {
-		byIP := map[netip.Addr]string{} // address -> container id
+		byIP := map[netip.Addr]string{}   // address -> container id
 		selfOf := map[uint64]netip.Addr{} // cgroup -> address, for the kernel's refusals
 		if err == nil {
 			for _, ag := range st.Agents {

@@ -60,7 +60,7 @@ type Config struct {
 	// Denials is the firewall's window of recent refusals: the kernel's
 	// go in too (refusals.go); nil without the firewall stack.
 	Denials *denials.Window
-	Log  *zap.Logger
+	Log     *zap.Logger
 }
 
 // GetStats asks for the counters; answered with *Stats.
