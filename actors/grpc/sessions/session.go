@@ -34,7 +34,28 @@ type inflight struct {
 	requester *actor.PID
 	stdout    []byte
 	stderr    []byte
+	truncated bool // one of them reached MaxCommandOutput
 	timer     *time.Timer
+}
+
+// MaxCommandOutput caps what the CP keeps of each output stream of one
+// command: an agent is not trusted to stop sending, and the CP's memory is
+// every agent's enforcement.
+const MaxCommandOutput = 1 << 20
+
+// appendCapped appends data to *buf up to MaxCommandOutput and reports
+// whether all of it fit.
+func appendCapped(buf *[]byte, data []byte) bool {
+	room := MaxCommandOutput - len(*buf)
+	if room <= 0 {
+		return len(data) == 0
+	}
+	if len(data) > room {
+		*buf = append(*buf, data[:room]...)
+		return false
+	}
+	*buf = append(*buf, data...)
+	return true
 }
 
 type heartbeatTick struct{}
@@ -79,7 +100,7 @@ func (s *session) Receive(ctx actor.Context) {
 	case *commandTimedOut:
 		if p, ok := s.pending[m.id]; ok {
 			delete(s.pending, m.id)
-			ctx.Send(p.requester, &DispatchResult{Err: fmt.Errorf("command %s: no answer from the agent in time", m.id), Stdout: p.stdout, Stderr: p.stderr})
+			ctx.Send(p.requester, &DispatchResult{Err: fmt.Errorf("command %s: no answer from the agent in time", m.id), Stdout: p.stdout, Stderr: p.stderr, Truncated: p.truncated})
 		}
 	}
 }
@@ -113,10 +134,14 @@ func (s *session) fromAgent(ctx actor.Context, m *agentv1.AgentMessage) {
 		ctx.Send(s.cfg.Registry, &registry.Seen{Key: s.open.Key, At: s.lastHeard})
 	case *agentv1.AgentMessage_CommandOutput:
 		if p, ok := s.pending[msg.CommandOutput.GetId()]; ok {
+			buf := &p.stdout
 			if msg.CommandOutput.GetStream() == agentv1.OutputStream_OUTPUT_STREAM_STDERR {
-				p.stderr = append(p.stderr, msg.CommandOutput.GetData()...)
-			} else {
-				p.stdout = append(p.stdout, msg.CommandOutput.GetData()...)
+				buf = &p.stderr
+			}
+			if !appendCapped(buf, msg.CommandOutput.GetData()) && !p.truncated {
+				p.truncated = true
+				s.log.Warn("a command's output passed the cap; the rest is dropped", zap.String("event", "session_output_capped"),
+					zap.String("id", msg.CommandOutput.GetId()), zap.Int("cap_bytes", MaxCommandOutput))
 			}
 		}
 	case *agentv1.AgentMessage_CommandResult:
@@ -128,7 +153,7 @@ func (s *session) fromAgent(ctx actor.Context, m *agentv1.AgentMessage) {
 		}
 		delete(s.pending, id)
 		p.timer.Stop()
-		ctx.Send(p.requester, &DispatchResult{Result: msg.CommandResult, Stdout: p.stdout, Stderr: p.stderr})
+		ctx.Send(p.requester, &DispatchResult{Result: msg.CommandResult, Stdout: p.stdout, Stderr: p.stderr, Truncated: p.truncated})
 	case *agentv1.AgentMessage_Hello:
 		// Already checked by the handler; a second Hello changes nothing.
 	}
@@ -186,7 +211,7 @@ func (s *session) stopping(ctx actor.Context) {
 	s.end(ErrShuttingDown)
 	for id, p := range s.pending {
 		p.timer.Stop()
-		ctx.Send(p.requester, &DispatchResult{Err: fmt.Errorf("command %s: session ended", id), Stdout: p.stdout, Stderr: p.stderr})
+		ctx.Send(p.requester, &DispatchResult{Err: fmt.Errorf("command %s: session ended", id), Stdout: p.stdout, Stderr: p.stderr, Truncated: p.truncated})
 		delete(s.pending, id)
 	}
 	if !s.broken {

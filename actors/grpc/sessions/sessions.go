@@ -75,7 +75,9 @@ type DispatchResult struct {
 	Result *agentv1.CommandResult
 	Stdout []byte
 	Stderr []byte
-	Err    error
+	// Truncated: Stdout or Stderr stopped at MaxCommandOutput.
+	Truncated bool
+	Err       error
 }
 
 // ListConnected asks for the keys of every connected agent; the answer is
