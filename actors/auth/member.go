@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
+	"github.com/asynkron/protoactor-go/scheduler"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/supervise"
@@ -25,7 +26,10 @@ type memberConfig struct {
 	readyTimeout time.Duration
 	stopGrace    time.Duration
 	output       io.Writer
-	log          *zap.Logger
+	// liveEvery is how often a ready server is probed (0: livenessInterval);
+	// liveFailures in a row mean it hangs, and it is replaced.
+	liveEvery time.Duration
+	log       *zap.Logger
 	// last is shared by the member's incarnations: the stop of the
 	// previous process, which a restarted member waits out (off its
 	// mailbox) before it starts the next one on the same ports.
@@ -73,6 +77,10 @@ func (l *lastStop) pending() chan struct{} {
 type member struct {
 	cfg      memberConfig
 	spec     ory.Spec
+	probe    func(context.Context) error
+	live     scheduler.CancelFunc // the liveness timer, once ready
+	probing  bool
+	failures int
 	proc     *ory.Process
 	cancel   context.CancelFunc
 	begin    time.Time
@@ -99,6 +107,24 @@ type failMember struct{ reason string }
 
 // previousGone says the previous incarnation's process is gone.
 type previousGone struct{}
+
+// livenessTick and livenessChecked: a ready server is probed every
+// liveEvery, off the mailbox. An exit is seen at once (processExited);
+// this finds a server that runs but does not answer (hung, SIGSTOPped).
+type (
+	livenessTick    struct{}
+	livenessChecked struct {
+		proc *ory.Process
+		err  error
+	}
+)
+
+// livenessInterval and livenessFailures: a server that fails three probes
+// in a row, two seconds apart, is taken for hung.
+const (
+	livenessInterval = 2 * time.Second
+	livenessFailures = 3
+)
 
 func newMember(cfg memberConfig) actor.Producer {
 	if cfg.last == nil {
@@ -134,7 +160,52 @@ func (m *member) Receive(ctx actor.Context) {
 		m.onExited(ctx, msg)
 	case *failMember:
 		panic(msg.reason)
+	case *livenessTick:
+		m.checkLive(ctx)
+	case *livenessChecked:
+		m.onLive(msg)
 	}
+}
+
+func (m *member) checkLive(ctx actor.Context) {
+	if m.probing || m.proc == nil || m.stopping || !m.ready {
+		return
+	}
+	m.probing = true
+	proc, probe, self, sys := m.proc, m.probe, ctx.Self(), ctx.ActorSystem()
+	timeout := min(m.liveEvery(), 2*time.Second)
+	go func() {
+		c, cancel := context.WithTimeout(context.Background(), timeout)
+		err := probe(c)
+		cancel()
+		sys.Root.Send(self, &livenessChecked{proc: proc, err: err})
+	}()
+}
+
+func (m *member) onLive(msg *livenessChecked) {
+	m.probing = false
+	if msg.proc != m.proc || m.stopping {
+		return
+	}
+	if msg.err == nil {
+		m.failures = 0
+		return
+	}
+	m.failures++
+	if m.failures < livenessFailures {
+		return
+	}
+	m.cfg.log.Error("Ory server does not answer; replacing it", zap.String("event", "ory_unavailable"), zap.String("server", m.cfg.name),
+		zap.Int("pid", m.proc.PID()), zap.Int("failed_probes", m.failures), zap.Error(msg.err))
+	m.stop() // SIGTERM, then SIGKILL after the grace: a stopped process gets the SIGKILL
+	panic(fmt.Sprintf("%s does not answer (%d probes failed: %v)", m.cfg.name, m.failures, msg.err))
+}
+
+func (m *member) liveEvery() time.Duration {
+	if m.cfg.liveEvery > 0 {
+		return m.cfg.liveEvery
+	}
+	return livenessInterval
 }
 
 func (m *member) report(ctx actor.Context, err error) {
@@ -159,6 +230,7 @@ func (m *member) start(ctx actor.Context) {
 		return
 	}
 	m.spec = spec
+	m.probe = probe
 	m.begin = time.Now()
 	proc, err := ory.StartProcess(ory.ProcessConfig{
 		Name: name, Path: m.cfg.binary, Args: spec.Args, Env: ory.OfflineEnv, Dir: m.cfg.ory.RunDir,
@@ -210,6 +282,8 @@ func (m *member) onReady(ctx actor.Context, msg *processReady) {
 		return
 	}
 	m.ready = true
+	every := m.liveEvery()
+	m.live = scheduler.NewTimerScheduler(ctx).SendRepeatedly(every, every, ctx.Self(), &livenessTick{})
 	m.cfg.log.Info("Ory server ready", zap.String("event", "ory_process_ready"), zap.String("server", m.cfg.name),
 		zap.Int("pid", m.proc.PID()), zap.Float64("ready_ms", cpapi.Millis(time.Since(m.begin))))
 	m.report(ctx, nil)
@@ -247,6 +321,10 @@ func userOf(u *ory.User) fmt.Stringer {
 // configuration files, in a goroutine; the channel it returns is closed
 // once the process is gone (nil: no process). Idempotent.
 func (m *member) stop() chan struct{} {
+	if m.live != nil {
+		m.live()
+		m.live = nil
+	}
 	if m.cancel != nil {
 		m.cancel()
 		m.cancel = nil

@@ -112,3 +112,62 @@ func TestMemberAnswersWhileAServerWaitsOutItsGrace(t *testing.T) {
 	_ = syscall.Kill(-first[0], syscall.SIGKILL)
 	testkit.WaitFor(t, 10*time.Second, "the next process started", func() bool { return len(started()) == 2 })
 }
+
+// TestMemberReplacesAHungServer runs the real Hydra, stops it with
+// SIGSTOP once ready (it still runs to the kernel and to Docker, and only
+// its answers stop) and sees the member take it for hung after three
+// failed probes, log ory_unavailable and restart with a new process.
+func TestMemberReplacesAHungServer(t *testing.T) {
+	t.Parallel()
+	bin := filepath.Join(orytest.BinDir(t, ory.Hydra), ory.Hydra)
+	env := orytest.NewEnv(t)
+	core, logs := observer.New(zap.DebugLevel)
+	started := func() []int {
+		var pids []int
+		for _, e := range logs.FilterField(zap.String("event", "ory_process_started")).All() {
+			pids = append(pids, int(e.ContextMap()["pid"].(int64)))
+		}
+		return pids
+	}
+	mc := memberConfig{
+		name: ory.Hydra, binary: bin, ory: env.Config,
+		readyTimeout: 30 * time.Second, stopGrace: time.Second, output: io.Discard, liveEvery: 200 * time.Millisecond, log: zap.New(core),
+	}
+	sys := actortest.System(t)
+	tree := supervise.NewTree()
+	in := supervise.Intensity{Max: 5, Window: time.Minute}
+	p := &memberParent{props: tree.Props(newMember(mc), in), ready: make(chan *supervise.Ready, 4)}
+	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, pid := range started() {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+		_ = sys.Root.StopFuture(top).Wait()
+	})
+	select {
+	case m := <-p.ready:
+		if m.Err != nil {
+			t.Fatalf("hydra did not start: %v", m.Err)
+		}
+	case <-time.After(40 * time.Second):
+		t.Fatal("no Ready from hydra")
+	}
+	first := started()
+	if len(first) != 1 {
+		t.Fatalf("processes started: %v", first)
+	}
+	if err := syscall.Kill(first[0], syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, 20*time.Second, "the hung server replaced by a new process", func() bool {
+		n, ok := tree.Snapshot("auth/" + ory.Hydra)
+		return ok && n.Restarts == 1 && len(started()) == 2
+	})
+	if n := len(logs.FilterField(zap.String("event", "ory_unavailable")).All()); n != 1 {
+		t.Errorf("%d ory_unavailable lines, want 1", n)
+	}
+	testkit.WaitFor(t, 10*time.Second, "the hung process gone", func() bool { return syscall.Kill(first[0], 0) != nil })
+}
