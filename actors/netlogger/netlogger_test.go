@@ -432,7 +432,15 @@ func TestCollectorKilledMidStreamDropsAreCountedAndFlowResumes(t *testing.T) {
 	if len(pids) != 5 || pids[0] != 1000 || pids[4] != 1004 {
 		t.Fatalf("after the return the receiver got pids %v", pids)
 	}
-	if got := series(t, reg, "clawker_netlogger_records_exported_total", nil); got != 10 {
+	// The receiver holds a batch before the exporter hears it was taken
+	// (and counts it): wait for the count rather than read it once.
+	deadline = time.Now().Add(10 * time.Second)
+	got := series(t, reg, "clawker_netlogger_records_exported_total", nil)
+	for got != 10 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		got = series(t, reg, "clawker_netlogger_records_exported_total", nil)
+	}
+	if got != 10 {
 		t.Fatalf("exported %v, want 10", got)
 	}
 }
