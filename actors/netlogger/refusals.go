@@ -1,9 +1,7 @@
 package netlogger
 
 import (
-	"encoding/binary"
 	"errors"
-	"net/netip"
 	"os"
 	"time"
 
@@ -48,19 +46,8 @@ func (f *refusalFeed) add(ev *bpf.EgressEvent, at time.Time) {
 	if f == nil || !v.Denied() {
 		return
 	}
-	f.win.Add(denials.Record{Time: at, CgroupID: ev.CgroupId, Where: denials.WhereKernel, Name: origOf(ev).String(),
+	f.win.Add(denials.Record{Time: at, CgroupID: ev.CgroupId, Where: denials.WhereKernel, Name: netlog.Orig(ev).String(),
 		Proto: egress.Proto(ev.Proto).String(), Reason: v.String()})
-}
-
-// origOf is the destination the application asked for.
-func origOf(ev *bpf.EgressEvent) netip.AddrPort {
-	var b [16]byte
-	for i, w := range ev.OrigAddr {
-		binary.NativeEndian.PutUint32(b[4*i:], w) // the words hold network-order bytes
-	}
-	var port [2]byte
-	binary.NativeEndian.PutUint16(port[:], ev.OrigPort)
-	return netip.AddrPortFrom(netip.AddrFrom16(b).Unmap(), binary.BigEndian.Uint16(port[:]))
 }
 
 // read runs the feed's own reader on src until stop or the source ends.

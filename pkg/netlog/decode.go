@@ -106,6 +106,11 @@ func addr(w [4]uint32) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
+// Orig is the destination the application asked for, IPv4 unmapped.
+func Orig(ev *bpf.EgressEvent) netip.AddrPort {
+	return netip.AddrPortFrom(addr(ev.OrigAddr).Unmap(), port(ev.OrigPort))
+}
+
 // port converts a __be16 read in host order.
 func port(v uint16) uint16 {
 	var b [2]byte
