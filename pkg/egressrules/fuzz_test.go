@@ -1,7 +1,6 @@
 package egressrules
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"net/netip"
@@ -10,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-
-	"gopkg.in/yaml.v3"
 )
 
 // leafErrors flattens err's errors.Join tree.
@@ -68,25 +65,6 @@ func slicesContains(s []string, v string) bool {
 		}
 	}
 	return false
-}
-
-// encodeRules is what Store.writeRules puts in the file (without the
-// fsync'd rename, too slow for every fuzz input).
-func encodeRules(t *testing.T, rules []Rule) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	b.WriteString(rulesHeader)
-	enc := yaml.NewEncoder(&b)
-	enc.SetIndent(2)
-	if err := enc.Encode(struct {
-		Rules []Rule `yaml:"rules"`
-	}{rules}); err != nil {
-		t.Fatalf("encoding accepted rules: %v", err)
-	}
-	if err := enc.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
 }
 
 // ownHost is a host a canonical rule's dst matches: the name itself, a
@@ -148,7 +126,11 @@ func FuzzRulesFile(f *testing.F) {
 				t.Fatalf("accepted rules out of order or duplicated: %+v then %+v", rules[i-1], r)
 			}
 		}
-		again, err := parseRules(encodeRules(t, rules))
+		encoded, err := encodeRules(rules)
+		if err != nil {
+			t.Fatalf("encoding accepted rules: %v", err)
+		}
+		again, err := parseRules(encoded)
 		if err != nil {
 			t.Fatalf("the rewritten file does not read back: %v\nrules %+v", err, rules)
 		}

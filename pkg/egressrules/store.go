@@ -556,7 +556,8 @@ func readIDsFile(path string) (idTable, error) {
 	return t, nil
 }
 
-func (s *Store) writeRules(rules []Rule) error {
+// encodeRules is the rules file's content for rules.
+func encodeRules(rules []Rule) ([]byte, error) {
 	var b bytes.Buffer
 	b.WriteString(rulesHeader)
 	enc := yaml.NewEncoder(&b)
@@ -564,12 +565,20 @@ func (s *Store) writeRules(rules []Rule) error {
 	if err := enc.Encode(struct {
 		Rules []Rule `yaml:"rules"`
 	}{rules}); err != nil {
-		return err
+		return nil, err
 	}
 	if err := enc.Close(); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
+}
+
+func (s *Store) writeRules(rules []Rule) error {
+	b, err := encodeRules(rules)
+	if err != nil {
 		return err
 	}
-	return writeFileAtomic(s.dir, RulesFileName, b.Bytes())
+	return writeFileAtomic(s.dir, RulesFileName, b)
 }
 
 func (s *Store) writeIDs(t idTable) error {
