@@ -10,12 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"github.com/moby/moby/client"
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/auth"
@@ -268,7 +266,7 @@ func (w *wiring) grpc() grpc.Config {
 // client of its own, made on first use: the AgentService binds an agent's
 // identity to them.
 func dockerContainerAddrs() grpc.ContainerAddrs {
-	newClient := sync.OnceValues(func() (*client.Client, error) { return dockerx.New(dockerx.Host(os.Getenv)) })
+	newClient := dockerx.LazyClient()
 	return func(ctx context.Context, id string) ([]netip.Addr, error) {
 		c, err := newClient()
 		if err != nil {

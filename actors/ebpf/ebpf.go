@@ -30,7 +30,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
@@ -138,7 +137,7 @@ func Production(enable bool, pinDir string, noMount bool, hostProc string, log *
 // dockerAgentOf inspects the container with a Docker client of its own,
 // made on first use (by the lookups of enforceAsync, off the mailbox).
 func dockerAgentOf() func(string) (Agent, error) {
-	newClient := sync.OnceValues(func() (*client.Client, error) { return dockerx.New(dockerx.Host(os.Getenv)) })
+	newClient := dockerx.LazyClient()
 	return func(id string) (Agent, error) {
 		c, err := newClient()
 		if err != nil {
@@ -157,13 +156,7 @@ func dockerAgentOf() func(string) (Agent, error) {
 		if st := in.Container.State; st != nil {
 			a.Pid = st.Pid
 		}
-		if ns := in.Container.NetworkSettings; ns != nil {
-			for _, ep := range ns.Networks {
-				if ep != nil && ep.IPAddress.IsValid() {
-					a.IPs = append(a.IPs, ep.IPAddress)
-				}
-			}
-		}
+		a.IPs = dockerx.NetworkAddrs(in.Container.NetworkSettings)
 		return a, nil
 	}
 }

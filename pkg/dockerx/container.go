@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
+	"sync"
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/client"
 )
 
@@ -32,16 +35,30 @@ func ContainerAddrs(ctx context.Context, d ContainerInspector, id string) ([]net
 	if err != nil {
 		return nil, fmt.Errorf("inspecting container %.12s: %w", id, err)
 	}
-	var out []netip.Addr
 	if st := res.Container.State; st == nil || !st.Running {
 		return nil, nil
 	}
-	if ns := res.Container.NetworkSettings; ns != nil {
-		for _, ep := range ns.Networks {
-			if ep != nil && ep.IPAddress.IsValid() {
-				out = append(out, ep.IPAddress.Unmap())
-			}
+	return NetworkAddrs(res.Container.NetworkSettings), nil
+}
+
+// NetworkAddrs lists a container's address on each network of its
+// inspect's NetworkSettings (nil: none).
+func NetworkAddrs(ns *container.NetworkSettings) []netip.Addr {
+	if ns == nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, ep := range ns.Networks {
+		if ep != nil && ep.IPAddress.IsValid() {
+			out = append(out, ep.IPAddress.Unmap())
 		}
 	}
-	return out, nil
+	return out
+}
+
+// LazyClient returns a Docker client made on its first call (from the
+// environment's DOCKER_HOST) and shared by every later one: for a part of
+// the CP that needs a client of its own only once it has work.
+func LazyClient() func() (*client.Client, error) {
+	return sync.OnceValues(func() (*client.Client, error) { return New(Host(os.Getenv)) })
 }
