@@ -36,6 +36,30 @@ func (p *memberParent) Receive(ctx actor.Context) {
 	}
 }
 
+// startedPIDs lists the pids of the ory_process_started lines logged.
+func startedPIDs(logs *observer.ObservedLogs) []int {
+	var pids []int
+	for _, e := range logs.FilterField(zap.String("event", "ory_process_started")).All() {
+		pids = append(pids, int(e.ContextMap()["pid"].(int64)))
+	}
+	return pids
+}
+
+// spawnMember runs one member of mc under a parent named auth, as the
+// auth actor does, in a system of its own.
+func spawnMember(t *testing.T, mc memberConfig) (*actor.ActorSystem, *supervise.Tree, *memberParent, *actor.PID) {
+	t.Helper()
+	sys := actortest.System(t)
+	tree := supervise.NewTree()
+	in := supervise.Intensity{Max: 5, Window: time.Minute}
+	p := &memberParent{props: tree.Props(newMember(mc), in), ready: make(chan *supervise.Ready, 4)}
+	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sys, tree, p, top
+}
+
 // TestMemberAnswersWhileAServerWaitsOutItsGrace runs a "hydra" that never
 // becomes ready and ignores SIGTERM, with a stop grace far longer than the
 // test waits. The member reports the failed start without waiting out the
@@ -49,25 +73,12 @@ func TestMemberAnswersWhileAServerWaitsOutItsGrace(t *testing.T) {
 	}
 	env := orytest.NewEnv(t)
 	core, logs := observer.New(zap.DebugLevel)
-	started := func() []int {
-		var pids []int
-		for _, e := range logs.FilterField(zap.String("event", "ory_process_started")).All() {
-			pids = append(pids, int(e.ContextMap()["pid"].(int64)))
-		}
-		return pids
-	}
+	started := func() []int { return startedPIDs(logs) }
 	mc := memberConfig{
 		name: ory.Hydra, binary: bin, ory: env.Config,
 		readyTimeout: 300 * time.Millisecond, stopGrace: time.Minute, output: io.Discard, log: zap.New(core),
 	}
-	sys := actortest.System(t)
-	tree := supervise.NewTree()
-	in := supervise.Intensity{Max: 5, Window: time.Minute}
-	p := &memberParent{props: tree.Props(newMember(mc), in), ready: make(chan *supervise.Ready, 4)}
-	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "auth")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sys, tree, p, top := spawnMember(t, mc)
 	t.Cleanup(func() {
 		// SIGKILL to each process group ends the grace; then the final stop
 		// has nothing left to wait for.
@@ -122,25 +133,12 @@ func TestMemberReplacesAHungServer(t *testing.T) {
 	bin := filepath.Join(orytest.BinDir(t, ory.Hydra), ory.Hydra)
 	env := orytest.NewEnv(t)
 	core, logs := observer.New(zap.DebugLevel)
-	started := func() []int {
-		var pids []int
-		for _, e := range logs.FilterField(zap.String("event", "ory_process_started")).All() {
-			pids = append(pids, int(e.ContextMap()["pid"].(int64)))
-		}
-		return pids
-	}
+	started := func() []int { return startedPIDs(logs) }
 	mc := memberConfig{
 		name: ory.Hydra, binary: bin, ory: env.Config,
 		readyTimeout: 30 * time.Second, stopGrace: time.Second, output: io.Discard, liveEvery: 200 * time.Millisecond, log: zap.New(core),
 	}
-	sys := actortest.System(t)
-	tree := supervise.NewTree()
-	in := supervise.Intensity{Max: 5, Window: time.Minute}
-	p := &memberParent{props: tree.Props(newMember(mc), in), ready: make(chan *supervise.Ready, 4)}
-	top, err := sys.Root.SpawnNamed(tree.Props(func() actor.Actor { return p }, in), "auth")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sys, tree, p, top := spawnMember(t, mc)
 	t.Cleanup(func() {
 		for _, pid := range started() {
 			_ = syscall.Kill(pid, syscall.SIGCONT)
