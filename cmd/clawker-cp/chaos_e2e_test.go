@@ -108,11 +108,6 @@ func TestChaosSIGKILL(t *testing.T) {
 
 	// Registrations: one worker, each on a new connection with a new
 	// certificate; what was acknowledged must survive every kill.
-	type acked struct {
-		key  string
-		id   certs.AgentIdentity
-		leaf *x509.Certificate
-	}
 	var (
 		ackMu              sync.Mutex
 		acks               []acked
@@ -206,7 +201,7 @@ func TestChaosSIGKILL(t *testing.T) {
 		if _, err := p.Wait(exitTimeout); err == nil {
 			t.Fatalf("kill %d: the CP exited normally", k)
 		}
-		checkRegistry(t, home, k, ackedSoFar, func(a acked) (string, certs.AgentIdentity, *x509.Certificate) { return a.key, a.id, a.leaf })
+		checkRegistry(t, home, k, ackedSoFar)
 
 		next := start()
 		cpMu.Lock()
@@ -281,9 +276,16 @@ func enforcedIDs(t *testing.T, home *cptest.Home, s settings.Settings) []string 
 	return ids
 }
 
+// acked is a registration the CP acknowledged.
+type acked struct {
+	key  string
+	id   certs.AgentIdentity
+	leaf *x509.Certificate
+}
+
 // checkRegistry opens the registry of a dead CP: integrity_check must pass
 // and every acknowledged binding must be there, as acknowledged.
-func checkRegistry[A any](t *testing.T, home *cptest.Home, kill int, acks []A, fields func(A) (string, certs.AgentIdentity, *x509.Certificate)) {
+func checkRegistry(t *testing.T, home *cptest.Home, kill int, acks []acked) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -296,13 +298,12 @@ func checkRegistry[A any](t *testing.T, home *cptest.Home, kill int, acks []A, f
 		t.Fatalf("kill %d: integrity check: %v", kill, err)
 	}
 	for _, a := range acks {
-		key, id, leaf := fields(a)
-		got, err := db.Get(ctx, key)
+		got, err := db.Get(ctx, a.key)
 		if err != nil {
-			t.Fatalf("kill %d: acknowledged %s (key %.12s) is not in the registry: %v", kill, id.Agent, key, err)
+			t.Fatalf("kill %d: acknowledged %s (key %.12s) is not in the registry: %v", kill, a.id.Agent, a.key, err)
 		}
-		if got.ContainerID != id.ContainerID || got.Thumbprint != thumbprint(leaf) {
-			t.Fatalf("kill %d: acknowledged %s stored as %+v", kill, id.Agent, got)
+		if got.ContainerID != a.id.ContainerID || got.Thumbprint != thumbprint(a.leaf) {
+			t.Fatalf("kill %d: acknowledged %s stored as %+v", kill, a.id.Agent, got)
 		}
 	}
 }
