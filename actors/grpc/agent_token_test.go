@@ -134,6 +134,13 @@ type agentFixture struct {
 
 func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture {
 	t.Helper()
+	return startAgentServiceWith(t, func(c *cpgrpc.Config) { c.Introspector = in })
+}
+
+// startAgentServiceWith starts the servers over a fake registry, with
+// adjust applied to their config.
+func startAgentServiceWith(t *testing.T, adjust func(*cpgrpc.Config)) *agentFixture {
+	t.Helper()
 	home := adminclienttest.NewHome(t)
 	m := home.EnsureAuth(t)
 	paths := home.Paths(t)
@@ -145,13 +152,14 @@ func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture 
 	reg := &fakeRegistry{rows: map[string]agentdb.Agent{}}
 	regPID := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return reg }))
 	core, logs := observer.New(zapcore.DebugLevel)
-	spawnGRPC(t, sys, cpgrpc.Config{
+	cfg := cpgrpc.Config{
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
 		Heartbeat: time.Second, RequestTimeout: requestTimeout,
-		Introspector: in,
-		Log:          zap.New(core),
-	})
+		Log: zap.New(core),
+	}
+	adjust(&cfg)
+	spawnGRPC(t, sys, cfg)
 	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}
 }
 

@@ -9,17 +9,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	cpgrpc "github.com/clawker/clawker-cp/actors/grpc"
-	"github.com/clawker/clawker-cp/pkg/adminclient/adminclienttest"
-	"github.com/clawker/clawker-cp/pkg/agentdb"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/testkit"
@@ -30,24 +25,7 @@ import (
 // the agent server's limits set to lim.
 func startLimitedAgentService(t *testing.T, lim cpgrpc.Limits) *agentFixture {
 	t.Helper()
-	home := adminclienttest.NewHome(t)
-	m := home.EnsureAuth(t)
-	paths := home.Paths(t)
-	if err := m.WriteServerBundle(paths.CPAuthDir); err != nil {
-		t.Fatal(err)
-	}
-	ports := cptest.FreePorts(t, 2)
-	sys := newTestSystem(t)
-	reg := &fakeRegistry{rows: map[string]agentdb.Agent{}}
-	regPID := sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return reg }))
-	core, logs := observer.New(zapcore.DebugLevel)
-	spawnGRPC(t, sys, cpgrpc.Config{
-		BindHost:  "127.0.0.1",
-		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
-		Heartbeat: time.Second, RequestTimeout: requestTimeout,
-		AgentLimits: lim, Log: zap.New(core),
-	})
-	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}
+	return startAgentServiceWith(t, func(c *cpgrpc.Config) { c.AgentLimits = lim })
 }
 
 // from dials from the loopback address src (127.0.0.0/8 is all local),
