@@ -88,7 +88,6 @@ type Owner struct {
 	stopped       bool
 	healthy       bool
 	failures      int
-	replace       bool // the next ensure removes the running container first
 	lastErr       error
 	containerID   string
 	cancelTick    scheduler.CancelFunc
@@ -108,7 +107,7 @@ func (o *Owner) Receive(ctx actor.Context) bool {
 			Adopt(ctx, o.M)
 			return true
 		}
-		o.ensure(ctx)
+		o.ensure(ctx, false)
 	case *actor.Stopping, *actor.Restarting:
 		o.stopTicker()
 	case *Adopted:
@@ -134,7 +133,7 @@ func (o *Owner) Receive(ctx actor.Context) bool {
 		}
 		o.stopped = false
 		o.waiting = append(o.waiting, ctx.Sender())
-		o.ensure(ctx)
+		o.ensure(ctx, false)
 	case *StopMember:
 		if o.M.Managed == nil {
 			ctx.Respond(&MemberDone{Err: fmt.Errorf("%s is not run by this control plane", o.M.Name)})
@@ -179,16 +178,15 @@ func (o *Owner) status() *MemberStatus {
 	return st
 }
 
-// ensure brings the container up off the mailbox and reports *ensured.
-func (o *Owner) ensure(ctx actor.Context) {
+// ensure brings the container up off the mailbox and reports *ensured;
+// replace removes a running container first.
+func (o *Owner) ensure(ctx actor.Context, replace bool) {
 	if o.ensuring || o.stopped {
 		return
 	}
 	o.ensuring = true
 	mg := o.M.Managed
 	self, sys := ctx.Self(), ctx.ActorSystem()
-	replace := o.replace
-	o.replace = false
 	go func() {
 		res := &ensured{}
 		if replace {
@@ -340,8 +338,7 @@ func (o *Owner) onChecked(ctx actor.Context, m *checked) {
 		o.failures = 0
 		// A container that runs but does not answer (hung, stopped with
 		// SIGSTOP) has the same spec: Ensure alone would adopt it again.
-		o.replace = m.running
-		o.ensure(ctx)
+		o.ensure(ctx, m.running)
 	}
 }
 
