@@ -92,8 +92,11 @@ const (
 	RuleStatus_RULE_STATUS_UNCHANGED RuleStatus = 3
 	// RULE_STATUS_REMOVED: the rule (or, with all, every rule) was removed.
 	RuleStatus_RULE_STATUS_REMOVED RuleStatus = 4
-	// RULE_STATUS_NOT_FOUND: no rule has this (dst, proto, port).
+	// RULE_STATUS_NOT_FOUND: no rule has this (dst, proto, port), or, with
+	// a path, that rule has no such path rule.
 	RuleStatus_RULE_STATUS_NOT_FOUND RuleStatus = 5
+	// RULE_STATUS_PATH_REMOVED: one path rule was removed from the rule.
+	RuleStatus_RULE_STATUS_PATH_REMOVED RuleStatus = 6
 )
 
 // Enum value maps for RuleStatus.
@@ -105,14 +108,16 @@ var (
 		3: "RULE_STATUS_UNCHANGED",
 		4: "RULE_STATUS_REMOVED",
 		5: "RULE_STATUS_NOT_FOUND",
+		6: "RULE_STATUS_PATH_REMOVED",
 	}
 	RuleStatus_value = map[string]int32{
-		"RULE_STATUS_UNSPECIFIED": 0,
-		"RULE_STATUS_ADDED":       1,
-		"RULE_STATUS_MODIFIED":    2,
-		"RULE_STATUS_UNCHANGED":   3,
-		"RULE_STATUS_REMOVED":     4,
-		"RULE_STATUS_NOT_FOUND":   5,
+		"RULE_STATUS_UNSPECIFIED":  0,
+		"RULE_STATUS_ADDED":        1,
+		"RULE_STATUS_MODIFIED":     2,
+		"RULE_STATUS_UNCHANGED":    3,
+		"RULE_STATUS_REMOVED":      4,
+		"RULE_STATUS_NOT_FOUND":    5,
+		"RULE_STATUS_PATH_REMOVED": 6,
 	}
 )
 
@@ -144,7 +149,13 @@ func (RuleStatus) EnumDescriptor() ([]byte, []int) {
 }
 
 type ListAgentsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size caps the agents in one answer; 0 means the server's default
+	// (1000), more than the server's maximum (5000) is lowered to it.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token is a previous answer's next_page_token; empty for the first
+	// page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -179,9 +190,28 @@ func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+func (x *ListAgentsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListAgentsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListAgentsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Agents        []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Agents []*Agent               `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	// next_page_token asks for the page after this one; empty on the last.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// total is the number of bindings in the registry when this page was
+	// read.
+	Total         uint32 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -221,6 +251,20 @@ func (x *ListAgentsResponse) GetAgents() []*Agent {
 		return x.Agents
 	}
 	return nil
+}
+
+func (x *ListAgentsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListAgentsResponse) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
 }
 
 // Agent is one registry binding.
@@ -1330,7 +1374,15 @@ type EgressRule struct {
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// id is the rule's identity in the store; set in answers, ignored in
 	// requests.
-	Id            uint32 `protobuf:"varint,5,opt,name=id,proto3" json:"id,omitempty"`
+	Id uint32 `protobuf:"varint,5,opt,name=id,proto3" json:"id,omitempty"`
+	// path_rules decide each request to dst by its path and method. A rule
+	// with path rules is inspected: the proxy terminates TLS for dst with a
+	// leaf from the firewall CA. Only https and http rules on a name carry
+	// them.
+	PathRules []*PathRule `protobuf:"bytes,6,rep,name=path_rules,json=pathRules,proto3" json:"path_rules,omitempty"`
+	// path_default is what happens to a request no path rule matches: allow
+	// or deny; empty means deny. Unset without path_rules.
+	PathDefault   string `protobuf:"bytes,7,opt,name=path_default,json=pathDefault,proto3" json:"path_default,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1400,6 +1452,86 @@ func (x *EgressRule) GetId() uint32 {
 	return 0
 }
 
+func (x *EgressRule) GetPathRules() []*PathRule {
+	if x != nil {
+		return x.PathRules
+	}
+	return nil
+}
+
+func (x *EgressRule) GetPathDefault() string {
+	if x != nil {
+		return x.PathDefault
+	}
+	return ""
+}
+
+// PathRule is one path rule of an inspected EgressRule.
+type PathRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is a literal prefix starting with "/", or "~" followed by an RE2
+	// expression matched against the whole (normalised) path.
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// action is allow or deny; empty means allow.
+	Action string `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	// methods limit the rule to these HTTP methods (upper case); empty means
+	// every method.
+	Methods       []string `protobuf:"bytes,3,rep,name=methods,proto3" json:"methods,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathRule) Reset() {
+	*x = PathRule{}
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathRule) ProtoMessage() {}
+
+func (x *PathRule) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathRule.ProtoReflect.Descriptor instead.
+func (*PathRule) Descriptor() ([]byte, []int) {
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *PathRule) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PathRule) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PathRule) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
 type FirewallAddRulesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// rules are added in one batch; at least one.
@@ -1410,7 +1542,7 @@ type FirewallAddRulesRequest struct {
 
 func (x *FirewallAddRulesRequest) Reset() {
 	*x = FirewallAddRulesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1422,7 +1554,7 @@ func (x *FirewallAddRulesRequest) String() string {
 func (*FirewallAddRulesRequest) ProtoMessage() {}
 
 func (x *FirewallAddRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1435,7 +1567,7 @@ func (x *FirewallAddRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallAddRulesRequest.ProtoReflect.Descriptor instead.
 func (*FirewallAddRulesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *FirewallAddRulesRequest) GetRules() []*EgressRule {
@@ -1461,7 +1593,7 @@ type FirewallAddRulesResponse struct {
 
 func (x *FirewallAddRulesResponse) Reset() {
 	*x = FirewallAddRulesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1605,7 @@ func (x *FirewallAddRulesResponse) String() string {
 func (*FirewallAddRulesResponse) ProtoMessage() {}
 
 func (x *FirewallAddRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1618,7 @@ func (x *FirewallAddRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallAddRulesResponse.ProtoReflect.Descriptor instead.
 func (*FirewallAddRulesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FirewallAddRulesResponse) GetStatuses() []RuleStatus {
@@ -1518,14 +1650,17 @@ type FirewallRemoveRuleRequest struct {
 	Proto string `protobuf:"bytes,2,opt,name=proto,proto3" json:"proto,omitempty"`
 	Port  string `protobuf:"bytes,3,opt,name=port,proto3" json:"port,omitempty"`
 	// all removes every rule.
-	All           bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	All bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
+	// path, when set, removes only that path rule of the rule (status
+	// PATH_REMOVED); the rule itself stays.
+	Path          string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FirewallRemoveRuleRequest) Reset() {
 	*x = FirewallRemoveRuleRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1672,7 @@ func (x *FirewallRemoveRuleRequest) String() string {
 func (*FirewallRemoveRuleRequest) ProtoMessage() {}
 
 func (x *FirewallRemoveRuleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1685,7 @@ func (x *FirewallRemoveRuleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallRemoveRuleRequest.ProtoReflect.Descriptor instead.
 func (*FirewallRemoveRuleRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FirewallRemoveRuleRequest) GetDst() string {
@@ -1581,6 +1716,13 @@ func (x *FirewallRemoveRuleRequest) GetAll() bool {
 	return false
 }
 
+func (x *FirewallRemoveRuleRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 type FirewallRemoveRuleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// status is REMOVED or NOT_FOUND (with all, always REMOVED).
@@ -1598,7 +1740,7 @@ type FirewallRemoveRuleResponse struct {
 
 func (x *FirewallRemoveRuleResponse) Reset() {
 	*x = FirewallRemoveRuleResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1752,7 @@ func (x *FirewallRemoveRuleResponse) String() string {
 func (*FirewallRemoveRuleResponse) ProtoMessage() {}
 
 func (x *FirewallRemoveRuleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1765,7 @@ func (x *FirewallRemoveRuleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallRemoveRuleResponse.ProtoReflect.Descriptor instead.
 func (*FirewallRemoveRuleResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FirewallRemoveRuleResponse) GetStatus() RuleStatus {
@@ -1662,7 +1804,7 @@ type FirewallListRulesRequest struct {
 
 func (x *FirewallListRulesRequest) Reset() {
 	*x = FirewallListRulesRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1674,7 +1816,7 @@ func (x *FirewallListRulesRequest) String() string {
 func (*FirewallListRulesRequest) ProtoMessage() {}
 
 func (x *FirewallListRulesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1687,7 +1829,7 @@ func (x *FirewallListRulesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallListRulesRequest.ProtoReflect.Descriptor instead.
 func (*FirewallListRulesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 type FirewallListRulesResponse struct {
@@ -1700,7 +1842,7 @@ type FirewallListRulesResponse struct {
 
 func (x *FirewallListRulesResponse) Reset() {
 	*x = FirewallListRulesResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1854,7 @@ func (x *FirewallListRulesResponse) String() string {
 func (*FirewallListRulesResponse) ProtoMessage() {}
 
 func (x *FirewallListRulesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1867,7 @@ func (x *FirewallListRulesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallListRulesResponse.ProtoReflect.Descriptor instead.
 func (*FirewallListRulesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FirewallListRulesResponse) GetRules() []*EgressRule {
@@ -1743,7 +1885,7 @@ type FirewallReloadRequest struct {
 
 func (x *FirewallReloadRequest) Reset() {
 	*x = FirewallReloadRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1755,7 +1897,7 @@ func (x *FirewallReloadRequest) String() string {
 func (*FirewallReloadRequest) ProtoMessage() {}
 
 func (x *FirewallReloadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1768,7 +1910,7 @@ func (x *FirewallReloadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallReloadRequest.ProtoReflect.Descriptor instead.
 func (*FirewallReloadRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type FirewallReloadResponse struct {
@@ -1781,7 +1923,7 @@ type FirewallReloadResponse struct {
 
 func (x *FirewallReloadResponse) Reset() {
 	*x = FirewallReloadResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1935,7 @@ func (x *FirewallReloadResponse) String() string {
 func (*FirewallReloadResponse) ProtoMessage() {}
 
 func (x *FirewallReloadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1948,7 @@ func (x *FirewallReloadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallReloadResponse.ProtoReflect.Descriptor instead.
 func (*FirewallReloadResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *FirewallReloadResponse) GetRules() uint32 {
@@ -1825,7 +1967,7 @@ type FirewallResolveHostnameRequest struct {
 
 func (x *FirewallResolveHostnameRequest) Reset() {
 	*x = FirewallResolveHostnameRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +1979,7 @@ func (x *FirewallResolveHostnameRequest) String() string {
 func (*FirewallResolveHostnameRequest) ProtoMessage() {}
 
 func (x *FirewallResolveHostnameRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +1992,7 @@ func (x *FirewallResolveHostnameRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallResolveHostnameRequest.ProtoReflect.Descriptor instead.
 func (*FirewallResolveHostnameRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *FirewallResolveHostnameRequest) GetHostname() string {
@@ -1870,7 +2012,7 @@ type FirewallResolveHostnameResponse struct {
 
 func (x *FirewallResolveHostnameResponse) Reset() {
 	*x = FirewallResolveHostnameResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2024,7 @@ func (x *FirewallResolveHostnameResponse) String() string {
 func (*FirewallResolveHostnameResponse) ProtoMessage() {}
 
 func (x *FirewallResolveHostnameResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2037,7 @@ func (x *FirewallResolveHostnameResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallResolveHostnameResponse.ProtoReflect.Descriptor instead.
 func (*FirewallResolveHostnameResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *FirewallResolveHostnameResponse) GetAddresses() []string {
@@ -1913,7 +2055,7 @@ type FirewallRotateCARequest struct {
 
 func (x *FirewallRotateCARequest) Reset() {
 	*x = FirewallRotateCARequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1925,7 +2067,7 @@ func (x *FirewallRotateCARequest) String() string {
 func (*FirewallRotateCARequest) ProtoMessage() {}
 
 func (x *FirewallRotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1938,18 +2080,26 @@ func (x *FirewallRotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallRotateCARequest.ProtoReflect.Descriptor instead.
 func (*FirewallRotateCARequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type FirewallRotateCAResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// fingerprint is hex SHA-256 of the new CA certificate (DER).
+	Fingerprint string `protobuf:"bytes,1,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
+	// previous_fingerprint is that of the CA it replaced; empty when there
+	// was none.
+	PreviousFingerprint string `protobuf:"bytes,2,opt,name=previous_fingerprint,json=previousFingerprint,proto3" json:"previous_fingerprint,omitempty"`
+	// still_trusting_old are the running agents (project/agent) started with
+	// the replaced CA: they refuse the new leaves until recreated.
+	StillTrustingOld []string `protobuf:"bytes,3,rep,name=still_trusting_old,json=stillTrustingOld,proto3" json:"still_trusting_old,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *FirewallRotateCAResponse) Reset() {
 	*x = FirewallRotateCAResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2111,7 @@ func (x *FirewallRotateCAResponse) String() string {
 func (*FirewallRotateCAResponse) ProtoMessage() {}
 
 func (x *FirewallRotateCAResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2124,28 @@ func (x *FirewallRotateCAResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallRotateCAResponse.ProtoReflect.Descriptor instead.
 func (*FirewallRotateCAResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *FirewallRotateCAResponse) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
+}
+
+func (x *FirewallRotateCAResponse) GetPreviousFingerprint() string {
+	if x != nil {
+		return x.PreviousFingerprint
+	}
+	return ""
+}
+
+func (x *FirewallRotateCAResponse) GetStillTrustingOld() []string {
+	if x != nil {
+		return x.StillTrustingOld
+	}
+	return nil
 }
 
 type FirewallDeniedRequest struct {
@@ -1990,7 +2161,7 @@ type FirewallDeniedRequest struct {
 
 func (x *FirewallDeniedRequest) Reset() {
 	*x = FirewallDeniedRequest{}
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2002,7 +2173,7 @@ func (x *FirewallDeniedRequest) String() string {
 func (*FirewallDeniedRequest) ProtoMessage() {}
 
 func (x *FirewallDeniedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2015,7 +2186,7 @@ func (x *FirewallDeniedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallDeniedRequest.ProtoReflect.Descriptor instead.
 func (*FirewallDeniedRequest) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *FirewallDeniedRequest) GetAgent() string {
@@ -2043,7 +2214,8 @@ func (x *FirewallDeniedRequest) GetSince() *durationpb.Duration {
 // and how to allow it.
 type DeniedGroup struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// where it was refused: dns (the name is not allowed) or proxy (SNI/Host).
+	// where it was refused: dns (the name is not allowed), proxy (SNI/Host),
+	// path (an inspected request) or kernel.
 	Where string `protobuf:"bytes,1,opt,name=where,proto3" json:"where,omitempty"`
 	Name  string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Proto string `protobuf:"bytes,3,opt,name=proto,proto3" json:"proto,omitempty"`
@@ -2054,14 +2226,18 @@ type DeniedGroup struct {
 	Last   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last,proto3" json:"last,omitempty"`
 	Reason string                 `protobuf:"bytes,8,opt,name=reason,proto3" json:"reason,omitempty"`
 	// allow is the clawker command that would allow it.
-	Allow         string `protobuf:"bytes,9,opt,name=allow,proto3" json:"allow,omitempty"`
+	Allow string `protobuf:"bytes,9,opt,name=allow,proto3" json:"allow,omitempty"`
+	// method and path name the refused request when where is path (an
+	// inspected name's path rules refused it).
+	Method        string `protobuf:"bytes,10,opt,name=method,proto3" json:"method,omitempty"`
+	Path          string `protobuf:"bytes,11,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeniedGroup) Reset() {
 	*x = DeniedGroup{}
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2073,7 +2249,7 @@ func (x *DeniedGroup) String() string {
 func (*DeniedGroup) ProtoMessage() {}
 
 func (x *DeniedGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2086,7 +2262,7 @@ func (x *DeniedGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeniedGroup.ProtoReflect.Descriptor instead.
 func (*DeniedGroup) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *DeniedGroup) GetWhere() string {
@@ -2152,6 +2328,20 @@ func (x *DeniedGroup) GetAllow() string {
 	return ""
 }
 
+func (x *DeniedGroup) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *DeniedGroup) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
 type FirewallDeniedResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Groups        []*DeniedGroup         `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
@@ -2161,7 +2351,7 @@ type FirewallDeniedResponse struct {
 
 func (x *FirewallDeniedResponse) Reset() {
 	*x = FirewallDeniedResponse{}
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2363,7 @@ func (x *FirewallDeniedResponse) String() string {
 func (*FirewallDeniedResponse) ProtoMessage() {}
 
 func (x *FirewallDeniedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2376,7 @@ func (x *FirewallDeniedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FirewallDeniedResponse.ProtoReflect.Descriptor instead.
 func (*FirewallDeniedResponse) Descriptor() ([]byte, []int) {
-	return file_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *FirewallDeniedResponse) GetGroups() []*DeniedGroup {
@@ -2200,10 +2390,15 @@ var File_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x14admin/v1/admin.proto\x12\x10clawker.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x13\n" +
-	"\x11ListAgentsRequest\"E\n" +
+	"\x14admin/v1/admin.proto\x12\x10clawker.admin.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"O\n" +
+	"\x11ListAgentsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x83\x01\n" +
 	"\x12ListAgentsResponse\x12/\n" +
-	"\x06agents\x18\x01 \x03(\v2\x17.clawker.admin.v1.AgentR\x06agents\"\xad\x02\n" +
+	"\x06agents\x18\x01 \x03(\v2\x17.clawker.admin.v1.AgentR\x06agents\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\rR\x05total\"\xad\x02\n" +
 	"\x05Agent\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12\x1d\n" +
@@ -2267,25 +2462,33 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x05stack\x18\x01 \x03(\v2\x1d.clawker.admin.v1.StackMemberR\x05stack\"-\n" +
 	"\x15FirewallRemoveRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"\x18\n" +
-	"\x16FirewallRemoveResponse\"p\n" +
+	"\x16FirewallRemoveResponse\"\xce\x01\n" +
 	"\n" +
 	"EgressRule\x12\x10\n" +
 	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
 	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\tR\x04port\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12\x0e\n" +
-	"\x02id\x18\x05 \x01(\rR\x02id\"M\n" +
+	"\x02id\x18\x05 \x01(\rR\x02id\x129\n" +
+	"\n" +
+	"path_rules\x18\x06 \x03(\v2\x1a.clawker.admin.v1.PathRuleR\tpathRules\x12!\n" +
+	"\fpath_default\x18\a \x01(\tR\vpathDefault\"P\n" +
+	"\bPathRule\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x18\n" +
+	"\amethods\x18\x03 \x03(\tR\amethods\"M\n" +
 	"\x17FirewallAddRulesRequest\x122\n" +
 	"\x05rules\x18\x01 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\"\x9e\x01\n" +
 	"\x18FirewallAddRulesResponse\x128\n" +
 	"\bstatuses\x18\x01 \x03(\x0e2\x1c.clawker.admin.v1.RuleStatusR\bstatuses\x122\n" +
 	"\x05rules\x18\x02 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\x12\x14\n" +
-	"\x05total\x18\x03 \x01(\rR\x05total\"i\n" +
+	"\x05total\x18\x03 \x01(\rR\x05total\"}\n" +
 	"\x19FirewallRemoveRuleRequest\x12\x10\n" +
 	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
 	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\tR\x04port\x12\x10\n" +
-	"\x03all\x18\x04 \x01(\bR\x03all\"\xb4\x01\n" +
+	"\x03all\x18\x04 \x01(\bR\x03all\x12\x12\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\"\xb4\x01\n" +
 	"\x1aFirewallRemoveRuleResponse\x124\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x1c.clawker.admin.v1.RuleStatusR\x06status\x120\n" +
 	"\x04rule\x18\x02 \x01(\v2\x1c.clawker.admin.v1.EgressRuleR\x04rule\x12\x18\n" +
@@ -2301,12 +2504,15 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\bhostname\x18\x01 \x01(\tR\bhostname\"?\n" +
 	"\x1fFirewallResolveHostnameResponse\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\"\x19\n" +
-	"\x17FirewallRotateCARequest\"\x1a\n" +
-	"\x18FirewallRotateCAResponse\"x\n" +
+	"\x17FirewallRotateCARequest\"\x9d\x01\n" +
+	"\x18FirewallRotateCAResponse\x12 \n" +
+	"\vfingerprint\x18\x01 \x01(\tR\vfingerprint\x121\n" +
+	"\x14previous_fingerprint\x18\x02 \x01(\tR\x13previousFingerprint\x12,\n" +
+	"\x12still_trusting_old\x18\x03 \x03(\tR\x10stillTrustingOld\"x\n" +
 	"\x15FirewallDeniedRequest\x12\x14\n" +
 	"\x05agent\x18\x01 \x01(\tR\x05agent\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12/\n" +
-	"\x05since\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05since\"\x8b\x02\n" +
+	"\x05since\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05since\"\xb7\x02\n" +
 	"\vDeniedGroup\x12\x14\n" +
 	"\x05where\x18\x01 \x01(\tR\x05where\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2316,13 +2522,16 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x05first\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05first\x12.\n" +
 	"\x04last\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04last\x12\x16\n" +
 	"\x06reason\x18\b \x01(\tR\x06reason\x12\x14\n" +
-	"\x05allow\x18\t \x01(\tR\x05allow\"O\n" +
+	"\x05allow\x18\t \x01(\tR\x05allow\x12\x16\n" +
+	"\x06method\x18\n" +
+	" \x01(\tR\x06method\x12\x12\n" +
+	"\x04path\x18\v \x01(\tR\x04path\"O\n" +
 	"\x16FirewallDeniedResponse\x125\n" +
 	"\x06groups\x18\x01 \x03(\v2\x1d.clawker.admin.v1.DeniedGroupR\x06groups*H\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
-	"\fPROTOCOL_UDP\x10\x02*\xa9\x01\n" +
+	"\fPROTOCOL_UDP\x10\x02*\xc7\x01\n" +
 	"\n" +
 	"RuleStatus\x12\x1b\n" +
 	"\x17RULE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n" +
@@ -2330,7 +2539,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x14RULE_STATUS_MODIFIED\x10\x02\x12\x19\n" +
 	"\x15RULE_STATUS_UNCHANGED\x10\x03\x12\x17\n" +
 	"\x13RULE_STATUS_REMOVED\x10\x04\x12\x19\n" +
-	"\x15RULE_STATUS_NOT_FOUND\x10\x052\x94\r\n" +
+	"\x15RULE_STATUS_NOT_FOUND\x10\x05\x12\x1c\n" +
+	"\x18RULE_STATUS_PATH_REMOVED\x10\x062\x94\r\n" +
 	"\fAdminService\x12W\n" +
 	"\n" +
 	"ListAgents\x12#.clawker.admin.v1.ListAgentsRequest\x1a$.clawker.admin.v1.ListAgentsResponse\x12`\n" +
@@ -2363,7 +2573,7 @@ func file_admin_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_admin_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_admin_v1_admin_proto_goTypes = []any{
 	(Protocol)(0),                           // 0: clawker.admin.v1.Protocol
 	(RuleStatus)(0),                         // 1: clawker.admin.v1.RuleStatus
@@ -2390,85 +2600,87 @@ var file_admin_v1_admin_proto_goTypes = []any{
 	(*FirewallRemoveRequest)(nil),           // 22: clawker.admin.v1.FirewallRemoveRequest
 	(*FirewallRemoveResponse)(nil),          // 23: clawker.admin.v1.FirewallRemoveResponse
 	(*EgressRule)(nil),                      // 24: clawker.admin.v1.EgressRule
-	(*FirewallAddRulesRequest)(nil),         // 25: clawker.admin.v1.FirewallAddRulesRequest
-	(*FirewallAddRulesResponse)(nil),        // 26: clawker.admin.v1.FirewallAddRulesResponse
-	(*FirewallRemoveRuleRequest)(nil),       // 27: clawker.admin.v1.FirewallRemoveRuleRequest
-	(*FirewallRemoveRuleResponse)(nil),      // 28: clawker.admin.v1.FirewallRemoveRuleResponse
-	(*FirewallListRulesRequest)(nil),        // 29: clawker.admin.v1.FirewallListRulesRequest
-	(*FirewallListRulesResponse)(nil),       // 30: clawker.admin.v1.FirewallListRulesResponse
-	(*FirewallReloadRequest)(nil),           // 31: clawker.admin.v1.FirewallReloadRequest
-	(*FirewallReloadResponse)(nil),          // 32: clawker.admin.v1.FirewallReloadResponse
-	(*FirewallResolveHostnameRequest)(nil),  // 33: clawker.admin.v1.FirewallResolveHostnameRequest
-	(*FirewallResolveHostnameResponse)(nil), // 34: clawker.admin.v1.FirewallResolveHostnameResponse
-	(*FirewallRotateCARequest)(nil),         // 35: clawker.admin.v1.FirewallRotateCARequest
-	(*FirewallRotateCAResponse)(nil),        // 36: clawker.admin.v1.FirewallRotateCAResponse
-	(*FirewallDeniedRequest)(nil),           // 37: clawker.admin.v1.FirewallDeniedRequest
-	(*DeniedGroup)(nil),                     // 38: clawker.admin.v1.DeniedGroup
-	(*FirewallDeniedResponse)(nil),          // 39: clawker.admin.v1.FirewallDeniedResponse
-	(*timestamppb.Timestamp)(nil),           // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),             // 41: google.protobuf.Duration
+	(*PathRule)(nil),                        // 25: clawker.admin.v1.PathRule
+	(*FirewallAddRulesRequest)(nil),         // 26: clawker.admin.v1.FirewallAddRulesRequest
+	(*FirewallAddRulesResponse)(nil),        // 27: clawker.admin.v1.FirewallAddRulesResponse
+	(*FirewallRemoveRuleRequest)(nil),       // 28: clawker.admin.v1.FirewallRemoveRuleRequest
+	(*FirewallRemoveRuleResponse)(nil),      // 29: clawker.admin.v1.FirewallRemoveRuleResponse
+	(*FirewallListRulesRequest)(nil),        // 30: clawker.admin.v1.FirewallListRulesRequest
+	(*FirewallListRulesResponse)(nil),       // 31: clawker.admin.v1.FirewallListRulesResponse
+	(*FirewallReloadRequest)(nil),           // 32: clawker.admin.v1.FirewallReloadRequest
+	(*FirewallReloadResponse)(nil),          // 33: clawker.admin.v1.FirewallReloadResponse
+	(*FirewallResolveHostnameRequest)(nil),  // 34: clawker.admin.v1.FirewallResolveHostnameRequest
+	(*FirewallResolveHostnameResponse)(nil), // 35: clawker.admin.v1.FirewallResolveHostnameResponse
+	(*FirewallRotateCARequest)(nil),         // 36: clawker.admin.v1.FirewallRotateCARequest
+	(*FirewallRotateCAResponse)(nil),        // 37: clawker.admin.v1.FirewallRotateCAResponse
+	(*FirewallDeniedRequest)(nil),           // 38: clawker.admin.v1.FirewallDeniedRequest
+	(*DeniedGroup)(nil),                     // 39: clawker.admin.v1.DeniedGroup
+	(*FirewallDeniedResponse)(nil),          // 40: clawker.admin.v1.FirewallDeniedResponse
+	(*timestamppb.Timestamp)(nil),           // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),             // 42: google.protobuf.Duration
 }
 var file_admin_v1_admin_proto_depIdxs = []int32{
 	4,  // 0: clawker.admin.v1.ListAgentsResponse.agents:type_name -> clawker.admin.v1.Agent
-	40, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
-	40, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	40, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
-	41, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
-	40, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
-	41, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
+	41, // 1: clawker.admin.v1.Agent.registered_at:type_name -> google.protobuf.Timestamp
+	41, // 2: clawker.admin.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	41, // 3: clawker.admin.v1.GetSystemTimeResponse.now:type_name -> google.protobuf.Timestamp
+	42, // 4: clawker.admin.v1.FirewallBypassRequest.timeout:type_name -> google.protobuf.Duration
+	41, // 5: clawker.admin.v1.FirewallBypassResponse.until:type_name -> google.protobuf.Timestamp
+	42, // 6: clawker.admin.v1.FirewallBypassResponse.timeout:type_name -> google.protobuf.Duration
 	0,  // 7: clawker.admin.v1.Route.proto:type_name -> clawker.admin.v1.Protocol
 	13, // 8: clawker.admin.v1.FirewallSyncRoutesRequest.routes:type_name -> clawker.admin.v1.Route
 	19, // 9: clawker.admin.v1.FirewallStatusResponse.agents:type_name -> clawker.admin.v1.FirewallAgent
 	18, // 10: clawker.admin.v1.FirewallStatusResponse.stack:type_name -> clawker.admin.v1.StackMember
-	40, // 11: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
+	41, // 11: clawker.admin.v1.FirewallAgent.bypass_until:type_name -> google.protobuf.Timestamp
 	18, // 12: clawker.admin.v1.FirewallInitResponse.stack:type_name -> clawker.admin.v1.StackMember
-	24, // 13: clawker.admin.v1.FirewallAddRulesRequest.rules:type_name -> clawker.admin.v1.EgressRule
-	1,  // 14: clawker.admin.v1.FirewallAddRulesResponse.statuses:type_name -> clawker.admin.v1.RuleStatus
-	24, // 15: clawker.admin.v1.FirewallAddRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
-	1,  // 16: clawker.admin.v1.FirewallRemoveRuleResponse.status:type_name -> clawker.admin.v1.RuleStatus
-	24, // 17: clawker.admin.v1.FirewallRemoveRuleResponse.rule:type_name -> clawker.admin.v1.EgressRule
-	24, // 18: clawker.admin.v1.FirewallListRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
-	41, // 19: clawker.admin.v1.FirewallDeniedRequest.since:type_name -> google.protobuf.Duration
-	40, // 20: clawker.admin.v1.DeniedGroup.first:type_name -> google.protobuf.Timestamp
-	40, // 21: clawker.admin.v1.DeniedGroup.last:type_name -> google.protobuf.Timestamp
-	38, // 22: clawker.admin.v1.FirewallDeniedResponse.groups:type_name -> clawker.admin.v1.DeniedGroup
-	2,  // 23: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
-	5,  // 24: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
-	7,  // 25: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
-	9,  // 26: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
-	11, // 27: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
-	14, // 28: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
-	16, // 29: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
-	20, // 30: clawker.admin.v1.AdminService.FirewallInit:input_type -> clawker.admin.v1.FirewallInitRequest
-	22, // 31: clawker.admin.v1.AdminService.FirewallRemove:input_type -> clawker.admin.v1.FirewallRemoveRequest
-	25, // 32: clawker.admin.v1.AdminService.FirewallAddRules:input_type -> clawker.admin.v1.FirewallAddRulesRequest
-	27, // 33: clawker.admin.v1.AdminService.FirewallRemoveRule:input_type -> clawker.admin.v1.FirewallRemoveRuleRequest
-	29, // 34: clawker.admin.v1.AdminService.FirewallListRules:input_type -> clawker.admin.v1.FirewallListRulesRequest
-	31, // 35: clawker.admin.v1.AdminService.FirewallReload:input_type -> clawker.admin.v1.FirewallReloadRequest
-	33, // 36: clawker.admin.v1.AdminService.FirewallResolveHostname:input_type -> clawker.admin.v1.FirewallResolveHostnameRequest
-	35, // 37: clawker.admin.v1.AdminService.FirewallRotateCA:input_type -> clawker.admin.v1.FirewallRotateCARequest
-	37, // 38: clawker.admin.v1.AdminService.FirewallDenied:input_type -> clawker.admin.v1.FirewallDeniedRequest
-	3,  // 39: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
-	6,  // 40: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
-	8,  // 41: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
-	10, // 42: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
-	12, // 43: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
-	15, // 44: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
-	17, // 45: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
-	21, // 46: clawker.admin.v1.AdminService.FirewallInit:output_type -> clawker.admin.v1.FirewallInitResponse
-	23, // 47: clawker.admin.v1.AdminService.FirewallRemove:output_type -> clawker.admin.v1.FirewallRemoveResponse
-	26, // 48: clawker.admin.v1.AdminService.FirewallAddRules:output_type -> clawker.admin.v1.FirewallAddRulesResponse
-	28, // 49: clawker.admin.v1.AdminService.FirewallRemoveRule:output_type -> clawker.admin.v1.FirewallRemoveRuleResponse
-	30, // 50: clawker.admin.v1.AdminService.FirewallListRules:output_type -> clawker.admin.v1.FirewallListRulesResponse
-	32, // 51: clawker.admin.v1.AdminService.FirewallReload:output_type -> clawker.admin.v1.FirewallReloadResponse
-	34, // 52: clawker.admin.v1.AdminService.FirewallResolveHostname:output_type -> clawker.admin.v1.FirewallResolveHostnameResponse
-	36, // 53: clawker.admin.v1.AdminService.FirewallRotateCA:output_type -> clawker.admin.v1.FirewallRotateCAResponse
-	39, // 54: clawker.admin.v1.AdminService.FirewallDenied:output_type -> clawker.admin.v1.FirewallDeniedResponse
-	39, // [39:55] is the sub-list for method output_type
-	23, // [23:39] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	25, // 13: clawker.admin.v1.EgressRule.path_rules:type_name -> clawker.admin.v1.PathRule
+	24, // 14: clawker.admin.v1.FirewallAddRulesRequest.rules:type_name -> clawker.admin.v1.EgressRule
+	1,  // 15: clawker.admin.v1.FirewallAddRulesResponse.statuses:type_name -> clawker.admin.v1.RuleStatus
+	24, // 16: clawker.admin.v1.FirewallAddRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
+	1,  // 17: clawker.admin.v1.FirewallRemoveRuleResponse.status:type_name -> clawker.admin.v1.RuleStatus
+	24, // 18: clawker.admin.v1.FirewallRemoveRuleResponse.rule:type_name -> clawker.admin.v1.EgressRule
+	24, // 19: clawker.admin.v1.FirewallListRulesResponse.rules:type_name -> clawker.admin.v1.EgressRule
+	42, // 20: clawker.admin.v1.FirewallDeniedRequest.since:type_name -> google.protobuf.Duration
+	41, // 21: clawker.admin.v1.DeniedGroup.first:type_name -> google.protobuf.Timestamp
+	41, // 22: clawker.admin.v1.DeniedGroup.last:type_name -> google.protobuf.Timestamp
+	39, // 23: clawker.admin.v1.FirewallDeniedResponse.groups:type_name -> clawker.admin.v1.DeniedGroup
+	2,  // 24: clawker.admin.v1.AdminService.ListAgents:input_type -> clawker.admin.v1.ListAgentsRequest
+	5,  // 25: clawker.admin.v1.AdminService.GetSystemTime:input_type -> clawker.admin.v1.GetSystemTimeRequest
+	7,  // 26: clawker.admin.v1.AdminService.FirewallEnable:input_type -> clawker.admin.v1.FirewallEnableRequest
+	9,  // 27: clawker.admin.v1.AdminService.FirewallDisable:input_type -> clawker.admin.v1.FirewallDisableRequest
+	11, // 28: clawker.admin.v1.AdminService.FirewallBypass:input_type -> clawker.admin.v1.FirewallBypassRequest
+	14, // 29: clawker.admin.v1.AdminService.FirewallSyncRoutes:input_type -> clawker.admin.v1.FirewallSyncRoutesRequest
+	16, // 30: clawker.admin.v1.AdminService.FirewallStatus:input_type -> clawker.admin.v1.FirewallStatusRequest
+	20, // 31: clawker.admin.v1.AdminService.FirewallInit:input_type -> clawker.admin.v1.FirewallInitRequest
+	22, // 32: clawker.admin.v1.AdminService.FirewallRemove:input_type -> clawker.admin.v1.FirewallRemoveRequest
+	26, // 33: clawker.admin.v1.AdminService.FirewallAddRules:input_type -> clawker.admin.v1.FirewallAddRulesRequest
+	28, // 34: clawker.admin.v1.AdminService.FirewallRemoveRule:input_type -> clawker.admin.v1.FirewallRemoveRuleRequest
+	30, // 35: clawker.admin.v1.AdminService.FirewallListRules:input_type -> clawker.admin.v1.FirewallListRulesRequest
+	32, // 36: clawker.admin.v1.AdminService.FirewallReload:input_type -> clawker.admin.v1.FirewallReloadRequest
+	34, // 37: clawker.admin.v1.AdminService.FirewallResolveHostname:input_type -> clawker.admin.v1.FirewallResolveHostnameRequest
+	36, // 38: clawker.admin.v1.AdminService.FirewallRotateCA:input_type -> clawker.admin.v1.FirewallRotateCARequest
+	38, // 39: clawker.admin.v1.AdminService.FirewallDenied:input_type -> clawker.admin.v1.FirewallDeniedRequest
+	3,  // 40: clawker.admin.v1.AdminService.ListAgents:output_type -> clawker.admin.v1.ListAgentsResponse
+	6,  // 41: clawker.admin.v1.AdminService.GetSystemTime:output_type -> clawker.admin.v1.GetSystemTimeResponse
+	8,  // 42: clawker.admin.v1.AdminService.FirewallEnable:output_type -> clawker.admin.v1.FirewallEnableResponse
+	10, // 43: clawker.admin.v1.AdminService.FirewallDisable:output_type -> clawker.admin.v1.FirewallDisableResponse
+	12, // 44: clawker.admin.v1.AdminService.FirewallBypass:output_type -> clawker.admin.v1.FirewallBypassResponse
+	15, // 45: clawker.admin.v1.AdminService.FirewallSyncRoutes:output_type -> clawker.admin.v1.FirewallSyncRoutesResponse
+	17, // 46: clawker.admin.v1.AdminService.FirewallStatus:output_type -> clawker.admin.v1.FirewallStatusResponse
+	21, // 47: clawker.admin.v1.AdminService.FirewallInit:output_type -> clawker.admin.v1.FirewallInitResponse
+	23, // 48: clawker.admin.v1.AdminService.FirewallRemove:output_type -> clawker.admin.v1.FirewallRemoveResponse
+	27, // 49: clawker.admin.v1.AdminService.FirewallAddRules:output_type -> clawker.admin.v1.FirewallAddRulesResponse
+	29, // 50: clawker.admin.v1.AdminService.FirewallRemoveRule:output_type -> clawker.admin.v1.FirewallRemoveRuleResponse
+	31, // 51: clawker.admin.v1.AdminService.FirewallListRules:output_type -> clawker.admin.v1.FirewallListRulesResponse
+	33, // 52: clawker.admin.v1.AdminService.FirewallReload:output_type -> clawker.admin.v1.FirewallReloadResponse
+	35, // 53: clawker.admin.v1.AdminService.FirewallResolveHostname:output_type -> clawker.admin.v1.FirewallResolveHostnameResponse
+	37, // 54: clawker.admin.v1.AdminService.FirewallRotateCA:output_type -> clawker.admin.v1.FirewallRotateCAResponse
+	40, // 55: clawker.admin.v1.AdminService.FirewallDenied:output_type -> clawker.admin.v1.FirewallDeniedResponse
+	40, // [40:56] is the sub-list for method output_type
+	24, // [24:40] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_admin_v1_admin_proto_init() }
@@ -2482,7 +2694,7 @@ func file_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_v1_admin_proto_rawDesc), len(file_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -101,8 +101,8 @@ type AdminServiceClient interface {
 	// InvalidArgument for an empty or malformed hostname, NotFound when it
 	// does not resolve, DeadlineExceeded after 5s.
 	FirewallResolveHostname(ctx context.Context, in *FirewallResolveHostnameRequest, opts ...grpc.CallOption) (*FirewallResolveHostnameResponse, error)
-	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
-	// it answers Unimplemented until TLS inspection lands.
+	// FirewallRotateCA replaces the TLS-inspection CA with a new one and names
+	// the running agents that still trust only the old one.
 	FirewallRotateCA(ctx context.Context, in *FirewallRotateCARequest, opts ...grpc.CallOption) (*FirewallRotateCAResponse, error)
 	// FirewallDenied lists the recent refusals the DNS sibling and the proxy
 	// reported (kept in memory only), grouped by name, with the command that
@@ -338,8 +338,8 @@ type AdminServiceServer interface {
 	// InvalidArgument for an empty or malformed hostname, NotFound when it
 	// does not resolve, DeadlineExceeded after 5s.
 	FirewallResolveHostname(context.Context, *FirewallResolveHostnameRequest) (*FirewallResolveHostnameResponse, error)
-	// FirewallRotateCA replaces the TLS-inspection CA. Not implemented yet:
-	// it answers Unimplemented until TLS inspection lands.
+	// FirewallRotateCA replaces the TLS-inspection CA with a new one and names
+	// the running agents that still trust only the old one.
 	FirewallRotateCA(context.Context, *FirewallRotateCARequest) (*FirewallRotateCAResponse, error)
 	// FirewallDenied lists the recent refusals the DNS sibling and the proxy
 	// reported (kept in memory only), grouped by name, with the command that
