@@ -54,6 +54,7 @@ package agentrun
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/x509"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -181,6 +182,10 @@ type Spec struct {
 	// Memory caps its memory in bytes; 0 means DefaultMemory
 	// (settings' agents.memory).
 	Memory int64
+	// FirewallCA, when set, is the firewall CA's certificate (only: the
+	// type carries no key): the agent trusts it (see firewallca.go).
+	// `clawker run` sets it when the firewall is on.
+	FirewallCA *x509.Certificate
 	// Token, when set, has clawkerd get an access token of clawker-agent
 	// before its first Register (see the package comment). Set it when
 	// the control plane runs Ory, which then refuses a new binding
@@ -375,6 +380,9 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 		}
 		res.ID = ""
 	}()
+	if err = injectFirewallCA(ctx, d, created.ID, s.FirewallCA); err != nil {
+		return res, err
+	}
 
 	t = time.Now()
 	own, err := resolveOwner(ctx, d, created.ID, imgUser)
@@ -449,6 +457,7 @@ func labels(s Spec) map[string]string {
 	l[dockerx.LabelPurpose] = dockerx.PurposeAgent
 	l[dockerx.LabelProject] = s.Project
 	l[dockerx.LabelAgent] = s.Agent
+	firewallCALabel(s, l)
 	return l
 }
 
@@ -491,6 +500,7 @@ func createOptions(s Spec, name, network string, argv []string) client.Container
 	if s.Token != nil {
 		env = append(env, EnvTokenURL+"="+s.Token.URL, EnvTokenAudience+"="+s.Token.Audience, EnvAssertion+"="+AssertionPath)
 	}
+	env = append(env, firewallCAEnv(s)...)
 	pids, mem := s.PidsLimit, s.Memory
 	if pids <= 0 {
 		pids = DefaultPidsLimit

@@ -37,6 +37,8 @@ func runCommand(env Env) *cli.Command {
 			"Session is established and, with firewall.enable, once the control plane's firewall enforces the\n" +
 			"container. The command is the image's entrypoint followed by CMD, or by\n" +
 			"the image's own CMD when none is given, as with docker run. IMAGE must be present: nothing is pulled.\n" +
+			"With firewall.enable, the agent trusts the firewall CA (made on first need; its certificate only) beside the\n" +
+			"image's roots: /etc/clawker/ca-bundle.crt, named by SSL_CERT_FILE and the like in the container's environment.\n" +
 			"The project defaults to the current directory's name. Prints the container id.\n" +
 			"With firewall.enable: false, run refuses unless --no-firewall is given, and then warns on every run\n" +
 			"that the agent runs unconfined; with the firewall on, --no-firewall is refused.",
@@ -112,6 +114,10 @@ func runAgent(c *cli.Context, env Env) error {
 	if err != nil {
 		return err
 	}
+	fwca, err := firewallCAForRun(s, paths)
+	if err != nil {
+		return err
+	}
 	res, err := agentrun.Create(c.Context, ad, agentrun.Spec{
 		// With Ory the control plane refuses a new binding without a
 		// clawker-agent token: clawkerd gets one with the assertion
@@ -129,9 +135,10 @@ func runAgent(c *cli.Context, env Env) error {
 		RequireEnforced: s.Firewall.Enable,
 		Labels:          v.labels,
 		// Validated when the settings were loaded.
-		PidsLimit: int64(s.Agents.PidsLimit),
-		Memory:    agentMemory(s),
-		Auth:      m,
+		PidsLimit:  int64(s.Agents.PidsLimit),
+		Memory:     agentMemory(s),
+		Auth:       m,
+		FirewallCA: fwca,
 	})
 	if errors.Is(err, agentrun.ErrExists) {
 		return fmt.Errorf("%w; remove it with `clawker rm -f --project %s --agent %s`, or pick another --agent", err, project, agent)

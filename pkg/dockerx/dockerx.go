@@ -33,6 +33,9 @@ const (
 	// agent.
 	LabelProject = "dev.clawker.project"
 	LabelAgent   = "dev.clawker.agent"
+	// LabelFirewallCA is on an agent container: the fingerprint (hex
+	// SHA-256) of the firewall CA it trusts.
+	LabelFirewallCA = "dev.clawker.firewall-ca"
 	// LabelBinHash and LabelSpecHash are on the control plane container:
 	// the hash of its binaries and of its settings-derived configuration,
 	// so a bootstrap can tell whether the running one is current.
