@@ -51,6 +51,35 @@
 // compiles them, floor included, into the entries of a longest-prefix
 // trie); the kernel knows the port but not the protocol above TCP.
 //
+// # Path rules (inspected names)
+//
+// An allow rule for https or http on a name (exact or wildcard) may carry
+// path_rules; its connections are then inspected by the proxy and every
+// request is decided by the rule's PathPolicy (Decision.Paths). Names
+// without path rules stay passthrough. Each path rule has a path, an
+// action (allow by default) and optional methods (upper case; none means
+// every method). A path is either
+//
+//   - a literal prefix starting with "/": "/v1/" matches /v1/ and what is
+//     under it; "/v1" also matches /v1beta (a plain string prefix);
+//   - "~" and an RE2 expression matched against the whole normalised path
+//     (implicitly anchored: "~/v[0-9]+/models" does not match /v1/models/x).
+//
+// A request's path is normalised first (NormalizePath: escapes of
+// unreserved characters, "." and "/" decoded, dot segments resolved,
+// repeated slashes collapsed, query dropped), so /v1/../admin, //admin,
+// /%2e%2e/admin and /v1/..%2fadmin are judged as /admin; what cannot be made
+// safe (NUL and other control bytes, bad escapes, "..;") is refused. A
+// literal rule's path is normalised the same way when the rule is stored.
+//
+// Matching: the rules whose methods admit the request's method (compared
+// upper-cased) and whose path matches are applicable; among them the one
+// with the longest path wins, a literal's length being its prefix's and a
+// regex's the length of its expression (without the "~"); equal lengths go
+// to the rule given first, and the store keeps the order given (a new path
+// is appended, a path given again is replaced in place). When no path rule
+// applies, path_default decides: deny unless it says allow.
+//
 // # Store
 //
 // Store keeps the rules in dir/egress-rules.yaml and their identities in

@@ -102,6 +102,10 @@ func FuzzRulesFile(f *testing.F) {
 		"- dst: example.com\n",
 		"rules: {dst: example.com}\n",
 		"rules:\n  - dst: example.com\n    port: 443-80\n  - dst: example.com\n    port: 70000\n",
+		"rules:\n  - dst: api.example.com\n    path_rules:\n      - path: /v1/\n        methods: [get, POST, GET]\n      - path: ~^/v[0-9]+/admin\n        action: deny\n    path_default: allow\n",
+		"rules:\n  - dst: .example.com\n    proto: http\n    path_rules:\n      - {path: /a/../b//c/%2e/, action: DENY}\n",
+		"rules:\n  - dst: 10.0.0.1\n    path_rules: [{path: v1}, {path: ~(}, {path: /x, methods: GET}, {path: /x}, x]\n    path_default: maybe\n",
+		"rules:\n  - dst: example.com\n    path_default: deny\n    path_rules: {path: /}\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -119,7 +123,7 @@ func FuzzRulesFile(f *testing.F) {
 		}
 		for i, r := range rules {
 			c, err := r.Canonical()
-			if err != nil || c != r {
+			if err != nil || !c.Equal(r) {
 				t.Fatalf("accepted rule %d %+v is not canonical (%+v, %v)", i, r, c, err)
 			}
 			if i > 0 && compareRules(rules[i-1], r) >= 0 {
@@ -134,7 +138,7 @@ func FuzzRulesFile(f *testing.F) {
 		if err != nil {
 			t.Fatalf("the rewritten file does not read back: %v\nrules %+v", err, rules)
 		}
-		if !slices.Equal(again, rules) {
+		if !slices.EqualFunc(again, rules, Rule.Equal) {
 			t.Fatalf("the rewritten file reads back as %+v, not %+v", again, rules)
 		}
 	})
@@ -166,6 +170,8 @@ func FuzzRule(f *testing.F) {
 	f.Add("localhost", "tcp", "", "", "localhost", "tcp", uint16(1))
 	f.Add("a..b.example", "https", "abc", "deny", "a_b.example.com", "https", uint16(443))
 	f.Fuzz(func(t *testing.T, dst, proto, port, action, host, hproto string, hport uint16) {
+		// Path rules have their own fuzz targets (FuzzPathRules,
+		// FuzzNormalizePath); here the connection-level fields only.
 		pr, perr := ParsePortRange(port)
 		if perr != nil {
 			checkFieldErrors(t, perr, 0, fieldPort)
@@ -190,7 +196,7 @@ func FuzzRule(f *testing.F) {
 			}
 			return
 		}
-		if c2, err := c.Canonical(); err != nil || c2 != c {
+		if c2, err := c.Canonical(); err != nil || !c2.Equal(c) {
 			t.Fatalf("canonical %+v is not a fixed point: %+v, %v", c, c2, err)
 		}
 
@@ -241,6 +247,8 @@ func FuzzDocCompile(f *testing.F) {
 		`{"rules":[{"dst":"example.com","id":1},{"dst":"EXAMPLE.com.","action":"deny","id":1}]}`,
 		`{"rules":[{"dst":"","proto":"udp","port":"0","action":"x"}],"private_destinations":["nope","2001:db8::/32"]}`,
 		`{"rules":[{"dst":"a.example","port":null},{"dst":"b.example","port":"443"}]}`,
+		`{"rules":[{"dst":"api.example.com","id":1,"path_rules":[{"path":"/v1/","methods":["GET"]},{"path":"~^/admin","action":"deny"}],"path_default":"allow"}]}`,
+		`{"rules":[{"dst":"10.0.0.1","path_rules":[{"path":"/"}]},{"dst":"x.example","proto":"tcp","port":22,"path_rules":[{"path":"~["}]}]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -256,7 +264,8 @@ func FuzzDocCompile(f *testing.F) {
 			}
 			for _, fe := range checkFieldErrors(t, err, len(doc.Rules)) {
 				switch {
-				case fe.Index >= 0 && slicesContains([]string{fieldDst, fieldProto, fieldPort, fieldAction, "id"}, fe.Field):
+				case fe.Index >= 0 && slicesContains([]string{fieldDst, fieldProto, fieldPort, fieldAction, "id", fieldPathDefault}, fe.Field):
+				case fe.Index >= 0 && strings.HasPrefix(fe.Field, fieldPathRules+"["):
 				case fe.Index < 0 && strings.HasPrefix(fe.Field, "private_destinations["):
 				default:
 					t.Fatalf("rejection names neither a rule's field nor a private destination: %q", fe)
@@ -269,8 +278,14 @@ func FuzzDocCompile(f *testing.F) {
 		}
 		for _, e := range p.Entries() {
 			own := ownHost(e.Rule)
-			if d := p.Decide(own, e.Proto, e.Port.Lo); d.Rule == nil {
+			d := p.Decide(own, e.Proto, e.Port.Lo)
+			if d.Rule == nil {
 				t.Fatalf("no rule applies to %q on %s/%d, the dst of %+v: %+v", own, e.Proto, e.Port.Lo, e, d)
+			}
+			// Inspection follows the deciding rule: an allow with path
+			// rules, never anything else.
+			if want := d.Allow && d.Rule.Inspected(); (d.Paths != nil) != want || d.Paths.Len() != len(d.Rule.PathRules) && want {
+				t.Fatalf("%q on %s/%d decided by %+v with Paths %v", own, e.Proto, e.Port.Lo, d.Rule, d.Paths)
 			}
 		}
 	})

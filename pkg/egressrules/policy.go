@@ -79,6 +79,9 @@ type Decision struct {
 	// the Policy: do not modify it.
 	Rule   *Entry
 	Reason string
+	// Paths is non-nil when the deciding allow rule has path rules: the
+	// connection is to be inspected and every request decided by it.
+	Paths *PathPolicy
 }
 
 // compiledRule is a rule as a bucket holds it, with its reasons prebuilt so
@@ -89,6 +92,7 @@ type compiledRule struct {
 	deny   bool
 	entry  *Entry
 	reason string
+	paths  *PathPolicy // allow rules with path rules only
 }
 
 // bucket holds the rules that share one dst (a name, a wildcard suffix or
@@ -120,7 +124,7 @@ func (b *bucket) decide(proto Proto, port uint16) (d Decision, ok bool) {
 	if allow == nil {
 		return Decision{}, false
 	}
-	return Decision{Allow: true, Rule: allow.entry, Reason: allow.reason}, true
+	return Decision{Allow: true, Rule: allow.entry, Reason: allow.reason, Paths: allow.paths}, true
 }
 
 // Policy is a compiled, immutable rule set, safe for concurrent use.
@@ -171,6 +175,9 @@ func Compile(entries []Entry, private []netip.Prefix) *Policy {
 			verb = "denied by "
 		}
 		cr := compiledRule{proto: e.Proto, port: e.Port, deny: e.Action == Deny, entry: e, reason: verb + e.key()}
+		if !cr.deny {
+			cr.paths = compilePaths(e.PathRules, e.PathDefault)
+		}
 		var b *bucket
 		switch {
 		case e.IsIP():

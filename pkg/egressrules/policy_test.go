@@ -379,9 +379,9 @@ func TestDocJSONRoundTripAndCompile(t *testing.T) {
 	doc := Doc{
 		Generation: 42,
 		Rules: []Entry{
-			{Rule{"example.com", HTTPS, Port(443), Allow}, 1},
-			{Rule{".example.com", HTTP, PortRange{8000, 8100}, Deny}, 2},
-			{Rule{"10.0.0.0/8", TCP, Port(5432), Allow}, 3},
+			{Rule{Dst: "example.com", Proto: HTTPS, Port: Port(443), Action: Allow}, 1},
+			{Rule{Dst: ".example.com", Proto: HTTP, Port: PortRange{8000, 8100}, Action: Deny}, 2},
+			{Rule{Dst: "10.0.0.0/8", Proto: TCP, Port: Port(5432), Action: Allow}, 3},
 		},
 		PrivateDestinations: []string{"172.30.0.1/32", "192.168.5.5"},
 	}

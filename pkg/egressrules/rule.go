@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -57,7 +58,24 @@ type Rule struct {
 	Proto  Proto     `yaml:"proto,omitempty" json:"proto,omitempty"`
 	Port   PortRange `yaml:"port,omitempty" json:"port,omitempty,omitzero"`
 	Action Action    `yaml:"action,omitempty" json:"action,omitempty"`
+	// PathRules makes the proxy inspect this rule's connections (https and
+	// http rules on a name only) and decide every request by its path and
+	// method; PathDefault decides a request no path rule matches (deny
+	// when empty and PathRules is set).
+	PathRules   []PathRule `yaml:"path_rules,omitempty" json:"path_rules,omitempty"`
+	PathDefault Action     `yaml:"path_default,omitempty" json:"path_default,omitempty"`
 }
+
+// Equal reports whether two rules are the same, path rules included (in
+// order).
+func (r Rule) Equal(o Rule) bool {
+	return r.Dst == o.Dst && r.Proto == o.Proto && r.Port == o.Port && r.Action == o.Action &&
+		r.PathDefault == o.PathDefault && slices.EqualFunc(r.PathRules, o.PathRules, PathRule.Equal)
+}
+
+// Inspected reports whether the rule has path rules: its allowed
+// connections are inspected by the proxy.
+func (r Rule) Inspected() bool { return len(r.PathRules) > 0 }
 
 // Field names as the user writes them, used in FieldError.
 const (
@@ -97,7 +115,9 @@ func (e *FieldError) Error() string {
 
 // Canonical returns the rule in canonical form: lower-case, trailing dot
 // trimmed, defaults filled in (proto https, the proto's port, action allow),
-// CIDR masked and a /32 written as the plain address. The error joins one
+// CIDR masked and a /32 written as the plain address; path rules with
+// normalised paths, upper-case sorted methods and action allow by default,
+// in the order given, and path_default deny when there are path rules. The error joins one
 // *FieldError (Index -1) per invalid field.
 func (r Rule) Canonical() (Rule, error) {
 	errs := r.canonicalInto(&r, -1)
@@ -153,6 +173,8 @@ func (r Rule) canonicalInto(out *Rule, index int) []error {
 		fail(fieldAction, string(r.Action), "unknown action (write allow or deny; allow when omitted)")
 	}
 	out.Action = action
+
+	canonicalPathRules(r, out, fail)
 	return errs
 }
 

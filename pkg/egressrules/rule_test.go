@@ -142,17 +142,17 @@ func TestCanonicalAndKey(t *testing.T) {
 		want Rule
 		key  string
 	}{
-		{Rule{Dst: "Example.COM."}, Rule{"example.com", HTTPS, Port(443), Allow}, "example.com:https:443"},
-		{Rule{Dst: ".Example.com", Proto: "HTTP", Port: PortRange{8000, 8100}}, Rule{".example.com", HTTP, PortRange{8000, 8100}, Allow}, ".example.com:http:8000-8100"},
-		{Rule{Dst: "10.1.2.3/8", Proto: TCP, Port: Port(5432)}, Rule{"10.0.0.0/8", TCP, Port(5432), Allow}, "10.0.0.0/8:tcp:5432"},
-		{Rule{Dst: "10.1.2.3/32", Proto: TCP, Port: Port(22)}, Rule{"10.1.2.3", TCP, Port(22), Allow}, "10.1.2.3:tcp:22"},
-		{Rule{Dst: "github.com", Proto: "SSH"}, Rule{"github.com", SSH, Port(22), Allow}, "github.com:ssh:22"},
-		{Rule{Dst: "evil.com", Action: "DENY"}, Rule{"evil.com", HTTPS, Port(443), Deny}, "evil.com:https:443"},
-		{Rule{Dst: "plain.example.com", Proto: HTTP}, Rule{"plain.example.com", HTTP, Port(80), Allow}, "plain.example.com:http:80"},
+		{Rule{Dst: "Example.COM."}, Rule{Dst: "example.com", Proto: HTTPS, Port: Port(443), Action: Allow}, "example.com:https:443"},
+		{Rule{Dst: ".Example.com", Proto: "HTTP", Port: PortRange{8000, 8100}}, Rule{Dst: ".example.com", Proto: HTTP, Port: PortRange{8000, 8100}, Action: Allow}, ".example.com:http:8000-8100"},
+		{Rule{Dst: "10.1.2.3/8", Proto: TCP, Port: Port(5432)}, Rule{Dst: "10.0.0.0/8", Proto: TCP, Port: Port(5432), Action: Allow}, "10.0.0.0/8:tcp:5432"},
+		{Rule{Dst: "10.1.2.3/32", Proto: TCP, Port: Port(22)}, Rule{Dst: "10.1.2.3", Proto: TCP, Port: Port(22), Action: Allow}, "10.1.2.3:tcp:22"},
+		{Rule{Dst: "github.com", Proto: "SSH"}, Rule{Dst: "github.com", Proto: SSH, Port: Port(22), Action: Allow}, "github.com:ssh:22"},
+		{Rule{Dst: "evil.com", Action: "DENY"}, Rule{Dst: "evil.com", Proto: HTTPS, Port: Port(443), Action: Deny}, "evil.com:https:443"},
+		{Rule{Dst: "plain.example.com", Proto: HTTP}, Rule{Dst: "plain.example.com", Proto: HTTP, Port: Port(80), Action: Allow}, "plain.example.com:http:80"},
 	}
 	for _, c := range cases {
 		got, err := c.in.Canonical()
-		if err != nil || got != c.want {
+		if err != nil || !got.Equal(c.want) {
 			t.Errorf("Canonical(%+v) = %+v, %v; want %+v", c.in, got, err, c.want)
 		}
 		if k := c.in.Key(); k != c.key {
@@ -213,7 +213,7 @@ func TestPortRangeYAMLRoundTrip(t *testing.T) {
 	if err := yaml.Unmarshal(out, &back); err != nil {
 		t.Fatal(err)
 	}
-	if len(back) != 2 || back[0] != rules[0] || back[1] != rules[1] {
+	if len(back) != 2 || !back[0].Equal(rules[0]) || !back[1].Equal(rules[1]) {
 		t.Fatalf("round trip: %+v", back)
 	}
 	// A numeric string and an omitted port on input.
@@ -263,7 +263,7 @@ func TestPortRangeJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(`{"dst":"a.example.com","proto":"tcp","port":"5432","action":"deny","id":7}`), &e); err != nil {
 		t.Fatal(err)
 	}
-	if e != (Entry{Rule{"a.example.com", TCP, Port(5432), Deny}, 7}) {
+	if want := (Entry{Rule{Dst: "a.example.com", Proto: TCP, Port: Port(5432), Action: Deny}, 7}); !e.Equal(want) {
 		t.Errorf("entry: %+v", e)
 	}
 	var fe *FieldError

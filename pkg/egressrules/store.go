@@ -41,6 +41,9 @@ type Entry struct {
 	ID   uint32 `yaml:"-" json:"id"`
 }
 
+// Equal reports whether two entries hold the same rule under the same id.
+func (e Entry) Equal(o Entry) bool { return e.ID == o.ID && e.Rule.Equal(o.Rule) }
+
 // Status is what Add or Remove did with one rule.
 type Status string
 
@@ -311,7 +314,7 @@ func (s *Store) commit(sn snapshot, rules, firstIDs []Rule) ([]Entry, error) {
 	if rules == nil {
 		rules = []Rule{}
 	}
-	changed := !slices.Equal(sn.rules, rules)
+	changed := !slices.EqualFunc(sn.rules, rules, Rule.Equal)
 	next := snapshot{rules: rules, ids: idTable{Next: sn.ids.Next, IDs: maps.Clone(sn.ids.IDs)}}
 	if next.ids.IDs == nil {
 		next.ids.IDs = map[string]uint32{}
@@ -471,6 +474,10 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			continue
 		}
 		seen[field] = true
+		if field == fieldPathRules {
+			out.PathRules, errs = decodePathRules(val, index, out.PathRules, errs)
+			continue
+		}
 		if val.Kind != yaml.ScalarNode {
 			fail("not a single value (write dst: example.com, proto: https, port: 443 or 8000-8100, action: allow or deny)")
 			continue
@@ -486,6 +493,8 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			out.Proto = Proto(value)
 		case fieldAction:
 			out.Action = Action(value)
+		case fieldPathDefault:
+			out.PathDefault = Action(value)
 		case fieldPort:
 			p, err := ParsePortRange(value)
 			if err != nil {
@@ -496,7 +505,7 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			}
 			out.Port = p
 		default:
-			fail("unknown field (the fields are dst, proto, port and action)")
+			fail("unknown field (the fields are dst, proto, port, action, path_rules and path_default)")
 		}
 	}
 	if !seen[fieldDst] {
@@ -504,6 +513,78 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			Msg: "missing " + dstFix})
 	}
 	return errs
+}
+
+// decodePathRules reads a rule's path_rules list (each item a mapping of
+// path, action and methods) and appends what is wrong to errs, one
+// *FieldError naming path_rules[j].field per problem.
+func decodePathRules(n *yaml.Node, index int, out []PathRule, errs []*FieldError) ([]PathRule, []*FieldError) {
+	const fix = "(write path_rules:\n  - path: /v1/\n    action: allow\n    methods: [GET, POST])"
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+		return nil, errs
+	}
+	if n.Kind != yaml.SequenceNode {
+		return out, append(errs, &FieldError{Index: index, Field: fieldPathRules, Value: n.Value, Msg: "not a list " + fix})
+	}
+	out = make([]PathRule, len(n.Content))
+	for j, item := range n.Content {
+		item = resolveAlias(item)
+		if item.Kind != yaml.MappingNode {
+			errs = append(errs, &FieldError{Index: index, Field: fieldPathRules + "[" + fmt.Sprint(j) + "]", Value: item.Value, Msg: "not a mapping " + fix})
+			continue
+		}
+		seen := map[string]bool{}
+		for k := 0; k+1 < len(item.Content); k += 2 {
+			sub, val := item.Content[k].Value, resolveAlias(item.Content[k+1])
+			field := pathRuleField(j, sub)
+			fail := func(msg string) {
+				errs = append(errs, &FieldError{Index: index, Field: field, Value: val.Value, Msg: msg})
+			}
+			if seen[sub] {
+				fail("given twice in one path rule (keep one)")
+				continue
+			}
+			seen[sub] = true
+			if sub == fieldMethods {
+				switch {
+				case val.Kind == yaml.ScalarNode && val.Tag == "!!null":
+				case val.Kind == yaml.SequenceNode:
+					for _, m := range val.Content {
+						m = resolveAlias(m)
+						if m.Kind != yaml.ScalarNode {
+							fail("not a list of methods (write methods: [GET, POST])")
+							break
+						}
+						out[j].Methods = append(out[j].Methods, m.Value)
+					}
+				default:
+					fail("not a list of methods (write methods: [GET, POST])")
+				}
+				continue
+			}
+			if val.Kind != yaml.ScalarNode {
+				fail("not a single value (write path: /v1/ or path: ~^/v[0-9]+/, action: allow or deny)")
+				continue
+			}
+			value := val.Value
+			if val.Tag == "!!null" {
+				value = ""
+			}
+			switch sub {
+			case fieldPath:
+				out[j].Path = value
+			case fieldAction:
+				out[j].Action = Action(value)
+			default:
+				fail("unknown field (the fields of a path rule are path, action and methods)")
+			}
+		}
+		if !seen[fieldPath] {
+			errs = append(errs, &FieldError{Index: index, Field: pathRuleField(j, fieldPath), Value: "",
+				Msg: "missing (write path: /v1/, or ~ and a regular expression)"})
+		}
+	}
+	return out, errs
 }
 
 // dedupe sorts canonical rules and keeps one per key. Two actions for one

@@ -87,7 +87,7 @@ func TestStoreAddStatuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(listed, es) {
+	if !slices.EqualFunc(listed, es, Entry.Equal) {
 		t.Fatalf("List after reopen %v, Add returned %v", listed, es)
 	}
 	for _, name := range []string{RulesFileName, IDsFileName} {
@@ -316,7 +316,7 @@ func TestStoreHandEditedFileErrors(t *testing.T) {
 	for _, want := range []string{
 		path + `: rules[1]: dst "exa mple.com": not a domain, IP or CIDR`,
 		path + `: rules[2]: port "70000": ports are 1-65535`,
-		path + `: rules[3]: prot "http": unknown field (the fields are dst, proto, port and action)`,
+		path + `: rules[3]: prot "http": unknown field (the fields are dst, proto, port, action, path_rules and path_default)`,
 		path + `: rules[4]: proto "udp": unknown protocol`,
 		path + `: rules[4]: action "block": unknown action`,
 		path + `: rules[5]: dst "": missing`,
@@ -399,7 +399,7 @@ rules:
 		t.Fatal("List rewrote the rules file")
 	}
 	again, _ := s.List()
-	if !slices.Equal(again, es) {
+	if !slices.EqualFunc(again, es, Entry.Equal) {
 		t.Fatalf("ids changed between Lists: %v vs %v", again, es)
 	}
 	// The next change writes the canonical form.
@@ -467,7 +467,7 @@ func TestStoreRulesFileRoundTrip(t *testing.T) {
 	}
 	canon, _ := Validate(in)
 	slices.SortFunc(canon, compareRules)
-	if !slices.Equal(rules, canon) {
+	if !slices.EqualFunc(rules, canon, Rule.Equal) {
 		t.Fatalf("file reads back as %+v, want %+v", rules, canon)
 	}
 	if !strings.Contains(string(data), "port: 8000-8100\n") {
