@@ -90,14 +90,20 @@ func EnsureFirewallCA(dir string) (*FirewallCA, bool, error) {
 	}
 	defer unlock()
 	now := time.Now()
-	if ca, err := readFirewallCA(dir, now); err == nil {
+	ca, err := readFirewallCA(dir, now)
+	switch {
+	case err == nil:
 		return ca, false, nil
+	case errors.Is(err, fs.ErrPermission):
+		// Someone else's files (a CP running as root made them): not
+		// ours to replace, which would rotate the CA behind its back.
+		return nil, false, fmt.Errorf("certs: firewall CA: %w; give the files back to this user (chown) or remove them to make a new CA", err)
 	}
 	// Absent, half-written by a crash between key and cert (the key is
 	// written first, so that shows as a mismatch), expired or corrupt: a
 	// CA nobody can use is replaced. Agents trusting a broken one are
 	// listed by rotate-ca like any other.
-	ca, err := writeNewFirewallCA(dir, now)
+	ca, err = writeNewFirewallCA(dir, now)
 	if err != nil {
 		return nil, false, err
 	}
@@ -136,7 +142,32 @@ func lockFirewallDir(dir string) (func(), error) {
 		unlock()
 		return nil, fmt.Errorf("certs: firewall CA: %w", err)
 	}
+	if err := giveToDirOwner(dir, lockName, FirewallCAKeyFile, FirewallCACertFile); err != nil {
+		unlock()
+		return nil, fmt.Errorf("certs: firewall CA: %w", err)
+	}
 	return unlock, nil
+}
+
+// giveToDirOwner chowns dir's files names to dir's owner when this process
+// is root and the owner is not. The directory is the host user's, mounted
+// into a CP that runs as root: a lock file or CA that the CP made must stay
+// usable by that user's `clawker run`, which would otherwise be refused
+// the lock, or be unable to read the CA.
+func giveToDirOwner(dir string, names ...string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	uid, gid, ok := fileOwner(dir)
+	if !ok || uid == 0 {
+		return nil
+	}
+	for _, n := range names {
+		if err := os.Lchown(filepath.Join(dir, n), uid, gid); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // removeStaleFirewallTemps is removeStaleTemps limited to our two files:
@@ -181,6 +212,9 @@ func writeNewFirewallCA(dir string, now time.Time) (*FirewallCA, error) {
 		return nil, fmt.Errorf("certs: generate firewall CA: %w", err)
 	}
 	if err := writePair(dir, FirewallCAKeyFile, FirewallCACertFile, cert, key); err != nil {
+		return nil, fmt.Errorf("certs: firewall CA: %w", err)
+	}
+	if err := giveToDirOwner(dir, FirewallCAKeyFile, FirewallCACertFile); err != nil {
 		return nil, fmt.Errorf("certs: firewall CA: %w", err)
 	}
 	keyPEM, err := encodeKey(key)

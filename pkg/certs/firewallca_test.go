@@ -13,8 +13,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/clawker/clawker-cp/pkg/testkit"
 )
 
 func newFirewallDir(t *testing.T) string {
@@ -414,5 +417,72 @@ func TestFirewallCARefusesOtherFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(theirs); err != nil {
 		t.Error("another store's temp file was removed")
+	}
+}
+
+// A CP running as root in its container makes the CA in the host user's
+// directory: the files (and the lock) go to the directory's owner, so that
+// user's `clawker run` can still lock and read them; and a user who cannot
+// read the CA is told so instead of having it replaced.
+func TestFirewallCAFilesBelongToTheDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testkit.SkipOrFail(t, "chown needs root")
+	}
+	// t.TempDir's parents are 0700 root: the other user could not reach
+	// them. This one is traversable, and holds a copy of the test binary.
+	base, err := os.MkdirTemp("", "clawker-test-fwca-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(base, "certs.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "firewall")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	const uid, gid = 65534, 65534
+	if err := os.Chown(dir, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := mustEnsureFirewallCA(t, dir)
+	for _, n := range []string{FirewallCACertFile, FirewallCAKeyFile, lockName} {
+		u, g, ok := fileOwner(filepath.Join(dir, n))
+		if !ok || u != uid || g != gid {
+			t.Errorf("%s owned by %d:%d, want the dir's %d:%d", n, u, g, uid, gid)
+		}
+	}
+
+	// As that user (a child process), Ensure finds the same CA.
+	cmd := exec.Command(bin, "-test.run=^TestFirewallCAEnsureChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "CLAWKER_TEST_FIREWALL_CA_DIR="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "FWCA "+ca.Fingerprint+" false") {
+		t.Fatalf("Ensure as the dir's owner: %v\n%s", err, out)
+	}
+
+	// Files the user cannot read are refused, not replaced.
+	if err := os.Chown(filepath.Join(dir, FirewallCAKeyFile), 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	cmd = exec.Command(bin, "-test.run=^TestFirewallCAEnsureChild$", "-test.v")
+	cmd.Env = append(os.Environ(), "CLAWKER_TEST_FIREWALL_CA_DIR="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	out, _ = cmd.CombinedOutput()
+	if !strings.Contains(string(out), "permission denied") || !strings.Contains(string(out), "chown") {
+		t.Errorf("Ensure of an unreadable key:\n%s", out)
+	}
+	if cur, err := LoadFirewallCA(dir); err != nil || cur.Fingerprint != ca.Fingerprint {
+		t.Errorf("the CA was replaced: %v", err)
 	}
 }
