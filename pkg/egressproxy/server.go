@@ -75,6 +75,8 @@ type Server struct {
 	wg        sync.WaitGroup // connection goroutines
 
 	accepted, allowed, denied, errs, policyClosed atomic.Uint64
+
+	routed routedSet // dedicated listeners of routed rules (routed.go)
 }
 
 // New returns a Server with no policy: it refuses everything until SetPolicy.
@@ -122,6 +124,7 @@ type liveConn struct {
 // everything, live connections included.
 func (s *Server) SetPolicy(p *egressrules.Policy) {
 	s.policy.Store(p)
+	s.syncRouted()
 	var victims []*liveConn
 	s.mu.Lock()
 	for c := range s.conns {
