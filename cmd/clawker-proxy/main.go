@@ -103,6 +103,11 @@ func run(ctx context.Context, cfg config) error {
 		AccessLog:   os.Stdout,
 		Logf:        log.Printf,
 	})
+	// The dedicated listeners of routed rules (tcp, ssh, https off 443),
+	// beside the catch-all, opened from each policy.
+	if err := srv.ListenRoutesBeside(cfg.Listen, cfg.Health); err != nil {
+		return err
+	}
 
 	if cfg.PolicyFile != "" {
 		if err := loadPolicyFile(srv, cfg.PolicyFile); err != nil {
