@@ -44,7 +44,7 @@ type Entry struct {
 // Equal reports whether two entries hold the same rule under the same id.
 func (e Entry) Equal(o Entry) bool { return e.ID == o.ID && e.Rule.Equal(o.Rule) }
 
-// Status is what Add or Remove did with one rule.
+// Status is what Add, Remove or RemovePath did with one rule.
 type Status string
 
 // The statuses of Add and Remove.
@@ -54,6 +54,8 @@ const (
 	Unchanged Status = "UNCHANGED"
 	Removed   Status = "REMOVED"
 	NotFound  Status = "NOT_FOUND"
+	// PathRemoved: RemovePath removed one path rule of a rule.
+	PathRemoved Status = "PATH_REMOVED"
 )
 
 // FileError is a problem in one of the store's files; its message prefixes
@@ -192,8 +194,15 @@ func (s *Store) List() ([]Entry, error) {
 }
 
 // Add adds or updates rules and returns, index-aligned with rules, ADDED
-// (a new key), MODIFIED (an existing key with another action) or UNCHANGED,
-// and the whole list afterwards. Any invalid rule rejects the whole batch
+// (a new key), MODIFIED (an existing key with another action, or new or
+// changed path rules) or UNCHANGED, and the whole list afterwards.
+//
+// Path rules merge into the stored rule by path: a path already there is
+// replaced in place, a new one appended (the order decides ties, see the
+// package comment), the others are kept; path_default changes only when
+// the rule gives one. A rule without path rules and with the stored action
+// leaves the stored path rules alone; with another action it replaces the
+// rule, path rules included. Any invalid rule rejects the whole batch
 // (nothing is written, the error joins a *FieldError per bad field); a batch
 // that changes nothing writes nothing.
 //
@@ -221,15 +230,19 @@ func (s *Store) Add(rules []Rule) ([]Status, []Entry, error) {
 		for i, r := range canon {
 			k := r.key()
 			old, exists := byKey[k]
+			next := r
+			if exists {
+				next = mergeRule(old, r, rules[i].PathDefault != "")
+			}
 			switch {
 			case !exists:
 				statuses[i] = Added
-			case old.Action != r.Action:
+			case !old.Equal(next):
 				statuses[i] = Modified
 			default:
 				statuses[i] = Unchanged
 			}
-			byKey[k] = r
+			byKey[k] = next
 		}
 		out, err = s.commit(sn, sortedRules(byKey), canon)
 		return err
@@ -240,10 +253,35 @@ func (s *Store) Add(rules []Rule) ([]Status, []Entry, error) {
 	return statuses, out, nil
 }
 
-// Remove removes the rule with r's key (defaults applied, action ignored)
-// and returns REMOVED or NOT_FOUND with the list afterwards.
+// mergeRule is the stored rule old after adding r (canonical, same key);
+// pathDefaultGiven says whether r's path_default was written or defaulted.
+func mergeRule(old, r Rule, pathDefaultGiven bool) Rule {
+	if len(r.PathRules) == 0 {
+		if r.Action == old.Action {
+			return old
+		}
+		return r
+	}
+	merged := old
+	merged.Action = r.Action
+	merged.PathRules = slices.Clone(old.PathRules)
+	for _, pr := range r.PathRules {
+		if j := slices.IndexFunc(merged.PathRules, func(x PathRule) bool { return x.Path == pr.Path }); j >= 0 {
+			merged.PathRules[j] = pr
+		} else {
+			merged.PathRules = append(merged.PathRules, pr)
+		}
+	}
+	if pathDefaultGiven || len(old.PathRules) == 0 {
+		merged.PathDefault = r.PathDefault
+	}
+	return merged
+}
+
+// Remove removes the rule with r's key (defaults applied, action and path
+// rules ignored) and returns REMOVED or NOT_FOUND with the list afterwards.
 func (s *Store) Remove(r Rule) (Status, []Entry, error) {
-	r.Action = ""
+	r.Action, r.PathRules, r.PathDefault = "", nil, ""
 	c, err := r.Canonical()
 	if err != nil {
 		return "", nil, err
@@ -261,6 +299,56 @@ func (s *Store) Remove(r Rule) (Status, []Entry, error) {
 			status = Removed
 		}
 		out, err = s.commit(sn, kept, nil)
+		return err
+	})
+	if err != nil {
+		return "", nil, err
+	}
+	return status, out, nil
+}
+
+// RemovePath removes the path rule with path (normalised as when it was
+// added) from the rule with r's key (action and path rules ignored) and
+// returns PATH_REMOVED, or NOT_FOUND when the rule or the path is not
+// stored, with the list afterwards. Removing the last path rule leaves a
+// plain rule, without path_default: its connections are no longer
+// inspected.
+func (s *Store) RemovePath(r Rule, path string) (Status, []Entry, error) {
+	r.Action, r.PathRules, r.PathDefault = "", nil, ""
+	c, err := r.Canonical()
+	if err != nil {
+		return "", nil, err
+	}
+	pr, perrs := PathRule{Path: path}.canonical()
+	for _, e := range perrs {
+		if e.sub == fieldPath {
+			return "", nil, &FieldError{Index: -1, Field: fieldPath, Value: e.value, Msg: e.msg}
+		}
+	}
+	key := c.key()
+	status := NotFound
+	var out []Entry
+	err = s.locked(true, func() error {
+		sn, err := s.load()
+		if err != nil {
+			return err
+		}
+		rules := slices.Clone(sn.rules)
+		for i := range rules {
+			if rules[i].key() != key {
+				continue
+			}
+			j := slices.IndexFunc(rules[i].PathRules, func(x PathRule) bool { return x.Path == pr.Path })
+			if j < 0 {
+				break
+			}
+			status = PathRemoved
+			rules[i].PathRules = slices.Delete(slices.Clone(rules[i].PathRules), j, j+1)
+			if len(rules[i].PathRules) == 0 {
+				rules[i].PathRules, rules[i].PathDefault = nil, ""
+			}
+		}
+		out, err = s.commit(sn, rules, nil)
 		return err
 	})
 	if err != nil {
@@ -474,8 +562,15 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			continue
 		}
 		seen[field] = true
-		if field == fieldPathRules {
+		switch field {
+		case fieldPathRules:
 			out.PathRules, errs = decodePathRules(val, index, out.PathRules, errs)
+			continue
+		case fieldDst, fieldProto, fieldAction, fieldPort, fieldPathDefault:
+		default:
+			// Named as an unknown field whatever its value's shape (an
+			// empty key with a list under it would otherwise name nothing).
+			fail("unknown field (the fields are dst, proto, port, action, path_rules and path_default)")
 			continue
 		}
 		if val.Kind != yaml.ScalarNode {
@@ -545,6 +640,10 @@ func decodePathRules(n *yaml.Node, index int, out []PathRule, errs []*FieldError
 				continue
 			}
 			seen[sub] = true
+			if sub != fieldPath && sub != fieldAction && sub != fieldMethods {
+				fail("unknown field (the fields of a path rule are path, action and methods)")
+				continue
+			}
 			if sub == fieldMethods {
 				switch {
 				case val.Kind == yaml.ScalarNode && val.Tag == "!!null":
@@ -570,13 +669,10 @@ func decodePathRules(n *yaml.Node, index int, out []PathRule, errs []*FieldError
 			if val.Tag == "!!null" {
 				value = ""
 			}
-			switch sub {
-			case fieldPath:
+			if sub == fieldPath {
 				out[j].Path = value
-			case fieldAction:
+			} else {
 				out[j].Action = Action(value)
-			default:
-				fail("unknown field (the fields of a path rule are path, action and methods)")
 			}
 		}
 		if !seen[fieldPath] {

@@ -518,3 +518,171 @@ func TestStoreCrashBetweenFilesKeepsIDs(t *testing.T) {
 	// c's spent id 3 is not given to d.
 	wantEntries(t, es, "a.example.com:https:443=allow#1", "b.example.com:https:443=allow#2", "d.example.com:https:443=allow#4")
 }
+
+func pathsOf(r Rule) []string {
+	var out []string
+	for _, pr := range r.PathRules {
+		s := string(pr.Action) + " " + pr.Path
+		if len(pr.Methods) > 0 {
+			s += " " + strings.Join(pr.Methods, ",")
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func storedRule(t *testing.T, es []Entry, key string) Entry {
+	t.Helper()
+	for _, e := range es {
+		if e.Key() == key {
+			return e
+		}
+	}
+	t.Fatalf("no %s in %v", key, keysAndIDs(es))
+	return Entry{}
+}
+
+func TestStoreAddMergesPathRules(t *testing.T) {
+	s := OpenStore(t.TempDir())
+	const key = "api.example.com:https:443"
+	st, es, err := s.Add([]Rule{{Dst: "api.example.com"}})
+	if err != nil || st[0] != Added {
+		t.Fatal(st, err)
+	}
+	id := storedRule(t, es, key).ID
+
+	steps := []struct {
+		add     Rule
+		status  Status
+		paths   []string
+		pathDfl Action
+	}{
+		{Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v1/", Methods: []string{"get"}}}}, Modified,
+			[]string{"allow /v1/ GET"}, Deny},
+		{Rule{Dst: "API.example.com", PathRules: []PathRule{{Path: "/v1/admin", Action: Deny}}}, Modified,
+			[]string{"allow /v1/ GET", "deny /v1/admin"}, Deny},
+		// Same path: replaced in place, order kept.
+		{Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v1/./", Methods: []string{"GET", "POST"}}}}, Modified,
+			[]string{"allow /v1/ GET,POST", "deny /v1/admin"}, Deny},
+		// Nothing new.
+		{Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v1/admin", Action: "DENY"}}}, Unchanged,
+			[]string{"allow /v1/ GET,POST", "deny /v1/admin"}, Deny},
+		// A plain add with the stored action keeps the path rules.
+		{Rule{Dst: "api.example.com"}, Unchanged,
+			[]string{"allow /v1/ GET,POST", "deny /v1/admin"}, Deny},
+		// path_default changes only when given.
+		{Rule{Dst: "api.example.com", PathDefault: Allow, PathRules: []PathRule{{Path: "~^/v2/.*"}}}, Modified,
+			[]string{"allow /v1/ GET,POST", "deny /v1/admin", "allow ~^/v2/.*"}, Allow},
+		{Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v3/"}}}, Modified,
+			[]string{"allow /v1/ GET,POST", "deny /v1/admin", "allow ~^/v2/.*", "allow /v3/"}, Allow},
+		// Another action replaces the rule, path rules included.
+		{Rule{Dst: "api.example.com", Action: Deny}, Modified, nil, ""},
+		// A deny rule becomes an inspected allow rule.
+		{Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/"}}}, Modified, []string{"allow /"}, Deny},
+	}
+	for i, step := range steps {
+		st, es, err := s.Add([]Rule{step.add})
+		if err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		e := storedRule(t, es, key)
+		if st[0] != step.status || !slices.Equal(pathsOf(e.Rule), step.paths) || e.PathDefault != step.pathDfl || e.ID != id {
+			t.Fatalf("step %d: %s, stored %v path_default %q id %d; want %s %v %q id %d",
+				i, st[0], pathsOf(e.Rule), e.PathDefault, e.ID, step.status, step.paths, step.pathDfl, id)
+		}
+		listed, err := s.List()
+		if err != nil || !slices.EqualFunc(listed, es, Entry.Equal) {
+			t.Fatalf("step %d: List %v, %v; Add returned %v", i, listed, err, es)
+		}
+	}
+}
+
+func TestStoreRemovePath(t *testing.T) {
+	s := OpenStore(t.TempDir())
+	if _, _, err := s.Add([]Rule{{Dst: "api.example.com", PathDefault: Allow, PathRules: []PathRule{{Path: "/v1/"}, {Path: "/admin", Action: Deny}}}, {Dst: "plain.example.com"}}); err != nil {
+		t.Fatal(err)
+	}
+	const key = "api.example.com:https:443"
+	before := statFile(t, s.RulesPath())
+	for _, c := range []struct {
+		rule Rule
+		path string
+	}{
+		{Rule{Dst: "api.example.com"}, "/v2/"},
+		{Rule{Dst: "nope.example.com"}, "/v1/"},
+		{Rule{Dst: "plain.example.com"}, "/v1/"},
+		{Rule{Dst: "api.example.com", Proto: HTTP}, "/v1/"},
+	} {
+		st, _, err := s.RemovePath(c.rule, c.path)
+		if err != nil || st != NotFound {
+			t.Fatalf("RemovePath(%s, %s) = %s, %v; want NOT_FOUND", c.rule.Dst, c.path, st, err)
+		}
+	}
+	if after := statFile(t, s.RulesPath()); after != before {
+		t.Fatal("rules file rewritten by a NOT_FOUND RemovePath")
+	}
+
+	st, es, err := s.RemovePath(Rule{Dst: "API.example.com.", Action: Deny}, "/x/../v1/")
+	if err != nil || st != PathRemoved {
+		t.Fatalf("%s, %v", st, err)
+	}
+	if e := storedRule(t, es, key); !slices.Equal(pathsOf(e.Rule), []string{"deny /admin"}) || e.PathDefault != Allow {
+		t.Fatalf("after removing /v1/: %v %q", pathsOf(e.Rule), e.PathDefault)
+	}
+	st, es, err = s.RemovePath(Rule{Dst: "api.example.com"}, "/admin")
+	if err != nil || st != PathRemoved {
+		t.Fatalf("%s, %v", st, err)
+	}
+	e := storedRule(t, es, key)
+	if e.PathRules != nil || e.PathDefault != "" || e.Action != Allow {
+		t.Fatalf("the last path removed should leave a plain rule: %+v", e)
+	}
+	data, _ := os.ReadFile(s.RulesPath())
+	if strings.Contains(string(data), "path") {
+		t.Fatalf("rules file still has path fields:\n%s", data)
+	}
+	if p := Compile(es, nil).Decide("api.example.com", HTTPS, 443); !p.Allow || p.Paths != nil {
+		t.Fatalf("plain rule decision: %+v", p)
+	}
+
+	for _, c := range []struct{ path, want string }{
+		{"v1", `path "v1": a path starts with / (write /v1, or ~ and a regular expression)`},
+		{"/a%zz", `path "/a%zz": invalid escape`},
+		{"", `path "": empty`},
+	} {
+		if _, _, err := s.RemovePath(Rule{Dst: "api.example.com"}, c.path); err == nil || !strings.HasPrefix(err.Error(), c.want) {
+			t.Errorf("RemovePath(%q): %v; want %q", c.path, err, c.want)
+		}
+	}
+	if _, _, err := s.RemovePath(Rule{Dst: "bad name"}, "/"); err == nil || !strings.HasPrefix(err.Error(), `dst "bad name"`) {
+		t.Errorf("bad dst: %v", err)
+	}
+}
+
+func TestStoreRejectedPathBatchWritesNothing(t *testing.T) {
+	s := OpenStore(t.TempDir())
+	if _, _, err := s.Add([]Rule{{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v1/"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	before, beforeIDs := statFile(t, s.RulesPath()), statFile(t, s.IDsPath())
+	_, _, err := s.Add([]Rule{
+		{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v2/"}}},
+		{Dst: "new.example.com"},
+		{Dst: "api.example.com", PathRules: []PathRule{{Path: "~(", Methods: []string{"G T"}}}},
+		{Dst: "10.0.0.1", PathRules: []PathRule{{Path: "/"}}},
+	})
+	if err == nil {
+		t.Fatal("bad batch accepted")
+	}
+	for _, want := range []string{`rules[2]: path_rules[0].path "~(": not a valid RE2 expression`, `rules[2]: path_rules[0].methods "G T"`, `rules[3]: path_rules[0].path "/": path rules apply only to an https or http rule on a name`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	if after := statFile(t, s.RulesPath()); after != before {
+		t.Fatal("rules file changed by a rejected batch")
+	}
+	if after := statFile(t, s.IDsPath()); after != beforeIDs {
+		t.Fatal("ids file changed by a rejected batch")
+	}
+}
