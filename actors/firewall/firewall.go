@@ -81,6 +81,7 @@ type Actor struct {
 	addrs       stack.Addrs
 	queueClosed bool
 	rules       rulesState // rules.go
+	routes      routeState // routes.go
 	dns, proxy  *actor.PID
 	ready       bool
 	stackSrv    *http.Server // the siblings' policy and answers service
@@ -153,7 +154,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *Bypass:
 		a.bypass(ctx, m)
 	case *SyncRoutes:
-		a.enqueue(ctx, ctx.Sender(), &ebpf.SyncRoutes{Routes: m.Routes}, a.result(time.Time{}))
+		a.syncAdminRoutes(ctx, m)
 	case *GetStatus:
 		a.status(ctx)
 	case *Reenforce:

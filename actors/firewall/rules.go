@@ -109,6 +109,9 @@ func (a *Actor) doAddRules(m *AddRules) *RulesResult {
 	if err != nil {
 		return &RulesResult{Err: err}
 	}
+	if err := egressrules.CheckRoutable(rules); err != nil {
+		return &RulesResult{Err: err}
+	}
 	statuses, entries, err := a.rules.store.Add(rules)
 	if err != nil {
 		return &RulesResult{Err: storeErr(err)}
@@ -245,6 +248,7 @@ func (a *Actor) flushIPRules(ctx actor.Context) {
 			zap.String("event", "firewall_ip_rules_unavailable"), zap.Error(err))
 	}
 	a.enqueue(ctx, nil, &ebpf.SyncIPRules{Entries: entries}, nil)
+	a.syncRuleRoutes(ctx, p)
 }
 
 func kernelEntries(ke []egressrules.KernelIPEntry) []egress.IPRuleEntry {
