@@ -94,10 +94,12 @@ type AgentEnforcement struct {
 // AddRules adds or updates rules as one batch: all are stored or none.
 type AddRules struct{ Rules []egressrules.Rule }
 
-// RemoveRule removes Rule (known by its Key), or every rule with All.
+// RemoveRule removes Rule (known by its Key), or every rule with All; with
+// Path, only that path rule of Rule (PATH_REMOVED).
 type RemoveRule struct {
 	Rule egressrules.Rule
 	All  bool
+	Path string
 }
 
 // ListRules asks for the stored rules.

@@ -395,6 +395,9 @@ func (s *adminService) FirewallRemoveRule(ctx context.Context, req *adminv1.Fire
 	if !msg.All {
 		fields = append(fields, zap.String("rule", msg.Rule.Key()))
 	}
+	if msg.Path != "" {
+		fields = append(fields, zap.String("path", msg.Path))
+	}
 	if err == nil {
 		fields = append(fields, zap.String("status", string(res.Statuses[0])), zap.Int("removed", res.Removed))
 	}
@@ -600,10 +603,18 @@ func convertRules(in []*adminv1.EgressRule) ([]egressrules.Rule, error) {
 			portErrs = append(portErrs, &fe)
 			badPort[i] = true
 		}
-		rules[i] = egressrules.Rule{Dst: r.GetDst(), Proto: egressrules.Proto(r.GetProto()), Port: port, Action: egressrules.Action(r.GetAction())}
+		rules[i] = egressrules.Rule{Dst: r.GetDst(), Proto: egressrules.Proto(r.GetProto()), Port: port, Action: egressrules.Action(r.GetAction()),
+			PathRules: pathRules(r.GetPathRules()), PathDefault: egressrules.Action(r.GetPathDefault())}
 	}
 	canon, err := egressrules.Validate(rules)
 	if err == nil && len(portErrs) == 0 {
+		for i := range canon {
+			// Omitted stays omitted: the store then keeps the stored
+			// rule's path_default when it merges path rules into it.
+			if rules[i].PathDefault == "" {
+				canon[i].PathDefault = ""
+			}
+		}
 		return canon, nil
 	}
 	// A port that did not parse reached Validate as "the default": drop
@@ -616,18 +627,41 @@ func convertRules(in []*adminv1.EgressRule) ([]egressrules.Rule, error) {
 	}
 	errs = append(errs, portErrs...)
 	// By rule, then in the order the fields are written.
-	rank := map[string]int{"dst": 0, "proto": 1, "port": 2, "action": 3}
+	rank := func(field string) int {
+		switch {
+		case strings.HasPrefix(field, "path_rules"):
+			return 4
+		case field == "path_default":
+			return 5
+		}
+		return map[string]int{"dst": 0, "proto": 1, "port": 2, "action": 3}[field]
+	}
 	slices.SortStableFunc(errs, func(a, b error) int {
 		x, y := a.(*egressrules.FieldError), b.(*egressrules.FieldError)
-		return cmp.Or(cmp.Compare(x.Index, y.Index), cmp.Compare(rank[x.Field], rank[y.Field]))
+		return cmp.Or(cmp.Compare(x.Index, y.Index), cmp.Compare(rank(x.Field), rank(y.Field)))
 	})
 	return nil, ruleInvalid(errors.Join(errs...))
 }
 
-// removeRequest checks a FirewallRemoveRuleRequest: all, or a rule.
+func pathRules(in []*adminv1.PathRule) []egressrules.PathRule {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]egressrules.PathRule, len(in))
+	for i, pr := range in {
+		out[i] = egressrules.PathRule{Path: pr.GetPath(), Action: egressrules.Action(pr.GetAction()), Methods: pr.GetMethods()}
+	}
+	return out
+}
+
+// removeRequest checks a FirewallRemoveRuleRequest: all, or a rule, or
+// one path rule of a rule.
 func removeRequest(req *adminv1.FirewallRemoveRuleRequest) (*firewall.RemoveRule, error) {
 	hasRule := req.GetDst() != "" || req.GetProto() != "" || req.GetPort() != ""
 	switch {
+	case req.GetAll() && req.GetPath() != "":
+		return &firewall.RemoveRule{All: true}, reasonError(codes.InvalidArgument, ReasonRuleInvalid,
+			"path: set either all or a rule's dst with the path to remove, not both")
 	case req.GetAll() && hasRule:
 		return &firewall.RemoveRule{All: true}, reasonError(codes.InvalidArgument, ReasonRuleInvalid,
 			"all: set either all or a rule's dst (with its proto and port), not both")
@@ -642,11 +676,16 @@ func removeRequest(req *adminv1.FirewallRemoveRuleRequest) (*firewall.RemoveRule
 	if err != nil {
 		return &firewall.RemoveRule{Rule: r}, ruleInvalid(err)
 	}
-	return &firewall.RemoveRule{Rule: r}, nil
+	return &firewall.RemoveRule{Rule: r, Path: req.GetPath()}, nil
 }
 
 func egressRule(e egressrules.Entry) *adminv1.EgressRule {
-	return &adminv1.EgressRule{Dst: e.Dst, Proto: string(e.Proto), Port: e.Port.String(), Action: string(e.Action), Id: e.ID}
+	out := &adminv1.EgressRule{Dst: e.Dst, Proto: string(e.Proto), Port: e.Port.String(), Action: string(e.Action), Id: e.ID,
+		PathDefault: string(e.PathDefault)}
+	for _, pr := range e.PathRules {
+		out.PathRules = append(out.PathRules, &adminv1.PathRule{Path: pr.Path, Action: string(pr.Action), Methods: pr.Methods})
+	}
+	return out
 }
 
 func ruleStatus(st egressrules.Status) adminv1.RuleStatus {
@@ -661,6 +700,8 @@ func ruleStatus(st egressrules.Status) adminv1.RuleStatus {
 		return adminv1.RuleStatus_RULE_STATUS_REMOVED
 	case egressrules.NotFound:
 		return adminv1.RuleStatus_RULE_STATUS_NOT_FOUND
+	case egressrules.PathRemoved:
+		return adminv1.RuleStatus_RULE_STATUS_PATH_REMOVED
 	}
 	return adminv1.RuleStatus_RULE_STATUS_UNSPECIFIED
 }
