@@ -69,6 +69,9 @@ type Config struct {
 	// PrivateDestinations is settings' firewall.private_destinations,
 	// copied into every published Doc.
 	PrivateDestinations []string
+	// InspectCA, when set, receives the firewall CA (inspectca.go)
+	// instead of Stack.Server; for tests.
+	InspectCA func(certPEM, keyPEM []byte)
 	// Stack, when set, makes the firewall run the DNS and proxy siblings
 	// itself (the CP image carries their binaries); nil adopts whatever
 	// answers at the stack's addresses.
@@ -80,8 +83,9 @@ type Actor struct {
 	cfg         Config
 	addrs       stack.Addrs
 	queueClosed bool
-	rules       rulesState // rules.go
-	routes      routeState // routes.go
+	rules       rulesState     // rules.go
+	inspect     inspectCAState // inspectca.go
+	routes      routeState     // routes.go
 	dns, proxy  *actor.PID
 	ready       bool
 	stackSrv    *http.Server // the siblings' policy and answers service
@@ -124,6 +128,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	defer a.flushIPRules(ctx)
 	switch m := ctx.Message().(type) {
 	case *actor.Started:
+		a.startInspectCA() // before the rules' first publish, which may need it
 		a.startRules()
 		a.start(ctx)
 	case *actor.Stopping, *actor.Restarting:
@@ -169,6 +174,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.denied(ctx, m)
 	case *ReloadRules:
 		a.reloadRules(ctx)
+	case *RotateCA:
+		a.rotateCA(ctx)
 	case *StackUp:
 		a.stackUp(ctx, m)
 	case *StackDown:

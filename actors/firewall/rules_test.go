@@ -54,7 +54,8 @@ func (stateEBPF) Receive(ctx actor.Context) {
 
 // spawnRules runs a firewall with cfg (tree, intensity and timeouts filled
 // in) under the stand-in root and waits for its Ready.
-func spawnRules(t *testing.T, cfg firewall.Config) *rig {
+// An overseer actor given replaces the one that only takes subscriptions.
+func spawnRules(t *testing.T, cfg firewall.Config, overseerActor ...actor.Actor) *rig {
 	t.Helper()
 	sys := actor.NewActorSystem(actor.WithLoggerFactory(func(*actor.ActorSystem) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
@@ -64,7 +65,11 @@ func spawnRules(t *testing.T, cfg firewall.Config) *rig {
 	cfg.Tree, cfg.Intensity = tree, in
 	if cfg.Enable {
 		cfg.EBPF = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return stateEBPF{} }))
-		cfg.Overseer = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return &subscriberSink{subscribed: make(chan *actor.PID, 4)} }))
+		ov := actor.Actor(&subscriberSink{subscribed: make(chan *actor.PID, 4)})
+		if len(overseerActor) > 0 {
+			ov = overseerActor[0]
+		}
+		cfg.Overseer = sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return ov }))
 		cfg.Network = firewall.AgentNetwork{Name: "clawker-net", Subnet: testSubnet, Gateway: netip.MustParseAddr("10.99.7.1")}
 		cfg.ProxyPort, cfg.StackWait, cfg.StackDial = 15001, 300*time.Millisecond, answerOK
 		cfg.OpTimeout, cfg.Log = 5*time.Second, zap.NewNop()
