@@ -112,7 +112,9 @@ func (a *Actor) doAddRules(m *AddRules) *RulesResult {
 	if err := egressrules.CheckRoutable(rules); err != nil {
 		return &RulesResult{Err: err}
 	}
-	statuses, entries, err := a.rules.store.Add(rules)
+	// The rules as given: the store tells an omitted path_default (keep
+	// the stored one) from a written one, which Validate's form does not.
+	statuses, entries, err := a.rules.store.Add(m.Rules)
 	if err != nil {
 		return &RulesResult{Err: storeErr(err)}
 	}
@@ -155,6 +157,9 @@ func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
 	if err != nil {
 		return &RulesResult{Err: err}
 	}
+	if m.Path != "" {
+		return a.removePath(rule, m.Path)
+	}
 	st, entries, err := a.rules.store.Remove(rule)
 	if err != nil {
 		return &RulesResult{Err: storeErr(err)}
@@ -167,6 +172,20 @@ func (a *Actor) doRemoveRule(m *RemoveRule) *RulesResult {
 	a.rulesLog().Info("egress rule removed", zap.String("event", "egress_rules_removed"),
 		zap.String("rule", rule.Key()), zap.String("status", string(st)), zap.Int("rules", len(entries)))
 	return &RulesResult{Statuses: []egressrules.Status{st}, Removed: n, Rules: entries}
+}
+
+// removePath removes one path rule of rule; no rule is removed.
+func (a *Actor) removePath(rule egressrules.Rule, path string) *RulesResult {
+	st, entries, err := a.rules.store.RemovePath(rule, path)
+	if err != nil {
+		return &RulesResult{Err: storeErr(err)}
+	}
+	if st == egressrules.PathRemoved {
+		a.publish(entries)
+	}
+	a.rulesLog().Info("egress path rule removed", zap.String("event", "egress_rules_path_removed"),
+		zap.String("rule", rule.Key()), zap.String("path", path), zap.String("status", string(st)), zap.Int("rules", len(entries)))
+	return &RulesResult{Statuses: []egressrules.Status{st}, Rules: entries}
 }
 
 // listRules is a read: it is answered after the queue closed too.
