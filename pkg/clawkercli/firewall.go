@@ -25,8 +25,8 @@ import (
 )
 
 const (
-	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny] | clawker firewall add --preset NAME"
-	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] | clawker firewall remove --all"
+	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny] [--path P [--methods GET,POST] [--path-default allow|deny]] | clawker firewall add --preset NAME"
+	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] [--path P] | clawker firewall remove --all"
 	fwEnableUsage  = "clawker firewall enable --agent NAME [--project P]"
 	fwDisableUsage = "clawker firewall disable --agent NAME [--project P]"
 	fwBypassUsage  = "clawker firewall bypass DURATION --agent NAME [--project P]"
@@ -85,12 +85,19 @@ func firewallCommand(env Env) *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "proto", Usage: "https, http, tcp or ssh (default https)"},
 					&cli.StringFlag{Name: "port", Usage: "a port (443) or a range (8000-8100) (default: the proto's, https 443, http 80, ssh 22)"},
-					&cli.StringFlag{Name: "action", Usage: "allow or deny (default allow)"},
+					&cli.StringFlag{Name: "action", Usage: "allow or deny (default allow); with --path, the path rule's action"},
+					&cli.StringFlag{Name: "path", Usage: "add a path rule: a prefix (/v1/) or ~ and an RE2 expression matched against the whole path"},
+					&cli.StringFlag{Name: "methods", Usage: "with --path: the HTTP methods the path rule applies to, comma-separated (default every method)"},
+					&cli.StringFlag{Name: "path-default", Usage: "with --path: what a request no path rule matches gets, allow or deny (default: the rule's, deny for a new one)"},
 					presetFlag(),
 					formatFlag(),
 				},
 				Description: fwAddUsage + " (flags may also come first)\n" +
-					"DST is a name (example.com), a name and all its subdomains (.example.com), an IPv4 address or a CIDR.",
+					"DST is a name (example.com), a name and all its subdomains (.example.com), an IPv4 address or a CIDR.\n" +
+					"--path adds one path rule per invocation to the https/http rule on a name (created if missing, allow); its\n" +
+					"connections are then inspected and each request decided by path and method: the longest matching path\n" +
+					"wins, ties go to the rule added first. With --path, --action is the path rule's action (the rule itself\n" +
+					"stays allow); without it, --action is the rule's. The same path again replaces that path rule.",
 				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
 			},
 			presetsCommand(),
@@ -102,11 +109,13 @@ func firewallCommand(env Env) *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "proto", Usage: "the rule's proto (default https)"},
 					&cli.StringFlag{Name: "port", Usage: "the rule's port or range (default: the proto's)"},
+					&cli.StringFlag{Name: "path", Usage: "remove only this path rule of the rule (the rule stays)"},
 					&cli.BoolFlag{Name: "all", Usage: "remove every rule"},
 					formatFlag(),
 				},
-				Description: fwRemoveUsage + " (flags may also come first)\nA rule is known by its DST, proto and port; its action does not matter.",
-				Action:      func(c *cli.Context) error { return firewallRemove(c, env) },
+				Description: fwRemoveUsage + " (flags may also come first)\nA rule is known by its DST, proto and port; its action does not matter.\n" +
+					"With --path, only that path rule is removed; removing the last one leaves a plain, uninspected rule.",
+				Action: func(c *cli.Context) error { return firewallRemove(c, env) },
 			},
 			{
 				Name:   "reload",
@@ -625,13 +634,29 @@ type FirewallRuleReport struct {
 	Port   string `json:"port"` // "443" or "8000-8100"
 	Action string `json:"action,omitempty"`
 	ID     uint32 `json:"id,omitempty"`
+	// PathRules, when present, make the rule inspected; PathDefault
+	// decides the requests none matches.
+	PathRules   []FirewallPathRuleReport `json:"path_rules,omitempty"`
+	PathDefault string                   `json:"path_default,omitempty"`
 	// Status is what add or remove did: added, updated, unchanged,
-	// removed or not_found; empty in list.
+	// removed, path_removed or not_found; empty in list.
 	Status string `json:"status,omitempty"`
 }
 
+// FirewallPathRuleReport is one path rule of a FirewallRuleReport.
+type FirewallPathRuleReport struct {
+	Path    string   `json:"path"`
+	Action  string   `json:"action"`
+	Methods []string `json:"methods,omitempty"`
+}
+
 func ruleReport(r *adminv1.EgressRule) FirewallRuleReport {
-	return FirewallRuleReport{Key: ruleKey(r), Dst: r.GetDst(), Proto: r.GetProto(), Port: r.GetPort(), Action: r.GetAction(), ID: r.GetId()}
+	rep := FirewallRuleReport{Key: ruleKey(r), Dst: r.GetDst(), Proto: r.GetProto(), Port: r.GetPort(), Action: r.GetAction(), ID: r.GetId(),
+		PathDefault: r.GetPathDefault()}
+	for _, pr := range r.GetPathRules() {
+		rep.PathRules = append(rep.PathRules, FirewallPathRuleReport{Path: pr.GetPath(), Action: pr.GetAction(), Methods: pr.GetMethods()})
+	}
+	return rep
 }
 
 // ruleKey is the rule's identity as the control plane writes it.
@@ -652,6 +677,8 @@ func ruleStatusWord(st adminv1.RuleStatus) string {
 		return "removed"
 	case adminv1.RuleStatus_RULE_STATUS_NOT_FOUND:
 		return "not_found"
+	case adminv1.RuleStatus_RULE_STATUS_PATH_REMOVED:
+		return "path_removed"
 	}
 	return strings.ToLower(strings.TrimPrefix(st.String(), "RULE_STATUS_"))
 }
@@ -679,10 +706,15 @@ func firewallList(c *cli.Context, env Env) error {
 	})
 }
 
-// writeRules prints `firewall list`:
+// writeRules prints `firewall list`, an inspected rule's path rules
+// (in their order) and path default under it:
 //
-//	DST          PROTO  PORT  ACTION  ID
-//	example.com  https  443   allow   1
+//	DST              PROTO  PORT  ACTION  ID
+//	api.example.com  https  443   allow   1
+//	  path /v1/                   allow   GET,POST
+//	  path /admin                 deny    every method
+//	  path_default                deny    unmatched paths
+//	example.com      https  443   allow   2
 func writeRules(w io.Writer, rules []FirewallRuleReport) error {
 	if len(rules) == 0 {
 		_, err := fmt.Fprintln(w, "No egress rules. Add one: clawker firewall add example.com")
@@ -692,8 +724,46 @@ func writeRules(w io.Writer, rules []FirewallRuleReport) error {
 	fmt.Fprintln(tw, "DST\tPROTO\tPORT\tACTION\tID")
 	for _, r := range rules {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", r.Dst, r.Proto, r.Port, r.Action, r.ID)
+		// Every line fills the ID column: a shorter line would split the
+		// table's alignment, an empty last cell leave trailing blanks.
+		for _, pr := range r.PathRules {
+			methods := strings.Join(pr.Methods, ",")
+			if methods == "" {
+				methods = "every method"
+			}
+			fmt.Fprintf(tw, "  path %s\t\t\t%s\t%s\n", pr.Path, pr.Action, methods)
+		}
+		if len(r.PathRules) > 0 {
+			fmt.Fprintf(tw, "  path_default\t\t\t%s\tunmatched paths\n", r.PathDefault)
+		}
 	}
 	return tw.Flush()
+}
+
+// withPathRule moves --path, --methods, --action and --path-default into
+// the one rule of `firewall add DST`: with --path, --action is the path
+// rule's (the rule is an allow rule: only those carry path rules).
+func withPathRule(c *cli.Context, rules []*adminv1.EgressRule) error {
+	path, methods, pathDefault := c.String("path"), c.String("methods"), c.String("path-default")
+	switch {
+	case path == "" && methods != "":
+		return fmt.Errorf("--methods: only with --path, the path rule it limits (%s)", fwAddUsage)
+	case path == "" && pathDefault != "":
+		return fmt.Errorf("--path-default: only with --path (%s)", fwAddUsage)
+	case path == "":
+		return nil
+	case c.String("preset") != "":
+		return fmt.Errorf("--path: give either --preset or a rule with --path, not both (%s)", fwAddUsage)
+	}
+	r := rules[0]
+	pr := &adminv1.PathRule{Path: path, Action: r.GetAction()}
+	for _, m := range strings.Split(methods, ",") {
+		if m = strings.TrimSpace(m); m != "" {
+			pr.Methods = append(pr.Methods, m)
+		}
+	}
+	r.Action, r.PathRules, r.PathDefault = "", []*adminv1.PathRule{pr}, pathDefault
+	return nil
 }
 
 func firewallAdd(c *cli.Context, env Env) error {
@@ -703,8 +773,10 @@ func firewallAdd(c *cli.Context, env Env) error {
 	}
 	var rules []*adminv1.EgressRule
 	return firewallCall(c, env, needs{format: true, args: func() (err error) {
-		rules, err = addRequestRules(c, args)
-		return err
+		if rules, err = addRequestRules(c, args); err != nil {
+			return err
+		}
+		return withPathRule(c, rules)
 	}}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
 		resp, err := cl.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: rules})
 		if err != nil {
@@ -723,6 +795,10 @@ func firewallAdd(c *cli.Context, env Env) error {
 			return writeJSON(env.Stdout, reports)
 		}
 		for _, r := range reports {
+			if path := c.String("path"); path != "" {
+				fmt.Fprintf(env.Stdout, "%s %s path %s\n", r.Status, r.Key, path)
+				continue
+			}
 			fmt.Fprintf(env.Stdout, "%s %s\n", r.Status, r.Key)
 		}
 		return nil
@@ -731,10 +807,12 @@ func firewallAdd(c *cli.Context, env Env) error {
 
 // FirewallRemoveReport is `firewall remove --format json`.
 type FirewallRemoveReport struct {
-	// Status is removed or not_found.
+	// Status is removed, path_removed (with --path) or not_found.
 	Status string `json:"status"`
 	// Rule is the rule asked for (null with --all).
 	Rule *FirewallRuleReport `json:"rule"`
+	// Path is the path rule asked for, with --path.
+	Path string `json:"path,omitempty"`
 	// Removed is how many rules were removed; Remaining how many are left.
 	Removed   int `json:"removed"`
 	Remaining int `json:"remaining"`
@@ -745,9 +823,11 @@ func firewallRemove(c *cli.Context, env Env) error {
 	if err != nil {
 		return fmt.Errorf("firewall remove: %w (%s)", err, fwRemoveUsage)
 	}
-	all := c.Bool("all")
+	all, path := c.Bool("all"), c.String("path")
 	checkArgs := func() error {
 		switch {
+		case all && path != "":
+			return fmt.Errorf("--path: give either --all or a rule's DST with --path, not both (%s)", fwRemoveUsage)
 		case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != ""):
 			return fmt.Errorf("--all: give either --all or a rule (DST with --proto and --port), not both (%s)", fwRemoveUsage)
 		case !all && len(args) == 0:
@@ -757,7 +837,7 @@ func firewallRemove(c *cli.Context, env Env) error {
 		}
 		return nil
 	}
-	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port")}
+	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port"), Path: path}
 	if !all && len(args) > 0 {
 		req.Dst = args[0]
 	}
@@ -766,11 +846,14 @@ func firewallRemove(c *cli.Context, env Env) error {
 		if err != nil {
 			return rpcError("firewall remove", cl.Addr(), err)
 		}
-		rep := FirewallRemoveReport{Status: ruleStatusWord(resp.GetStatus()), Removed: int(resp.GetRemoved()), Remaining: int(resp.GetTotal())}
+		rep := FirewallRemoveReport{Status: ruleStatusWord(resp.GetStatus()), Removed: int(resp.GetRemoved()), Remaining: int(resp.GetTotal()), Path: path}
 		var key string
 		if resp.GetRule() != nil {
 			r := ruleReport(resp.GetRule())
 			rep.Rule, key = &r, r.Key
+		}
+		if path != "" {
+			key += " path " + path
 		}
 		notFound := resp.GetStatus() == adminv1.RuleStatus_RULE_STATUS_NOT_FOUND
 		switch {
@@ -781,7 +864,7 @@ func firewallRemove(c *cli.Context, env Env) error {
 		case all:
 			fmt.Fprintf(env.Stdout, "removed %s\n", plural(rep.Removed, "rule"))
 		case !notFound:
-			fmt.Fprintf(env.Stdout, "removed %s\n", key)
+			fmt.Fprintf(env.Stdout, "%s %s\n", rep.Status, key)
 		}
 		if notFound {
 			// A miss is not the control plane's error, but the rule the
