@@ -65,9 +65,14 @@ type agentService struct {
 // identity is what the live TLS handshake proves about the caller.
 type identity struct {
 	certs.AgentIdentity
+	// Thumbprint names the leaf's key (certs.KeyThumbprint), the same for
+	// every leaf of the agent's chain: the registry binds it.
 	Thumbprint string
-	Key        string
-	Peer       string
+	// LeafThumbprint names the leaf (certs.Thumbprint): a binding made
+	// when the registry keyed on it is recognised by it and upgraded.
+	LeafThumbprint string
+	Key            string
+	Peer           string
 }
 
 // refusal is a PermissionDenied with its logged reason.
@@ -95,7 +100,7 @@ func identify(ctx context.Context) (identity, *x509.Certificate, error) {
 		return identity{}, nil, refuse("no_client_cert", "no verified client certificate")
 	}
 	leaf := tlsInfo.State.VerifiedChains[0][0]
-	id := identity{Peer: pr.Addr.String(), Thumbprint: certs.Thumbprint(leaf)}
+	id := identity{Peer: pr.Addr.String(), Thumbprint: certs.KeyThumbprint(leaf), LeafThumbprint: certs.Thumbprint(leaf)}
 	if cn := leaf.Subject.CommonName; cn != certs.AgentCommonName {
 		return id, leaf, refuse("wrong_cn", "certificate CN %q is not %q", cn, certs.AgentCommonName)
 	}
@@ -136,7 +141,14 @@ func (s *agentService) fail(id identity, err error) error {
 	return status.Error(codes.Unavailable, "registry unavailable, retry")
 }
 
-// Register binds the caller's certificate to its container in the registry.
+// Register binds the caller's certificate key to its container in the
+// registry.
+//
+// The binding is of the key the certificate certifies, not of the leaf:
+// `clawker run` gives an agent a chain of short leaves for one key
+// (certs.MintAgentChain), and an agent presenting the next leaf of its
+// chain registers its existing binding again. A leaf of another key for a
+// bound container is refused (container_bound).
 //
 // When the control plane runs Ory (tokens set), creating a binding the
 // registry does not hold yet also takes a bearer token that Hydra says is
@@ -147,8 +159,8 @@ func (s *agentService) fail(id identity, err error) error {
 // (inactive, expired, not an access token, without that scope, as an
 // admin token is): PermissionDenied, agent_token_invalid; Hydra not
 // answering: Unavailable, and clawkerd retries. Registering an existing
-// binding again (the same certificate and container, after a reconnect or
-// a control plane restart, whose Hydra has forgotten every token) needs no
+// binding again (the same key and container, after a reconnect or a
+// control plane restart, whose Hydra has forgotten every token) needs no
 // token: the certificate minted for that container is the proof, and the
 // one-shot assertion could not be exchanged again anyway.
 //
@@ -171,7 +183,8 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 		return nil, s.fail(id, err)
 	}
 	binding := agentdb.Agent{
-		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint, RegisteredAt: time.Now().UTC(),
+		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint,
+		LeafThumbprint: id.LeafThumbprint, RegisteredAt: time.Now().UTC(),
 	}
 	existingOnly := s.tokens != nil
 	r, err := s.registry.Register(ctx, registry.Register{Agent: binding, ExistingOnly: existingOnly})
@@ -193,8 +206,8 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	}
 	enforced := s.ensureEnforced(ctx, id)
 	s.log.Info("agent registered", zap.String("event", "agent_registered"), zap.String("agent", id.name()),
-		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.Bool("created", r.Created),
-		zap.Bool("enforced", enforced))
+		zap.String("container_id", id.ContainerID), zap.String("thumbprint", id.Thumbprint), zap.String("leaf_thumbprint", id.LeafThumbprint),
+		zap.Bool("created", r.Created), zap.Bool("enforced", enforced))
 	return &agentv1.RegisterResponse{AgentKey: r.Agent.Key, RegisteredAt: timestamppb.New(r.Agent.RegisteredAt), Enforced: enforced}, nil
 }
 

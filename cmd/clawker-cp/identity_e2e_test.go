@@ -156,10 +156,11 @@ func (c *identityCP) newAgent(t testing.TB, project, name string) *testAgent {
 
 func (a *testAgent) name() string { return a.id.Project + "." + a.id.Agent }
 
-// thumbprint is the hex SHA-256 of the leaf's DER, computed here rather
-// than with certs.Thumbprint so the test checks the CP's definition.
+// thumbprint is the hex SHA-256 of the leaf's public key (its
+// SubjectPublicKeyInfo), computed here rather than with
+// certs.KeyThumbprint so the test checks the CP's definition.
 func thumbprint(leaf *x509.Certificate) string {
-	sum := sha256.Sum256(leaf.Raw)
+	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(sum[:])
 }
 

@@ -85,7 +85,7 @@ func Run(ctx context.Context, cfg Config, userArgv []string) int {
 		log.error("config_invalid", "invalid configuration", "error", err.Error())
 		return ExitConfig
 	}
-	tlsCfg, err := cfg.tlsConfig()
+	tlsCfg, chain, err := cfg.tlsConfig()
 	if err != nil {
 		log.error("config_invalid", "invalid configuration", "error", err.Error())
 		return ExitConfig
@@ -97,6 +97,7 @@ func Run(ctx context.Context, cfg Config, userArgv []string) int {
 	}
 	a := newAgent(cfg, tlsCfg, userArgv)
 	a.token = tok
+	a.leaves = chain
 	return a.run(ctx)
 }
 
@@ -108,6 +109,12 @@ type agent struct {
 	work  *workload // nil without a user command
 	// token is the agent's token (token.go); nil without --assertion.
 	token *agentToken
+	// leaves are the agent's certificates (leaves.go); nil in tests that
+	// build the agent around a TLS config of their own.
+	leaves *leafChain
+	// exhaustedLogged: agent_certs_exhausted was logged (once per run of
+	// expired dials). Only the connect loop's goroutine touches it.
+	exhaustedLogged bool
 
 	estOnce     sync.Once
 	established chan struct{} // closed by the first ControlMessage ever

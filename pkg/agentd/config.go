@@ -32,7 +32,7 @@ const (
 type Config struct {
 	CPAddr     string        // host:port of the CP's agent port
 	CAFile     string        // PEM of the CA that signed the CP's server cert
-	CertFile   string        // this agent's leaf cert (PEM)
+	CertFile   string        // this agent's leaves (PEM, one or more for one key: leaves.go)
 	KeyFile    string        // its private key (PEM)
 	Project    string        // must match the cert's agent URN
 	Agent      string        // must match the cert's agent URN
@@ -59,6 +59,9 @@ type Config struct {
 	// the assertion must be addressed to it (checked at start).
 	TokenAudience string
 
+	// Now is the clock that picks the certificate to present (leaves.go);
+	// nil means time.Now.
+	Now func() time.Time
 	// Logger receives every log line; nil means JSON to stderr.
 	Logger *slog.Logger
 	// Signals are the signals delivered to clawkerd (signal.Notify).
@@ -364,48 +367,40 @@ func (c Config) validate() error {
 	return nil
 }
 
-// tlsConfig reads the PEM files and builds the mTLS client config. It also
-// checks that the certificate speaks for --project/--agent: a mismatch is a
-// configuration mistake the CP would only answer with a refusal.
-func (c Config) tlsConfig() (*tls.Config, error) {
+// tlsConfig reads the PEM files and builds the mTLS client config, which
+// presents the leaf of the chain valid at the handshake (leaves.go). It
+// also checks that the certificates speak for --project/--agent: a
+// mismatch is a configuration mistake the CP would only answer with a
+// refusal.
+func (c Config) tlsConfig() (*tls.Config, *leafChain, error) {
 	caPEM, err := os.ReadFile(c.CAFile)
 	if err != nil {
-		return nil, configErr("ca", "%v", err)
+		return nil, nil, configErr("ca", "%v", err)
 	}
 	if !x509.NewCertPool().AppendCertsFromPEM(caPEM) {
-		return nil, configErr("ca", "%s holds no PEM certificate", c.CAFile)
+		return nil, nil, configErr("ca", "%s holds no PEM certificate", c.CAFile)
 	}
 	certPEM, err := os.ReadFile(c.CertFile)
 	if err != nil {
-		return nil, configErr("cert", "%v", err)
+		return nil, nil, configErr("cert", "%v", err)
 	}
 	keyPEM, err := os.ReadFile(c.KeyFile)
 	if err != nil {
-		return nil, configErr("key", "%v", err)
+		return nil, nil, configErr("key", "%v", err)
 	}
-	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	chain, err := loadLeafChain(certPEM, keyPEM, c.Now)
 	if err != nil {
-		return nil, configErr("cert", "with --key: %v", err)
+		return nil, nil, configErr("cert", "%s: %v", c.CertFile, err)
 	}
-	leaf := pair.Leaf
-	if leaf == nil {
-		if leaf, err = x509.ParseCertificate(pair.Certificate[0]); err != nil {
-			return nil, configErr("cert", "%v", err)
-		}
+	if chain.id.Project != c.Project {
+		return nil, nil, configErr("project", "%q, but the certificate is for project %q", c.Project, chain.id.Project)
 	}
-	id, err := certs.ParseAgentIdentity(leaf)
+	if chain.id.Agent != c.Agent {
+		return nil, nil, configErr("agent", "%q, but the certificate is for agent %q", c.Agent, chain.id.Agent)
+	}
+	cfg, err := chain.clientConfig(caPEM, c.ServerName)
 	if err != nil {
-		return nil, configErr("cert", "not an agent certificate: %v", err)
+		return nil, nil, configErr("cert", "%v", err)
 	}
-	if id.Project != c.Project {
-		return nil, configErr("project", "%q, but the certificate is for project %q", c.Project, id.Project)
-	}
-	if id.Agent != c.Agent {
-		return nil, configErr("agent", "%q, but the certificate is for agent %q", c.Agent, id.Agent)
-	}
-	cfg, err := certs.AgentClientTLSConfig(caPEM, certPEM, keyPEM, c.ServerName)
-	if err != nil {
-		return nil, configErr("cert", "%v", err)
-	}
-	return cfg, nil
+	return cfg, chain, nil
 }

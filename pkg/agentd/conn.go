@@ -112,6 +112,7 @@ func (a *agent) runSession(ctx context.Context) (established bool, err error) {
 	if err != nil {
 		return false, err
 	}
+	a.checkLeaves()
 	// A fresh connection per attempt: our backoff, not gRPC's, paces the
 	// reconnects, and nothing of a broken connection is reused.
 	conn, err := grpc.NewClient(a.cfg.CPAddr,

@@ -3,16 +3,27 @@
 // which agent container.
 //
 // A binding is keyed by Key(thumbprint, containerID), where thumbprint is the
-// hex SHA-256 of the agent's leaf certificate (DER) as captured from the live
-// TLS handshake and containerID is the container the certificate names. The
-// registry survives CP restarts; the CP is its only writer.
+// hex SHA-256 of the public key (SubjectPublicKeyInfo, DER) of the agent's
+// leaf certificate as captured from the live TLS handshake
+// (certs.KeyThumbprint) and containerID is the container the certificate
+// names. The key, not the leaf: `clawker run` gives an agent a chain of
+// short leaves for one key, and clawkerd moving on to the next leaf must
+// keep its binding. The registry survives CP restarts; the CP is its only
+// writer.
+//
+// Bindings made before (schema 1 rows written by a CP that keyed on the
+// leaf's DER) hold a leaf thumbprint, from which no SQL migration can
+// recover the key. Register upgrades such a row in its own transaction the
+// first time its agent presents that very leaf (Agent.LeafThumbprint): the
+// row is rewritten to the key thumbprint and its new Key.
 //
 // # Binding rules
 //
 // Register enforces these, in one transaction:
 //
 //   - The same (thumbprint, container) registering again is idempotent: the
-//     stored row is returned unchanged with created=false.
+//     stored row is returned unchanged with created=false (a row of the
+//     leaf-keyed schema is upgraded, see above).
 //   - A container id is never rebound. If the container is already bound to a
 //     different thumbprint, or to a different (project, agent_name), Register
 //     fails with ErrContainerBound and the stored row is left alone. A binding
@@ -98,8 +109,14 @@ type Agent struct {
 	Project     string
 	AgentName   string
 	ContainerID string
-	// Thumbprint is the lowercase hex SHA-256 of the leaf certificate's DER.
+	// Thumbprint is the lowercase hex SHA-256 of the leaf certificate's
+	// public key (certs.KeyThumbprint).
 	Thumbprint string
+	// LeafThumbprint, given to Register, is the hex SHA-256 of the leaf's
+	// DER (certs.Thumbprint): a row that still holds it (made by a CP that
+	// keyed on the leaf) is this agent's binding, upgraded to Thumbprint.
+	// Not stored; "" skips the upgrade.
+	LeafThumbprint string
 	// RegisteredAt is when the binding was created; LastSeen is the latest
 	// sign of life recorded for it. Both are returned in UTC.
 	RegisteredAt time.Time
@@ -330,10 +347,11 @@ func (d *DB) Register(ctx context.Context, a Agent) (Agent, bool, error) {
 }
 
 // RegisterExisting is Register for a caller that may not create a binding
-// (an agent without the token a new one needs): when no binding of
-// a.Thumbprint to a.ContainerID exists yet it fails with an error wrapping
-// ErrNotFound and writes nothing; otherwise it answers as Register. The
-// lookup and the decision are one transaction, so a binding removed
+// (an agent without the token a new one needs): when a.ContainerID is not
+// bound yet it fails with an error wrapping ErrNotFound and writes
+// nothing; otherwise it answers as Register (ErrContainerBound for a
+// container bound to another key or name: refusing that needs no token).
+// The lookup and the decision are one transaction, so a binding removed
 // meanwhile is never made again without the caller's permission.
 func (d *DB) RegisterExisting(ctx context.Context, a Agent) (Agent, error) {
 	ag, _, err := d.register(ctx, a, false)
@@ -354,6 +372,8 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 		return Agent{}, false, fmt.Errorf("%w: key %s does not match thumbprint and container id (want %s)", ErrInvalidAgent, prefix(a.Key, 12), prefix(key, 12))
 	}
 	a.Key = key
+	leafThumbprint := a.LeafThumbprint
+	a.LeafThumbprint = "" // an input, never part of a returned row
 	if a.RegisteredAt.IsZero() {
 		a.RegisteredAt = time.Now()
 	}
@@ -374,17 +394,14 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 
 	existing, err := scanAgent(tx.QueryRowContext(ctx,
 		"SELECT "+agentColumns+" FROM agents WHERE container_id = ?", a.ContainerID))
-	if (err != nil || existing.Thumbprint != a.Thumbprint) && !mayCreate {
-		if err != nil && !errors.Is(err, sql.ErrNoRows) {
-			return Agent{}, false, fmt.Errorf("agentdb: register: look up container %s: %w", prefix(a.ContainerID, 12), err)
-		}
-		// Key(a.Thumbprint, a.ContainerID) is not bound: a new binding.
-		return Agent{}, false, fmt.Errorf("%w: key %s (container %s is not bound to thumbprint %s…)", ErrNotFound,
-			prefix(key, 12), prefix(a.ContainerID, 12), prefix(a.Thumbprint, 12))
+	if errors.Is(err, sql.ErrNoRows) && !mayCreate {
+		// The container is not bound: a new binding.
+		return Agent{}, false, fmt.Errorf("%w: key %s (container %s is not bound)", ErrNotFound, prefix(key, 12), prefix(a.ContainerID, 12))
 	}
+	legacy := err == nil && leafThumbprint != "" && existing.Thumbprint == leafThumbprint
 	switch {
 	case err == nil:
-		if existing.Thumbprint != a.Thumbprint {
+		if existing.Thumbprint != a.Thumbprint && !legacy {
 			return Agent{}, false, fmt.Errorf("%w: container %s is bound to thumbprint %s…, not %s…",
 				ErrContainerBound, prefix(a.ContainerID, 12), prefix(existing.Thumbprint, 12), prefix(a.Thumbprint, 12))
 		}
@@ -392,6 +409,9 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 			return Agent{}, false, fmt.Errorf("%w: container %s (thumbprint %s…) is bound to %s/%s, not %s/%s",
 				ErrContainerBound, prefix(a.ContainerID, 12), prefix(a.Thumbprint, 12),
 				existing.Project, existing.AgentName, a.Project, a.AgentName)
+		}
+		if legacy {
+			return d.upgradeLegacy(ctx, tx, existing, a)
 		}
 		return existing, false, nil
 	case errors.Is(err, sql.ErrNoRows):
@@ -415,6 +435,20 @@ func (d *DB) register(ctx context.Context, a Agent, mayCreate bool) (Agent, bool
 		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: commit: %w", a.Project, a.AgentName, d.diskFull(err))
 	}
 	return a, true, nil
+}
+
+// upgradeLegacy rewrites a leaf-keyed row (see the package documentation)
+// to a's key thumbprint and key, in tx, and commits.
+func (d *DB) upgradeLegacy(ctx context.Context, tx *sql.Tx, existing, a Agent) (Agent, bool, error) {
+	if _, err := tx.ExecContext(ctx, "UPDATE agents SET key = ?, thumbprint = ? WHERE container_id = ?",
+		a.Key, a.Thumbprint, a.ContainerID); err != nil {
+		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: upgrade to the key thumbprint: %w", a.Project, a.AgentName, d.diskFull(err))
+	}
+	if err := tx.Commit(); err != nil {
+		return Agent{}, false, fmt.Errorf("agentdb: register %s/%s: upgrade to the key thumbprint: commit: %w", a.Project, a.AgentName, d.diskFull(err))
+	}
+	existing.Key, existing.Thumbprint = a.Key, a.Thumbprint
+	return existing, false, nil
 }
 
 // List returns every binding, ordered by project then agent name.

@@ -311,8 +311,9 @@ func TestRegisterContainerNeverRebound(t *testing.T) {
 }
 
 // RegisterExisting answers an existing binding as Register does and
-// refuses, writing nothing, one that would be new: an unknown container,
-// or a known one bound to another certificate.
+// refuses, writing nothing, one that would be new (an unknown container)
+// or one Register would refuse (the container bound to another key or
+// name: no token is needed to say no).
 func TestRegisterExisting(t *testing.T) {
 	ctx := context.Background()
 	d := openTest(t, filepath.Join(t.TempDir(), "agents.db"))
@@ -331,9 +332,9 @@ func TestRegisterExisting(t *testing.T) {
 	if err != nil || got != orig {
 		t.Fatalf("existing binding: %+v, %v; want %+v", got, err, orig)
 	}
-	// Another certificate for the bound container is a new binding too.
-	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "cert-2", "c1", t0)); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("other thumbprint: err = %v, want ErrNotFound", err)
+	// Another key for the bound container is refused at once.
+	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "cert-2", "c1", t0)); !errors.Is(err, ErrContainerBound) {
+		t.Fatalf("other thumbprint: err = %v, want ErrContainerBound", err)
 	}
 	// The same binding under another name is refused as Register refuses it.
 	if _, err := d.RegisterExisting(ctx, newAgent("myapp", "review", "cert-1", "c1", t0)); !errors.Is(err, ErrContainerBound) {
@@ -712,5 +713,57 @@ func BenchmarkTouchLastSeen1k(b *testing.B) {
 		if err := d.TouchLastSeen(ctx, batch); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A row written when bindings were keyed on the leaf's DER is upgraded to
+// the key thumbprint, keeping its registration time, the first time its
+// agent presents that leaf (by either Register); a leaf of another key is
+// still refused, and a leaf thumbprint matching no row upgrades nothing.
+func TestRegisterUpgradesLeafKeyedRow(t *testing.T) {
+	ctx := context.Background()
+	d := openTest(t, filepath.Join(t.TempDir(), "agents.db"))
+	// As the old CP wrote it: thumbprint = the leaf's DER hash.
+	old, _, err := d.Register(ctx, newAgent("myapp", "dev", "leaf-1", "c1", t0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, existingOnly := range []bool{true, false} {
+		t.Run(fmt.Sprintf("existingOnly=%v", existingOnly), func(t *testing.T) {
+			// The row as the old CP wrote it.
+			if _, err := d.DeleteByContainer(ctx, cid("c1")); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := d.Register(ctx, newAgent("myapp", "dev", "leaf-1", "c1", t0)); err != nil {
+				t.Fatal(err)
+			}
+			other := newAgent("myapp", "dev", "key-2", "c1", t0.Add(time.Hour))
+			other.LeafThumbprint = thumb("leaf-2")
+			if _, _, err := d.Register(ctx, other); !errors.Is(err, ErrContainerBound) {
+				t.Fatalf("a leaf of another key: err = %v, want ErrContainerBound", err)
+			}
+			a := newAgent("myapp", "dev", "key-1", "c1", t0.Add(72*time.Hour))
+			a.LeafThumbprint = thumb("leaf-1")
+			var got Agent
+			var created bool
+			if existingOnly {
+				got, err = d.RegisterExisting(ctx, a)
+			} else {
+				got, created, err = d.Register(ctx, a)
+			}
+			want := old
+			want.Key, want.Thumbprint = Key(thumb("key-1"), cid("c1")), thumb("key-1")
+			if err != nil || created || got != want {
+				t.Fatalf("upgrade: %+v created=%v, %v; want %+v", got, created, err, want)
+			}
+			if as := mustList(t, d); len(as) != 1 || as[0] != want {
+				t.Fatalf("stored: %+v, want %+v", as, want)
+			}
+			// From now on the key alone finds it.
+			again, err := d.RegisterExisting(ctx, newAgent("myapp", "dev", "key-1", "c1", t0.Add(96*time.Hour)))
+			if err != nil || again != want {
+				t.Fatalf("after the upgrade: %+v, %v", again, err)
+			}
+		})
 	}
 }

@@ -23,7 +23,8 @@
 //	/clawker/clawkerd   0500  the binary this clawker carries
 //	/clawker/ca.crt     0400  the CA that signed the control plane's certificate
 //	/clawker/agent.crt  0400  CN clawkerd, urn:clawker:agent:<project>.<agent>,
-//	                          urn:clawker:container:<id>; valid CertValidity
+//	                          urn:clawker:container:<id>: a chain of short leaves
+//	                          for one key (Spec.Chain), covering CertValidity
 //	/clawker/agent.key  0400  its private key, minted on the host, never stored there
 //	/clawker/agent.assertion
 //	                    0400  only when the control plane runs Ory (Spec.Token): a
@@ -93,13 +94,17 @@ const (
 	fileMode = 0o400
 )
 
-// CertValidity is the lifetime of an agent certificate. It is short on
-// purpose: the key is a file inside a container that runs untrusted code.
-// The certificate is bound to its container id (the registry never rebinds
-// a container to another certificate), so an agent older than this cannot
-// register again, e.g. after a control plane restart: remove it and run it
-// again. Renewing over the Session is future work.
-const CertValidity = 24 * time.Hour
+// CertValidity is how long an agent's certificates cover it: the chain of
+// certs.DefaultAgentChain, 30 leaves of 48 h starting 24 h apart, all for
+// one key and copied in at once (the control plane cannot mint: the CA key
+// stays on the host). Each leaf is short on purpose, since the key is a
+// file inside a container that runs untrusted code: one leaf copied out is
+// good for two days at most. clawkerd presents the leaf valid now; the
+// registry binds the key, so the next leaf keeps the binding. An agent
+// older than this cannot register again, e.g. after a control plane
+// restart (clawkerd logs agent_certs_exhausted): remove it and run it
+// again. Topping up a running agent's chain is not done.
+var CertValidity = certs.DefaultAgentChain.End(time.Time{}).Sub(time.Time{})
 
 // AssertionValidity is the lifetime of the client assertion Create copies
 // in (Spec.Token): clawkerd exchanges it within seconds of the container's
@@ -174,8 +179,9 @@ type Spec struct {
 	Auth *certs.Material
 	// Binaries carries clawkerd; nil means cpboot.Embedded().
 	Binaries *cpboot.Bundle
-	// CertValidity is the certificate's lifetime; 0 means CertValidity.
-	CertValidity time.Duration
+	// Chain is how many leaves the agent gets and how long each is
+	// valid; zero means certs.DefaultAgentChain.
+	Chain certs.AgentChain
 	// PidsLimit caps the container's tasks; 0 means DefaultPidsLimit
 	// (settings' agents.pids_limit).
 	PidsLimit int64
@@ -238,8 +244,11 @@ type Result struct {
 	// established; empty: clawkerd runs no command and holds the Session.
 	Argv []string `json:"argv"`
 	// Owner is the uid:gid owning /clawker and its files: the image's user.
-	Owner        string    `json:"owner"`
+	Owner string `json:"owner"`
+	// CertNotAfter is when the last leaf of the agent's chain expires;
+	// CertLeaves how many leaves it has.
 	CertNotAfter time.Time `json:"cert_not_after"`
+	CertLeaves   int       `json:"cert_leaves"`
 	// AssertionNotAfter is the exp of the client assertion copied in;
 	// zero without Spec.Token.
 	AssertionNotAfter time.Time `json:"assertion_not_after,omitzero"`
@@ -324,9 +333,9 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 			return Result{}, errors.New("the auth material has no signing key: the agent's client assertion is minted on the host; run `clawker auth rotate`")
 		}
 	}
-	validity := s.CertValidity
-	if validity <= 0 {
-		validity = CertValidity
+	chain := s.Chain
+	if chain.Leaves == 0 {
+		chain = certs.DefaultAgentChain
 	}
 	bin, err := clawkerd(s.Binaries)
 	if err != nil {
@@ -390,12 +399,19 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 		return res, err
 	}
 	res.Owner = own.String()
-	certPEM, keyPEM, err := s.Auth.MintAgentCert(certs.AgentIdentity{Project: s.Project, Agent: s.Agent, ContainerID: created.ID}, validity)
+	certPEM, keyPEM, err := s.Auth.MintAgentChain(certs.AgentIdentity{Project: s.Project, Agent: s.Agent, ContainerID: created.ID}, chain)
 	if err != nil {
 		return res, err
 	}
-	if leaf, perr := parseCertPEM(certPEM); perr == nil {
-		res.CertNotAfter = leaf.NotAfter.UTC()
+	for rest := certPEM; ; {
+		var blk *pem.Block
+		if blk, rest = pem.Decode(rest); blk == nil {
+			break
+		}
+		if leaf, perr := x509.ParseCertificate(blk.Bytes); perr == nil && leaf.NotAfter.After(res.CertNotAfter) {
+			res.CertNotAfter = leaf.NotAfter.UTC()
+		}
+		res.CertLeaves++
 	}
 	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.Auth.CA.Raw})
 	files := []file{{CAPath, caPEM}, {CertPath, certPEM}, {KeyPath, keyPEM}}

@@ -2,6 +2,8 @@ package agentrun
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"maps"
 	"os"
@@ -101,7 +103,7 @@ func TestCreateContainerShape(t *testing.T) {
 }
 
 // The files copied in: modes, owner, and a certificate for this very
-// container that expires after CertValidity.
+// container: a chain of leaves for one key that covers CertValidity.
 func TestCreateInjectsCredentials(t *testing.T) {
 	for _, c := range []struct {
 		name, user string
@@ -163,16 +165,43 @@ func TestCreateInjectsCredentials(t *testing.T) {
 			if string(got["clawker/clawkerd"]) != "#!clawkerd" {
 				t.Errorf("clawkerd %q", got["clawker/clawkerd"])
 			}
-			leaf, err := parseCertPEM(got["clawker/agent.crt"])
-			if err != nil {
-				t.Fatal(err)
+			// The chain: DefaultAgentChain's leaves for one key, each for
+			// this container, 48 h each, starting 24 h apart.
+			var leaves []*x509.Certificate
+			for rest := got["clawker/agent.crt"]; ; {
+				var blk *pem.Block
+				if blk, rest = pem.Decode(rest); blk == nil {
+					break
+				}
+				leaf, err := x509.ParseCertificate(blk.Bytes)
+				if err != nil {
+					t.Fatal(err)
+				}
+				leaves = append(leaves, leaf)
 			}
-			id, err := certs.ParseAgentIdentity(leaf)
-			if err != nil || id != (certs.AgentIdentity{Project: "myapp", Agent: "dev", ContainerID: res.ID}) {
-				t.Errorf("identity %+v %v; container %s", id, err, res.ID)
+			dc := certs.DefaultAgentChain
+			if len(leaves) != dc.Leaves || res.CertLeaves != dc.Leaves {
+				t.Fatalf("%d leaves (result says %d), want %d", len(leaves), res.CertLeaves, dc.Leaves)
 			}
-			if life := leaf.NotAfter.Sub(before); life < CertValidity-time.Minute || life > CertValidity+time.Minute || !leaf.NotAfter.Equal(res.CertNotAfter) {
-				t.Errorf("not after %s (%s from now), result says %s", leaf.NotAfter, life, res.CertNotAfter)
+			for i, leaf := range leaves {
+				id, err := certs.ParseAgentIdentity(leaf)
+				if err != nil || id != (certs.AgentIdentity{Project: "myapp", Agent: "dev", ContainerID: res.ID}) {
+					t.Errorf("leaf %d: identity %+v %v; container %s", i, id, err, res.ID)
+				}
+				if certs.KeyThumbprint(leaf) != certs.KeyThumbprint(leaves[0]) {
+					t.Errorf("leaf %d certifies another key", i)
+				}
+				from := leaf.NotBefore.Add(time.Hour).Sub(before) // NotBefore is backdated an hour for clock skew
+				if want := time.Duration(i) * dc.Step; from < want-time.Minute || from > want+time.Minute {
+					t.Errorf("leaf %d starts %s after the mint, want %s", i, from, want)
+				}
+				if life := leaf.NotAfter.Sub(leaf.NotBefore) - time.Hour; life != dc.Validity {
+					t.Errorf("leaf %d valid %s, want %s", i, life, dc.Validity)
+				}
+			}
+			last := leaves[len(leaves)-1].NotAfter
+			if life := last.Sub(before); life < CertValidity-time.Minute || life > CertValidity+time.Minute || !last.Equal(res.CertNotAfter) {
+				t.Errorf("chain ends %s (%s from now), result says %s", last, life, res.CertNotAfter)
 			}
 			ca, err := parseCertPEM(got["clawker/ca.crt"])
 			if err != nil || !ca.Equal(s.Auth.CA) {

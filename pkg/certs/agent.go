@@ -53,6 +53,8 @@ const (
 	FieldAgent       = "agent"
 	FieldContainerID = "container ID"
 	FieldValidity    = "validity"
+	FieldLeaves      = "leaves"
+	FieldStep        = "step"
 )
 
 // InvalidFieldError reports an input that breaks a naming rule.
@@ -94,12 +96,7 @@ func (m *Material) MintAgentCert(id AgentIdentity, validity time.Duration) (cert
 	if m.CA == nil || m.CAKey == nil {
 		return nil, nil, fmt.Errorf("%w: CA key (agent certs are minted on the host)", ErrNoKey)
 	}
-	spec := leafSpec{
-		cn:   AgentCommonName,
-		eku:  x509.ExtKeyUsageClientAuth,
-		uris: []string{AgentURNPrefix + id.Project + "." + id.Agent, ContainerURNPrefix + id.ContainerID},
-	}
-	cert, key, err := issueLeaf(m.CA, m.CAKey, spec, m.clock(), validity)
+	cert, key, err := issueLeaf(m.CA, m.CAKey, agentLeafSpec(id), m.clock(), validity)
 	if err != nil {
 		return nil, nil, fmt.Errorf("certs: mint agent cert: %w", err)
 	}
@@ -107,6 +104,91 @@ func (m *Material) MintAgentCert(id AgentIdentity, validity time.Duration) (cert
 		return nil, nil, fmt.Errorf("certs: mint agent cert: %w", err)
 	}
 	return encodeCert(cert.Raw), keyPEM, nil
+}
+
+// AgentChain says how many leaves MintAgentChain signs for one agent key
+// and when each is valid: leaf i from Start + i*Step for Validity. Step <
+// Validity makes the windows overlap, so one is always valid with hours to
+// spare, whatever the hour clawkerd dials at.
+type AgentChain struct {
+	Leaves   int
+	Validity time.Duration
+	Step     time.Duration
+	// Start is when the first leaf becomes valid (minus the usual hour of
+	// clock skew); zero means now.
+	Start time.Time
+}
+
+// DefaultAgentChain is what `clawker run` mints: 30 leaves of 48 h, one
+// starting every 24 h, so an agent is covered for 31 days while no single
+// leaf, copied out of the container, is good for more than two.
+var DefaultAgentChain = AgentChain{Leaves: 30, Validity: 48 * time.Hour, Step: 24 * time.Hour}
+
+// maxAgentChainLeaves bounds a chain (a leaf is about 700 bytes of PEM).
+const maxAgentChainLeaves = 1000
+
+// End is when the chain's last leaf expires (before clamping to the CA).
+func (c AgentChain) End(start time.Time) time.Time {
+	return start.Add(time.Duration(c.Leaves-1)*c.Step + c.Validity)
+}
+
+// MintAgentChain issues c.Leaves agent certificates for id (as
+// MintAgentCert does one) that all certify the same fresh key, with
+// consecutive overlapping validity windows (AgentChain), and returns them
+// as one PEM file, earliest first, and the key's PEM. The registry binds
+// the key (KeyThumbprint), not a leaf, so clawkerd moving on to the next
+// leaf keeps its binding. Leaves that would start after the CA expires
+// are left out.
+func (m *Material) MintAgentChain(id AgentIdentity, c AgentChain) (chainPEM, keyPEM []byte, err error) {
+	fail := func(err error) ([]byte, []byte, error) {
+		return nil, nil, fmt.Errorf("certs: mint agent chain: %w", err)
+	}
+	if err := id.Validate(); err != nil {
+		return fail(err)
+	}
+	switch {
+	case c.Leaves < 1 || c.Leaves > maxAgentChainLeaves:
+		return fail(&InvalidFieldError{FieldLeaves, fmt.Sprint(c.Leaves), fmt.Sprintf("must be 1 to %d", maxAgentChainLeaves)})
+	case c.Validity <= 0:
+		return fail(&InvalidFieldError{FieldValidity, c.Validity.String(), "must be positive"})
+	case c.Leaves > 1 && (c.Step <= 0 || c.Step > c.Validity):
+		return fail(&InvalidFieldError{FieldStep, c.Step.String(), "must be positive and at most the validity, or the chain has gaps"})
+	}
+	if m.CA == nil || m.CAKey == nil {
+		return nil, nil, fmt.Errorf("%w: CA key (agent certs are minted on the host)", ErrNoKey)
+	}
+	key, err := newKey()
+	if err != nil {
+		return fail(err)
+	}
+	start := c.Start
+	if start.IsZero() {
+		start = m.clock()
+	}
+	spec := agentLeafSpec(id)
+	for i := range c.Leaves {
+		from := start.Add(time.Duration(i) * c.Step)
+		if i > 0 && !from.Before(m.CA.NotAfter) {
+			break
+		}
+		leaf, err := signLeaf(m.CA, m.CAKey, &key.PublicKey, spec, from.Add(-clockSkew), from.Add(c.Validity))
+		if err != nil {
+			return fail(err)
+		}
+		chainPEM = append(chainPEM, encodeCert(leaf.Raw)...)
+	}
+	if keyPEM, err = encodeKey(key); err != nil {
+		return fail(err)
+	}
+	return chainPEM, keyPEM, nil
+}
+
+func agentLeafSpec(id AgentIdentity) leafSpec {
+	return leafSpec{
+		cn:   AgentCommonName,
+		eku:  x509.ExtKeyUsageClientAuth,
+		uris: []string{AgentURNPrefix + id.Project + "." + id.Agent, ContainerURNPrefix + id.ContainerID},
+	}
 }
 
 // ParseAgentIdentity reads the identity out of a verified agent leaf. It
@@ -175,9 +257,17 @@ func parseURN(s string) (*url.URL, error) {
 	return u, nil
 }
 
-// Thumbprint is the lowercase hex SHA-256 of the cert's DER: a stable key
-// for logs and for pinning a specific agent cert.
+// Thumbprint is the lowercase hex SHA-256 of the cert's DER: it names one
+// certificate (one leaf of an agent's chain).
 func Thumbprint(leaf *x509.Certificate) string {
 	sum := sha256.Sum256(leaf.Raw)
+	return hex.EncodeToString(sum[:])
+}
+
+// KeyThumbprint is the lowercase hex SHA-256 of the cert's
+// SubjectPublicKeyInfo (DER): it names the key, the same for every leaf
+// of an agent's chain. The registry binds an agent's container to it.
+func KeyThumbprint(leaf *x509.Certificate) string {
+	sum := sha256.Sum256(leaf.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(sum[:])
 }

@@ -21,7 +21,25 @@
 // pair, the new pair, or a new key next to an old certificate; the last case
 // fails the key/cert match check and Ensure regenerates the group.
 //
-// Agent certificates are not stored here: the host mints one per container
-// with MintAgentCert and hands the container only its own cert, its key and
-// ca.crt.
+// Agent certificates are not stored here: the host mints them per container
+// and hands the container only its own certs, its key and ca.crt.
+//
+// Agent certificates outlive a day without the CP minting (the CA key stays
+// on the host): `clawker run` mints with MintAgentChain a chain of short
+// leaves for ONE key with consecutive, overlapping windows
+// (DefaultAgentChain: 30 leaves of 48 h starting 24 h apart, 31 days), all
+// copied in at once. clawkerd presents at every handshake the leaf valid
+// now with the latest NotAfter. The registry binds the key
+// (KeyThumbprint, SHA-256 of the SubjectPublicKeyInfo), not the leaf
+// (Thumbprint), so the next leaf is the same binding: binding the key is
+// cleaner than keeping the leaf thumbprint and also accepting any leaf of
+// the same key, which would make the registry key change with every leaf
+// (or stop being derived from what the handshake proves) and store two
+// thumbprints for one fact. A leaf stolen out of a container is good for
+// 48 h at most; the key is as long-lived as the container, as before.
+// Past the chain's end clawkerd logs agent_certs_exhausted and the agent
+// must be recreated. Topping up a running agent's chain is possible but
+// not done: signing needs only the public key, which the CLI could read
+// from the container's /clawker/agent.crt, and clawkerd would have to
+// re-read that file at each dial.
 package certs

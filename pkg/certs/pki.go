@@ -147,13 +147,19 @@ func issueLeaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, s leafSpec, now ti
 	if err != nil {
 		return nil, nil, err
 	}
-	notAfter := now.Add(validity)
+	c, err := signLeaf(ca, caKey, &key.PublicKey, s, now.Add(-clockSkew), now.Add(validity))
+	return c, key, err
+}
+
+// signLeaf signs pub with the CA for [notBefore, notAfter], notAfter
+// clamped to the CA's (an agent's chain of leaves shares one key).
+func signLeaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, pub *ecdsa.PublicKey, s leafSpec, notBefore, notAfter time.Time) (*x509.Certificate, error) {
 	if notAfter.After(ca.NotAfter) {
 		notAfter = ca.NotAfter
 	}
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: s.cn},
-		NotBefore:             now.Add(-clockSkew),
+		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:           []x509.ExtKeyUsage{s.eku},
@@ -164,16 +170,15 @@ func issueLeaf(ca *x509.Certificate, caKey *ecdsa.PrivateKey, s leafSpec, now ti
 	for _, u := range s.uris {
 		pu, err := parseURN(u)
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		tmpl.URIs = append(tmpl.URIs, pu)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	c, err := x509.ParseCertificate(der)
-	return c, key, err
+	return x509.ParseCertificate(der)
 }
 
 // verifyLeaf checks that leaf chains to ca for the given usage at now.

@@ -33,8 +33,9 @@ type AgentFiles struct {
 // Name is "<project>.<agent>", the name of the agent's Session actor.
 func (f AgentFiles) Name() string { return f.ID.Project + "." + f.ID.Agent }
 
-// Thumbprint is the hex SHA-256 of the leaf's DER.
-func (f AgentFiles) Thumbprint() string { return certs.Thumbprint(f.Leaf) }
+// Thumbprint is what the registry binds: the hex SHA-256 of the leaf's
+// public key (certs.KeyThumbprint), the same for every leaf of a chain.
+func (f AgentFiles) Thumbprint() string { return certs.KeyThumbprint(f.Leaf) }
 
 // AgentKey is the registry key of the binding the certificate makes.
 func (f AgentFiles) AgentKey() string { return agentdb.Key(f.Thumbprint(), f.ID.ContainerID) }
