@@ -484,9 +484,26 @@ func (s *adminService) FirewallResolveHostname(ctx context.Context, req *adminv1
 	return out, nil
 }
 
-// FirewallRotateCA belongs to TLS inspection, which does not exist yet.
-func (s *adminService) FirewallRotateCA(context.Context, *adminv1.FirewallRotateCARequest) (*adminv1.FirewallRotateCAResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "FirewallRotateCA: there is no TLS-inspection CA to rotate yet; it comes with the TLS-inspection work")
+// FirewallRotateCA replaces the firewall CA (the one the proxy's
+// inspection leaves chain to) and names the running agents that still
+// trust only the old one: they must be recreated.
+func (s *adminService) FirewallRotateCA(ctx context.Context, _ *adminv1.FirewallRotateCARequest) (*adminv1.FirewallRotateCAResponse, error) {
+	r, err := s.firewall.RotateCA(ctx)
+	switch {
+	case err != nil:
+		err = s.firewallUnanswered(err)
+	case r.Err != nil:
+		err = firewallStatus(r.Err)
+	}
+	if err != nil {
+		s.logMutation("rotate_ca", err)
+		return nil, err
+	}
+	s.logMutation("rotate_ca", nil, zap.String("fingerprint", r.Fingerprint), zap.String("previous", r.PreviousFingerprint),
+		zap.Strings("still_trusting_old", r.StillTrustingOld))
+	return &adminv1.FirewallRotateCAResponse{
+		Fingerprint: r.Fingerprint, PreviousFingerprint: r.PreviousFingerprint, StillTrustingOld: r.StillTrustingOld,
+	}, nil
 }
 
 // FirewallDenied lists the recent refusals the siblings reported.

@@ -382,10 +382,3 @@ func TestFirewallResolveHostname(t *testing.T) {
 		t.Errorf("the lookup asked the firewall %d times", n)
 	}
 }
-
-func TestFirewallRotateCA(t *testing.T) {
-	f := start(t, true)
-	_, err := f.client.FirewallRotateCA(callCtx(t), &adminv1.FirewallRotateCARequest{})
-	wantCode(t, err, codes.Unimplemented, "TLS-inspection")
-	f.wantReceived(t)
-}

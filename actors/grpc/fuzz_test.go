@@ -201,7 +201,7 @@ var adminMethods = []adminMethod{
 //     method's rules says it is invalid; an accepted one goes on to ask
 //     its actor (here: Unavailable, no actor).
 //
-// GetSystemTime (no input) and FirewallRotateCA (Unimplemented) check
+// GetSystemTime and FirewallRotateCA (no input) check
 // nothing and are left out.
 func FuzzAdminRequests(f *testing.F) {
 	id := strings.Repeat("ab", 32)

@@ -48,12 +48,19 @@ type RegisterResult struct {
 	Err     error
 }
 
-// List asks for every registered agent; the answer is *ListResult.
-type List struct{}
+// List asks for the registered agents in (project, agent name) order, the
+// ones after After, at most Limit of them (0: no limit); the answer is
+// *ListResult. It is answered from memory (index.go), never from sqlite.
+type List struct {
+	After Cursor
+	Limit int
+}
 
 // ListResult answers List.
 type ListResult struct {
 	Agents []agentdb.Agent
+	More   bool // bindings follow the last one listed
+	Total  int  // bindings in the registry when this was read
 	Err    error
 }
 
@@ -104,6 +111,7 @@ const openTimeout = 30 * time.Second
 type opening struct {
 	mu        sync.Mutex
 	db        *agentdb.DB
+	idx       *index
 	abandoned bool
 	cancel    context.CancelFunc
 }
@@ -118,6 +126,7 @@ type opened struct {
 type Actor struct {
 	cfg     Config
 	db      *agentdb.DB
+	idx     *index // the bindings in memory, set with db (index.go)
 	pending map[string]time.Time
 	// stopTicks cancels the flush timer (protoactor's scheduler).
 	stopTicks scheduler.CancelFunc
@@ -143,7 +152,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *actor.Stopping, *actor.Restarting:
 		a.close()
 	case *Register:
-		a.async(ctx, func(c context.Context) any {
+		a.asyncWrite(ctx, m, func(c context.Context) any {
 			if m.ExistingOnly {
 				ag, err := a.db.RegisterExisting(c, m.Agent)
 				return &RegisterResult{Agent: ag, Err: err}
@@ -152,17 +161,14 @@ func (a *Actor) Receive(ctx actor.Context) {
 			return &RegisterResult{Agent: ag, Created: created, Err: err}
 		})
 	case *List:
-		a.async(ctx, func(c context.Context) any {
-			ags, err := a.db.List(c)
-			return &ListResult{Agents: ags, Err: err}
-		})
+		a.list(ctx, m)
 	case *Get:
 		a.async(ctx, func(c context.Context) any {
 			ag, err := a.db.Get(c, m.Key)
 			return &GetResult{Agent: ag, Err: err}
 		})
 	case *DeleteContainer:
-		a.async(ctx, func(c context.Context) any {
+		a.asyncWrite(ctx, m, func(c context.Context) any {
 			n, err := a.db.DeleteByContainer(c, m.ContainerID)
 			return &DeleteResult{Removed: n, Err: err}
 		})
@@ -191,6 +197,13 @@ func (a *Actor) open(ctx actor.Context) {
 	go func() {
 		defer cancel()
 		db, err := agentdb.Open(run, path)
+		var idx *index
+		if err == nil {
+			if idx, err = loadIndex(run, db); err != nil {
+				_ = db.Close()
+				db = nil
+			}
+		}
 		o.mu.Lock()
 		defer o.mu.Unlock()
 		if o.abandoned {
@@ -199,7 +212,7 @@ func (a *Actor) open(ctx actor.Context) {
 			}
 			return
 		}
-		o.db = db
+		o.db, o.idx = db, idx
 		sys.Root.Send(self, &opened{o: o, err: err})
 	}()
 }
@@ -217,7 +230,7 @@ func (a *Actor) onOpened(ctx actor.Context, m *opened) {
 		supervise.ReportReady(ctx, fmt.Errorf("registry: %w", m.err))
 		return
 	}
-	a.db = m.o.db
+	a.db, a.idx = m.o.db, m.o.idx
 	every := a.cfg.FlushInterval
 	a.stopTicks = scheduler.NewTimerScheduler(ctx.ActorSystem().Root).SendRepeatedly(every, every, ctx.Self(), &flushTick{})
 	a.cfg.Log.Info("registry open", zap.String("event", "registry_open"), zap.String("path", a.db.Path()))
@@ -265,7 +278,7 @@ func (a *Actor) flush() {
 		defer a.inflight.Done()
 		c, cancel := context.WithTimeout(context.Background(), a.cfg.OpTimeout)
 		defer cancel()
-		if err := a.db.TouchLastSeen(c, batch); err != nil {
+		if err := a.touchLastSeen(c, batch); err != nil {
 			a.cfg.Log.Warn("last_seen flush failed", zap.String("event", "registry_flush_failed"), zap.Int("agents", len(batch)), zap.Error(err))
 		}
 	}()
@@ -295,5 +308,5 @@ func (a *Actor) close() {
 	if err := a.db.Close(); err != nil {
 		a.cfg.Log.Warn("closing the registry", zap.String("event", "registry_close_failed"), zap.Error(err))
 	}
-	a.db = nil
+	a.db, a.idx = nil, nil
 }

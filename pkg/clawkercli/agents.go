@@ -46,13 +46,11 @@ func agents(c *cli.Context, env Env) error {
 	}
 	defer client.Close()
 
-	ctx, cancel := context.WithTimeout(c.Context, adminclient.CallTimeout)
-	defer cancel()
-	resp, err := client.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	all, err := listAllAgents(c.Context, client)
 	if err != nil {
 		return fmt.Errorf("listing agents at %s: %w", client.Addr(), err)
 	}
-	list := agentReports(resp.GetAgents())
+	list := agentReports(all)
 
 	if v.asJSON {
 		enc := json.NewEncoder(env.Stdout)
@@ -64,6 +62,40 @@ func agents(c *cli.Context, env Env) error {
 		return nil
 	}
 	return writeAgents(env.Stdout, list)
+}
+
+// agentsPageSize is what the CLI asks per ListAgents call: the control
+// plane's largest page, which it keeps under the 4 MiB a call may answer.
+const agentsPageSize = 5000
+
+// listAllAgents walks ListAgents page by page, each call with its own
+// timeout, and returns every agent the pages held.
+func listAllAgents(ctx context.Context, client *adminclient.Client) ([]*adminv1.Agent, error) {
+	var all []*adminv1.Agent
+	token := ""
+	for {
+		page, err := listAgentsPage(ctx, client, token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.GetAgents()...)
+		next := page.GetNextPageToken()
+		if next == "" {
+			return all, nil
+		}
+		if next == token || len(page.GetAgents()) == 0 {
+			// A walk must move: a server answering the same place again
+			// would loop forever.
+			return nil, fmt.Errorf("the control plane answered page_token %q with no progress; upgrade or restart it", token)
+		}
+		token = next
+	}
+}
+
+func listAgentsPage(ctx context.Context, client *adminclient.Client, token string) (*adminv1.ListAgentsResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, adminclient.CallTimeout)
+	defer cancel()
+	return client.ListAgents(ctx, &adminv1.ListAgentsRequest{PageSize: agentsPageSize, PageToken: token})
 }
 
 // agentReports converts and sorts by project, then agent name (then

@@ -272,3 +272,43 @@ func TestAgentsAfterAuthRotate(t *testing.T) {
 		t.Errorf("stderr %q", r.stderr)
 	}
 }
+
+// TestAgentsTwoPages: the CP answers in pages; the CLI asks for each one
+// with the previous answer's token and lists them all, in order.
+func TestAgentsTwoPages(t *testing.T) {
+	agents := append(seedAgents(), &adminv1.Agent{
+		Key:          "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+		Project:      "web",
+		AgentName:    "ci",
+		ContainerId:  "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+		Thumbprint:   "aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899",
+		RegisteredAt: ts("2026-05-12T10:00:00Z"),
+		LastSeen:     ts("2026-05-12T10:05:30.5Z"),
+		Connected:    true,
+	})
+	h, srv := runningCP(t, agents...)
+	srv.SetPageSize(2)
+	r := runClawkerIn(h, "controlplane", "agents")
+	wantExit(t, r, 0)
+	if r.stderr != "" {
+		t.Errorf("stderr = %q, want nothing", r.stderr)
+	}
+	if n := srv.Calls("ListAgents"); n != 2 {
+		t.Errorf("ListAgents was called %d times, want 2 (one per page)", n)
+	}
+	checkGoldenFile(t, "agents_two_pages.golden", r.stdout)
+
+	r = runClawkerIn(h, "controlplane", "agents", "--format", "json")
+	wantExit(t, r, 0)
+	var got []clawkercli.AgentReport
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, a := range got {
+		names = append(names, a.Project+"/"+a.Agent)
+	}
+	if strings.Join(names, " ") != "myapp/dev myapp/review web/ci" {
+		t.Errorf("json lists %v, want myapp/dev myapp/review web/ci", names)
+	}
+}

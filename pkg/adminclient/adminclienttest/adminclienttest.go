@@ -12,13 +12,16 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -129,6 +132,7 @@ type Server struct {
 
 	mu     sync.Mutex
 	agents []*adminv1.Agent
+	page   int // ListAgents page size; 0: every agent in one answer
 	calls  map[string]int
 	auth   map[string]string // method -> last authorization header ("" when absent)
 	fw     firewallState     // firewall.go
@@ -197,6 +201,14 @@ func (s *Server) SetAgents(agents ...*adminv1.Agent) {
 	s.agents = agents
 }
 
+// SetPageSize makes ListAgents answer n agents at a time, the next page's
+// token being the offset; 0 (the default) answers every agent at once.
+func (s *Server) SetPageSize(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.page = n
+}
+
 // Calls reports how many times method (e.g. "ListAgents") was served.
 func (s *Server) Calls(method string) int {
 	s.mu.Lock()
@@ -205,13 +217,27 @@ func (s *Server) Calls(method string) int {
 }
 
 // ListAgents implements adminv1.AdminServiceServer.
-func (s *Server) ListAgents(context.Context, *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
+func (s *Server) ListAgents(_ context.Context, req *adminv1.ListAgentsRequest) (*adminv1.ListAgentsResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls["ListAgents"]++
-	resp := &adminv1.ListAgentsResponse{}
-	for _, a := range s.agents {
+	from, end := 0, len(s.agents)
+	if s.page > 0 {
+		if t := req.GetPageToken(); t != "" {
+			n, err := strconv.Atoi(t)
+			if err != nil || n < 0 || n > len(s.agents) {
+				return nil, status.Errorf(codes.InvalidArgument, "page_token %q", t)
+			}
+			from = n
+		}
+		end = min(from+s.page, len(s.agents))
+	}
+	resp := &adminv1.ListAgentsResponse{Total: uint32(len(s.agents))}
+	for _, a := range s.agents[from:end] {
 		resp.Agents = append(resp.Agents, proto.Clone(a).(*adminv1.Agent))
+	}
+	if end < len(s.agents) {
+		resp.NextPageToken = strconv.Itoa(end)
 	}
 	return resp, nil
 }
