@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -19,6 +20,10 @@ import (
 // WhereKernel is Record.Where for a refusal of the eBPF programs: the
 // name is the address and port asked for, the reason the verdict.
 const WhereKernel = "kernel"
+
+// WherePath is Record.Where for a request the egress proxy refused by an
+// inspected name's path rules: Method and Path name it.
+const WherePath = "path"
 
 // Record is one refusal.
 type Record struct {
@@ -31,6 +36,9 @@ type Record struct {
 	Name     string // the name asked for (SNI, Host, query name)
 	Proto    string // https, http, other; empty for DNS
 	Reason   string
+	// Method and Path name a refused request (Where == WherePath); Allow
+	// is the command the proxy named in its 403, when it named one.
+	Method, Path, Allow string
 }
 
 // Window is a bounded ring of records; the oldest go first. Safe for
@@ -97,6 +105,8 @@ type Group struct {
 	Where  string    `json:"where"`
 	Name   string    `json:"name"`
 	Proto  string    `json:"proto,omitempty"`
+	Method string    `json:"method,omitempty"` // a path refusal's request
+	Path   string    `json:"path,omitempty"`
 	Count  int       `json:"count"`
 	Agents []string  `json:"agents"`
 	First  time.Time `json:"first"`
@@ -109,20 +119,23 @@ type Group struct {
 // agentOf (its address when agentOf has no name for it), most recent
 // group first.
 func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
-	type key struct{ where, name, proto string }
+	type key struct{ where, name, proto, method, path string }
 	groups := map[key]*Group{}
 	agents := map[key]map[string]bool{}
 	for _, r := range rs {
-		k := key{r.Where, r.Name, r.Proto}
+		k := key{r.Where, r.Name, r.Proto, r.Method, r.Path}
 		g := groups[k]
 		if g == nil {
-			g = &Group{Where: r.Where, Name: r.Name, Proto: r.Proto, First: r.Time}
+			g = &Group{Where: r.Where, Name: r.Name, Proto: r.Proto, Method: r.Method, Path: r.Path, First: r.Time}
 			groups[k] = g
 			agents[k] = map[string]bool{}
 		}
 		g.Count++
 		if r.Time.After(g.Last) {
 			g.Last, g.Reason = r.Time, r.Reason
+			if r.Allow != "" {
+				g.Allow = r.Allow
+			}
 		}
 		if r.Time.Before(g.First) {
 			g.First = r.Time
@@ -139,9 +152,14 @@ func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
 			g.Agents = append(g.Agents, a)
 		}
 		sort.Strings(g.Agents)
-		if g.Where == WhereKernel {
+		switch {
+		case g.Where == WhereKernel:
 			g.Allow = KernelAllow(g.Name, g.Proto, g.Reason)
-		} else {
+		case g.Where == WherePath:
+			if g.Allow == "" {
+				g.Allow = PathAllowCommand(g.Name, g.Proto, 0, g.Method, g.Path, "")
+			}
+		default:
 			g.Allow = AllowCommand(g.Name, g.Proto, g.Reason)
 		}
 		out = append(out, *g)
@@ -210,4 +228,41 @@ func AllowCommand(name, proto, reason string) string {
 		}
 	}
 	return cmd
+}
+
+// PathAllowCommand is the command that would let method path through on an
+// inspected name (port 0: the protocol's default): a path rule allowing
+// exactly that path (a prefix) for that method, or, when a deny path rule
+// (denyRule, its path) refused it, removing that rule.
+func PathAllowCommand(host, proto string, port int, method, path, denyRule string) string {
+	target := host + protoFlag(proto)
+	if port != 0 && !(proto == "http" && port == 80) && !(proto != "http" && port == 443) {
+		target += fmt.Sprintf(" --port %d", port)
+	}
+	if denyRule != "" {
+		return fmt.Sprintf("clawker firewall remove %s --path %s", target, shellWord(denyRule))
+	}
+	cmd := fmt.Sprintf("clawker firewall add %s --path %s --action allow", target, shellWord(path))
+	if method != "" {
+		cmd += " --methods " + method
+	}
+	return cmd
+}
+
+func protoFlag(proto string) string {
+	if proto == "http" {
+		return " --proto http"
+	}
+	return ""
+}
+
+// shellWord quotes s for a POSIX shell when it holds anything but the
+// characters a path is usually made of.
+func shellWord(s string) string {
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("/._-~%+:@,=", c)) {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
 }

@@ -9,12 +9,19 @@ import (
 )
 
 // logLine is the access-log record: one JSON line per connection, written at
-// its close.
+// its close, and on a leg the path rules decide (an inspected name, plain
+// HTTP with path rules) one more per request (Kind "request", with Method,
+// Path and Status), written when it ends.
 type logLine struct {
 	Time       string   `json:"time"`
+	Kind       string   `json:"kind,omitempty"` // "request" for a request line
 	Src        string   `json:"src"`
 	Proto      string   `json:"proto"`
 	Host       string   `json:"host,omitempty"`
+	Method     string   `json:"method,omitempty"`
+	Path       string   `json:"path,omitempty"`
+	Status     int      `json:"status,omitempty"`
+	Inspected  bool     `json:"inspected,omitempty"`
 	Hosts      []string `json:"hosts,omitempty"` // HTTP: every distinct Host in order, when more than one
 	Requests   int      `json:"requests,omitempty"`
 	ECH        bool     `json:"ech,omitempty"`
@@ -86,6 +93,33 @@ func (l *accessLog) write(c *connLog) {
 	if len(c.hosts) > 1 {
 		line.Hosts = c.hosts
 	}
+	line.Inspected = c.inspected
+	l.enqueue(line)
+}
+
+// requestLog accumulates the fields of one request's line.
+type requestLog struct {
+	start            time.Time
+	src, proto, host string
+	method, path     string
+	status           int
+	verdict, reason  string
+	rule             string // the path rule that decided
+	denyRule         string // its path, when it is a deny rule
+}
+
+func (l *accessLog) writeRequest(r *requestLog) {
+	if l.w == nil {
+		return
+	}
+	l.enqueue(logLine{
+		Time: r.start.UTC().Format(time.RFC3339Nano), Kind: "request", Src: r.src, Proto: r.proto,
+		Host: r.host, Method: r.method, Path: r.path, Status: r.status, Verdict: r.verdict,
+		Rule: r.rule, Reason: r.reason, DurationMS: float64(time.Since(r.start).Microseconds()) / 1000,
+	})
+}
+
+func (l *accessLog) enqueue(line logLine) {
 	b, err := json.Marshal(line)
 	if err != nil {
 		return

@@ -77,6 +77,26 @@ func (s *Server) handleHTTP(c *liveConn, pol *egressrules.Policy, pk Peeked, l *
 			s.refuseHTTP(c.client, cw, http.StatusForbidden, denyBody(host, port, d.Reason))
 			return
 		}
+		if d.Paths != nil {
+			// Path rules on a plain-HTTP name: decided per request as on an
+			// inspected TLS leg, and forwarded with the normalised path.
+			rl := requestLog{start: time.Now(), src: l.src, proto: "http", host: host, method: req.Method, path: rawRequestPath(req)}
+			norm, ok := s.decidePath(d, req.Method, rl.path, &rl)
+			if !ok {
+				rl.verdict, rl.status = "denied", http.StatusForbidden
+				s.log.writeRequest(&rl)
+				body, allow := pathDenyBody("http", host, port, req.Method, rl.path, rl.reason, rl.denyRule)
+				l.verdict, l.closedBy, l.reason = "denied", "policy", rl.reason
+				l.denial = &Denial{Time: rl.start, Src: l.src, Proto: "http", Host: host, Reason: rl.reason,
+					Where: WherePath, Method: req.Method, Path: rl.path, Allow: allow}
+				s.pathDenied.Add(1)
+				s.refuseHTTP(c.client, cw, http.StatusForbidden, body)
+				return
+			}
+			rl.verdict, rl.path = "allowed", norm
+			setPath(req.URL, norm)
+			s.log.writeRequest(&rl)
+		}
 		l.verdict = "allowed"
 
 		if key := net.JoinHostPort(host, strconv.Itoa(int(port))); up == nil || key != upKey {

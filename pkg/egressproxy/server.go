@@ -2,6 +2,8 @@ package egressproxy
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,9 +38,16 @@ type Config struct {
 	AccessLog   io.Writer     // one JSON line per connection; default discarded
 	Logf        func(format string, args ...any)
 	// OnDenied, when set, is told about every refused connection at its
-	// close (for `clawker firewall denied`); it must not block.
+	// close, and about every refused request of an inspected name at once
+	// (for `clawker firewall denied`); it must not block.
 	OnDenied func(Denial)
+	// UpstreamRoots verify the upstream's certificate on an inspected leg:
+	// the system roots plus firewall.upstream_ca. Nil: the system pool.
+	UpstreamRoots *x509.CertPool
 }
+
+// WherePath is Denial.Where for a request refused by a name's path rules.
+const WherePath = "path"
 
 // Denial is one refused connection, as OnDenied sees it.
 type Denial struct {
@@ -47,6 +56,10 @@ type Denial struct {
 	Proto  string // https, http or other
 	Host   string // SNI or Host; empty when none was read
 	Reason string
+	// Where is WherePath for a request the path rules refused (Method and
+	// Path name it, Allow is the command that would allow it); empty for
+	// a refused connection.
+	Where, Method, Path, Allow string
 }
 
 // Stats are cumulative counters plus the live connection count.
@@ -58,6 +71,8 @@ type Stats struct {
 	Errors           uint64 `json:"errors"`
 	ClosedByPolicy   uint64 `json:"closed_by_policy"`
 	LogDropped       uint64 `json:"log_dropped"`
+	PathDenied       uint64 `json:"path_denied"` // requests refused on inspected legs
+	LeavesMinted     uint64 `json:"leaves_minted"`
 	PolicyGeneration uint64 `json:"policy_generation"`
 	PolicyLoaded     bool   `json:"policy_loaded"`
 }
@@ -76,7 +91,11 @@ type Server struct {
 
 	accepted, allowed, denied, errs, policyClosed atomic.Uint64
 
-	routed routedSet // dedicated listeners of routed rules (routed.go)
+	routed     routedSet // dedicated listeners of routed rules (routed.go)
+	pathDenied atomic.Uint64
+
+	leaves   leafCache              // inspection leaves of the firewall CA
+	sessions tls.ClientSessionCache // upstream TLS sessions of inspected legs
 }
 
 // New returns a Server with no policy: it refuses everything until SetPolicy.
@@ -95,6 +114,7 @@ func New(cfg Config) *Server {
 		cfg.Logf = log.Printf
 	}
 	return &Server{
+		sessions:  tls.NewLRUClientSessionCache(256),
 		cfg:       cfg,
 		log:       newAccessLog(cfg.AccessLog),
 		conns:     map[*liveConn]struct{}{},
@@ -183,6 +203,8 @@ func (s *Server) Stats() Stats {
 		Errors:         s.errs.Load(),
 		ClosedByPolicy: s.policyClosed.Load(),
 		LogDropped:     s.log.dropped.Load(),
+		PathDenied:     s.pathDenied.Load(),
+		LeavesMinted:   s.leaves.mints.Load(),
 	}
 	if p := s.policy.Load(); p != nil {
 		st.PolicyLoaded = true
@@ -327,6 +349,11 @@ type connLog struct {
 	closedBy string
 	requests int
 	ech      bool
+	// inspected: TLS terminated for path rules. denial, when set, is the
+	// refusal OnDenied gets (a plain-HTTP path refusal) instead of the
+	// connection-level one.
+	inspected bool
+	denial    *Denial
 }
 
 func (l *connLog) addHost(h string) {
@@ -361,6 +388,9 @@ func (s *Server) handle(c *liveConn, pol *egressrules.Policy) {
 				d := Denial{Time: l.start, Src: l.src, Proto: l.proto, Reason: l.reason}
 				if len(l.hosts) > 0 {
 					d.Host = l.hosts[len(l.hosts)-1] // the one refused
+				}
+				if l.denial != nil {
+					d = *l.denial
 				}
 				s.cfg.OnDenied(d)
 			}
@@ -417,6 +447,10 @@ func (s *Server) handleTLS(c *liveConn, pol *egressrules.Policy, pk Peeked, peek
 		l.verdict = "denied"
 		l.closedBy = "policy"
 		sendAlert(c.client, alertAccessDenied)
+		return
+	}
+	if d.Paths != nil {
+		s.inspectTLS(c, pk, l)
 		return
 	}
 	up, addr, err := s.dialAllowed(s.policy.Load(), pk.SNI, 443)
