@@ -260,8 +260,9 @@ func buildRegistry10k() (map[string][]byte, error) {
 }
 
 // BenchmarkListAgents10k: ListAgents against a CP whose registry holds
-// 10,000 agents. admin_grpc is the CLI's call (CLI certificate, one
-// kept-open connection); agentdb_list is the same registry read with
+// 10,000 agents. admin_grpc is the CLI's walk of every page (CLI
+// certificate, one kept-open connection; resp_bytes is one page);
+// agentdb_list is the same registry read with
 // agentdb.List in this process, the storage share of it.
 func BenchmarkListAgents10k(b *testing.B) {
 	registry10k.once.Do(func() { registry10k.files, registry10k.err = buildRegistry10k() })
@@ -293,14 +294,14 @@ func BenchmarkListAgents10k(b *testing.B) {
 		if err != nil {
 			b.Fatalf("ListAgents: %v\nstderr tail:\n%s", err, p.Tail(cptest.TailLines))
 		}
-		if n := len(first.GetAgents()); n != listAgentsN {
-			b.Fatalf("ListAgents lists %d agents, want %d", n, listAgentsN)
+		// Every page, as the CLI walks them (list_bench_test.go).
+		if n, _, err := walkAgents(ctx, admin, 0, call); err != nil || n != listAgentsN {
+			b.Fatalf("ListAgents lists %d agents, want %d: %v", n, listAgentsN, err)
 		}
 		b.ResetTimer()
 		for range b.N {
-			resp, err := admin.ListAgents(ctx, &adminv1.ListAgentsRequest{}, call)
-			if err != nil || len(resp.GetAgents()) != listAgentsN {
-				b.Fatalf("ListAgents: %d agents, %v", len(resp.GetAgents()), err)
+			if n, _, err := walkAgents(ctx, admin, 0, call); err != nil || n != listAgentsN {
+				b.Fatalf("ListAgents: %d agents, %v", n, err)
 			}
 		}
 		b.StopTimer()
