@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/clawker/clawker-cp/actors/ebpf"
+	"github.com/clawker/clawker-cp/actors/firewall/dns"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
 )
@@ -64,10 +65,19 @@ func mergedRoutes(rules, admin []egress.Route) []egress.Route {
 }
 
 // syncRuleRoutes orders the routes of a newly published policy into the
-// kernel (called where its IP rules are).
+// kernel (called where its IP rules are), and has the DNS owner drop the
+// ids of removed rules from the addresses it knows: routes are installed
+// under a name's lowest live id, which must be what its addresses carry.
 func (a *Actor) syncRuleRoutes(ctx actor.Context, p *egressrules.Policy) {
 	a.routes.rules = a.ruleRoutes(p)
 	a.enqueue(ctx, nil, &ebpf.SyncRoutes{Routes: mergedRoutes(a.routes.rules, a.routes.admin)}, nil)
+	if a.dns != nil && p != nil {
+		live := map[uint32]bool{}
+		for _, e := range p.Entries() {
+			live[e.ID] = true
+		}
+		ctx.Send(a.dns, &dns.ForgetRules{Live: live})
+	}
 }
 
 // syncAdminRoutes is FirewallSyncRoutes: the hand routes are replaced,

@@ -392,11 +392,11 @@ func firewallStatus(c *cli.Context, env Env) error {
 	// Names come from the registry; without them the table shows ids.
 	var agents []*adminv1.Agent
 	if len(resp.GetAgents()) > 0 {
-		list, err := cl.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+		list, err := listAllAgents(c.Context, cl)
 		if err != nil {
 			fmt.Fprintf(env.Stderr, "note: agent names unavailable: %s\n", grpcstatus.Convert(err).Message())
 		}
-		agents = list.GetAgents()
+		agents = list
 	}
 	rep := firewallReport(resp, agents)
 	if v.asJSON {

@@ -153,10 +153,10 @@ func askCP(ctx context.Context, paths settings.Paths, s settings.Settings) cpVie
 	defer cl.Close()
 	cctx, cancel := context.WithTimeout(ctx, adminclient.CallTimeout)
 	defer cancel()
-	if resp, err := cl.ListAgents(cctx, &adminv1.ListAgentsRequest{}); err != nil {
+	if all, err := listAllAgents(ctx, cl); err != nil {
 		v.unknown[psRegistry] = "listing agents: " + grpcstatus.Convert(err).Message()
 	} else {
-		v.agents = resp.GetAgents()
+		v.agents = all
 	}
 	if resp, err := cl.FirewallStatus(cctx, &adminv1.FirewallStatusRequest{}); err != nil {
 		v.unknown[psFirewall] = rpcError("firewall status", cl.Addr(), err).Error()

@@ -121,6 +121,8 @@ func (a *Actor) Receive(ctx actor.Context) {
 		a.report(ctx, m)
 	case *GetIdentities:
 		ctx.Respond(a.snapshot())
+	case *ForgetRules:
+		a.forget(ctx, m)
 	case *gcTick:
 		a.gc(ctx)
 	case *supervise.DrainStep:
