@@ -9,10 +9,12 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log"
 	"net"
 	"net/http"
@@ -38,6 +40,7 @@ type config struct {
 	PeekTimeout   time.Duration
 	DialTimeout   time.Duration
 	ShutdownGrace time.Duration // how long SIGTERM lets live connections finish
+	RootsFile     string        // system roots for inspected upstreams
 }
 
 func main() {
@@ -49,6 +52,7 @@ func main() {
 	flag.StringVar(&cfg.CP, "cp", "", "control plane stack service ip:port for the mTLS policy push (credentials from the environment)")
 	flag.DurationVar(&cfg.PeekTimeout, "peek-timeout", 5*time.Second, "deadline for a connection's ClientHello or request headers")
 	flag.DurationVar(&cfg.DialTimeout, "dial-timeout", 5*time.Second, "deadline for resolving and for each upstream dial")
+	flag.StringVar(&cfg.RootsFile, "roots", stackapi.ProxyRootsFile, "PEM bundle of the roots an inspected name's upstream certificate must chain to (plus $"+stackapi.EnvUpstreamCA+")")
 	flag.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", 8*time.Second, "on SIGTERM, how long live connections may finish (below Docker's 10 s stop timeout)")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -92,16 +96,22 @@ func run(ctx context.Context, cfg config) error {
 			if ap, err := netip.ParseAddrPort(src); err == nil {
 				src = ap.Addr().Unmap().String()
 			}
-			q.Add(stackapi.Refusal{Time: d.Time, Src: src, Name: d.Host, Proto: d.Proto, Reason: d.Reason})
+			q.Add(stackapi.Refusal{Time: d.Time, Src: src, Name: d.Host, Proto: d.Proto, Reason: d.Reason,
+				Where: d.Where, Method: d.Method, Path: d.Path, Allow: d.Allow})
 		}
 	}
+	roots, err := upstreamRoots(cfg.RootsFile, os.Getenv(stackapi.EnvUpstreamCA))
+	if err != nil {
+		return err
+	}
 	srv := egressproxy.New(egressproxy.Config{
-		OnDenied:    onDenied,
-		Resolver:    siblingResolver(cfg.DNS),
-		PeekTimeout: cfg.PeekTimeout,
-		DialTimeout: cfg.DialTimeout,
-		AccessLog:   os.Stdout,
-		Logf:        log.Printf,
+		UpstreamRoots: roots,
+		OnDenied:      onDenied,
+		Resolver:      siblingResolver(cfg.DNS),
+		PeekTimeout:   cfg.PeekTimeout,
+		DialTimeout:   cfg.DialTimeout,
+		AccessLog:     os.Stdout,
+		Logf:          log.Printf,
 	})
 	// The dedicated listeners of routed rules (tcp, ssh, https off 443),
 	// beside the catch-all, opened from each policy.
@@ -190,10 +200,29 @@ func controlPlaneClient(addr string) (*stackapi.Client, error) {
 }
 
 // watchControlPlane starts the policy watcher: each policy is compiled and
-// swapped in place.
+// swapped in place, and the firewall CA (for inspected names) is fetched
+// whenever its fingerprint changes, before the policy that came with it.
 func watchControlPlane(ctx context.Context, srv *egressproxy.Server, c *stackapi.Client) {
+	setCA := func(ctx context.Context, fp string) error {
+		if fp == "" {
+			srv.SetInspectCA(nil)
+			log.Printf("clawker-proxy: no firewall CA: names with path rules are refused until there is one")
+			return nil
+		}
+		got, err := c.FetchInspectCA(ctx)
+		if err != nil {
+			return err
+		}
+		ca, err := egressproxy.ParseInspectCA(got.CertPEM, got.KeyPEM)
+		if err != nil {
+			return err
+		}
+		srv.SetInspectCA(ca)
+		log.Printf("clawker-proxy: firewall CA %.16s applied (inspection leaves minted from it)", ca.Fingerprint)
+		return nil
+	}
 	go func() {
-		_ = c.WatchPolicy(ctx, func(doc egressrules.Doc) error {
+		_ = c.WatchPolicyAndCA(ctx, func(doc egressrules.Doc) error {
 			p, err := doc.Compile()
 			if err != nil {
 				return err
@@ -201,8 +230,34 @@ func watchControlPlane(ctx context.Context, srv *egressproxy.Server, c *stackapi
 			srv.SetPolicy(p)
 			log.Printf("clawker-proxy: policy generation %d applied (%d rules)", doc.Generation, len(doc.Rules))
 			return nil
-		})
+		}, setCA)
 	}()
+}
+
+// upstreamRoots is the pool inspected upstreams are verified against: the
+// roots file (the host's bundle, copied into the image at build) plus the
+// extra PEM of firewall.upstream_ca. A missing roots file is not an error:
+// the proxy then trusts upstream_ca alone, and says so.
+func upstreamRoots(file, extraPEM string) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	b, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("--roots %s: no certificate in it", file)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		log.Printf("clawker-proxy: no system roots at %s (the host had no CA bundle when the image was built): inspected upstreams are verified against firewall.upstream_ca alone", file)
+	default:
+		return nil, fmt.Errorf("--roots %s: %w", file, err)
+	}
+	if extraPEM != "" {
+		if !pool.AppendCertsFromPEM([]byte(extraPEM)) {
+			return nil, fmt.Errorf("$%s: no certificate in it (firewall.upstream_ca)", stackapi.EnvUpstreamCA)
+		}
+		log.Printf("clawker-proxy: firewall.upstream_ca adds its roots for inspected upstreams")
+	}
+	return pool, nil
 }
 
 func loadPolicyFile(srv *egressproxy.Server, path string) error {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -73,10 +74,24 @@ func (c *Client) Report(ctx context.Context, answers []Answer) error {
 // request is retried with a short backoff; a doc apply rejects is not
 // acknowledged (the sibling keeps the policy it had).
 func (c *Client) WatchPolicy(ctx context.Context, apply func(egressrules.Doc) error) error {
+	return c.watch(ctx, apply, nil)
+}
+
+// WatchPolicyAndCA is WatchPolicy for the egress proxy: it also follows the
+// firewall CA's fingerprint and calls setCA (before applying the policy
+// that came with it) whenever the control plane's differs from the one
+// setCA last accepted; setCA fetches it (FetchInspectCA). An empty
+// fingerprint means the control plane has none.
+func (c *Client) WatchPolicyAndCA(ctx context.Context, apply func(egressrules.Doc) error, setCA func(ctx context.Context, fingerprint string) error) error {
+	return c.watch(ctx, apply, setCA)
+}
+
+func (c *Client) watch(ctx context.Context, apply func(egressrules.Doc) error, setCA func(context.Context, string) error) error {
 	var applied uint64
+	var heldCA string
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		doc, changed, err := c.poll(ctx, applied)
+		doc, changed, ca, err := c.poll(ctx, applied, heldCA, setCA != nil)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -90,7 +105,18 @@ func (c *Client) WatchPolicy(ctx context.Context, apply func(egressrules.Doc) er
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		if !changed {
+		if setCA != nil && ca != heldCA {
+			if err := setCA(ctx, ca); err != nil {
+				c.logf("firewall CA %.16s not taken (retrying): %v", ca, err)
+				select {
+				case <-time.After(time.Second):
+				case <-ctx.Done():
+				}
+				continue
+			}
+			heldCA = ca
+		}
+		if !changed || doc.Generation == applied {
 			continue
 		}
 		if err := apply(doc); err != nil {
@@ -107,29 +133,33 @@ func (c *Client) WatchPolicy(ctx context.Context, apply func(egressrules.Doc) er
 	return ctx.Err()
 }
 
-func (c *Client) poll(ctx context.Context, applied uint64) (egressrules.Doc, bool, error) {
-	var doc egressrules.Doc
+func (c *Client) poll(ctx context.Context, applied uint64, heldCA string, withCA bool) (doc egressrules.Doc, changed bool, ca string, err error) {
 	pctx, cancel := context.WithTimeout(ctx, pollHold+10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(pctx, http.MethodGet, c.base+PolicyPath+"?applied="+strconv.FormatUint(applied, 10), nil)
+	u := c.base + PolicyPath + "?applied=" + strconv.FormatUint(applied, 10)
+	if withCA {
+		u += "&ca=" + url.QueryEscape(heldCA)
+	}
+	req, err := http.NewRequestWithContext(pctx, http.MethodGet, u, nil)
 	if err != nil {
-		return doc, false, err
+		return doc, false, heldCA, err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return doc, false, err
+		return doc, false, heldCA, err
 	}
 	defer resp.Body.Close()
+	ca = resp.Header.Get(InspectCAHeader)
 	switch resp.StatusCode {
 	case http.StatusNoContent:
-		return doc, false, nil
+		return doc, false, ca, nil
 	case http.StatusOK:
 		if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&doc); err != nil {
-			return doc, false, fmt.Errorf("decoding policy: %w", err)
+			return doc, false, heldCA, fmt.Errorf("decoding policy: %w", err)
 		}
-		return doc, true, nil
+		return doc, true, ca, nil
 	default:
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return doc, false, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(msg))
+		return doc, false, heldCA, fmt.Errorf("%s: %s", resp.Status, bytes.TrimSpace(msg))
 	}
 }

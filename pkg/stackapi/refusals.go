@@ -20,6 +20,13 @@ type Refusal struct {
 	Name   string    `json:"name"`            // the name, SNI or Host
 	Proto  string    `json:"proto,omitempty"` // proxy: https, http, other
 	Reason string    `json:"reason"`
+	// Where is "path" for a request the proxy refused by an inspected
+	// name's path rules (Method and Path name it, Allow is the command
+	// its 403 named); empty otherwise.
+	Where  string `json:"where,omitempty"`
+	Method string `json:"method,omitempty"`
+	Path   string `json:"path,omitempty"`
+	Allow  string `json:"allow,omitempty"`
 }
 
 // RefusalsPath is where siblings post refusals.

@@ -59,6 +59,9 @@ type Server struct {
 	clients  map[string]*clientState
 	progress chan struct{} // closed when any acknowledgement changes
 	refusals RefusalSink
+	// inspectCA is the firewall CA the proxy fetches (nil: none yet); a
+	// change closes changed too, which wakes the proxy's poll.
+	inspectCA *InspectCA
 }
 
 type clientState struct {
@@ -166,6 +169,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET "+PolicyPath, s.servePolicy)
 	mux.HandleFunc("POST "+AnswersPath, s.serveAnswers)
 	mux.HandleFunc("POST "+RefusalsPath, s.serveRefusals)
+	mux.HandleFunc("GET "+InspectCAPath, s.serveInspectCA)
 	return mux
 }
 
@@ -179,7 +183,9 @@ func peerName(r *http.Request) string {
 // servePolicy answers GET /v1/policy?applied=G: the current policy at once
 // when its generation is not G, otherwise when it changes (or 204 after
 // pollHold). G is also the sibling's acknowledgement: it asks only after
-// it applied G.
+// it applied G. The proxy also names the firewall CA it holds (ca=FP): it
+// is answered at once when the current one differs, with the current
+// fingerprint in InspectCAHeader (on every answer to the proxy).
 func (s *Server) servePolicy(w http.ResponseWriter, r *http.Request) {
 	name := peerName(r)
 	if name != DNSClient && name != ProxyClient {
@@ -187,6 +193,7 @@ func (s *Server) servePolicy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	applied, _ := strconv.ParseUint(r.URL.Query().Get("applied"), 10, 64)
+	heldCA, proxy := r.URL.Query().Get("ca"), name == ProxyClient
 	s.seen(name, applied, +1)
 	defer s.seen(name, applied, -1)
 
@@ -194,9 +201,12 @@ func (s *Server) servePolicy(w http.ResponseWriter, r *http.Request) {
 	defer hold.Stop()
 	for {
 		s.mu.Lock()
-		doc, has, changed := s.doc, s.has, s.changed
+		doc, has, changed, ca := s.doc, s.has, s.changed, fingerprint(s.inspectCA)
 		s.mu.Unlock()
-		if has && doc.Generation != applied {
+		if proxy {
+			w.Header().Set(InspectCAHeader, ca)
+		}
+		if has && (doc.Generation != applied || (proxy && ca != heldCA)) {
 			w.Header().Set("Content-Type", "application/json")
 			_ = json.NewEncoder(w).Encode(doc)
 			return
