@@ -38,28 +38,22 @@ type InspectCA struct {
 
 // SetInspectCA makes certPEM/keyPEM the firewall CA served to the proxy
 // and wakes its policy poll when the fingerprint changed. Nil certPEM
-// withdraws it.
-func (s *Server) SetInspectCA(certPEM, keyPEM []byte) error {
+// withdraws it, and so does a certificate that does not parse or a missing
+// key: the proxy then refuses inspected names (fail closed) rather than
+// keep a CA the control plane no longer holds.
+func (s *Server) SetInspectCA(certPEM, keyPEM []byte) {
 	var ca *InspectCA
-	if certPEM != nil {
-		fp, err := PEMFingerprint(certPEM)
-		if err != nil {
-			return err
-		}
-		if len(keyPEM) == 0 {
-			return errors.New("stackapi: firewall CA without its key")
-		}
+	if fp, err := PEMFingerprint(certPEM); err == nil && len(keyPEM) > 0 {
 		ca = &InspectCA{Fingerprint: fp, CertPEM: bytes.Clone(certPEM), KeyPEM: bytes.Clone(keyPEM)}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fingerprint(s.inspectCA) == fingerprint(ca) {
-		return nil
+		return
 	}
 	s.inspectCA = ca
 	close(s.changed)
 	s.changed = make(chan struct{})
-	return nil
 }
 
 // InspectCAFingerprint is the fingerprint of the CA served (empty: none).
@@ -146,3 +140,7 @@ const (
 	ProxyRootsFile = "/etc/ssl/certs/ca-certificates.crt"
 	EnvUpstreamCA  = "CLAWKER_PROXY_UPSTREAM_CA"
 )
+
+// The firewall actor hands the CA over through this method set
+// (actors/firewall/inspectca.go).
+var _ interface{ SetInspectCA(certPEM, keyPEM []byte) } = (*Server)(nil)

@@ -21,9 +21,7 @@ func TestInspectCAOnlyToTheProxy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.srv.SetInspectCA(fw.CertPEM, fw.KeyPEM); err != nil {
-		t.Fatal(err)
-	}
+	r.srv.SetInspectCA(fw.CertPEM, fw.KeyPEM)
 	got, err := r.client(t, ProxyClient).FetchInspectCA(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -35,8 +33,10 @@ func TestInspectCAOnlyToTheProxy(t *testing.T) {
 	if _, err := r.client(t, DNSClient).FetchInspectCA(ctx); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Fatalf("fetch by the DNS sibling: %v, want 403", err)
 	}
-	if err := r.srv.SetInspectCA([]byte("not pem"), fw.KeyPEM); err == nil {
-		t.Fatal("a CA that is not PEM was accepted")
+	// A CA that does not parse withdraws it: fail closed.
+	r.srv.SetInspectCA([]byte("not pem"), fw.KeyPEM)
+	if _, err := r.client(t, ProxyClient).FetchInspectCA(ctx); !errors.Is(err, ErrNoInspectCA) {
+		t.Fatalf("after a bad CA: %v, want ErrNoInspectCA", err)
 	}
 }
 
