@@ -78,7 +78,10 @@
 // regex's the length of its expression (without the "~"); equal lengths go
 // to the rule given first, and the store keeps the order given (a new path
 // is appended, a path given again is replaced in place). When no path rule
-// applies, path_default decides: deny unless it says allow.
+// applies, path_default decides: deny unless it says allow. When several
+// allow rules of one dst apply to a connection (overlapping port ranges),
+// one with path rules decides, so a broader plain rule does not switch
+// inspection off.
 //
 // # Store
 //

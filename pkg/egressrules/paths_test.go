@@ -2,6 +2,8 @@ package egressrules
 
 import (
 	"encoding/json"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -462,4 +464,99 @@ func BenchmarkPathDecide(b *testing.B) {
 			}
 		})
 	}
+}
+
+// A plain allow rule whose ports overlap an inspected one's does not
+// switch inspection off, whichever sorts first.
+func TestDecisionPathsOverlappingPorts(t *testing.T) {
+	p := Compile([]Entry{
+		{ID: 1, Rule: Rule{Dst: "api.example.com", Port: PortRange{1, 65535}}},
+		{ID: 2, Rule: Rule{Dst: "api.example.com", PathRules: []PathRule{{Path: "/v1/"}}}},
+	}, nil)
+	if d := p.Decide("api.example.com", HTTPS, 443); !d.Allow || d.Rule.ID != 2 || d.Paths == nil {
+		t.Fatalf("443: %+v", d)
+	}
+	if d := p.Decide("api.example.com", HTTPS, 8443); !d.Allow || d.Rule.ID != 1 || d.Paths != nil {
+		t.Fatalf("8443: %+v", d)
+	}
+}
+
+// FuzzPathRules compiles up to four fuzzed path rules (one a line:
+// "path methods" with a leading "!" for deny) and decides a fuzzed request
+// under them. Properties: no panic; a rejected rule set is one *FieldError
+// per problem naming path_rules[i] or path_default; otherwise the decision
+// is the longest applicable rule's, the first of equal length, or
+// path_default when none applies, and a malformed path is denied.
+func FuzzPathRules(f *testing.F) {
+	f.Add("/v1/ GET,POST\n!/v1/admin\n~/v[0-9]+/x", false, "GET", "/v1/../v1/admin/x")
+	f.Add("/ab\n!~/a.", true, "POST", "/ab")
+	f.Add("!/private/ delete\n~(", true, "DELETE", "//private/%2e/k")
+	f.Add("/a?b\nv1\n/x GE T", false, "get", "/x")
+	f.Fuzz(func(t *testing.T, spec string, defaultAllow bool, method, raw string) {
+		var rules []PathRule
+		lines := strings.Split(spec, "\n")
+		for _, line := range lines[:min(4, len(lines))] {
+			pr := PathRule{Action: Allow}
+			if strings.HasPrefix(line, "!") {
+				pr.Action, line = Deny, line[1:]
+			}
+			path, methods, _ := strings.Cut(line, " ")
+			pr.Path = path
+			if methods != "" {
+				pr.Methods = strings.Split(methods, ",")
+			}
+			rules = append(rules, pr)
+		}
+		def := Deny
+		if defaultAllow {
+			def = Allow
+		}
+		pp, err := CompilePaths(rules, def)
+		if err != nil {
+			for _, fe := range checkFieldErrors(t, err, 0) {
+				if !strings.HasPrefix(fe.Field, "path_rules[") && fe.Field != fieldPathDefault {
+					t.Fatalf("rejection names %q", fe.Field)
+				}
+			}
+			return
+		}
+		d := pp.Decide(method, raw)
+		norm, nerr := NormalizePath(raw)
+		if nerr != nil {
+			if d.Allow || d.Rule != nil {
+				t.Fatalf("malformed %q decided %+v", raw, d)
+			}
+			return
+		}
+		if d.Path != norm {
+			t.Fatalf("decision path %q, normalised %q", d.Path, norm)
+		}
+		m := strings.ToUpper(method)
+		applies := func(pr PathRule) bool {
+			if len(pr.Methods) > 0 && !slices.Contains(pr.Methods, m) {
+				return false
+			}
+			if pr.IsRegex() {
+				return regexp.MustCompile(`^(?:` + pr.Path[1:] + `)$`).MatchString(norm)
+			}
+			return strings.HasPrefix(norm, pr.Path)
+		}
+		weight := func(pr PathRule) int { return len(strings.TrimPrefix(pr.Path, "~")) }
+		var want *PathRule
+		canon, _ := CompilePaths(rules, def) // the canonical rules, in order
+		for i := range canon.rules {
+			pr := canon.rules[i].rule
+			if applies(*pr) && (want == nil || weight(*pr) > weight(*want)) {
+				want = pr
+			}
+		}
+		switch {
+		case want == nil:
+			if d.Rule != nil || d.Allow != defaultAllow {
+				t.Fatalf("%s %q: no rule applies, decided %+v", m, norm, d)
+			}
+		case d.Rule == nil || !d.Rule.Equal(*want) || d.Allow != (want.Action == Allow):
+			t.Fatalf("%s %q: decided %+v, want rule %+v", m, norm, d, want)
+		}
+	})
 }

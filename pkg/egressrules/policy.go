@@ -106,7 +106,9 @@ type bucket struct {
 	ids        []uint32
 }
 
-// decide applies the bucket's rules; ok is false when none applies.
+// decide applies the bucket's rules; ok is false when none applies. Of
+// several applicable allow rules (overlapping port ranges), the first with
+// path rules decides: a broader plain rule must not switch inspection off.
 func (b *bucket) decide(proto Proto, port uint16) (d Decision, ok bool) {
 	var allow *compiledRule
 	for i := range b.rules {
@@ -117,7 +119,7 @@ func (b *bucket) decide(proto Proto, port uint16) (d Decision, ok bool) {
 		if r.deny {
 			return Decision{Allow: false, Rule: r.entry, Reason: r.reason}, true
 		}
-		if allow == nil {
+		if allow == nil || (allow.paths == nil && r.paths != nil) {
 			allow = r
 		}
 	}

@@ -524,8 +524,11 @@ func parseRules(data []byte) ([]Rule, error) {
 		}
 		var c Rule
 		for _, e := range raw[i].canonicalInto(&c, i) {
-			// A field that did not decode has been reported already.
-			if fe := e.(*FieldError); !bad[fe.Field] {
+			// A field that did not decode has been reported already, and
+			// so has a path rule that was not a mapping (path_rules[j]).
+			fe := e.(*FieldError)
+			parent, _, _ := strings.Cut(fe.Field, ".")
+			if !bad[fe.Field] && !bad[parent] {
 				errs = append(errs, e)
 			}
 		}
