@@ -374,7 +374,12 @@ func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firew
 			if err != nil {
 				continue
 			}
-			window.Add(denials.Record{Time: r.Time, Src: src, Where: where, Name: r.Name, Proto: r.Proto, Reason: r.Reason})
+			w := where
+			if from == stackapi.ProxyClient && r.Where == denials.WherePath {
+				w = denials.WherePath // a request the path rules refused
+			}
+			window.Add(denials.Record{Time: r.Time, Src: src, Where: w, Name: r.Name, Proto: r.Proto, Reason: r.Reason,
+				Method: r.Method, Path: r.Path, Allow: r.Allow})
 		}
 	})
 	return &firewall.StackConfig{

@@ -531,6 +531,7 @@ func (s *adminService) FirewallDenied(ctx context.Context, req *adminv1.Firewall
 		out.Groups = append(out.Groups, &adminv1.DeniedGroup{
 			Where: g.Where, Name: g.Name, Proto: g.Proto, Count: uint32(g.Count), Agents: g.Agents,
 			First: timestamppb.New(g.First), Last: timestamppb.New(g.Last), Reason: g.Reason, Allow: g.Allow,
+			Method: g.Method, Path: g.Path,
 		})
 	}
 	return out, nil

@@ -20,6 +20,8 @@ type DeniedReport struct {
 	Where  string    `json:"where"`
 	Name   string    `json:"name"`
 	Proto  string    `json:"proto,omitempty"`
+	Method string    `json:"method,omitempty"` // where=path: the refused request
+	Path   string    `json:"path,omitempty"`
 	Count  int       `json:"count"`
 	Agents []string  `json:"agents"`
 	First  time.Time `json:"first"`
@@ -64,7 +66,7 @@ func firewallDenied(c *cli.Context, env Env) error {
 			groups = append(groups, DeniedReport{
 				Where: g.GetWhere(), Name: g.GetName(), Proto: g.GetProto(), Count: int(g.GetCount()),
 				Agents: append([]string{}, g.GetAgents()...), First: g.GetFirst().AsTime().UTC(), Last: g.GetLast().AsTime().UTC(),
-				Reason: g.GetReason(), Allow: g.GetAllow(),
+				Reason: g.GetReason(), Allow: g.GetAllow(), Method: g.GetMethod(), Path: g.GetPath(),
 			})
 		}
 		if v.asJSON {
@@ -97,6 +99,9 @@ func writeDenied(w io.Writer, groups []DeniedReport, since time.Duration) error 
 		name := g.Name
 		if name == "" {
 			name = "(no name: " + g.Reason + ")"
+		}
+		if g.Where == "path" {
+			name += " " + g.Method + " " + g.Path
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", name, where, g.Count, strings.Join(g.Agents, ","), g.Last.Format(time.RFC3339), g.Allow)
 	}

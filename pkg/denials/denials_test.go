@@ -78,3 +78,48 @@ func TestKernelRefusals(t *testing.T) {
 		t.Errorf("CP port group %+v", g)
 	}
 }
+
+func TestSummarizePathRefusals(t *testing.T) {
+	a := netip.MustParseAddr("172.22.0.5")
+	t0 := time.Unix(100, 0)
+	rs := []Record{
+		{Time: t0, Src: a, Where: WherePath, Name: "api.example.test", Proto: "https", Method: "POST", Path: "/admin",
+			Reason: "no path rule matches; path_default deny", Allow: "clawker firewall add api.example.test --path /admin --action allow --methods POST"},
+		{Time: t0.Add(time.Second), Src: a, Where: WherePath, Name: "api.example.test", Proto: "https", Method: "POST", Path: "/admin",
+			Reason: "no path rule matches; path_default deny"},
+		{Time: t0.Add(2 * time.Second), Src: a, Where: WherePath, Name: "api.example.test", Proto: "https", Method: "GET", Path: "/admin",
+			Reason: "no path rule matches; path_default deny"},
+	}
+	gs := Summarize(rs, func(netip.Addr) string { return "" })
+	if len(gs) != 2 {
+		t.Fatalf("%d groups, want one per method and path: %+v", len(gs), gs)
+	}
+	get, post := gs[0], gs[1]
+	if get.Method != "GET" || get.Path != "/admin" || get.Count != 1 ||
+		get.Allow != "clawker firewall add api.example.test --path /admin --action allow --methods GET" {
+		t.Errorf("GET group %+v", get)
+	}
+	// The command the proxy named is kept when a later record has none.
+	if post.Count != 2 || post.Allow != "clawker firewall add api.example.test --path /admin --action allow --methods POST" {
+		t.Errorf("POST group %+v", post)
+	}
+}
+
+func TestPathAllowCommand(t *testing.T) {
+	for _, tc := range []struct {
+		host, proto  string
+		port         int
+		method, path string
+		deny, want   string
+	}{
+		{"a.test", "https", 0, "GET", "/v1/x", "", "clawker firewall add a.test --path /v1/x --action allow --methods GET"},
+		{"a.test", "http", 80, "PUT", "/x", "", "clawker firewall add a.test --proto http --path /x --action allow --methods PUT"},
+		{"a.test", "http", 8080, "GET", "/x", "", "clawker firewall add a.test --proto http --port 8080 --path /x --action allow --methods GET"},
+		{"a.test", "https", 443, "GET", "/v1/secret", "/v1/secret", "clawker firewall remove a.test --path /v1/secret"},
+		{"a.test", "https", 0, "GET", "/a b;$(x)", "", `clawker firewall add a.test --path '/a b;$(x)' --action allow --methods GET`},
+	} {
+		if got := PathAllowCommand(tc.host, tc.proto, tc.port, tc.method, tc.path, tc.deny); got != tc.want {
+			t.Errorf("%+v: %q", tc, got)
+		}
+	}
+}
