@@ -102,6 +102,7 @@ func firewallCommand(env Env) *cli.Command {
 			},
 			presetsCommand(),
 			deniedCommand(env, formatFlag()),
+			rotateCACommand(env, formatFlag()),
 			{
 				Name:      "remove",
 				Usage:     "remove an egress rule, or all of them with --all",

@@ -278,8 +278,13 @@ func TestRun(t *testing.T) {
 	if !slices.Equal(o.Config.Cmd, []string{"--", "/agent", "exit", "3"}) || o.Config.Labels["dev.clawker.test"] != "run1" {
 		t.Errorf("cmd %q labels %v", o.Config.Cmd, o.Config.Labels)
 	}
-	if !slices.Equal(d.copied, []string{"clawker/", "clawker/clawkerd", "clawker/ca.crt", "clawker/agent.crt", "clawker/agent.key"}) {
+	// With the firewall on (the default), the firewall CA first.
+	if !slices.Equal(d.copied, []string{"etc/clawker/", "etc/clawker/ca-bundle.crt", "etc/clawker/firewall-ca.crt",
+		"clawker/", "clawker/clawkerd", "clawker/ca.crt", "clawker/agent.crt", "clawker/agent.key"}) {
 		t.Errorf("copied %q", d.copied)
+	}
+	if fp := o.Config.Labels["dev.clawker.firewall-ca"]; len(fp) != 64 || !slices.Contains(o.Config.Env, "SSL_CERT_FILE=/etc/clawker/ca-bundle.crt") {
+		t.Errorf("firewall CA label %q, env %q", fp, o.Config.Env)
 	}
 
 	// The same agent again: refused with the way out.
