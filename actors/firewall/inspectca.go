@@ -109,28 +109,17 @@ func (a *Actor) ensureInspectCA(doc *egressrules.Doc) {
 	a.rulesLog().Info("firewall CA ready for inspected names", zap.String("event", event), zap.String("fingerprint", ca.Fingerprint))
 }
 
-// inspectCASetter is the stack service's side of the CA (it serves the CA
-// to the proxy's identity only, and tells the proxy when it changes).
-type inspectCASetter interface {
-	SetInspectCA(certPEM, keyPEM []byte)
-}
-
+// publishInspectCA hands ca to the stack service, which serves it to the
+// proxy's identity only and tells the proxy when it changed.
 func (a *Actor) publishInspectCA(ca *certs.FirewallCA) {
 	a.inspect.ca = ca
-	if a.cfg.InspectCA != nil {
+	switch {
+	case a.cfg.InspectCA != nil:
 		a.cfg.InspectCA(ca.CertPEM, ca.KeyPEM)
-		return
+	case a.cfg.Stack != nil && a.cfg.Stack.Server != nil:
+		a.cfg.Stack.Server.SetInspectCA(ca.CertPEM, ca.KeyPEM)
 	}
-	if a.cfg.Stack == nil || a.cfg.Stack.Server == nil {
-		return // an adopted stack gets its CA elsewhere
-	}
-	var srv any = a.cfg.Stack.Server
-	if s, ok := srv.(inspectCASetter); ok {
-		s.SetInspectCA(ca.CertPEM, ca.KeyPEM)
-		return
-	}
-	a.rulesLog().Error("the stack service cannot serve the firewall CA; inspected names are refused",
-		zap.String("event", "firewall_ca_unavailable"))
+	// An adopted stack (no Stack config) gets its CA elsewhere.
 }
 
 // rotateCA replaces the CA, publishes the new one, and answers once it

@@ -12,8 +12,10 @@ import (
 	"github.com/moby/moby/client"
 	"go.uber.org/zap"
 
+	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cpapi"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
+	"github.com/clawker/clawker-cp/pkg/stackapi"
 )
 
 // labelDocker answers ContainerInspect with each container's labels, or
@@ -59,5 +61,20 @@ func TestStillTrustingOld(t *testing.T) {
 	}
 	if got := stillTrustingOld(d, nil, fp, time.Second, zap.NewNop()); got == nil || len(got) != 0 {
 		t.Errorf("no agents: %#v, want an empty list", got)
+	}
+}
+
+// Without Config.InspectCA the CA goes to the stack service the siblings
+// fetch it from, fingerprint for fingerprint.
+func TestPublishInspectCAToTheStackService(t *testing.T) {
+	srv := stackapi.NewServer(nil)
+	a := &Actor{cfg: Config{Stack: &StackConfig{Server: srv}}}
+	ca, _, err := certs.EnsureFirewallCA(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.publishInspectCA(ca)
+	if got := srv.InspectCAFingerprint(); got != ca.Fingerprint {
+		t.Errorf("the stack service serves CA %q, want %s", got, ca.Fingerprint)
 	}
 }
