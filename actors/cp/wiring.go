@@ -362,6 +362,10 @@ func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firew
 	if err != nil {
 		return nil, err
 	}
+	upstreamCA, err := settings.UpstreamCAPEM(s.Firewall.UpstreamCA)
+	if err != nil {
+		return nil, fmt.Errorf("firewall.upstream_ca: %w", err)
+	}
 	srv := stackapi.NewServer(sink, stackapi.DNSClient, stackapi.ProxyClient)
 	window := denials.New(denials.DefaultSize)
 	srv.OnRefusals(func(from string, rs []stackapi.Refusal) {
@@ -383,7 +387,7 @@ func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firew
 		}
 	})
 	return &firewall.StackConfig{
-		BinDir: opts.StackDir, Docker: d, CA: ca, Denials: window,
+		BinDir: opts.StackDir, Docker: d, CA: ca, Denials: window, UpstreamCA: upstreamCA,
 		Server:      srv,
 		NetworkName: network, HostProcess: isLoopback(opts.BindHost),
 		Port: s.ControlPlane.StackPort, UpstreamDNS: s.Firewall.UpstreamDNS,

@@ -47,6 +47,11 @@ type StackConfig struct {
 	StartWait time.Duration
 	// Denials holds the refusals the siblings report (GetDenied).
 	Denials *denials.Window
+	// UpstreamCA is firewall.upstream_ca's PEM: extra roots for inspected
+	// upstreams, passed to the proxy. RootsFile is the host's CA bundle
+	// copied into the proxy image (default stackapi.ProxyRootsFile).
+	UpstreamCA []byte
+	RootsFile  string
 }
 
 // Binary names in BinDir, and the repositories of their images.
@@ -185,6 +190,14 @@ func (a *Actor) managedProxy() *stack.Managed {
 			if err != nil {
 				return sibling.Spec{}, err
 			}
+			var plainEnv []string
+			if len(sc.UpstreamCA) > 0 {
+				plainEnv = append(plainEnv, stackapi.EnvUpstreamCA+"="+string(sc.UpstreamCA))
+			}
+			roots := sc.RootsFile
+			if roots == "" {
+				roots = stackapi.ProxyRootsFile
+			}
 			return sibling.Spec{
 				Role: "proxy", Name: name, Repo: ProxyBinary, Binary: filepath.Join(sc.BinDir, ProxyBinary),
 				Network: sc.NetworkName, IP: proxyAddr.Addr(),
@@ -194,6 +207,7 @@ func (a *Actor) managedProxy() *stack.Managed {
 					"--dns", a.addrs.DNS.String(),
 					"--cp", a.cpStackAddr().String(),
 				},
+				Env: plainEnv, Files: map[string]string{stackapi.ProxyRootsFile: roots},
 				SecretEnv: env, HashExtra: a.caFingerprint(), Labels: sc.Labels,
 			}, nil
 		},

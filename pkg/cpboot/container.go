@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -122,6 +123,10 @@ func (sp spec) cmd() []string {
 	return cmd
 }
 
+// hostRootsFile is the host's CA bundle (stackapi.ProxyRootsFile: the same
+// path in the CP container and in the proxy image).
+const hostRootsFile = "/etc/ssl/certs/ca-certificates.crt"
+
 // stackDirFlag is clawker-cp's flag naming the sibling binaries' directory.
 const stackDirFlag = "--stack-dir"
 
@@ -212,6 +217,12 @@ func createOptions(o *Options, sp spec, image, binHash string, ip netip.Addr, ca
 	// port in the ephemeral range would then be taken. Namespaced: the
 	// host's reservation is untouched.
 	opts.HostConfig.Sysctls = map[string]string{"net.ipv4.ip_local_reserved_ports": sp.ReservedPorts}
+	if fi, err := os.Stat(hostRootsFile); err == nil && fi.Mode().IsRegular() && sp.StackDir != "" {
+		// The host's CA bundle, which the CP copies into the egress
+		// proxy's image (the roots an inspected upstream must chain to);
+		// the CP image itself is FROM scratch and has none.
+		opts.HostConfig.Mounts = append(opts.HostConfig.Mounts, mount.Mount{Type: mount.TypeBind, Source: hostRootsFile, Target: hostRootsFile, ReadOnly: true})
+	}
 	if sp.HostProc != "" {
 		// Read-only; opening a task's ns/net through it still passes the
 		// kernel's ptrace check, which agents (no capabilities) meet.

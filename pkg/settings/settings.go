@@ -143,6 +143,11 @@ type Firewall struct {
 	// allow (every agent). The stack and the control plane's agent and
 	// Hydra ports are reachable whatever it says.
 	AgentToAgent string `yaml:"agent_to_agent"`
+	// UpstreamCA is extra PEM roots (the PEM itself, or a file holding it,
+	// readable where the control plane runs) that an inspected name's
+	// upstream certificate may chain to, besides the system roots: for a
+	// registry or API behind a private CA. Empty: the system roots alone.
+	UpstreamCA string `yaml:"upstream_ca"`
 }
 
 // The firewall.agent_to_agent choices.
@@ -282,6 +287,9 @@ func (s Settings) Validate() error {
 
 	if err := validateFirewallLists(s.Firewall); err != nil {
 		return err
+	}
+	if _, err := UpstreamCAPEM(s.Firewall.UpstreamCA); err != nil {
+		return invalid("firewall.upstream_ca", "%v; give the PEM of the CA an inspected upstream's certificate chains to (or a file holding it)", err)
 	}
 	switch s.Firewall.AgentToAgent {
 	case AgentToAgentDeny, AgentToAgentProject, AgentToAgentAllow:
@@ -429,6 +437,27 @@ func LoadOTLPCA(v string) (*x509.CertPool, error) {
 		return nil, fmt.Errorf("no PEM certificate in it")
 	}
 	return pool, nil
+}
+
+// UpstreamCAPEM reads firewall.upstream_ca (the PEM itself or a file
+// holding it) and returns the PEM, every certificate in it checked; nil
+// for "".
+func UpstreamCAPEM(v string) ([]byte, error) {
+	if v == "" {
+		return nil, nil
+	}
+	data := []byte(v)
+	if !strings.Contains(v, "-----BEGIN") {
+		b, err := os.ReadFile(v)
+		if err != nil {
+			return nil, fmt.Errorf("cannot read %s: %w", v, err)
+		}
+		data = b
+	}
+	if _, err := LoadOTLPCA(string(data)); err != nil {
+		return nil, err
+	}
+	return data, nil
 }
 
 func validateMonitoring(m Monitoring) error {

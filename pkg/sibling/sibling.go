@@ -65,6 +65,11 @@ type Spec struct {
 	Env, SecretEnv []string
 	HashExtra      string
 	Labels         map[string]string // extra labels (tests)
+	// Files are copied into the image besides the binary: image path ->
+	// host path (the proxy's CA bundle). A host file that does not exist
+	// is left out; the binary must cope. Their content is part of the
+	// image tag, so a changed file makes a new image.
+	Files map[string]string
 }
 
 // Docker is what this package needs of the Docker API client.
@@ -99,13 +104,40 @@ func BinaryHash(path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
-// ImageRef is the image the spec's binary makes.
+// ImageRef is the image the spec's binary (and Files) make.
 func (sp Spec) ImageRef() (string, error) {
 	h, err := BinaryHash(sp.Binary)
 	if err != nil {
 		return "", err
 	}
+	if files := sp.presentFiles(); len(files) > 0 {
+		sum := sha256.New()
+		sum.Write([]byte(h))
+		for _, f := range files {
+			b, err := os.ReadFile(f.host)
+			if err != nil {
+				return "", fmt.Errorf("firewall sibling file %s: %w", f.host, err)
+			}
+			fmt.Fprintf(sum, "\n%s %d\n", f.image, len(b))
+			sum.Write(b)
+		}
+		h = hex.EncodeToString(sum.Sum(nil))[:12]
+	}
 	return sp.Repo + ":bin-" + h, nil
+}
+
+type imageFile struct{ image, host string }
+
+// presentFiles are the Files whose host file exists, by image path.
+func (sp Spec) presentFiles() []imageFile {
+	var out []imageFile
+	for img, host := range sp.Files {
+		if fi, err := os.Stat(host); err == nil && fi.Mode().IsRegular() {
+			out = append(out, imageFile{img, host})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].image < out[j].image })
+	return out
 }
 
 // hash covers everything a running container was made from.
@@ -306,9 +338,10 @@ func ensureImage(ctx context.Context, d Docker, sp Spec, ref string) (bool, erro
 	return true, buildImage(ctx, d, sp, ref)
 }
 
-// dockerfile: the binary at /<name>, nobody, and its entrypoint. Nothing
-// else is in the image: no shell, no libc, no CA bundle.
-func dockerfile(sp Spec, bin string) string {
+// dockerfile: the binary at /<name>, the Files (file<i> in the context),
+// nobody, and its entrypoint. Nothing else is in the image: no shell, no
+// libc.
+func dockerfile(sp Spec, bin string, files []imageFile) string {
 	// Not the container's labels: one image serves every network's stack.
 	labels := map[string]string{dockerx.LabelManaged: "true", dockerx.LabelPurpose: PurposeFirewall}
 	for k, v := range sp.Labels {
@@ -321,6 +354,9 @@ func dockerfile(sp Spec, bin string) string {
 	sort.Strings(keys)
 	var s strings.Builder
 	s.WriteString("FROM scratch\nCOPY " + bin + " /" + bin + "\n")
+	for i, f := range files {
+		fmt.Fprintf(&s, "COPY file%d %s\n", i, f.image)
+	}
 	s.WriteString("LABEL")
 	for _, k := range keys {
 		fmt.Fprintf(&s, " %s=%q", k, labels[k])
@@ -344,7 +380,8 @@ func buildImage(ctx context.Context, d Docker, sp Spec, ref string) error {
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
-		df := []byte(dockerfile(sp, bin))
+		files := sp.presentFiles()
+		df := []byte(dockerfile(sp, bin, files))
 		epoch := time.Unix(0, 0)
 		err := tw.WriteHeader(&tar.Header{Name: "Dockerfile", Mode: 0o644, Size: int64(len(df)), ModTime: epoch, Typeflag: tar.TypeReg})
 		if err == nil {
@@ -355,6 +392,17 @@ func buildImage(ctx context.Context, d Docker, sp Spec, ref string) error {
 		}
 		if err == nil {
 			_, err = io.Copy(tw, f)
+		}
+		for i, file := range files {
+			if err != nil {
+				break
+			}
+			var b []byte
+			if b, err = os.ReadFile(file.host); err == nil {
+				if err = tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("file%d", i), Mode: 0o644, Size: int64(len(b)), ModTime: epoch, Typeflag: tar.TypeReg}); err == nil {
+					_, err = tw.Write(b)
+				}
+			}
 		}
 		if err == nil {
 			err = tw.Close()
