@@ -23,6 +23,25 @@
 // only detectable on legs that terminate and inspect. CONNECT is refused: the
 // catch-all is transparent, agents never talk to it as a forward proxy.
 //
+// The inspection leg (inspect.go): when the deciding allow rule has path
+// rules (Decision.Paths), the proxy does not splice. It terminates the
+// agent's TLS with a leaf for the SNI minted from the firewall CA
+// (SetInspectCA; leaves cached per name and renewed hours before they end,
+// the cache dropped when the CA changes; no CA, no inspection: refused),
+// offers h2 and http/1.1, and serves every request: a Host/:authority other
+// than the SNI is 421 (domain fronting, visible only here); the path is
+// normalised and decided with the method by the path rules under the policy
+// current at that request; a refusal is 403 naming host, method, path and
+// the command that allows it, and goes to OnDenied (Where "path"). An
+// allowed request is forwarded with the normalised path (the upstream sees
+// what was decided) by httputil.ReverseProxy over a new TLS leg that dials
+// the same resolve-and-floor-checked IP and verifies the upstream's
+// certificate for the name against UpstreamRoots (system roots plus
+// firewall.upstream_ca); one that does not verify is 502 and one log line.
+// Upgrades (WebSocket) pass through the reverse proxy. Plain HTTP to a name
+// with path rules is decided per request the same way, without TLS. Each
+// such request gets its own access-log line (kind "request").
+//
 // An allowed name is resolved through the DNS sibling, each IPv4 answer is
 // checked against the policy's private/metadata floor (DNS rebinding), and
 // exactly one checked IP is dialled — there is no second lookup between check
