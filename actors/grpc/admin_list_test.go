@@ -43,7 +43,7 @@ type listRig struct {
 	sys    *actor.ActorSystem
 }
 
-func startListRig(t *testing.T, n int, agent func(int) agentdb.Agent) *listRig {
+func startListRig(t testing.TB, n int, agent func(int) agentdb.Agent) *listRig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "controlplane.db")
 	agentdbtest.Fill(t, path, n, agent)
@@ -306,4 +306,39 @@ func TestListAgentsCLIWalksThePages(t *testing.T) {
 			t.Fatalf("row %d %s/%s after %s/%s", i, a.Project, a.Agent, got[i-1].Project, got[i-1].Agent)
 		}
 	}
+}
+
+// BenchmarkListAgentsInProcess: a walk of 10,000 agents through the real
+// AdminService and registry in this process (mTLS on loopback, no token
+// introspection), so a profile shows the CP's own share of ListAgents.
+func BenchmarkListAgentsInProcess(b *testing.B) {
+	const n = 10_000
+	r := startListRig(b, n, agentdbtest.Synthetic)
+	for _, size := range []uint32{0, 5000} {
+		b.Run(fmt.Sprintf("page_size=%d", size), func(b *testing.B) {
+			for b.Loop() {
+				got, token := 0, ""
+				for {
+					resp, err := r.admin.ListAgents(context.Background(), &adminv1.ListAgentsRequest{PageSize: size, PageToken: token})
+					if err != nil {
+						b.Fatal(err)
+					}
+					got += len(resp.GetAgents())
+					if token = resp.GetNextPageToken(); token == "" {
+						break
+					}
+				}
+				if got != n {
+					b.Fatalf("%d agents, want %d", got, n)
+				}
+			}
+		})
+	}
+	b.Run("first_page", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := r.admin.ListAgents(context.Background(), &adminv1.ListAgentsRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

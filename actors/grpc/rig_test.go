@@ -13,7 +13,7 @@ import (
 
 // newTestSystem is an actor system that logs nowhere, shut down when the
 // test ends (actortest.System, under the name this package's tests use).
-func newTestSystem(t *testing.T) *actor.ActorSystem { return actortest.System(t) }
+func newTestSystem(t testing.TB) *actor.ActorSystem { return actortest.System(t) }
 
 // parent stands in for the root: it spawns the grpc actor and passes its
 // Ready on.
@@ -35,7 +35,7 @@ func (p *parent) Receive(ctx actor.Context) {
 
 // spawnGRPC runs the real grpc actor with cfg (its Tree and Intensity
 // filled in here) under a stand-in root, and waits for its Ready.
-func spawnGRPC(t *testing.T, sys *actor.ActorSystem, cfg cpgrpc.Config) {
+func spawnGRPC(t testing.TB, sys *actor.ActorSystem, cfg cpgrpc.Config) {
 	t.Helper()
 	cfg.Tree = supervise.NewTree()
 	cfg.Intensity = supervise.Intensity{Max: 3, Window: time.Minute}
