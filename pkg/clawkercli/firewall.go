@@ -80,7 +80,7 @@ func firewallCommand(env Env) *cli.Command {
 			},
 			{
 				Name:      "add",
-				Usage:     "add an egress rule, or change the action of an existing one",
+				Usage:     "add an egress rule, change the action of an existing one, or add a path rule to one (--path)",
 				ArgsUsage: "DST",
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "proto", Usage: "https, http, tcp or ssh (default https)"},
@@ -97,7 +97,7 @@ func firewallCommand(env Env) *cli.Command {
 					"--path adds one path rule per invocation to the https/http rule on a name (created if missing, allow); its\n" +
 					"connections are then inspected and each request decided by path and method: the longest matching path\n" +
 					"wins, ties go to the rule added first. With --path, --action is the path rule's action (the rule itself\n" +
-					"stays allow); without it, --action is the rule's. The same path again replaces that path rule.",
+					"is or becomes allow); without it, --action is the rule's. The same path again replaces that path rule.",
 				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
 			},
 			presetsCommand(),
