@@ -217,6 +217,13 @@ func (s *Server) handleRouted(c *liveConn, pol *egressrules.Policy, t egressrule
 	d := decide(pol, host, t.Rule.Proto, t.Port)
 	d = s.setKey(c, pol, d, host, t.Rule.Proto, t.Port)
 	l.rule, l.reason = ruleKey(d), d.Reason
+	if d.Allow && d.Paths != nil {
+		// Inspection runs on the catch-all's port 443 only: passing this
+		// through would skip the rule's path rules (fail closed instead).
+		d = egressrules.Decision{Rule: d.Rule, Reason: "the path rules of " + ruleKey(d) +
+			" are enforced on port 443 only; on port " + strconv.Itoa(int(t.Port)) + " such a name is refused"}
+		l.reason = d.Reason
+	}
 	if !d.Allow {
 		l.verdict, l.closedBy = "denied", "policy"
 		if hello != nil {

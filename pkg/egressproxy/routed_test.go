@@ -220,6 +220,20 @@ func TestRoutedHTTPSListenerDecidesTheSNIOnItsPort(t *testing.T) {
 	w.waitLog(func(l logLine) bool {
 		return l.Verdict == "denied" && l.Host == "other.test" && strings.Contains(l.Reason, "https/8443")
 	})
+
+	// Path rules are enforced by inspection, which this listener does not
+	// do: the name is refused here rather than passed through unchecked.
+	w.setPolicy(loopback, egressrules.Rule{Dst: ".tls.test", Proto: egressrules.HTTPS, Port: egressrules.Port(8443),
+		PathRules: []egressrules.PathRule{{Path: "/v1/"}}})
+	addr = listenerFor(t, w, host, 1, 8443)
+	accepts = srv.accepts.Load()
+	if _, err := dial("api.tls.test"); err == nil {
+		t.Errorf("a name with path rules passed the 8443 listener uninspected")
+	}
+	if srv.accepts.Load() != accepts {
+		t.Errorf("the server was reached for a name with path rules")
+	}
+	w.waitLog(func(l logLine) bool { return l.Verdict == "denied" && strings.Contains(l.Reason, "port 443 only") })
 }
 
 // BenchmarkRoutedConnect: a fresh connection to an ssh-like server (its
