@@ -1382,7 +1382,10 @@ type EgressRule struct {
 	PathRules []*PathRule `protobuf:"bytes,6,rep,name=path_rules,json=pathRules,proto3" json:"path_rules,omitempty"`
 	// path_default is what happens to a request no path rule matches: allow
 	// or deny; empty means deny. Unset without path_rules.
-	PathDefault   string `protobuf:"bytes,7,opt,name=path_default,json=pathDefault,proto3" json:"path_default,omitempty"`
+	PathDefault string `protobuf:"bytes,7,opt,name=path_default,json=pathDefault,proto3" json:"path_default,omitempty"`
+	// projects scope the rule to the agents of these projects (names as
+	// clawker run labels them); empty means every agent.
+	Projects      []string `protobuf:"bytes,8,rep,name=projects,proto3" json:"projects,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1464,6 +1467,13 @@ func (x *EgressRule) GetPathDefault() string {
 		return x.PathDefault
 	}
 	return ""
+}
+
+func (x *EgressRule) GetProjects() []string {
+	if x != nil {
+		return x.Projects
+	}
+	return nil
 }
 
 // PathRule is one path rule of an inspected EgressRule.
@@ -1797,7 +1807,10 @@ func (x *FirewallRemoveRuleResponse) GetTotal() uint32 {
 }
 
 type FirewallListRulesRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// project, when set, lists only the rules that apply to its agents: the
+	// global rules and the project's own.
+	Project       string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1830,6 +1843,13 @@ func (x *FirewallListRulesRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use FirewallListRulesRequest.ProtoReflect.Descriptor instead.
 func (*FirewallListRulesRequest) Descriptor() ([]byte, []int) {
 	return file_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *FirewallListRulesRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
 }
 
 type FirewallListRulesResponse struct {
@@ -2462,7 +2482,7 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x05stack\x18\x01 \x03(\v2\x1d.clawker.admin.v1.StackMemberR\x05stack\"-\n" +
 	"\x15FirewallRemoveRequest\x12\x14\n" +
 	"\x05force\x18\x01 \x01(\bR\x05force\"\x18\n" +
-	"\x16FirewallRemoveResponse\"\xce\x01\n" +
+	"\x16FirewallRemoveResponse\"\xea\x01\n" +
 	"\n" +
 	"EgressRule\x12\x10\n" +
 	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
@@ -2472,7 +2492,8 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x02id\x18\x05 \x01(\rR\x02id\x129\n" +
 	"\n" +
 	"path_rules\x18\x06 \x03(\v2\x1a.clawker.admin.v1.PathRuleR\tpathRules\x12!\n" +
-	"\fpath_default\x18\a \x01(\tR\vpathDefault\"P\n" +
+	"\fpath_default\x18\a \x01(\tR\vpathDefault\x12\x1a\n" +
+	"\bprojects\x18\b \x03(\tR\bprojects\"P\n" +
 	"\bPathRule\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x18\n" +
@@ -2493,8 +2514,9 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x06status\x18\x01 \x01(\x0e2\x1c.clawker.admin.v1.RuleStatusR\x06status\x120\n" +
 	"\x04rule\x18\x02 \x01(\v2\x1c.clawker.admin.v1.EgressRuleR\x04rule\x12\x18\n" +
 	"\aremoved\x18\x03 \x01(\rR\aremoved\x12\x14\n" +
-	"\x05total\x18\x04 \x01(\rR\x05total\"\x1a\n" +
-	"\x18FirewallListRulesRequest\"O\n" +
+	"\x05total\x18\x04 \x01(\rR\x05total\"4\n" +
+	"\x18FirewallListRulesRequest\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\"O\n" +
 	"\x19FirewallListRulesResponse\x122\n" +
 	"\x05rules\x18\x01 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\"\x17\n" +
 	"\x15FirewallReloadRequest\".\n" +
