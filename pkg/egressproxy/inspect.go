@@ -200,6 +200,8 @@ func (s *Server) inspectTLS(c *liveConn, pk Peeked, l *connLog) {
 		TLSHandshakeTimeout: s.cfg.DialTimeout,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     httpIdleTimeout,
+		ReadBufferSize:      64 << 10,
+		WriteBufferSize:     64 << 10,
 	}
 	defer ins.tr.CloseIdleConnections()
 	ins.rp = &httputil.ReverseProxy{
@@ -209,6 +211,7 @@ func (s *Server) inspectTLS(c *liveConn, pk Peeked, l *connLog) {
 			pr.Out.Host = host
 		},
 		Transport:      ins.tr,
+		BufferPool:     copyBuffers,
 		ErrorHandler:   ins.upstreamError,
 		ModifyResponse: ins.recordStatus,
 		ErrorLog:       log.New(logfWriter(s.cfg.Logf), "egressproxy: inspected "+host+": ", 0),
@@ -245,6 +248,15 @@ func (s *Server) inspectTLS(c *liveConn, pk Peeked, l *connLog) {
 		l.closedBy = "client"
 	}
 }
+
+// copyBuffers are the reverse proxy's body buffers: larger than its 32 KiB
+// default, so a download moves in fewer, fuller TLS records.
+var copyBuffers = &bufferPool{p: sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
 
 // inspection is the HTTP handler of one inspected agent connection.
 type inspection struct {

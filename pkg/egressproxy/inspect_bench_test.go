@@ -148,3 +148,26 @@ func BenchmarkInspectionLeaf(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkLeafFor isolates the leaf step of a new inspected connection:
+// a cache hit vs a mint (P-256 key and signature).
+func BenchmarkLeafFor(b *testing.B) {
+	w := newInspectWorld(b)
+	for _, mode := range []string{"cached", "fresh"} {
+		b.Run(mode, func(b *testing.B) {
+			if _, err := w.proxy.leafFor("api.example.test"); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if mode == "fresh" {
+					w.proxy.leaves.mu.Lock()
+					clear(w.proxy.leaves.leaves)
+					w.proxy.leaves.mu.Unlock()
+				}
+				if _, err := w.proxy.leafFor("api.example.test"); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
