@@ -153,6 +153,7 @@ func testFirewallInContainer(t *testing.T, e *e2e) {
 		}
 		return len(ks.LinksOn(holdCgroup)) == egress.LinksPerCgroup, fmt.Sprintf("%d links of %d", len(ks.LinksOn(holdCgroup)), egress.LinksPerCgroup)
 	})
+	checkAgentTrustsFirewallCA(t, e, holdRep.Agent.ID)
 	testCutInContainer(t, e, holdRep.Agent.ID, outTCP, reached)
 	checkCPListeners(t, e)
 	if r := e.clawker(t, cmdTimeout, "controlplane", "down"); r.Code == 0 || !strings.Contains(r.Stderr, "--force") || !strings.Contains(r.Stderr, "fw.hold") {
