@@ -51,6 +51,24 @@
 // compiles them, floor included, into the entries of a longest-prefix
 // trie); the kernel knows the port but not the protocol above TCP.
 //
+// # Rules scoped to projects
+//
+// A rule with projects applies to the agents of those projects only; one
+// without is global. Its Key carries the scope ("example.com:https:443@api"),
+// so a project may have its own rule for a dst a global rule names too, and
+// the store adds, merges and removes it apart from the global one. An
+// agent's view, Policy.For(its project), is the global rules plus its
+// project's, decided by the precedence above as one set: the most specific
+// applicable dst wins whichever scope it is in, and at equal specificity
+// deny wins (a project cannot open what a global deny closes, nor a global
+// allow what a project deny closes). The control plane tells the siblings
+// each agent's address and project (Doc.Agents, from Docker: the address
+// Docker assigned and the dev.clawker.project label clawker run set, so an
+// agent cannot claim another project); a client the doc does not name gets
+// the global view. IP/CIDR rules (decided in the kernel) and rules served
+// by a dedicated proxy listener (tcp, ssh, https off 443) cannot be scoped
+// yet: neither path knows the agent's project.
+//
 // # Path rules (inspected names)
 //
 // An allow rule for https or http on a name (exact or wildcard) may carry

@@ -16,6 +16,13 @@ type Doc struct {
 	Generation          uint64   `json:"generation"`
 	Rules               []Entry  `json:"rules"`
 	PrivateDestinations []string `json:"private_destinations,omitempty"`
+	// Agents maps an agent's IPv4 address on the agent network to its
+	// project, as the control plane learnt both from Docker (the address
+	// Docker gave the container, the dev.clawker.project label clawker run
+	// set): the siblings decide a client's connections and queries by the
+	// rules that apply to its project (Policy.ForSource). An address not
+	// listed gets the global rules only.
+	Agents map[string]string `json:"agents,omitempty"`
 }
 
 // Compile validates the doc (every bad rule field, every bad private
@@ -51,11 +58,14 @@ func (d Doc) Compile() (*Policy, error) {
 		}
 		private = append(private, p)
 	}
+	agents, agentErrs := parseAgents(d.Agents)
+	errs = append(errs, agentErrs...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	p := Compile(d.Rules, private)
 	p.generation = d.Generation
+	p.scope.agents = agents
 	return p, nil
 }
 
@@ -129,23 +139,38 @@ func (b *bucket) decide(proto Proto, port uint16) (d Decision, ok bool) {
 	return Decision{Allow: true, Rule: allow.entry, Reason: allow.reason, Paths: allow.paths}, true
 }
 
-// Policy is a compiled, immutable rule set, safe for concurrent use.
+// Policy is a compiled, immutable rule set, safe for concurrent use. The
+// Policy Compile returns is the global view: the rules without projects.
+// For(project) is the view of one project's agents.
 type Policy struct {
 	generation uint64
-	entries    []Entry
+	entries    []Entry                  // the rules of this view
 	exact      map[string]*bucket       // exact name -> its rules
 	wild       map[string]*bucket       // ".example.com" is stored under "example.com"
 	ip         map[netip.Prefix]*bucket // masked prefix (an address is a /32)
 	ipBits     []int                    // prefix lengths present in ip, longest first
 	private    []netip.Prefix
+	scope      *scope // shared by the global view and every project's
 }
 
 // Compile builds a Policy from entries (as Store.List returns them) and the
 // private destinations that open restricted addresses. Entries are
 // canonicalised; an invalid entry is left out (Doc.Compile reports them).
-// The policy's generation is 0.
+// The policy's generation is 0. It is the global view: rules with projects
+// are kept for For.
 func Compile(entries []Entry, private []netip.Prefix) *Policy {
+	sc := &scope{views: map[string]*Policy{}, projects: map[string]bool{}}
+	p := compileView(entries, private, "", sc)
+	sc.global = p
+	return p
+}
+
+// compileView compiles the entries that apply to project's agents (the
+// global ones for ""); the scoped entries of a global compile are kept in
+// sc.scoped.
+func compileView(entries []Entry, private []netip.Prefix, project string, sc *scope) *Policy {
 	p := &Policy{
+		scope: sc,
 		exact: make(map[string]*bucket),
 		wild:  make(map[string]*bucket),
 		ip:    make(map[netip.Prefix]*bucket),
@@ -159,6 +184,15 @@ func Compile(entries []Entry, private []netip.Prefix) *Policy {
 	for _, e := range entries {
 		c, err := e.Rule.Canonical()
 		if err != nil {
+			continue
+		}
+		if project == "" && len(c.Projects) > 0 {
+			sc.scoped = append(sc.scoped, Entry{Rule: c, ID: e.ID})
+			for _, name := range c.Projects {
+				sc.projects[name] = true
+			}
+		}
+		if !c.AppliesTo(project) {
 			continue
 		}
 		p.entries = append(p.entries, Entry{Rule: c, ID: e.ID})

@@ -64,13 +64,17 @@ type Rule struct {
 	// when empty and PathRules is set).
 	PathRules   []PathRule `yaml:"path_rules,omitempty" json:"path_rules,omitempty"`
 	PathDefault Action     `yaml:"path_default,omitempty" json:"path_default,omitempty"`
+	// Projects scopes the rule to the agents of these projects (sorted,
+	// deduplicated project names); empty, the rule is global.
+	Projects []string `yaml:"projects,omitempty" json:"projects,omitempty"`
 }
 
 // Equal reports whether two rules are the same, path rules included (in
 // order).
 func (r Rule) Equal(o Rule) bool {
 	return r.Dst == o.Dst && r.Proto == o.Proto && r.Port == o.Port && r.Action == o.Action &&
-		r.PathDefault == o.PathDefault && slices.EqualFunc(r.PathRules, o.PathRules, PathRule.Equal)
+		r.PathDefault == o.PathDefault && slices.EqualFunc(r.PathRules, o.PathRules, PathRule.Equal) &&
+		slices.Equal(r.Projects, o.Projects)
 }
 
 // Inspected reports whether the rule has path rules: its allowed
@@ -175,6 +179,7 @@ func (r Rule) canonicalInto(out *Rule, index int) []error {
 	out.Action = action
 
 	canonicalPathRules(r, out, fail)
+	canonicalProjects(r, out, fail)
 	return errs
 }
 
@@ -194,7 +199,10 @@ func Validate(rules []Rule) ([]Rule, error) {
 
 // Key is "dst:proto:port" of the canonical form, the rule's identity in the
 // store ("example.com:https:443", ".example.com:http:8000-8100",
-// "10.0.0.0/8:tcp:5432"). The action is not part of it. For an invalid rule
+// "10.0.0.0/8:tcp:5432"), followed by "@" and the projects joined by ","
+// for a rule scoped to projects ("example.com:https:443@api,web"): a project
+// may have its own rule for a dst a global rule also names. The action is
+// not part of it. For an invalid rule
 // Key is built from the best-effort form and identifies nothing stored.
 func (r Rule) Key() string {
 	c, _ := r.Canonical()
@@ -203,7 +211,18 @@ func (r Rule) Key() string {
 
 // key assumes r is canonical already.
 func (r Rule) key() string {
-	return r.Dst + ":" + string(r.Proto) + ":" + r.Port.String()
+	k := r.Dst + ":" + string(r.Proto) + ":" + r.Port.String()
+	if len(r.Projects) > 0 {
+		k += "@" + strings.Join(r.Projects, ",")
+	}
+	return k
+}
+
+// AppliesTo reports whether the rule applies to the agents of project: a
+// global rule applies to every project ("" included), a scoped one to its
+// projects only.
+func (r Rule) AppliesTo(project string) bool {
+	return len(r.Projects) == 0 || slices.Contains(r.Projects, project)
 }
 
 // IsWildcard reports whether the dst is a ".example.com" wildcard.

@@ -390,8 +390,34 @@ func compareRules(a, b Rule) int {
 		strings.Compare(string(a.Proto), string(b.Proto)),
 		cmp.Compare(a.Port.Lo, b.Port.Lo),
 		cmp.Compare(a.Port.Hi, b.Port.Hi),
+		slices.Compare(a.Projects, b.Projects),
 		strings.Compare(string(a.Action), string(b.Action)),
 	)
+}
+
+// decodeProjects reads a rule's projects: a list of names, or one name.
+func decodeProjects(n *yaml.Node, index int, errs []*FieldError) ([]string, []*FieldError) {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" || n.Value == "" {
+			return nil, errs
+		}
+		return []string{n.Value}, errs
+	case yaml.SequenceNode:
+		var out []string
+		for j, item := range n.Content {
+			item = resolveAlias(item)
+			if item.Kind != yaml.ScalarNode {
+				errs = append(errs, &FieldError{Index: index, Field: fmt.Sprintf("%s[%d]", fieldProjects, j), Value: item.Value,
+					Msg: "not a project name (write projects: [api, web])"})
+				continue
+			}
+			out = append(out, item.Value)
+		}
+		return out, errs
+	}
+	return nil, append(errs, &FieldError{Index: index, Field: fieldProjects, Value: n.Value,
+		Msg: "not a list of project names (write projects: [api, web])"})
 }
 
 // commit makes rules (canonical, sorted) the stored set, in the order that
@@ -569,11 +595,14 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 		case fieldPathRules:
 			out.PathRules, errs = decodePathRules(val, index, out.PathRules, errs)
 			continue
+		case fieldProjects:
+			out.Projects, errs = decodeProjects(val, index, errs)
+			continue
 		case fieldDst, fieldProto, fieldAction, fieldPort, fieldPathDefault:
 		default:
 			// Named as an unknown field whatever its value's shape (an
 			// empty key with a list under it would otherwise name nothing).
-			fail("unknown field (the fields are dst, proto, port, action, path_rules and path_default)")
+			fail("unknown field (the fields are dst, proto, port, action, path_rules, path_default and projects)")
 			continue
 		}
 		if val.Kind != yaml.ScalarNode {
@@ -603,7 +632,7 @@ func decodeRule(n *yaml.Node, index int, out *Rule) []*FieldError {
 			}
 			out.Port = p
 		default:
-			fail("unknown field (the fields are dst, proto, port, action, path_rules and path_default)")
+			fail("unknown field (the fields are dst, proto, port, action, path_rules, path_default and projects)")
 		}
 	}
 	if !seen[fieldDst] {

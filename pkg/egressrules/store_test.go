@@ -316,7 +316,7 @@ func TestStoreHandEditedFileErrors(t *testing.T) {
 	for _, want := range []string{
 		path + `: rules[1]: dst "exa mple.com": not a domain, IP or CIDR`,
 		path + `: rules[2]: port "70000": ports are 1-65535`,
-		path + `: rules[3]: prot "http": unknown field (the fields are dst, proto, port, action, path_rules and path_default)`,
+		path + `: rules[3]: prot "http": unknown field (the fields are dst, proto, port, action, path_rules, path_default and projects)`,
 		path + `: rules[4]: proto "udp": unknown protocol`,
 		path + `: rules[4]: action "block": unknown action`,
 		path + `: rules[5]: dst "": missing`,
