@@ -59,6 +59,10 @@ func (c Client) RotateCA(ctx context.Context) (*RotateCAResult, error) {
 	return request.Ask[*RotateCAResult](ctx, c.t, &RotateCA{})
 }
 
+// rotateCAReadTimeout bounds the worldview read and each label read of a
+// rotation when Config.OpTimeout is unset.
+const rotateCAReadTimeout = 5 * time.Second
+
 // errNoFirewallDir answers RotateCA of a firewall without Config.RulesDir.
 var errNoFirewallDir = errors.New("the firewall CA has no directory: this control plane runs without a rules directory")
 
@@ -165,6 +169,9 @@ func (a *Actor) rotateCA(ctx actor.Context) {
 		docker = a.cfg.Stack.Docker
 	}
 	timeout := a.cfg.OpTimeout
+	if timeout <= 0 {
+		timeout = rotateCAReadTimeout
+	}
 	request.Reenter(ctx, a.cfg.Overseer, &overseer.GetState{}, timeout, func(st *overseer.State, err error) {
 		if err != nil {
 			res.Err = fmt.Errorf("the firewall CA was rotated (now %s), but the running agents could not be listed: %w", res.Fingerprint, err)
