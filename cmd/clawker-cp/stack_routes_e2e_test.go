@@ -13,6 +13,7 @@ import (
 
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
+	"github.com/clawker/clawker-cp/pkg/egressrules"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
@@ -117,6 +118,29 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 	cptest.WaitFor(t, 10*time.Second, "the rules' routes in the kernel", func() (bool, string) {
 		n := r.status(t).GetRouteCount()
 		return n == 4, fmt.Sprintf("%d routes", n)
+	})
+	t.Run("the proxy listens on one dedicated port per routed rule and port", func(t *testing.T) {
+		var proxyID string
+		for _, m := range r.status(t).GetStack() {
+			if ap, err := netip.ParseAddrPort(m.GetAddress()); err == nil && ap.Port() == proxyPort {
+				proxyID = m.GetContainerId()
+			}
+		}
+		if proxyID == "" {
+			t.Fatalf("no proxy member in %v", r.status(t).GetStack())
+		}
+		cptest.WaitFor(t, 5*time.Second, "4 route listeners in the proxy", func() (bool, string) {
+			var routed []string
+			for _, l := range cptest.ContainerListeners(t, r.d, proxyID) {
+				if p := l.Addr.Port(); l.Proto == "tcp" && p >= egressrules.RouteListenerFirst && p < egressrules.RouteListenerFirst+egressrules.RouteListenerCount {
+					if !l.Addr.Addr().IsUnspecified() {
+						return false, "bound to " + l.String()
+					}
+					routed = append(routed, l.String())
+				}
+			}
+			return len(routed) == 4, fmt.Sprint(routed)
+		})
 	})
 	r.startAgent(t)
 	dnsIP := r.net.DNSIP().String()

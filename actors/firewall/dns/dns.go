@@ -151,9 +151,10 @@ func (a *Actor) stopGC() {
 
 // kernelID is the identity written for a set of rule ids: the lowest, so
 // the choice is stable while that rule's entry lives. The kernel map holds
-// one id per address; routes keyed by identity (ssh/tcp rules) must
-// therefore be installed for every id of a shared address — the set is
-// kept here for that.
+// one id per address: the routes of ssh/tcp rules are installed under each
+// name's lowest id (egressrules.Policy.Routes), and an address two names
+// share carries the lower of their ids, so only that name's routes apply
+// there. Removed rules' ids are dropped at once (ForgetRules).
 func kernelID(rules map[uint32]time.Time) uint32 {
 	var min uint32
 	for id := range rules {
