@@ -86,6 +86,7 @@ type Actor struct {
 	rules       rulesState     // rules.go
 	inspect     inspectCAState // inspectca.go
 	routes      routeState     // routes.go
+	agents      agentsState    // agents.go
 	dns, proxy  *actor.PID
 	ready       bool
 	stackSrv    *http.Server // the siblings' policy and answers service
@@ -148,6 +149,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 			if err != nil {
 				return &EnforceResult{Err: a.mapErr(err)}
 			}
+			a.refreshAgents(ctx)
 			return &EnforceResult{CgroupID: r.CgroupID}
 		})
 	case *Enable:
@@ -188,7 +190,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 		}
 	case *overseer.ContainerStarted:
 		if m.Purpose == dockerx.PurposeAgent {
-			a.enqueue(ctx, nil, a.enforceOrder(m.ID), nil)
+			a.enqueue(ctx, nil, a.enforceOrder(m.ID), a.agentsChanged(ctx))
 		}
 	case *overseer.ContainerStopped:
 		a.release(ctx, m.Container)
@@ -323,7 +325,7 @@ func (a *Actor) reenforce(ctx actor.Context) {
 		}
 		for _, c := range st.Containers {
 			if c.Purpose == dockerx.PurposeAgent && c.State == cpapi.ContainerRunning {
-				a.enqueue(ctx, nil, a.enforceOrder(c.ID), nil)
+				a.enqueue(ctx, nil, a.enforceOrder(c.ID), a.agentsChanged(ctx))
 			}
 		}
 	})
@@ -334,7 +336,7 @@ func (a *Actor) release(ctx actor.Context, c overseer.Container) {
 		return
 	}
 	a.stopTimer(c.ID)
-	a.enqueue(ctx, nil, &ebpf.Release{ContainerID: c.ID}, nil)
+	a.enqueue(ctx, nil, &ebpf.Release{ContainerID: c.ID}, a.agentsChanged(ctx))
 }
 
 func (a *Actor) bypass(ctx actor.Context, m *Bypass) {

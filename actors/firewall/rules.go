@@ -234,6 +234,7 @@ func (a *Actor) publish(entries []egressrules.Entry) {
 		Rules:               append([]egressrules.Entry(nil), entries...),
 		PrivateDestinations: append([]string(nil), a.cfg.PrivateDestinations...),
 	}
+	a.agentsDoc(&doc)
 	a.rules.kernel = &doc
 	a.ensureInspectCA(&doc) // before the stack hears of rules that inspect
 	if a.cfg.Publish == nil {
