@@ -82,9 +82,9 @@ func TestAgentsProjectsPublished(t *testing.T) {
 	in := supervise.Intensity{Max: 5, Window: time.Minute}
 	cfg := firewall.Config{
 		Enable: true, Tree: tree, Intensity: in, RulesDir: t.TempDir(), Publish: pubs.publish,
-		EBPF:     sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return fe })),
-		Overseer: sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return world })),
-		Network:  firewall.AgentNetwork{Name: "clawker-net", Subnet: testSubnet, Gateway: netip.MustParseAddr("10.99.7.1")},
+		EBPF:      sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return fe })),
+		Overseer:  sys.Root.Spawn(actor.PropsFromProducer(func() actor.Actor { return world })),
+		Network:   firewall.AgentNetwork{Name: "clawker-net", Subnet: testSubnet, Gateway: netip.MustParseAddr("10.99.7.1")},
 		ProxyPort: 15001, StackWait: 300 * time.Millisecond, StackDial: answerOK, OpTimeout: 5 * time.Second, Log: zap.NewNop(),
 	}
 	ready := make(chan *supervise.Ready, 4)
