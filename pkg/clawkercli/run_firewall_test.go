@@ -78,6 +78,10 @@ func TestRunNoFirewallWarns(t *testing.T) {
 		if slices.Contains(o.Config.Env, agentrun.EnvRequireEnforced+"=1") {
 			t.Errorf("run %d: env %q", i+1, o.Config.Env)
 		}
+		// Nor is there a firewall CA to trust: nothing inspects it.
+		if _, ok := o.Config.Labels["dev.clawker.firewall-ca"]; ok || slices.ContainsFunc(o.Config.Env, func(e string) bool { return strings.HasPrefix(e, "SSL_CERT_FILE=") }) {
+			t.Errorf("run %d: firewall CA label or env with the firewall off: %v %q", i+1, o.Config.Labels, o.Config.Env)
+		}
 	}
 }
 
