@@ -164,12 +164,10 @@ func (s *agentService) fail(id identity, err error) error {
 // token: the certificate minted for that container is the proof, and the
 // one-shot assertion could not be exchanged again anyway.
 //
-// With Ory the registry is asked first with ExistingOnly: an existing
-// binding is confirmed in that one request (one sqlite transaction,
-// agentdb.RegisterExisting) and its token, if any, is never looked at, so
-// a bound agent cannot make the CP call Hydra. Only a binding that turns
-// out to be new has its token judged (tokenVerdict) and then takes a
-// second request that creates it (agentdb.Register, which checks again).
+// The registry is asked once: the token is a verdict it evaluates lazily
+// (registry.Register's MayCreate), only when the container turns out not
+// to be bound yet, so a bound agent cannot make the CP call Hydra, and a
+// new one costs one registry request, not a lookup and then an insert.
 func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterRequest) (*agentv1.RegisterResponse, error) {
 	id, _, err := identify(ctx)
 	if err != nil {
@@ -182,23 +180,24 @@ func (s *agentService) Register(ctx context.Context, req *agentv1.RegisterReques
 	if err := s.bind.check(ctx, id); err != nil {
 		return nil, s.fail(id, err)
 	}
-	binding := agentdb.Agent{
+	reg := registry.Register{Agent: agentdb.Agent{
 		Project: id.Project, AgentName: id.Agent, ContainerID: id.ContainerID, Thumbprint: id.Thumbprint,
 		LeafThumbprint: id.LeafThumbprint, RegisteredAt: time.Now().UTC(),
+	}}
+	if s.tokens != nil {
+		// The handler's ctx: the token is in its metadata, and the
+		// introspection ends with the RPC.
+		reg.MayCreate = func(context.Context) error { return s.tokenVerdict(ctx, id) }
 	}
-	existingOnly := s.tokens != nil
-	r, err := s.registry.Register(ctx, registry.Register{Agent: binding, ExistingOnly: existingOnly})
-	if err == nil && existingOnly && errors.Is(r.Err, agentdb.ErrNotFound) {
-		// A new binding: it takes a good token.
-		if verdict := s.tokenVerdict(ctx, id); verdict != nil {
-			return nil, s.refuseNewBinding(id, verdict)
-		}
-		r, err = s.registry.Register(ctx, registry.Register{Agent: binding})
-	}
+	r, err := s.registry.Register(ctx, reg)
 	if err != nil {
 		return nil, s.fail(id, fmt.Errorf("registry: %w", err))
 	}
+	var verdict *refusal
+	var noVerdict *introspectionFailed
 	switch {
+	case errors.As(r.Err, &verdict), errors.As(r.Err, &noVerdict):
+		return nil, s.refuseNewBinding(id, r.Err)
 	case errors.Is(r.Err, agentdb.ErrContainerBound):
 		return nil, s.fail(id, refuse("container_bound", "%v", r.Err))
 	case r.Err != nil:

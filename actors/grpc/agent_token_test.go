@@ -63,11 +63,19 @@ func (r *fakeRegistry) Receive(ctx actor.Context) {
 		}
 		a := m.Agent
 		a.Key = agentdb.Key(a.Thumbprint, a.ContainerID)
+		a.LeafThumbprint = ""
 		old, exists := r.rows[a.Key]
+		if !exists && m.MayCreate != nil {
+			// As the registry: asked only for a new binding, off the lock.
+			r.mu.Unlock()
+			err := m.MayCreate(context.Background())
+			r.mu.Lock()
+			if err != nil {
+				ctx.Respond(&registry.RegisterResult{Err: err})
+				return
+			}
+		}
 		switch {
-		case !exists && m.ExistingOnly:
-			ctx.Respond(&registry.RegisterResult{Err: fmt.Errorf("%w: %s", agentdb.ErrNotFound, a.Key)})
-			return
 		case exists:
 			a = old
 		default:
@@ -216,9 +224,14 @@ func TestRegisterAgentToken(t *testing.T) {
 	})
 	t.Run("new binding with a clawker-agent token", func(t *testing.T) {
 		c, id := f.agent(t, "good")
+		_, before := f.reg.requests()
 		resp, err := register(t, c, id, "Bearer agent-token")
 		if err != nil {
 			t.Fatal(err)
+		}
+		// The lookup, the token and the insert: one registry request.
+		if _, after := f.reg.requests(); after != before+1 {
+			t.Errorf("a new binding took %d registry requests, want 1", after-before)
 		}
 		if l := f.logs.FilterField(zap.String("event", "agent_registered")).FilterField(zap.String("agent", "p.good")).All(); len(l) != 1 ||
 			l[0].ContextMap()["created"] != true {
@@ -292,7 +305,7 @@ func TestRegisterAgentToken(t *testing.T) {
 	})
 
 	// Only the two good agents made bindings: a refused token's request
-	// was ExistingOnly, and wrote nothing; no RPC asked a Get.
+	// wrote nothing; no RPC asked a Get.
 	if rows, _ := f.reg.counts(); rows != 2 {
 		t.Errorf("%d bindings, want 2 (good, unlucky)", rows)
 	}

@@ -30,15 +30,21 @@ type Config struct {
 	Log           *zap.Logger
 }
 
-// Register binds an agent identity; the answer is *RegisterResult. With
-// ExistingOnly (the caller may not create a binding, e.g. it lacks the
-// token a new one needs) a binding that does not exist yet is answered
-// with an Err wrapping agentdb.ErrNotFound and nothing is written; an
-// existing one is confirmed in that one request and sqlite transaction
-// (agentdb.RegisterExisting), with no Get before it.
+// Register binds an agent identity; the answer is *RegisterResult.
+//
+// MayCreate, when set, is the caller's permission to create a binding,
+// evaluated lazily: the registry asks it only when the container turns out
+// not to be bound yet, so an existing binding is confirmed in one sqlite
+// transaction (agentdb.RegisterExisting) without it, and a container bound
+// to another key or name is refused without it. When it answers an error,
+// nothing is written and the answer's Err is that error, as it was; when
+// nil, the binding is created (agentdb.Register, which checks again in its
+// own transaction). It runs off the mailbox and between the two writes,
+// under neither: a slow permission (a Hydra introspection) holds up no
+// other write. Nil MayCreate creates a new binding freely.
 type Register struct {
-	Agent        agentdb.Agent
-	ExistingOnly bool
+	Agent     agentdb.Agent
+	MayCreate func(context.Context) error
 }
 
 // RegisterResult answers Register.
@@ -152,14 +158,7 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *actor.Stopping, *actor.Restarting:
 		a.close()
 	case *Register:
-		a.asyncWrite(ctx, m, func(c context.Context) any {
-			if m.ExistingOnly {
-				ag, err := a.db.RegisterExisting(c, m.Agent)
-				return &RegisterResult{Agent: ag, Err: err}
-			}
-			ag, created, err := a.db.Register(c, m.Agent)
-			return &RegisterResult{Agent: ag, Created: created, Err: err}
-		})
+		a.async(ctx, func(c context.Context) any { return a.register(c, m) })
 	case *List:
 		a.list(ctx, m)
 	case *Get:
@@ -185,6 +184,39 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *flushTick:
 		a.flush()
 	}
+}
+
+// register is one Register request, off the mailbox (see Register): each
+// write is one step under the index's write lock (writeStep), the
+// permission between them.
+func (a *Actor) register(c context.Context, m *Register) *RegisterResult {
+	if m.MayCreate != nil {
+		r := a.writeStep(m, func() *RegisterResult {
+			ag, err := a.db.RegisterExisting(c, m.Agent)
+			return &RegisterResult{Agent: ag, Err: err}
+		})
+		if !errors.Is(r.Err, agentdb.ErrNotFound) {
+			return r
+		}
+		if err := m.MayCreate(c); err != nil {
+			return &RegisterResult{Err: err}
+		}
+	}
+	return a.writeStep(m, func() *RegisterResult {
+		ag, created, err := a.db.Register(c, m.Agent)
+		return &RegisterResult{Agent: ag, Created: created, Err: err}
+	})
+}
+
+// writeStep runs one write of a Register as asyncWrite runs a request:
+// under the index's write lock, recorded in the index once committed.
+func (a *Actor) writeStep(m *Register, op func() *RegisterResult) *RegisterResult {
+	x := a.idx
+	x.writes.Lock()
+	defer x.writes.Unlock()
+	r := op()
+	x.committed(m, r)
+	return r
 }
 
 // open opens the file in a goroutine that reports back (opened); the actor
