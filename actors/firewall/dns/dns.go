@@ -75,6 +75,7 @@ type Actor struct {
 	cfg      Config
 	owner    stack.Owner
 	table    map[netip.Addr]*entry
+	live     liveRules // forget.go
 	cancelGC scheduler.CancelFunc
 }
 
@@ -174,7 +175,8 @@ func (a *Actor) report(ctx actor.Context, m *ReportAnswers) {
 	now := a.cfg.Now()
 	set := map[netip.Addr]uint32{}
 	for _, ans := range m.Answers {
-		if !ans.IP.Is4() || len(ans.RuleIDs) == 0 {
+		ids := a.withoutRemoved(ans.RuleIDs)
+		if !ans.IP.Is4() || len(ids) == 0 {
 			continue
 		}
 		e := a.table[ans.IP]
@@ -183,7 +185,7 @@ func (a *Actor) report(ctx actor.Context, m *ReportAnswers) {
 			a.table[ans.IP] = e
 		}
 		exp := now.Add(time.Duration(ans.TTL)*time.Second + a.cfg.Grace)
-		for _, id := range ans.RuleIDs {
+		for _, id := range ids {
 			if exp.After(e.rules[id]) {
 				e.rules[id] = exp
 			}

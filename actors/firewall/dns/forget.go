@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net/netip"
+	"slices"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
@@ -21,7 +22,29 @@ type ForgetRules struct {
 	Live map[uint32]bool
 }
 
+// liveRules is the last ForgetRules: reports still carrying a removed id
+// (a sibling answering by the policy before, a moment after the publish)
+// must not bring it back.
+type liveRules struct {
+	ids map[uint32]bool
+	max uint32 // ids only grow: one above max is a rule added since
+}
+
+// withoutRemoved drops the ids of removed rules; it returns ids itself
+// when none is (the common case, no allocation).
+func (a *Actor) withoutRemoved(ids []uint32) []uint32 {
+	removed := func(id uint32) bool { return a.live.ids != nil && id <= a.live.max && !a.live.ids[id] }
+	if !slices.ContainsFunc(ids, removed) {
+		return ids
+	}
+	return slices.DeleteFunc(slices.Clone(ids), removed)
+}
+
 func (a *Actor) forget(ctx actor.Context, m *ForgetRules) {
+	a.live = liveRules{ids: m.Live}
+	for id := range m.Live {
+		a.live.max = max(a.live.max, id)
+	}
 	if a.cfg.EBPF == nil {
 		return
 	}

@@ -29,3 +29,26 @@ func TestForgetRulesRewritesTheAddressesOfRemovedRules(t *testing.T) {
 		t.Errorf("table %+v, want only %s with rule 5", e, shared)
 	}
 }
+
+// A report that still names a removed rule (the sibling answered by the
+// policy before) does not bring its id back; an id above every live one
+// (a rule added since) is kept.
+func TestReportsDoNotReviveRemovedRules(t *testing.T) {
+	r := newRig(t, nil)
+	ip := netip.MustParseAddr("203.0.113.9")
+	r.sys.Root.Send(r.dns, &ForgetRules{Live: map[uint32]bool{5: true}})
+	if err := r.report(t, ans("git.example.com", ip.String(), 3600, 2, 5)); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := r.fake.snapshot(); k[ip] != 5 {
+		t.Fatalf("kernel %v, want %s -> 5 (rule 2 was removed)", k, ip)
+	}
+	if err := r.report(t, ans("new.example.com", ip.String(), 3600, 4, 11)); err != nil {
+		t.Fatal(err)
+	}
+	res, _ := r.sys.Root.RequestFuture(r.dns, &GetIdentities{}, 5e9).Result()
+	got := res.(*Identities).Entries[ip].Rules
+	if _, ok := got[11]; !ok || len(got) != 2 {
+		t.Errorf("rules %v, want 5 and 11 (4 removed, 11 added since)", got)
+	}
+}
