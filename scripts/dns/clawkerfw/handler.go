@@ -52,6 +52,8 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		fw.m.refused.Add(1)
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "clawker-dns: only class IN is served")
 	}
+	// The rules that apply to the querying agent's project.
+	pol = pol.ForSource(clientAddr(w.RemoteAddr()))
 	name := canonical(q.Name)
 	ids, ok := pol.Resolvable(name)
 	if !ok {
