@@ -41,7 +41,7 @@ func (s *Server) handleHTTP(c *liveConn, pol *egressrules.Policy, pk Peeked, l *
 	}()
 	for first := true; ; first = false {
 		if !first {
-			pol = s.policy.Load() // later requests: the policy current now
+			pol = s.policyFor(c) // later requests: the policy current now
 			c.client.SetReadDeadline(time.Now().Add(httpIdleTimeout))
 		}
 		req, err := http.ReadRequest(br)

@@ -316,7 +316,7 @@ func (ins *inspection) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	// The policy current now: path rules changed since the connection was
 	// accepted apply to its next request.
-	pol := s.policy.Load()
+	pol := s.policyFor(ins.c)
 	d := decide(pol, ins.host, egressrules.HTTPS, 443)
 	if !d.Allow {
 		rl.verdict, rl.status, rl.reason = "denied", http.StatusForbidden, d.Reason

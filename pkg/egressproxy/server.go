@@ -127,7 +127,8 @@ func New(cfg Config) *Server {
 // rather than wrapping them, so splice stays available.
 type liveConn struct {
 	client   net.Conn
-	upstream net.Conn // guarded by Server.mu
+	upstream net.Conn   // guarded by Server.mu
+	src      netip.Addr // the client's address: its project's rules decide (projects.go)
 
 	// decided key, guarded by Server.mu; host == "" while still peeking.
 	host  string
@@ -151,7 +152,7 @@ func (s *Server) SetPolicy(p *egressrules.Policy) {
 		if c.host == "" {
 			continue // still peeking: decide() will see the new pointer
 		}
-		if d := decide(p, c.host, c.proto, c.port); !d.Allow {
+		if d := decide(p.ForSource(c.src), c.host, c.proto, c.port); !d.Allow {
 			c.reason = "policy changed: " + d.Reason
 			victims = append(victims, c)
 		}
@@ -178,7 +179,7 @@ func (s *Server) setKey(c *liveConn, pol *egressrules.Policy, d egressrules.Deci
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c.host, c.proto, c.port = host, proto, port
-	if cur := s.policy.Load(); cur != pol && d.Allow {
+	if cur := s.policyFor(c); cur != pol && d.Allow {
 		d = decide(cur, host, proto, port)
 	}
 	return d
@@ -274,8 +275,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		backoff = 0
 		s.accepted.Add(1)
 		// The policy current at accept decides this connection.
-		pol := s.policy.Load()
-		c := &liveConn{client: conn}
+		c := &liveConn{client: conn, src: sourceAddr(conn)}
+		pol := s.policyFor(c)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
