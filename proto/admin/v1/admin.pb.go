@@ -1663,7 +1663,10 @@ type FirewallRemoveRuleRequest struct {
 	All bool `protobuf:"varint,4,opt,name=all,proto3" json:"all,omitempty"`
 	// path, when set, removes only that path rule of the rule (status
 	// PATH_REMOVED); the rule itself stays.
-	Path          string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	Path string `protobuf:"bytes,5,opt,name=path,proto3" json:"path,omitempty"`
+	// projects name the rule's scope, as in EgressRule: the rule of exactly
+	// these projects is removed; empty names the global rule.
+	Projects      []string `protobuf:"bytes,6,rep,name=projects,proto3" json:"projects,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1731,6 +1734,13 @@ func (x *FirewallRemoveRuleRequest) GetPath() string {
 		return x.Path
 	}
 	return ""
+}
+
+func (x *FirewallRemoveRuleRequest) GetProjects() []string {
+	if x != nil {
+		return x.Projects
+	}
+	return nil
 }
 
 type FirewallRemoveRuleResponse struct {
@@ -2503,13 +2513,14 @@ const file_admin_v1_admin_proto_rawDesc = "" +
 	"\x18FirewallAddRulesResponse\x128\n" +
 	"\bstatuses\x18\x01 \x03(\x0e2\x1c.clawker.admin.v1.RuleStatusR\bstatuses\x122\n" +
 	"\x05rules\x18\x02 \x03(\v2\x1c.clawker.admin.v1.EgressRuleR\x05rules\x12\x14\n" +
-	"\x05total\x18\x03 \x01(\rR\x05total\"}\n" +
+	"\x05total\x18\x03 \x01(\rR\x05total\"\x99\x01\n" +
 	"\x19FirewallRemoveRuleRequest\x12\x10\n" +
 	"\x03dst\x18\x01 \x01(\tR\x03dst\x12\x14\n" +
 	"\x05proto\x18\x02 \x01(\tR\x05proto\x12\x12\n" +
 	"\x04port\x18\x03 \x01(\tR\x04port\x12\x10\n" +
 	"\x03all\x18\x04 \x01(\bR\x03all\x12\x12\n" +
-	"\x04path\x18\x05 \x01(\tR\x04path\"\xb4\x01\n" +
+	"\x04path\x18\x05 \x01(\tR\x04path\x12\x1a\n" +
+	"\bprojects\x18\x06 \x03(\tR\bprojects\"\xb4\x01\n" +
 	"\x1aFirewallRemoveRuleResponse\x124\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x1c.clawker.admin.v1.RuleStatusR\x06status\x120\n" +
 	"\x04rule\x18\x02 \x01(\v2\x1c.clawker.admin.v1.EgressRuleR\x04rule\x12\x18\n" +
