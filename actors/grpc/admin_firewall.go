@@ -24,6 +24,7 @@ import (
 	"github.com/clawker/clawker-cp/actors/request"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
+	"github.com/clawker/clawker-cp/pkg/naming"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
@@ -414,14 +415,23 @@ func (s *adminService) FirewallRemoveRule(ctx context.Context, req *adminv1.Fire
 	return out, nil
 }
 
-// FirewallListRules lists the store in its canonical order.
-func (s *adminService) FirewallListRules(ctx context.Context, _ *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
+// FirewallListRules lists the store in its canonical order; with a
+// project, only the rules that apply to its agents (global and its own).
+func (s *adminService) FirewallListRules(ctx context.Context, req *adminv1.FirewallListRulesRequest) (*adminv1.FirewallListRulesResponse, error) {
+	project := req.GetProject()
+	if project != "" && !naming.ValidProject(project) {
+		return nil, reasonError(codes.InvalidArgument, ReasonRuleInvalid,
+			fmt.Sprintf("project %q: not a project name (%s)", project, naming.ProjectRule))
+	}
 	res, err := s.askRules(ctx, &firewall.ListRules{})
 	if err != nil {
 		return nil, err
 	}
 	out := &adminv1.FirewallListRulesResponse{Rules: make([]*adminv1.EgressRule, 0, len(res.Rules))}
 	for _, e := range res.Rules {
+		if project != "" && !e.AppliesTo(project) {
+			continue
+		}
 		out.Rules = append(out.Rules, egressRule(e))
 	}
 	return out, nil
@@ -622,7 +632,7 @@ func convertRules(in []*adminv1.EgressRule) ([]egressrules.Rule, error) {
 			badPort[i] = true
 		}
 		rules[i] = egressrules.Rule{Dst: r.GetDst(), Proto: egressrules.Proto(r.GetProto()), Port: port, Action: egressrules.Action(r.GetAction()),
-			PathRules: pathRules(r.GetPathRules()), PathDefault: egressrules.Action(r.GetPathDefault())}
+			PathRules: pathRules(r.GetPathRules()), PathDefault: egressrules.Action(r.GetPathDefault()), Projects: r.GetProjects()}
 	}
 	canon, err := egressrules.Validate(rules)
 	if err == nil && len(portErrs) == 0 {
@@ -651,6 +661,8 @@ func convertRules(in []*adminv1.EgressRule) ([]egressrules.Rule, error) {
 			return 4
 		case field == "path_default":
 			return 5
+		case strings.HasPrefix(field, "projects"):
+			return 6
 		}
 		return map[string]int{"dst": 0, "proto": 1, "port": 2, "action": 3}[field]
 	}
@@ -690,7 +702,7 @@ func removeRequest(req *adminv1.FirewallRemoveRuleRequest) (*firewall.RemoveRule
 	if err != nil {
 		return &firewall.RemoveRule{}, ruleInvalid(err)
 	}
-	r, err := egressrules.Rule{Dst: req.GetDst(), Proto: egressrules.Proto(req.GetProto()), Port: port}.Canonical()
+	r, err := egressrules.Rule{Dst: req.GetDst(), Proto: egressrules.Proto(req.GetProto()), Port: port, Projects: req.GetProjects()}.Canonical()
 	if err != nil {
 		return &firewall.RemoveRule{Rule: r}, ruleInvalid(err)
 	}
@@ -699,7 +711,7 @@ func removeRequest(req *adminv1.FirewallRemoveRuleRequest) (*firewall.RemoveRule
 
 func egressRule(e egressrules.Entry) *adminv1.EgressRule {
 	out := &adminv1.EgressRule{Dst: e.Dst, Proto: string(e.Proto), Port: e.Port.String(), Action: string(e.Action), Id: e.ID,
-		PathDefault: string(e.PathDefault)}
+		PathDefault: string(e.PathDefault), Projects: e.Projects}
 	for _, pr := range e.PathRules {
 		out.PathRules = append(out.PathRules, &adminv1.PathRule{Path: pr.Path, Action: string(pr.Action), Methods: pr.Methods})
 	}
