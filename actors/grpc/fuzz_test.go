@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/netip"
@@ -187,7 +189,21 @@ var adminMethods = []adminMethod{
 	{name: "FirewallReload", req: func() proto.Message { return &adminv1.FirewallReloadRequest{} },
 		call: adminCall((*adminService).FirewallReload)},
 	{name: "ListAgents", req: func() proto.Message { return &adminv1.ListAgentsRequest{} },
-		call: adminCall((*adminService).ListAgents)},
+		call: adminCall((*adminService).ListAgents), fields: []string{"page_token: "},
+		valid: func(m proto.Message) bool {
+			// A token is base64url of version 1, the project's length
+			// (uvarint), the project and the agent name, neither empty.
+			tok := m.(*adminv1.ListAgentsRequest).GetPageToken()
+			if tok == "" {
+				return true
+			}
+			b, err := base64.RawURLEncoding.DecodeString(tok)
+			if err != nil || len(tok) > 8<<10 || len(b) < 2 || b[0] != 1 {
+				return false
+			}
+			n, k := binary.Uvarint(b[1:])
+			return k > 0 && n > 0 && n < uint64(len(b)-1-k)
+		}},
 }
 
 // FuzzAdminRequests unmarshals the fuzz bytes into the request of the
@@ -235,6 +251,9 @@ func FuzzAdminRequests(f *testing.F) {
 	for i := 8; i < len(adminMethods); i++ {
 		seed(i, adminMethods[i].req())
 	}
+	listAgents := len(adminMethods) - 1
+	seed(listAgents, &adminv1.ListAgentsRequest{PageSize: 9000, PageToken: "AQFwYQ"})
+	seed(listAgents, &adminv1.ListAgentsRequest{PageToken: "AQVwYQ"})
 
 	// FirewallResolveHostname looks a name up: never on the network here.
 	restore := SetLookup(func(_ context.Context, _, host string) ([]netip.Addr, error) {
