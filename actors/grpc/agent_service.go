@@ -6,12 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
 	"go.uber.org/zap"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -60,6 +63,21 @@ type agentService struct {
 	// bind refuses a certificate used from another address than its
 	// container's (nil: Config.ContainerAddrs unset, no check).
 	bind *peerBinding
+	// assertionKeys is the CLI's signing JWKS, which verifies the client
+	// assertion an agent token came from (signingKeys).
+	assertionKeys func() (*certs.JWKS, error)
+}
+
+// signingKeys reads the CLI's signing JWKS from the server bundle at each
+// call (new bindings only), so a rotated key counts at once.
+func signingKeys(authDir string) func() (*certs.JWKS, error) {
+	return func() (*certs.JWKS, error) {
+		b, err := os.ReadFile(filepath.Join(authDir, certs.SigningJWKSFile))
+		if err != nil {
+			return nil, err
+		}
+		return certs.ParseJWKS(b)
+	}
 }
 
 // identity is what the live TLS handshake proves about the caller.
@@ -157,7 +175,10 @@ func (s *agentService) fail(id identity, err error) error {
 // signing key, so only a container the CLI started can become an agent.
 // No token: PermissionDenied, reason agent_token_missing; a token refused
 // (inactive, expired, not an access token, without that scope, as an
-// admin token is): PermissionDenied, agent_token_invalid; Hydra not
+// admin token is): PermissionDenied, agent_token_invalid; a good token
+// not bound to the certificate's container (the assertion it came from,
+// sent beside it, names another container or none: tokenContainer):
+// PermissionDenied, token_container_mismatch; Hydra not
 // answering: Unavailable, and clawkerd retries. Registering an existing
 // binding again (the same key and container, after a reconnect or a
 // control plane restart, whose Hydra has forgotten every token) needs no
@@ -229,6 +250,47 @@ func (s *agentService) tokenVerdict(ctx context.Context, id identity) error {
 	}
 	if why != "" {
 		return refuse("agent_token_invalid", "the agent token is refused: %s (%s; client %q, scope %q)", msg, why, in.ClientID, in.Scope)
+	}
+	return s.tokenContainer(ctx, id, in)
+}
+
+// assertionSkew is how far the token's iat may lie outside its assertion's
+// validity: Hydra's clock (the CP's) and the CLI's (the host's) differ.
+const assertionSkew = 5 * time.Minute
+
+// tokenContainer binds a good agent token to the caller's container. A
+// client_credentials token carries no claim of the assertion it was
+// exchanged for, so the caller sends that assertion beside it: signed by
+// the CLI, minted by `clawker run` after the container was created, it
+// names the container (oauth.ContainerClaim), which must be the one the
+// certificate names, and the token must have been issued while it was
+// valid. Anything else: token_container_mismatch.
+func (s *agentService) tokenContainer(ctx context.Context, id identity, in *oauth.Introspection) error {
+	mismatch := func(format string, args ...any) error {
+		return refuse("token_container_mismatch", "the agent token is refused: "+format, args...)
+	}
+	vals := metadata.ValueFromIncomingContext(ctx, oauth.AgentAssertionHeader)
+	if len(vals) != 1 {
+		return mismatch("a new binding needs, beside the token, the one client assertion (%s) it was exchanged for, "+
+			"which names the container; %d were sent (clawkerd sends the one clawker run copied in)", oauth.AgentAssertionHeader, len(vals))
+	}
+	keys, err := s.assertionKeys()
+	if err != nil {
+		return &introspectionFailed{fmt.Errorf("reading the CLI's signing key to verify the agent's assertion: %w", err)}
+	}
+	cl, err := oauth.VerifyAgentAssertion(vals[0], keys)
+	if err != nil {
+		return mismatch("%v", err)
+	}
+	if cl.ContainerID != id.ContainerID {
+		return mismatch("it was minted for container %.12s, but the certificate names container %.12s", cl.ContainerID, id.ContainerID)
+	}
+	if in.IssuedAt != 0 {
+		iat := time.Unix(in.IssuedAt, 0)
+		if iat.Before(cl.IssuedAt.Add(-assertionSkew)) || iat.After(cl.Expiry.Add(assertionSkew)) {
+			return mismatch("it was issued at %s, not while the assertion sent with it was valid (%s to %s): it was not exchanged for that assertion",
+				iat.UTC().Format(time.RFC3339), cl.IssuedAt.UTC().Format(time.RFC3339), cl.Expiry.UTC().Format(time.RFC3339))
+		}
 	}
 	return nil
 }

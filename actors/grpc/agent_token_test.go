@@ -2,8 +2,14 @@ package grpc_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -128,16 +134,17 @@ func (f *fakeIntrospector) setDown(down bool) {
 
 func activeToken(client, scope string) *oauth.Introspection {
 	return &oauth.Introspection{Active: true, ClientID: client, Subject: client, Scope: scope, TokenUse: "access_token",
-		TokenType: "Bearer", Expiry: time.Now().Add(time.Hour).Unix()}
+		TokenType: "Bearer", Expiry: time.Now().Add(time.Hour).Unix(), IssuedAt: time.Now().Unix()}
 }
 
 // agentFixture is the real grpc actor's AgentService wired to a fake
 // registry and, unless nil, an introspector.
 type agentFixture struct {
-	m    *certs.Material
-	addr string
-	reg  *fakeRegistry
-	logs *observer.ObservedLogs
+	m       *certs.Material
+	addr    string
+	reg     *fakeRegistry
+	logs    *observer.ObservedLogs
+	authDir string // the CP's server bundle (its signing.jwk.json verifies assertions)
 }
 
 func startAgentService(t *testing.T, in cpgrpc.TokenIntrospector) *agentFixture {
@@ -168,7 +175,7 @@ func startAgentServiceWith(t *testing.T, adjust func(*cpgrpc.Config)) *agentFixt
 	}
 	adjust(&cfg)
 	spawnGRPC(t, sys, cfg)
-	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs}
+	return &agentFixture{m: m, addr: cptest.Loopback(ports[0]), reg: reg, logs: logs, authDir: paths.CPAuthDir}
 }
 
 // agent is a client with a fresh agent certificate for project p.
@@ -182,12 +189,34 @@ func (f *agentFixture) agent(t *testing.T, name string) (agentv1.AgentServiceCli
 // register calls Register as id, with "authorization: <auth>" unless "".
 func register(t *testing.T, c agentv1.AgentServiceClient, id certs.AgentIdentity, auth string) (*agentv1.RegisterResponse, error) {
 	t.Helper()
+	return registerWith(t, c, id, auth, "")
+}
+
+// registerWith is register with the client assertion the token came from
+// (clawker-agent-assertion) unless "".
+func registerWith(t *testing.T, c agentv1.AgentServiceClient, id certs.AgentIdentity, auth, assertion string) (*agentv1.RegisterResponse, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if auth != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", auth)
 	}
+	if assertion != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, oauth.AgentAssertionHeader, assertion)
+	}
 	return c.Register(ctx, &agentv1.RegisterRequest{Project: id.Project, AgentName: id.Agent})
+}
+
+// assertion is a clawker-agent client assertion for containerID, as
+// `clawker run` mints it (the home's signing key), issued at iat.
+func (f *agentFixture) assertion(t *testing.T, containerID string, iat time.Time) string {
+	t.Helper()
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: "https://127.0.0.1:4444/oauth2/token", IssuedAt: iat,
+		TTL: 10 * time.Minute, ContainerID: containerID}.Sign(f.m.SigningKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return jws
 }
 
 // refusedFor is the register_failed line about agent name ("p.<name>").
@@ -225,7 +254,7 @@ func TestRegisterAgentToken(t *testing.T) {
 	t.Run("new binding with a clawker-agent token", func(t *testing.T) {
 		c, id := f.agent(t, "good")
 		_, before := f.reg.requests()
-		resp, err := register(t, c, id, "Bearer agent-token")
+		resp, err := registerWith(t, c, id, "Bearer agent-token", f.assertion(t, id.ContainerID, time.Now()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -279,6 +308,50 @@ func TestRegisterAgentToken(t *testing.T) {
 			}
 		})
 	}
+	// The token is bound to its container: the assertion it was exchanged
+	// for must name the certificate's container and have been valid when
+	// the token was issued.
+	for _, tc := range []struct {
+		name      string
+		assertion func(id certs.AgentIdentity) string
+		why       string
+	}{
+		{"another container's token", func(certs.AgentIdentity) string {
+			return f.assertion(t, cptest.RandomContainerID(t), time.Now())
+		}, "minted for container"},
+		{"no assertion", func(certs.AgentIdentity) string { return "" }, "needs, beside the token"},
+		{"an assertion of another key", func(id certs.AgentIdentity) string {
+			other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: "https://127.0.0.1:4444/oauth2/token", ContainerID: id.ContainerID}.Sign(other)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return jws
+		}, "not the CLI's signing key"},
+		{"an assertion older than the token", func(id certs.AgentIdentity) string {
+			return f.assertion(t, id.ContainerID, time.Now().Add(-time.Hour))
+		}, "not exchanged for that assertion"},
+		{"a clawker-cli assertion", func(id certs.AgentIdentity) string {
+			jws, err := oauth.Assertion{ClientID: oauth.ClientCLI, Audience: "https://127.0.0.1:4444/oauth2/token", ContainerID: id.ContainerID}.Sign(f.m.SigningKey)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return jws
+		}, "want clawker-agent"},
+	} {
+		t.Run("new binding with a good token: "+tc.name, func(t *testing.T) {
+			name := strings.ReplaceAll(strings.ReplaceAll(tc.name, " ", "-"), "'", "")
+			c, id := f.agent(t, name)
+			_, err := registerWith(t, c, id, "Bearer agent-token", tc.assertion(id))
+			wantCode(t, err, codes.PermissionDenied, tc.why)
+			if l := f.refusedFor(t, name); l["reason"] != "token_container_mismatch" || l["container_id"] != id.ContainerID {
+				t.Errorf("register_failed = %v", l)
+			}
+		})
+	}
 	t.Run("introspection down", func(t *testing.T) {
 		in.setDown(true)
 		defer in.setDown(false)
@@ -290,7 +363,7 @@ func TestRegisterAgentToken(t *testing.T) {
 		}
 		// clawkerd retries; Hydra is back.
 		in.setDown(false)
-		if _, err := register(t, c, id, "Bearer agent-token"); err != nil {
+		if _, err := registerWith(t, c, id, "Bearer agent-token", f.assertion(t, id.ContainerID, time.Now())); err != nil {
 			t.Errorf("after Hydra came back: %v", err)
 		}
 	})
@@ -353,8 +426,38 @@ func TestRegisterAgentTokenWithHydra(t *testing.T) {
 	c, id := f.agent(t, "admin")
 	_, err := register(t, c, id, token(oauth.ClientCLI, oauth.ScopeAdmin))
 	wantCode(t, err, codes.PermissionDenied, "scope_missing")
+	// The service verifies assertions with the JWKS Hydra's clients hold.
+	jwks, err := json.Marshal(e.m.SigningJWK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(f.authDir, certs.SigningJWKSFile), jwks, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A clawker-agent token for container A, with its assertion, presented
+	// with B's certificate: refused.
+	agentToken := func(containerID string) (string, string) {
+		ts, err := oauth.NewTokenSource(oauth.Config{TokenURL: e.hydra.TokenURL, ClientID: oauth.ClientAgent, Scopes: []string{oauth.ScopeAgentRegister},
+			Key: e.m.SigningKey, RootCAs: e.hydra.CA, ServerName: e.hydra.ServerName, ContainerID: containerID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := ts.Token(context.Background())
+		if err != nil {
+			t.Fatalf("a clawker-agent token from Hydra: %v\nhydra:\n%s", err, e.hydra.Tail(20))
+		}
+		return "Bearer " + tok.AccessToken, tok.Assertion
+	}
+	c, id = f.agent(t, "borrower")
+	auth, assertion := agentToken(cptest.RandomContainerID(t))
+	_, err = registerWith(t, c, id, auth, assertion)
+	wantCode(t, err, codes.PermissionDenied, "minted for container")
+	if l := f.refusedFor(t, "borrower"); l["reason"] != "token_container_mismatch" {
+		t.Errorf("register_failed = %v", l)
+	}
 	c, id = f.agent(t, "agent")
-	if _, err := register(t, c, id, token(oauth.ClientAgent, oauth.ScopeAgentRegister)); err != nil {
+	auth, assertion = agentToken(id.ContainerID)
+	if _, err := registerWith(t, c, id, auth, assertion); err != nil {
 		t.Fatalf("Register with a clawker-agent token from Hydra: %v\nhydra:\n%s", err, e.hydra.Tail(20))
 	}
 	if rows, _ := f.reg.counts(); rows != 1 {

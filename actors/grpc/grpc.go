@@ -186,7 +186,7 @@ func (a *Actor) serve(ctx actor.Context) {
 		a.cfg.AgentLimits.serverOptions()...)
 	a.agentSrv = ggrpc.NewServer(agentOpts...)
 	agentv1.RegisterAgentServiceServer(a.agentSrv, &agentService{peers: peers, enforce: a.cfg.Enforce, tokens: agentTokens,
-		bind: newPeerBinding(a.cfg.ContainerAddrs)})
+		bind: newPeerBinding(a.cfg.ContainerAddrs), assertionKeys: signingKeys(a.cfg.AuthDir)})
 	authz := NewAuthz(AuthzConfig{Introspector: a.cfg.Introspector, Ready: a.cfg.AdminReady, CacheTTL: a.cfg.AuthCacheTTL, Log: a.cfg.Log})
 	adminOpts := append(append(append(extra("admin"), ggrpc.Creds(adminCreds)), authz.ServerOptions()...), a.cfg.AdminLimits.serverOptions()...)
 	a.adminSrv = ggrpc.NewServer(adminOpts...)

@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/agentdb"
 	"github.com/clawker/clawker-cp/pkg/certs"
@@ -68,7 +66,6 @@ func TestChaosSIGKILL(t *testing.T) {
 	var (
 		cpMu    sync.Mutex
 		cp      = start()
-		gen     atomic.Int64 // CP generation: a new agent token per generation (Hydra forgets tokens)
 		stopAll atomic.Bool
 	)
 	cp.WaitHealthy(t, healthyTimeout)
@@ -118,15 +115,12 @@ func TestChaosSIGKILL(t *testing.T) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		var creds grpc.DialOption
-		credsGen := int64(-1)
 		for i := 0; !stopAll.Load(); i++ {
-			if g := gen.Load(); g != credsGen {
-				creds, credsGen = cptest.AgentTokenCreds(t, home, m), g
-			}
 			id := certs.AgentIdentity{Project: "chaos", Agent: fmt.Sprintf("agent-%05d", i), ContainerID: cptest.RandomContainerID(t)}
 			cfg, leaf := cptest.AgentTLSConfig(t, m, id)
-			conn := cptest.DialGRPC(t, cptest.Loopback(home.Ports(t).Agent()), cfg, creds)
+			// A token for this container (an agent token makes its own
+			// container's binding only), from the Hydra running now.
+			conn := cptest.DialGRPC(t, cptest.Loopback(home.Ports(t).Agent()), cfg, cptest.AgentTokenCreds(t, home, m, id.ContainerID))
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			resp, err := agentv1.NewAgentServiceClient(conn).Register(ctx, &agentv1.RegisterRequest{Project: id.Project, AgentName: id.Agent})
 			cancel()
@@ -207,7 +201,6 @@ func TestChaosSIGKILL(t *testing.T) {
 		cpMu.Lock()
 		cp = next
 		cpMu.Unlock()
-		gen.Add(1)
 		next.WaitHealthy(t, healthyTimeout)
 		toGreen = append(toGreen, time.Since(killed))
 		res := stopLoop()

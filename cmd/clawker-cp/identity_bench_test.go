@@ -54,7 +54,7 @@ func BenchmarkRegisterNewTLS(b *testing.B) {
 		addr := cp.agentAddr(b)
 		// The first Register creates the binding: it needs the agent
 		// token; the idempotent ones timed below go without, as clawkerd's do.
-		if _, err := registerNewConn(addr, cfg, id, cp.agentToken); err != nil {
+		if _, err := registerNewConn(addr, cfg, id, cp.agentToken(id.ContainerID)); err != nil {
 			b.Fatalf("first Register: %v", err)
 		}
 		b.ResetTimer()
@@ -71,15 +71,17 @@ func BenchmarkRegisterNewTLS(b *testing.B) {
 		addr := cp.agentAddr(b)
 		ids := make([]certs.AgentIdentity, b.N)
 		cfgs := make([]*tls.Config, b.N)
+		tokens := make([]grpc.DialOption, b.N)
 		for i := range ids {
 			ids[i] = certs.AgentIdentity{Project: "bench", Agent: fmt.Sprintf("new-%07d", i), ContainerID: cptest.RandomContainerID(b)}
 			cfgs[i], _ = cptest.AgentTLSConfig(b, cp.m, ids[i])
+			tokens[i] = cp.agentToken(ids[i].ContainerID)
 		}
 		b.ResetTimer()
 		for i := range b.N {
 			// A new binding: the token is checked with Hydra each time
 			// (the token itself is fetched once and cached).
-			if _, err := registerNewConn(addr, cfgs[i], ids[i], cp.agentToken); err != nil {
+			if _, err := registerNewConn(addr, cfgs[i], ids[i], tokens[i]); err != nil {
 				b.Fatalf("Register: %v\nstderr tail:\n%s", err, cp.p.Tail(cptest.TailLines))
 			}
 		}

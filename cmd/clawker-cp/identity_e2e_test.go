@@ -58,10 +58,11 @@ type identityCP struct {
 	home *cptest.Home
 	m    *certs.Material
 	p    *cptest.Process
-	// agentToken puts a clawker-agent token from the CP's Hydra on every
-	// call, as clawkerd sends one on its first Register: with Ory, a new
-	// binding needs it.
-	agentToken grpc.DialOption
+	// agentToken puts a clawker-agent token from the CP's Hydra for a
+	// container (and the assertion it came from) on every call, as
+	// clawkerd sends one on its first Register: with Ory, a new binding
+	// needs it.
+	agentToken func(containerID string) grpc.DialOption
 }
 
 // noDrainToZero keeps the watcher from draining the CP for want of agent
@@ -92,7 +93,7 @@ func startIdentityCP(t testing.TB, extraSettings string) *identityCP {
 	t.Helper()
 	home := identityHome(t, extraSettings)
 	c := &identityCP{home: home, m: home.EnsureAuth(t)}
-	c.agentToken = cptest.AgentTokenCreds(t, home, c.m)
+	c.agentToken = func(containerID string) grpc.DialOption { return cptest.AgentTokenCreds(t, home, c.m, containerID) }
 	// With the Ory stack: the AdminService validates tokens with Hydra,
 	// and a new agent binding needs a clawker-agent token.
 	c.p = cptest.StartCP(t, home, cpBinary(t), "CLAWKER_CP_ORY_DIR="+cptest.OryDir(t))
@@ -150,7 +151,7 @@ func (c *identityCP) newAgent(t testing.TB, project, name string) *testAgent {
 	t.Helper()
 	id := certs.AgentIdentity{Project: project, Agent: name, ContainerID: cptest.RandomContainerID(t)}
 	cfg, leaf := cptest.AgentTLSConfig(t, c.m, id)
-	conn := cptest.DialGRPC(t, c.agentAddr(t), cfg, c.agentToken)
+	conn := cptest.DialGRPC(t, c.agentAddr(t), cfg, c.agentToken(id.ContainerID))
 	return &testAgent{id: id, leaf: leaf, tls: cfg, conn: conn, client: agentv1.NewAgentServiceClient(conn)}
 }
 
@@ -621,7 +622,7 @@ func TestRefusals(t *testing.T) {
 				// the container id by someone who obtained another cert
 				// (and an agent token: the registry refuses it).
 				cfg, _ := cptest.AgentTLSConfig(t, cp.m, first.id)
-				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg, cp.agentToken)
+				conn := cptest.DialGRPC(t, cp.agentAddr(t), cfg, cp.agentToken(first.id.ContainerID))
 				return conn, register(conn, first.id.Project, first.id.Agent)
 			},
 			code: codes.PermissionDenied, event: "register_failed", reason: "container_bound", agentLabel: "p.replayed",
@@ -776,7 +777,7 @@ func TestSIGKILLDuringRegisterBurst(t *testing.T) {
 	const (
 		workers = 8
 		killAt  = 150
-		pool    = 600 // pre-minted certificates: far more than will be used
+		pool    = 250 // pre-minted certificates (and tokens): far more than will be used
 	)
 	cp := startIdentityCP(t, "")
 
@@ -793,7 +794,10 @@ func TestSIGKILLDuringRegisterBurst(t *testing.T) {
 	}
 	conns := make([]*cptest.Conn, pool)
 	for i, mc := range certsPool {
-		conns[i] = cptest.DialGRPC(t, cp.agentAddr(t), mc.tls, cp.agentToken) // lazy: connects on first call
+		// Each its own container's token, fetched now: the burst is of
+		// Registers, not of token exchanges.
+		tok := cptest.AgentTokenCredsFetched(t, cp.home, cp.m, mc.id.ContainerID)
+		conns[i] = cptest.DialGRPC(t, cp.agentAddr(t), mc.tls, tok) // lazy: connects on first call
 	}
 
 	type ack struct {

@@ -192,13 +192,15 @@ func (a *agent) runSession(ctx context.Context) (established bool, err error) {
 	return established, cause
 }
 
-// register calls Register, with "authorization: Bearer <bearer>" unless
-// bearer is empty.
+// register calls Register, with "authorization: Bearer <bearer>" and the
+// assertion it was exchanged for unless bearer is empty.
 func (a *agent) register(ctx context.Context, client agentv1.AgentServiceClient, bearer string) error {
 	rctx, cancel := context.WithTimeout(ctx, registerTimeout)
 	defer cancel()
 	if bearer != "" {
-		rctx = metadata.AppendToOutgoingContext(rctx, "authorization", "Bearer "+bearer)
+		// The assertion the token came from beside it: its container
+		// claim binds the token to this container (token.go).
+		rctx = metadata.AppendToOutgoingContext(rctx, "authorization", "Bearer "+bearer, assertionHeader, a.token.assertion.jws)
 	}
 	resp, err := client.Register(rctx, &agentv1.RegisterRequest{Project: a.cfg.Project, AgentName: a.cfg.Agent})
 	if err == nil {

@@ -108,9 +108,10 @@ func (l *logSink) waitEvent(t *testing.T, event string) map[string]any {
 // --- fake control plane ----------------------------------------------------------
 
 type registration struct {
-	req  *agentv1.RegisterRequest
-	id   certs.AgentIdentity
-	auth []string // the call's authorization metadata
+	req       *agentv1.RegisterRequest
+	id        certs.AgentIdentity
+	auth      []string // the call's authorization metadata
+	assertion []string // its clawker-agent-assertion metadata
 }
 
 // fakeCP is a minimal AgentService over real mTLS.
@@ -207,7 +208,7 @@ func (f *fakeCP) Register(ctx context.Context, req *agentv1.RegisterRequest) (*a
 	}
 	md, _ := metadata.FromIncomingContext(ctx)
 	f.mu.Lock()
-	f.registers = append(f.registers, registration{req: req, id: id, auth: md.Get("authorization")})
+	f.registers = append(f.registers, registration{req: req, id: id, auth: md.Get("authorization"), assertion: md.Get(assertionHeader)})
 	n := len(f.registers)
 	f.mu.Unlock()
 	if f.registerErr != nil {

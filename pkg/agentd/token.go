@@ -17,7 +17,10 @@ package agentd
 // Before its first Register, clawkerd posts the assertion there once
 // (client_credentials, TLS verified with --ca as --server-name, like the
 // agent port) and sends the access token as "authorization: Bearer" on
-// Register until one succeeds; the binding then exists, and every later
+// Register, with the assertion itself as "clawker-agent-assertion" (`clawker
+// run` minted it after the container was created and it names the
+// container, which the control plane checks against the certificate's:
+// a token makes its own container's binding only), until one succeeds; the binding then exists, and every later
 // Register (reconnects, a restarted control plane) goes without a token:
 // the certificate minted for this container is the proof.
 //
@@ -52,6 +55,9 @@ const (
 	// clientAssertionType is RFC 7523's client_assertion_type (the same
 	// as pkg/oauth's AssertionType, which clawkerd does not import).
 	clientAssertionType = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	// assertionHeader carries the assertion on Register (pkg/oauth's
+	// AgentAssertionHeader).
+	assertionHeader = "clawker-agent-assertion"
 	// agentScope is the scope the token is asked for, the one the control
 	// plane requires of a Register that creates a binding.
 	agentScope = "agent:self:register"

@@ -28,7 +28,8 @@ func TestAgentTokenWithHydra(t *testing.T) {
 
 	// As agentrun.AgentAssertion mints it (that package embeds the
 	// binaries: too heavy for this test).
-	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: h.TokenURL, IssuedAt: time.Now().Truncate(time.Second), TTL: 10 * time.Minute}.Sign(e.m.SigningKey)
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: h.TokenURL, IssuedAt: time.Now().Truncate(time.Second), TTL: 10 * time.Minute,
+		ContainerID: testContainerID}.Sign(e.m.SigningKey)
 	if err != nil {
 		t.Fatal(err)
 	}

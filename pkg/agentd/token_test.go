@@ -139,7 +139,7 @@ func (e *tokenEndpoint) counts() (requests, issued int) {
 // valid ttl from iat, and points e's config at it and at the endpoint.
 func (e *testEnv) withToken(endpoint *tokenEndpoint, iat time.Time, ttl time.Duration) string {
 	e.t.Helper()
-	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: testAudience, IssuedAt: iat, TTL: ttl}.Sign(e.m.SigningKey)
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: testAudience, IssuedAt: iat, TTL: ttl, ContainerID: testContainerID}.Sign(e.m.SigningKey)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -171,12 +171,24 @@ func TestTokenConstants(t *testing.T) {
 func TestAgentTokenExchangedOnce(t *testing.T) {
 	e := newEnv(t)
 	tokens := serveTokenEndpoint(t, e.m)
-	e.withToken(tokens, time.Now(), 10*time.Minute)
+	path := e.withToken(tokens, time.Now(), 10*time.Minute)
 	e.run()
 	s1 := e.cp.nextSession(t)
 	regs := e.cp.registrations()
 	if len(regs) != 1 || bearerOf(regs[0]) != "Bearer agent-token-1" {
 		t.Fatalf("registrations %+v, want one with Bearer agent-token-1", regs)
+	}
+	// Beside the token, the assertion it came from (its container claim
+	// binds the token to this container).
+	jws, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := regs[0].assertion; len(got) != 1 || got[0] != string(jws) {
+		t.Errorf("the Register carried assertion %q, want the file's", got)
+	}
+	if assertionHeader != oauth.AgentAssertionHeader {
+		t.Errorf("assertion header %q, want pkg/oauth's %q", assertionHeader, oauth.AgentAssertionHeader)
 	}
 	if ev := e.logs.waitEvent(t, "agent_token_obtained"); ev["scope"] != oauth.ScopeAgentRegister || ev["attempt"] != float64(1) {
 		t.Errorf("agent_token_obtained = %v", ev)
@@ -197,8 +209,8 @@ func TestAgentTokenExchangedOnce(t *testing.T) {
 		t.Fatalf("%d Register calls after the restart", len(regs))
 	}
 	for _, r := range regs[1:] {
-		if len(r.auth) != 0 {
-			t.Errorf("a Register after the first successful one carried %q", r.auth)
+		if len(r.auth) != 0 || len(r.assertion) != 0 {
+			t.Errorf("a Register after the first successful one carried %q %q", r.auth, r.assertion)
 		}
 	}
 	if req, issued := tokens.counts(); req != 1 || issued != 1 {

@@ -39,7 +39,9 @@
 // Hydra's token endpoint as Hydra names itself
 // (https://127.0.0.1:<hydra_public_port>/oauth2/token), a random jti, and
 // exp AssertionValidity after it is minted: long enough for the image to
-// start, short enough to be worthless soon after. clawkerd exchanges it once,
+// start, short enough to be worthless soon after; it is minted after the
+// container is created and names it (oauth.ContainerClaim), so it makes
+// that container's binding only. clawkerd exchanges it once,
 // before its first Register, at Token.URL (the same endpoint as reached from
 // clawker-net), and sends the access token on Register. Hydra refuses a jti
 // it has seen before exp, so the file is good for one exchange; a clawkerd
@@ -219,16 +221,20 @@ type Token struct {
 
 // AgentAssertion mints the client assertion clawkerd exchanges for its
 // token: iss = sub = clawker-agent, aud = audience, a random jti, iat =
-// now and exp = now + validity (AssertionValidity when 0), signed ES256
-// with key, the CLI's signing key. It returns the compact JWS and exp.
-func AgentAssertion(key *ecdsa.PrivateKey, audience string, now time.Time, validity time.Duration) (string, time.Time, error) {
+// now and exp = now + validity (AssertionValidity when 0), the container
+// it is for as oauth.ContainerClaim, signed ES256 with key, the CLI's
+// signing key. It returns the compact JWS and exp.
+func AgentAssertion(key *ecdsa.PrivateKey, audience, containerID string, now time.Time, validity time.Duration) (string, time.Time, error) {
 	if validity <= 0 {
 		validity = AssertionValidity
 	}
 	// Whole seconds: exp is a NumericDate, and NotAfter should say what
 	// the token endpoint will check.
 	now = now.Truncate(time.Second)
-	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: audience, IssuedAt: now, TTL: validity}.Sign(key)
+	if containerID == "" {
+		return "", time.Time{}, errors.New("the agent's client assertion needs the container id it is for")
+	}
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: audience, IssuedAt: now, TTL: validity, ContainerID: containerID}.Sign(key)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -418,7 +424,7 @@ func Create(ctx context.Context, d Docker, s Spec) (res Result, err error) {
 	if s.Token != nil {
 		// Minted last, right before the copy and the start: its validity
 		// counts from as close to clawkerd's first breath as the host can.
-		jws, exp, err := AgentAssertion(s.Auth.SigningKey, s.Token.Audience, time.Now(), s.Token.Validity)
+		jws, exp, err := AgentAssertion(s.Auth.SigningKey, s.Token.Audience, created.ID, time.Now(), s.Token.Validity)
 		if err != nil {
 			return res, fmt.Errorf("minting the agent's client assertion: %w", err)
 		}

@@ -57,6 +57,10 @@ func TestCreateAgentToken(t *testing.T) {
 	if err := tok.Claims(&s.Auth.SigningKey.PublicKey, &cl); err != nil {
 		t.Fatalf("signature: %v", err)
 	}
+	// It names the container it was minted for, as the CP verifies it.
+	if got, err := oauth.VerifyAgentAssertion(string(body), s.Auth.SigningJWK); err != nil || got.ContainerID != res.ID {
+		t.Errorf("container claim %+v (%v), want %s", got, err, res.ID)
+	}
 	if kid := tok.Headers[0].KeyID; kid != s.Auth.SigningJWK.Keys[0].Kid {
 		t.Errorf("kid %q, want the JWKS's %q", kid, s.Auth.SigningJWK.Keys[0].Kid)
 	}
@@ -138,7 +142,7 @@ func TestAgentAssertionValidity(t *testing.T) {
 	m := testAuth(t)
 	now := time.Date(2026, 5, 12, 9, 0, 0, 0, time.UTC)
 	for _, c := range []struct{ in, want time.Duration }{{0, AssertionValidity}, {time.Minute, time.Minute}} {
-		jws, exp, err := AgentAssertion(m.SigningKey, testAudience, now, c.in)
+		jws, exp, err := AgentAssertion(m.SigningKey, testAudience, testCID, now, c.in)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,14 +151,26 @@ func TestAgentAssertionValidity(t *testing.T) {
 			t.Fatal(err)
 		}
 		var cl jwt.Claims
-		if err := tok.Claims(&m.SigningKey.PublicKey, &cl); err != nil {
+		var priv struct {
+			Container string `json:"clawker_container"`
+		}
+		if err := tok.Claims(&m.SigningKey.PublicKey, &cl, &priv); err != nil {
 			t.Fatal(err)
+		}
+		if priv.Container != testCID {
+			t.Errorf("container claim %q, want %s", priv.Container, testCID)
 		}
 		if !exp.Equal(now.Add(c.want)) || !cl.Expiry.Time().Equal(exp) || !cl.IssuedAt.Time().Equal(now) {
 			t.Errorf("validity %s: exp %s (claim %s), iat %s", c.in, exp, cl.Expiry.Time(), cl.IssuedAt.Time())
 		}
 	}
-	if _, _, err := AgentAssertion(nil, testAudience, now, 0); err == nil {
+	if _, _, err := AgentAssertion(nil, testAudience, testCID, now, 0); err == nil {
 		t.Error("no key: no error")
 	}
+	if _, _, err := AgentAssertion(m.SigningKey, testAudience, "", now, 0); err == nil {
+		t.Error("no container: no error")
+	}
 }
+
+// testCID is a container id for the assertions minted here.
+var testCID = strings.Repeat("c1", 32)

@@ -1,7 +1,10 @@
 package cptest
 
 import (
+	"context"
 	"crypto/x509"
+	"encoding/pem"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,7 +45,8 @@ const AssertionValidity = 10 * time.Minute
 
 // WriteAgentToken mints a clawker-agent client assertion as `clawker run`
 // does (signed with m's signing key, aud the home's Hydra token URL, a
-// random jti, valid AssertionValidity) into dir/agent.assertion (0400),
+// random jti, valid AssertionValidity, for the container named by the
+// agent certificate in dir/agent.crt) into dir/agent.assertion (0400),
 // for a clawkerd on the host that exchanges it on loopback. One per
 // directory, as one per container: when the file exists it is reused,
 // and a clawkerd started again with it registers its existing binding
@@ -54,7 +58,12 @@ func WriteAgentToken(t testing.TB, h *Home, m *certs.Material, dir string) Agent
 	if _, err := os.Stat(path); err == nil {
 		return AgentToken{Assertion: path, URL: url, Audience: url}
 	}
-	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: url, IssuedAt: time.Now().Truncate(time.Second), TTL: AssertionValidity}.Sign(m.SigningKey)
+	id, err := agentIDOf(filepath.Join(dir, "agent.crt"))
+	if err != nil {
+		t.Fatalf("cptest: the agent's container: %v", err)
+	}
+	jws, err := oauth.Assertion{ClientID: oauth.ClientAgent, Audience: url, IssuedAt: time.Now().Truncate(time.Second), TTL: AssertionValidity,
+		ContainerID: id.ContainerID}.Sign(m.SigningKey)
 	if err != nil {
 		t.Fatalf("cptest: minting an agent assertion: %v", err)
 	}
@@ -65,20 +74,56 @@ func WriteAgentToken(t testing.TB, h *Home, m *certs.Material, dir string) Agent
 }
 
 // AgentTokenCreds is a dial option that puts a clawker-agent access token
-// (scope agent:self:register, from the home's Hydra, obtained on first
-// use and shared by every connection dialled with it) on each call, as
-// clawkerd sends one on its first Register. A control plane running Ory
-// needs it for a Register that creates a binding.
-func AgentTokenCreds(t testing.TB, h *Home, m *certs.Material) grpc.DialOption {
+// for containerID (scope agent:self:register, from the home's Hydra,
+// obtained on first use and shared by every connection dialled with it)
+// and the assertion it was exchanged for on each call, as clawkerd sends
+// them on its first Register. A control plane running Ory needs them for
+// a Register that creates a binding: the binding of that container only.
+func AgentTokenCreds(t testing.TB, h *Home, m *certs.Material, containerID string) grpc.DialOption {
+	t.Helper()
+	return grpc.WithPerRPCCredentials(&oauth.PerRPCCredentials{Source: agentTokenSource(t, h, m, containerID)})
+}
+
+// AgentTokenCredsFetched is AgentTokenCreds with the token fetched now,
+// so that a burst of Registers is not also a burst of token exchanges.
+func AgentTokenCredsFetched(t testing.TB, h *Home, m *certs.Material, containerID string) grpc.DialOption {
+	t.Helper()
+	ts := agentTokenSource(t, h, m, containerID)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := ts.Token(ctx); err != nil {
+		t.Fatalf("cptest: a clawker-agent token for container %.12s: %v", containerID, err)
+	}
+	return grpc.WithPerRPCCredentials(&oauth.PerRPCCredentials{Source: ts})
+}
+
+func agentTokenSource(t testing.TB, h *Home, m *certs.Material, containerID string) *oauth.TokenSource {
 	t.Helper()
 	pool := x509.NewCertPool()
 	pool.AddCert(m.CA)
 	ts, err := oauth.NewTokenSource(oauth.Config{
 		TokenURL: h.HydraTokenURL(t), ClientID: oauth.ClientAgent, Scopes: []string{oauth.ScopeAgentRegister},
-		Key: m.SigningKey, RootCAs: pool, ServerName: certs.ServerCommonName,
+		Key: m.SigningKey, RootCAs: pool, ServerName: certs.ServerCommonName, ContainerID: containerID,
 	})
 	if err != nil {
 		t.Fatalf("cptest: agent token source: %v", err)
 	}
-	return grpc.WithPerRPCCredentials(&oauth.PerRPCCredentials{Source: ts})
+	return ts
+}
+
+// agentIDOf reads the identity of the first certificate in path.
+func agentIDOf(path string) (certs.AgentIdentity, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return certs.AgentIdentity{}, err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return certs.AgentIdentity{}, fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return certs.AgentIdentity{}, err
+	}
+	return certs.ParseAgentIdentity(leaf)
 }

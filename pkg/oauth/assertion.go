@@ -27,6 +27,9 @@ type Assertion struct {
 	ID       string        // jti; empty: 128 random bits
 	IssuedAt time.Time     // iat; zero: time.Now()
 	TTL      time.Duration // exp = iat + TTL; zero: DefaultAssertionTTL
+	// ContainerID, when set, is the clawker_container claim: the agent
+	// container the assertion was minted for (ContainerClaim).
+	ContainerID string
 }
 
 // Sign returns a compact JWS of a, signed ES256 with key. The header
@@ -69,7 +72,11 @@ func (a Assertion) Sign(key *ecdsa.PrivateKey) (string, error) {
 		IssuedAt: jwt.NewNumericDate(a.IssuedAt),
 		Expiry:   jwt.NewNumericDate(a.IssuedAt.Add(a.TTL)),
 	}
-	out, err := jwt.Signed(signer).Claims(claims).Serialize()
+	b := jwt.Signed(signer).Claims(claims)
+	if a.ContainerID != "" {
+		b = b.Claims(map[string]any{ContainerClaim: a.ContainerID})
+	}
+	out, err := b.Serialize()
 	if err != nil {
 		return "", fmt.Errorf("oauth: client assertion: %w", err)
 	}

@@ -37,7 +37,11 @@ func (c *PerRPCCredentials) GetRequestMetadata(ctx context.Context, _ ...string)
 	if err != nil {
 		return nil, status.Error(codeOf(err), fmt.Sprintf("getting an access token for %q: %v", c.Source.ClientID(), err))
 	}
-	return map[string]string{"authorization": "Bearer " + tok.AccessToken}, nil
+	md := map[string]string{"authorization": "Bearer " + tok.AccessToken}
+	if tok.Assertion != "" {
+		md[AgentAssertionHeader] = tok.Assertion
+	}
+	return md, nil
 }
 
 // RequireTransportSecurity implements credentials.PerRPCCredentials.

@@ -62,6 +62,10 @@ type Config struct {
 	RefreshFraction float64
 	// Now replaces time.Now (tests).
 	Now func() time.Time
+	// ContainerID, for clawker-agent, is the container the assertions
+	// name (ContainerClaim): the token makes that container's binding
+	// only, and Token.Assertion carries the assertion to show it.
+	ContainerID string
 }
 
 // Token is an access token and when it stops being valid.
@@ -69,6 +73,10 @@ type Token struct {
 	AccessToken string
 	Expiry      time.Time
 	Scope       string // as granted, space-separated
+	// Assertion is the client assertion it was exchanged for, kept when
+	// Config.ContainerID is set (the control plane verifies its container
+	// claim beside the token, AgentAssertionHeader).
+	Assertion string
 }
 
 // TokenSource hands out access tokens, exchanging a new client assertion
@@ -230,7 +238,8 @@ type errorResponse struct {
 // expiry is counted from before the request left, so it errs early.
 func (s *TokenSource) exchange(ctx context.Context) (*Token, time.Duration, error) {
 	start := s.cfg.Now()
-	assertion, err := Assertion{ClientID: s.cfg.ClientID, Audience: s.cfg.Audience, IssuedAt: start, TTL: s.cfg.AssertionTTL}.Sign(s.cfg.Key)
+	assertion, err := Assertion{ClientID: s.cfg.ClientID, Audience: s.cfg.Audience, IssuedAt: start, TTL: s.cfg.AssertionTTL,
+		ContainerID: s.cfg.ContainerID}.Sign(s.cfg.Key)
 	if err != nil {
 		return nil, 0, &Error{Kind: KindAssertion, URL: s.cfg.TokenURL, ClientID: s.cfg.ClientID, Err: err}
 	}
@@ -285,7 +294,11 @@ func (s *TokenSource) exchange(ctx context.Context) (*Token, time.Duration, erro
 		return bad(fmt.Errorf("expires_in %d, want a positive lifetime", tr.ExpiresIn))
 	}
 	lifetime := time.Duration(tr.ExpiresIn) * time.Second
-	return &Token{AccessToken: tr.AccessToken, Expiry: start.Add(lifetime), Scope: tr.Scope}, lifetime, nil
+	tok := &Token{AccessToken: tr.AccessToken, Expiry: start.Add(lifetime), Scope: tr.Scope}
+	if s.cfg.ContainerID != "" {
+		tok.Assertion = assertion
+	}
+	return tok, lifetime, nil
 }
 
 func truncate(b []byte, n int) string {
