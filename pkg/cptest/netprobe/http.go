@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -54,6 +56,16 @@ func httpAttempt(o *Outcome, a Attempt, deadline time.Time) {
 		},
 	}
 	defer tr.CloseIdleConnections()
+	if a.CAFile != "" {
+		pemData, err := os.ReadFile(a.CAFile)
+		pool := x509.NewCertPool()
+		if err != nil || !pool.AppendCertsFromPEM(pemData) {
+			o.fail("tls", fmt.Errorf("ca=%s: no PEM roots (%v)", a.CAFile, err))
+			return
+		}
+		tr.TLSClientConfig.InsecureSkipVerify = false
+		tr.TLSClientConfig.RootCAs = pool
+	}
 	scheme := a.Kind
 	url := scheme + "://" + net.JoinHostPort(host, port) + a.Path
 	if (scheme == "https" && a.Port == 443) || (scheme == "http" && a.Port == 80) {

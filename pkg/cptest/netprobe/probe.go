@@ -45,7 +45,9 @@ import (
 // these ids; needs CAP_SETUID and CAP_SETGID, gid defaults to uid),
 // ip=IP (http, https: dial IP instead of resolving HOST, SNI and Host
 // still HOST), path=/P (http, https; default /), read=N (http, https: read
-// N bytes of the body and report how many came; 0 reads one line).
+// N bytes of the body and report how many came; 0 reads one line),
+// ca=FILE (https: verify the certificate against the PEM roots in FILE, as
+// an agent trusting that CA would; a failure is a "tls" failure).
 type Attempt struct {
 	Spec   string // as given
 	Kind   string
@@ -72,6 +74,7 @@ type Attempt struct {
 	DialIP    netip.Addr
 	Path      string
 	ReadBytes int64
+	CAFile    string
 }
 
 // sendLine is the line an attempt sends, newline excluded.
@@ -148,6 +151,8 @@ func ParseAttempt(spec string) (Attempt, error) {
 			}
 		case "path":
 			a.Path = val
+		case "ca":
+			a.CAFile = val
 		case "read":
 			if a.ReadBytes, err = strconv.ParseInt(val, 10, 64); err != nil || a.ReadBytes < 0 {
 				return bad(errors.New("want a byte count"))
