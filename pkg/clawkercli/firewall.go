@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -25,8 +26,8 @@ import (
 )
 
 const (
-	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny] [--path P [--methods GET,POST] [--path-default allow|deny]] | clawker firewall add --preset NAME"
-	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] [--path P] | clawker firewall remove --all"
+	fwAddUsage     = "clawker firewall add DST [--proto P] [--port N|lo-hi] [--action allow|deny] [--path P [--methods GET,POST] [--path-default allow|deny]] [--project P]... | clawker firewall add --preset NAME [--project P]..."
+	fwRemoveUsage  = "clawker firewall remove DST [--proto P] [--port N] [--path P] [--project P]... | clawker firewall remove --all"
 	fwEnableUsage  = "clawker firewall enable --agent NAME [--project P]"
 	fwDisableUsage = "clawker firewall disable --agent NAME [--project P]"
 	fwBypassUsage  = "clawker firewall bypass DURATION --agent NAME [--project P]"
@@ -74,8 +75,8 @@ func firewallCommand(env Env) *cli.Command {
 			},
 			{
 				Name:   "list",
-				Usage:  "list the egress rules",
-				Flags:  []cli.Flag{formatFlag()},
+				Usage:  "list the egress rules (with --project, those that apply to its agents)",
+				Flags:  []cli.Flag{formatFlag(), &cli.StringFlag{Name: "project", Usage: "only the rules that apply to this project's agents: the global ones and its own"}},
 				Action: func(c *cli.Context) error { return firewallList(c, env) },
 			},
 			{
@@ -90,6 +91,7 @@ func firewallCommand(env Env) *cli.Command {
 					&cli.StringFlag{Name: "methods", Usage: "with --path: the HTTP methods the path rule applies to, comma-separated (default every method)"},
 					&cli.StringFlag{Name: "path-default", Usage: "with --path: what a request no path rule matches gets, allow or deny (default: the rule's, deny for a new one)"},
 					presetFlag(),
+					projectsFlag("scope the rule to this project's agents (repeat for several; default: every agent)"),
 					formatFlag(),
 				},
 				Description: fwAddUsage + " (flags may also come first)\n" +
@@ -97,7 +99,9 @@ func firewallCommand(env Env) *cli.Command {
 					"--path adds one path rule per invocation to the https/http rule on a name (created if missing, allow); its\n" +
 					"connections are then inspected and each request decided by path and method: the longest matching path\n" +
 					"wins, ties go to the rule added first. With --path, --action is the path rule's action (the rule itself\n" +
-					"is or becomes allow); without it, --action is the rule's. The same path again replaces that path rule.",
+					"is or becomes allow); without it, --action is the rule's. The same path again replaces that path rule.\n" +
+					"--project scopes the rule to that project's agents (repeat it for several); a project may have its own rule\n" +
+					"for a DST a global rule names: its agents get both, and at equal specificity deny wins.",
 				Action: func(c *cli.Context) error { return firewallAdd(c, env) },
 			},
 			presetsCommand(),
@@ -112,10 +116,12 @@ func firewallCommand(env Env) *cli.Command {
 					&cli.StringFlag{Name: "port", Usage: "the rule's port or range (default: the proto's)"},
 					&cli.StringFlag{Name: "path", Usage: "remove only this path rule of the rule (the rule stays)"},
 					&cli.BoolFlag{Name: "all", Usage: "remove every rule"},
+					projectsFlag("the rule's projects, as added (default: the global rule)"),
 					formatFlag(),
 				},
 				Description: fwRemoveUsage + " (flags may also come first)\nA rule is known by its DST, proto and port; its action does not matter.\n" +
-					"With --path, only that path rule is removed; removing the last one leaves a plain, uninspected rule.",
+					"With --path, only that path rule is removed; removing the last one leaves a plain, uninspected rule.\n" +
+					"With --project, the rule scoped to exactly those projects is removed, not the global one.",
 				Action: func(c *cli.Context) error { return firewallRemove(c, env) },
 			},
 			{
@@ -635,6 +641,9 @@ type FirewallRuleReport struct {
 	Port   string `json:"port"` // "443" or "8000-8100"
 	Action string `json:"action,omitempty"`
 	ID     uint32 `json:"id,omitempty"`
+	// Projects scope the rule to those projects' agents; absent, it is
+	// global.
+	Projects []string `json:"projects,omitempty"`
 	// PathRules, when present, make the rule inspected; PathDefault
 	// decides the requests none matches.
 	PathRules   []FirewallPathRuleReport `json:"path_rules,omitempty"`
@@ -653,7 +662,7 @@ type FirewallPathRuleReport struct {
 
 func ruleReport(r *adminv1.EgressRule) FirewallRuleReport {
 	rep := FirewallRuleReport{Key: ruleKey(r), Dst: r.GetDst(), Proto: r.GetProto(), Port: r.GetPort(), Action: r.GetAction(), ID: r.GetId(),
-		PathDefault: r.GetPathDefault()}
+		PathDefault: r.GetPathDefault(), Projects: r.GetProjects()}
 	for _, pr := range r.GetPathRules() {
 		rep.PathRules = append(rep.PathRules, FirewallPathRuleReport{Path: pr.GetPath(), Action: pr.GetAction(), Methods: pr.GetMethods()})
 	}
@@ -662,7 +671,11 @@ func ruleReport(r *adminv1.EgressRule) FirewallRuleReport {
 
 // ruleKey is the rule's identity as the control plane writes it.
 func ruleKey(r *adminv1.EgressRule) string {
-	return r.GetDst() + ":" + r.GetProto() + ":" + r.GetPort()
+	k := r.GetDst() + ":" + r.GetProto() + ":" + r.GetPort()
+	if ps := r.GetProjects(); len(ps) > 0 {
+		k += "@" + strings.Join(ps, ",")
+	}
+	return k
 }
 
 // ruleStatusWord is how add and remove name a status.
@@ -692,7 +705,7 @@ func writeJSON(w io.Writer, v any) error {
 
 func firewallList(c *cli.Context, env Env) error {
 	return firewallCall(c, env, needs{format: true, noArgs: "firewall list"}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
-		resp, err := cl.FirewallListRules(ctx, &adminv1.FirewallListRulesRequest{})
+		resp, err := cl.FirewallListRules(ctx, &adminv1.FirewallListRulesRequest{Project: c.String("project")})
 		if err != nil {
 			return rpcError("firewall list", cl.Addr(), err)
 		}
@@ -722,9 +735,25 @@ func writeRules(w io.Writer, rules []FirewallRuleReport) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "DST\tPROTO\tPORT\tACTION\tID")
+	// A PROJECTS column only when some rule is scoped: a list of global
+	// rules reads as before.
+	scoped := slices.ContainsFunc(rules, func(r FirewallRuleReport) bool { return len(r.Projects) > 0 })
+	scope := func(r FirewallRuleReport) string {
+		switch {
+		case !scoped:
+			return ""
+		case len(r.Projects) == 0:
+			return "\tevery project"
+		}
+		return "\t" + strings.Join(r.Projects, ",")
+	}
+	if scoped {
+		fmt.Fprintln(tw, "DST\tPROTO\tPORT\tACTION\tID\tPROJECTS")
+	} else {
+		fmt.Fprintln(tw, "DST\tPROTO\tPORT\tACTION\tID")
+	}
 	for _, r := range rules {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", r.Dst, r.Proto, r.Port, r.Action, r.ID)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d%s\n", r.Dst, r.Proto, r.Port, r.Action, r.ID, scope(r))
 		// Every line fills the ID column: a shorter line would split the
 		// table's alignment, an empty last cell leave trailing blanks.
 		for _, pr := range r.PathRules {
@@ -732,10 +761,10 @@ func writeRules(w io.Writer, rules []FirewallRuleReport) error {
 			if methods == "" {
 				methods = "every method"
 			}
-			fmt.Fprintf(tw, "  path %s\t\t\t%s\t%s\n", pr.Path, pr.Action, methods)
+			fmt.Fprintf(tw, "  path %s\t\t\t%s\t%s%s\n", pr.Path, pr.Action, methods, scope(r))
 		}
 		if len(r.PathRules) > 0 {
-			fmt.Fprintf(tw, "  path_default\t\t\t%s\tunmatched paths\n", r.PathDefault)
+			fmt.Fprintf(tw, "  path_default\t\t\t%s\tunmatched paths%s\n", r.PathDefault, scope(r))
 		}
 	}
 	return tw.Flush()
@@ -776,6 +805,9 @@ func firewallAdd(c *cli.Context, env Env) error {
 	return firewallCall(c, env, needs{format: true, args: func() (err error) {
 		if rules, err = addRequestRules(c, args); err != nil {
 			return err
+		}
+		for _, r := range rules {
+			r.Projects = c.StringSlice("project")
 		}
 		return withPathRule(c, rules)
 	}}, func(ctx context.Context, v *verb, cl *adminclient.Client) error {
@@ -829,7 +861,7 @@ func firewallRemove(c *cli.Context, env Env) error {
 		switch {
 		case all && path != "":
 			return fmt.Errorf("--path: give either --all or a rule's DST with --path, not both (%s)", fwRemoveUsage)
-		case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != ""):
+		case all && (len(args) > 0 || c.String("proto") != "" || c.String("port") != "" || len(c.StringSlice("project")) > 0):
 			return fmt.Errorf("--all: give either --all or a rule (DST with --proto and --port), not both (%s)", fwRemoveUsage)
 		case !all && len(args) == 0:
 			return fmt.Errorf("DST: required: the rule's destination, or --all for every rule (%s)", fwRemoveUsage)
@@ -838,7 +870,8 @@ func firewallRemove(c *cli.Context, env Env) error {
 		}
 		return nil
 	}
-	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port"), Path: path}
+	req := &adminv1.FirewallRemoveRuleRequest{All: all, Proto: c.String("proto"), Port: c.String("port"), Path: path,
+		Projects: c.StringSlice("project")}
 	if !all && len(args) > 0 {
 		req.Dst = args[0]
 	}
