@@ -170,7 +170,7 @@ func (s *Server) inspectTLS(c *liveConn, pk Peeked, l *connLog) {
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS12,
 	})
-	defer func() { l.up, l.down = raw.in, raw.out }()
+	defer func() { l.up, l.down = raw.in.Load(), raw.out.Load() }()
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PeekTimeout)
 	err = tc.HandshakeContext(ctx)
 	cancel()
@@ -479,18 +479,18 @@ func authorityHost(hp string, defPort string) (string, error) {
 type countConn struct {
 	net.Conn
 	r       io.Reader
-	in, out int64
+	in, out atomic.Int64 // HTTP/2 reads and writes from two goroutines
 }
 
 func (c *countConn) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.in += int64(n)
+	c.in.Add(int64(n))
 	return n, err
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
-	c.out += int64(n)
+	c.out.Add(int64(n))
 	return n, err
 }
 

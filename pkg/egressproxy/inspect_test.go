@@ -196,7 +196,8 @@ func TestInspectAllowedPathThroughReencryptedLeg(t *testing.T) {
 	u := w.upstream("api.example.test", nil, nil)
 	w.setPolicy(loopback, inspected("api.example.test", "", allowPath("/v1/")))
 
-	resp, body := w.do(w.agent(false), "GET", "https://api.example.test/v1/items?page=2")
+	c := w.agent(false)
+	resp, body := w.do(c, "GET", "https://api.example.test/v1/items?page=2")
 	if resp.StatusCode != 200 || body != "api.example.test HTTP/2.0 GET /v1/items?page=2 host=api.example.test" {
 		t.Fatalf("%d %q", resp.StatusCode, body)
 	}
@@ -212,6 +213,13 @@ func TestInspectAllowedPathThroughReencryptedLeg(t *testing.T) {
 	l := w.waitLog(func(l logLine) bool { return l.Kind == "request" && l.Path == "/v1/items" })
 	if l.Verdict != "allowed" || l.Method != "GET" || l.Status != 200 || l.Host != "api.example.test" || l.Rule != "/v1/" {
 		t.Fatalf("request line %+v", l)
+	}
+	// The connection's own line, at its close: inspected, both directions
+	// counted, the upstream it dialled.
+	c.Transport.(*http.Transport).CloseIdleConnections()
+	cl := w.waitLog(func(l logLine) bool { return l.Kind == "" && l.Host == "api.example.test" })
+	if !cl.Inspected || cl.Verdict != "allowed" || cl.Requests != 1 || cl.BytesUp == 0 || cl.BytesDown == 0 || !strings.HasSuffix(cl.Upstream, ":443") {
+		t.Fatalf("connection line %+v", cl)
 	}
 	w.agent(false).Transport.(*http.Transport).CloseIdleConnections()
 }
