@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
@@ -141,6 +145,16 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 			}
 			return len(routed) == 4, fmt.Sprint(routed)
 		})
+	})
+	t.Run("a range too large for its listeners is refused naming the port", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := r.admin.FirewallAddRules(ctx, &adminv1.FirewallAddRulesRequest{Rules: []*adminv1.EgressRule{
+			{Dst: "big.test", Proto: "tcp", Port: "3000-3016"},
+		}})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `port "3000-3016"`) || !strings.Contains(err.Error(), "at most 16") {
+			t.Fatalf("FirewallAddRules of a 17-port tcp range: %v, want InvalidArgument naming the port and the limit", err)
+		}
 	})
 	r.startAgent(t)
 	dnsIP := r.net.DNSIP().String()
