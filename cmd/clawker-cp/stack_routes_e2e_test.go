@@ -3,9 +3,11 @@ package main_test
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -112,16 +114,28 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 	r.world.auth.Set("ssh.test", gw)
 	r.world.auth.Set("other.test", otherIP)
 	srv := startBannerServers(t, gw, 2222, 2300, 2301, 2302, 2303)
+	// HTTPS on 8443 for the same name (a name's rules share its identity).
+	cert, certFP := testServerCert(t, []string{"ssh.test"})
+	tlsLn, err := net.Listen("tcp4", netip.AddrPortFrom(gw, 8443).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsSrv := &http.Server{Handler: http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(rw, "hello on 8443 from %s\n", r.Host)
+	}), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
+	go func() { _ = tlsSrv.ServeTLS(tlsLn, "", "") }()
+	t.Cleanup(func() { tlsSrv.Close() })
 
 	r.addRules(t,
 		&adminv1.EgressRule{Dst: "ssh.test", Proto: "ssh", Port: "2222"},
 		&adminv1.EgressRule{Dst: "ssh.test", Proto: "tcp", Port: "2300-2302"},
 		&adminv1.EgressRule{Dst: "other.test"},
+		&adminv1.EgressRule{Dst: "ssh.test", Port: "8443"},
 	)
-	// 1 ssh port + 3 range ports, under ssh.test's lowest id.
+	// 1 ssh port + 3 range ports + 1 https port, under ssh.test's lowest id.
 	cptest.WaitFor(t, 10*time.Second, "the rules' routes in the kernel", func() (bool, string) {
 		n := r.status(t).GetRouteCount()
-		return n == 4, fmt.Sprintf("%d routes", n)
+		return n == 5, fmt.Sprintf("%d routes", n)
 	})
 	t.Run("the proxy listens on one dedicated port per routed rule and port", func(t *testing.T) {
 		var proxyID string
@@ -133,7 +147,7 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 		if proxyID == "" {
 			t.Fatalf("no proxy member in %v", r.status(t).GetStack())
 		}
-		cptest.WaitFor(t, 5*time.Second, "4 route listeners in the proxy", func() (bool, string) {
+		cptest.WaitFor(t, 5*time.Second, "5 route listeners in the proxy", func() (bool, string) {
 			var routed []string
 			for _, l := range cptest.ContainerListeners(t, r.d, proxyID) {
 				if p := l.Addr.Port(); l.Proto == "tcp" && p >= egressrules.RouteListenerFirst && p < egressrules.RouteListenerFirst+egressrules.RouteListenerCount {
@@ -143,7 +157,7 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 					routed = append(routed, l.String())
 				}
 			}
-			return len(routed) == 4, fmt.Sprint(routed)
+			return len(routed) == 5, fmt.Sprint(routed)
 		})
 	})
 	t.Run("a range too large for its listeners is refused naming the port", func(t *testing.T) {
@@ -202,6 +216,17 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 			t.Errorf("the 2303 server accepted %d connections", n)
 		}
 	})
+	t.Run("https on 8443 by name: the SNI decided on that port, the server's own certificate", func(t *testing.T) {
+		o := r.try(t, "https:ssh.test:8443")
+		if !o.OK || o.Status != 200 || o.Reply != "hello on 8443 from ssh.test:8443" {
+			t.Fatalf("https ssh.test:8443: %+v", o)
+		}
+		if o.Cert != certFP {
+			t.Errorf("certificate %s, want the server's own %s (no MITM)", o.Cert, certFP)
+		}
+	})
+	// (No TLS attempt to other.test: the catch-all would dial its address
+	// on 443, which is not the test's.)
 	t.Run("the same port on another name that resolves is refused", func(t *testing.T) {
 		resolve := "dns:" + dnsIP + ",name=other.test"
 		connect := fmt.Sprintf("tcp:%s:2222", otherIP)
@@ -224,7 +249,7 @@ func TestFirewallStackRoutedRulesEndToEnd(t *testing.T) {
 		r.removeRule(t, &adminv1.EgressRule{Dst: "ssh.test", Proto: "ssh", Port: "2222"})
 		cptest.WaitFor(t, 10*time.Second, "the ssh route gone", func() (bool, string) {
 			n := r.status(t).GetRouteCount()
-			return n == 3, fmt.Sprintf("%d routes", n)
+			return n == 4, fmt.Sprintf("%d routes", n)
 		})
 		// No new DNS answer: the rewrite is the control plane's (it runs
 		// beside the route sync, so it may land a moment after it).
