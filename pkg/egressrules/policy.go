@@ -23,6 +23,11 @@ type Doc struct {
 	// rules that apply to its project (Policy.ForSource). An address not
 	// listed gets the global rules only.
 	Agents map[string]string `json:"agents,omitempty"`
+	// Proxies are the egress proxy's addresses on the agent network. The
+	// proxy resolves for the agents of every project, having decided each
+	// connection by its client's project already, so the DNS sibling
+	// answers its queries by every project's rules (Policy.ResolvableFrom).
+	Proxies []string `json:"proxies,omitempty"`
 }
 
 // Compile validates the doc (every bad rule field, every bad private
@@ -60,12 +65,14 @@ func (d Doc) Compile() (*Policy, error) {
 	}
 	agents, agentErrs := parseAgents(d.Agents)
 	errs = append(errs, agentErrs...)
+	proxies, proxyErrs := parseProxies(d.Proxies)
+	errs = append(errs, proxyErrs...)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
 	p := Compile(d.Rules, private)
 	p.generation = d.Generation
-	p.scope.agents = agents
+	p.scope.agents, p.scope.proxies = agents, proxies
 	return p, nil
 }
 

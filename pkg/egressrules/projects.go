@@ -53,6 +53,7 @@ type scope struct {
 	scoped   []Entry         // canonical entries with projects
 	projects map[string]bool // every project a rule names
 	agents   map[netip.Addr]string
+	proxies  []netip.Addr
 
 	mu    sync.Mutex
 	views map[string]*Policy
@@ -105,6 +106,29 @@ func (p *Policy) ProjectOf(addr netip.Addr) string {
 // ForSource is the view of the agent at addr: For(ProjectOf(addr)).
 func (p *Policy) ForSource(addr netip.Addr) *Policy { return p.For(p.ProjectOf(addr)) }
 
+// ResolvableFrom is Resolvable for a query from addr: by the rules of its
+// agent's project, or for a proxy (Doc.Proxies) by every project's: the
+// name is resolvable when some view resolves it, with the ids of all of
+// them.
+func (p *Policy) ResolvableFrom(addr netip.Addr, name string) ([]uint32, bool) {
+	if p == nil || p.scope == nil || !slices.Contains(p.scope.proxies, addr.Unmap().WithZone("")) {
+		return p.ForSource(addr).Resolvable(name)
+	}
+	ids, ok := p.globalView().Resolvable(name)
+	if len(p.scope.projects) == 0 {
+		return ids, ok
+	}
+	union := slices.Clone(ids)
+	for project := range p.scope.projects {
+		if vids, vok := p.For(project).Resolvable(name); vok {
+			ok = true
+			union = append(union, vids...)
+		}
+	}
+	slices.Sort(union)
+	return slices.Compact(union), ok
+}
+
 // ScopedEntries returns a copy of the rules scoped to projects (canonical),
 // which the global view leaves out.
 func (p *Policy) ScopedEntries() []Entry {
@@ -112,6 +136,22 @@ func (p *Policy) ScopedEntries() []Entry {
 		return nil
 	}
 	return slices.Clone(p.scope.scoped)
+}
+
+// parseProxies checks a doc's proxy addresses.
+func parseProxies(in []string) ([]netip.Addr, []error) {
+	var out []netip.Addr
+	var errs []error
+	for i, s := range in {
+		a, err := netip.ParseAddr(s)
+		if err != nil || !a.Is4() {
+			errs = append(errs, &FieldError{Index: -1, Field: fmt.Sprintf("proxies[%d]", i), Value: s,
+				Msg: "not the proxy's IPv4 address (write 172.30.0.200)"})
+			continue
+		}
+		out = append(out, a)
+	}
+	return out, errs
 }
 
 // parseAgents checks a doc's agents map: IPv4 addresses to project names.

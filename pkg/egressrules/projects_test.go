@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -269,5 +270,37 @@ func TestStoreProjectsFileErrors(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "rules[2]") {
 		t.Errorf("a single project name refused: %v", err)
+	}
+}
+
+// The proxy resolves for every project's agents: a name is resolvable to
+// it when some project's view resolves it, with every such view's ids.
+func TestResolvableFromProxy(t *testing.T) {
+	d := projectsDoc()
+	d.Proxies = []string{"127.0.0.200"}
+	p, err := d.Compile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := netip.MustParseAddr("127.0.0.200")
+	for name, want := range map[string][]uint32{
+		"shared.example.com": {1}, "api.example.com": {2}, "web.example.com": {3}, "both.example.com": {4},
+		"x.cdn.example.com": {5}, "build.corp.example.com": {10}, "closed.example.com": nil, "other.example.com": nil,
+	} {
+		ids, ok := p.ResolvableFrom(proxy, name)
+		if ok != (want != nil) || !slices.Equal(ids, want) {
+			t.Errorf("proxy %s: %v %v, want %v", name, ids, ok, want)
+		}
+	}
+	// An agent still gets its own project's view.
+	if _, ok := p.ResolvableFrom(netip.MustParseAddr("127.0.0.2"), "web.example.com"); ok {
+		t.Error("alpha's agent resolves beta's name")
+	}
+	if _, ok := p.ResolvableFrom(netip.MustParseAddr("127.0.0.2"), "api.example.com"); !ok {
+		t.Error("alpha's agent cannot resolve its own name")
+	}
+	_, err = Doc{Proxies: []string{"proxy"}}.Compile()
+	if err == nil || !strings.Contains(err.Error(), `proxies[0] "proxy"`) {
+		t.Errorf("bad proxy: %v", err)
 	}
 }
