@@ -52,10 +52,10 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		fw.m.refused.Add(1)
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "clawker-dns: only class IN is served")
 	}
-	// The rules that apply to the querying agent's project.
-	pol = pol.ForSource(clientAddr(w.RemoteAddr()))
+	// The rules that apply to the querying agent's project (every
+	// project's for the proxy).
 	name := canonical(q.Name)
-	ids, ok := pol.Resolvable(name)
+	ids, ok := pol.ResolvableFrom(clientAddr(w.RemoteAddr()), name)
 	if !ok {
 		// Answered here, authoritatively and without an SOA (so nothing
 		// caches the denial past a policy change), and never sent upstream:

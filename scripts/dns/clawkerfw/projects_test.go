@@ -80,3 +80,21 @@ func TestProjectsDecidedByClientAddress(t *testing.T) {
 		t.Errorf("reported rule ids %v", ids)
 	}
 }
+
+// The proxy (Doc.Proxies) resolves for every project: what any project
+// may resolve, it may.
+func TestProjectsProxyResolvesEveryProject(t *testing.T) {
+	doc := egressrules.Doc{Generation: 1, Rules: []egressrules.Entry{
+		{ID: 2, Rule: egressrules.Rule{Dst: "edge.cdn.test", Projects: []string{"alpha"}}},
+		{ID: 3, Rule: egressrules.Rule{Dst: "unlisted.test", Projects: []string{"beta"}}},
+	}, Agents: map[string]string{"127.0.0.2": "alpha"}, Proxies: []string{"127.0.0.5"}}
+	w := newWorld(t, &doc)
+	for _, name := range []string{"edge.cdn.test", "unlisted.test"} {
+		if m := askFrom(t, w, "udp", "127.0.0.5", name); m.Rcode != dns.RcodeSuccess || len(aRecords(m)) != 1 {
+			t.Errorf("proxy %s: %s %v", name, dns.RcodeToString[m.Rcode], aRecords(m))
+		}
+	}
+	if m := askFrom(t, w, "udp", "127.0.0.2", "unlisted.test"); m.Rcode != dns.RcodeNameError {
+		t.Errorf("alpha's agent resolves beta's name: %s", dns.RcodeToString[m.Rcode])
+	}
+}
