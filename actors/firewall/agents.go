@@ -87,4 +87,8 @@ func (a *Actor) agentsDoc(doc *egressrules.Doc) {
 	if len(a.agents.byAddr) > 0 {
 		doc.Agents = maps.Clone(a.agents.byAddr)
 	}
+	// The proxy resolves names for every project's agents.
+	if a.cfg.Enable && a.addrs.Proxy.IsValid() {
+		doc.Proxies = []string{a.addrs.Proxy.Addr().String()}
+	}
 }
