@@ -32,7 +32,7 @@ srchash() {
 		cd "$root"
 		{
 			printf '%s\n' scripts/dns/go.mod scripts/dns/go.sum go.mod
-			find scripts/dns pkg/egressrules pkg/stackapi pkg/atomicfile -name '*.go' ! -name '*_test.go' -type f
+			find scripts/dns pkg/egressrules pkg/naming pkg/stackapi pkg/atomicfile -name '*.go' ! -name '*_test.go' -type f
 		} | LC_ALL=C sort | xargs sha256sum
 	) | sha256sum | cut -d' ' -f1
 }
