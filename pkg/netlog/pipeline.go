@@ -103,10 +103,11 @@ func (c *Config) defaults() {
 	}
 }
 
-// Stats count every record at every stage. Read = Malformed + Emitted +
-// Dropped + Parked; Emitted = Exported + Failed + InFlight.
+// Stats count every record at every stage. Read + Lines = Malformed +
+// Emitted + Dropped + Parked; Emitted = Exported + Failed + InFlight.
 type Stats struct {
 	Read      uint64 // taken off the ring
+	Lines     uint64 // the siblings' log lines taken (EmitLine)
 	Malformed uint64 // records of the wrong size
 	Emitted   uint64 // handed to the batch processor
 	Exported  uint64 // acknowledged by the collector
@@ -130,6 +131,10 @@ type Pipeline struct {
 	clock    *BootClock
 
 	read, malformed, emitted, exported, failed, dropped, droppedDown, parked atomic.Uint64
+
+	siblings siblingLoggers // EmitLine's, on the same processor
+	lines    atomic.Uint64
+	closing  atomic.Bool // the provider is being shut down: EmitLine drops
 
 	upMu    sync.Mutex
 	upKnown bool
@@ -196,6 +201,7 @@ func New(cfg Config) (*Pipeline, error) {
 	// attribute at a time, and was most of the reader's CPU.
 	p.provider = sdklog.NewLoggerProvider(sdklog.WithResource(res), sdklog.WithProcessor(bp), sdklog.WithAllowKeyDuplication())
 	p.logger = p.provider.Logger(ScopeName)
+	p.siblings = newSiblingLoggers(bp, cfg.HostName)
 	ctx, cancel := context.WithCancel(context.Background())
 	p.monitorStop = cancel
 	go p.monitor(ctx)
@@ -432,7 +438,7 @@ func (p *Pipeline) Stats() Stats {
 	// DroppedDown before Dropped, for the same reason.
 	exp, fail, down := p.exported.Load(), p.failed.Load(), p.droppedDown.Load()
 	s := Stats{
-		Read: p.read.Load(), Malformed: p.malformed.Load(), Emitted: p.emitted.Load(),
+		Read: p.read.Load(), Lines: p.lines.Load(), Malformed: p.malformed.Load(), Emitted: p.emitted.Load(),
 		Exported: exp, Failed: fail, Dropped: p.dropped.Load(), DroppedDown: down, Parked: p.parked.Load(),
 	}
 	s.InFlight = s.Emitted - exp - fail
@@ -479,6 +485,7 @@ func (p *Pipeline) Drain(ctx context.Context) DrainReport {
 		t.Stop()
 	}
 	p.closeOnce.Do(func() {
+		p.closing.Store(true)
 		rep.Err = p.provider.Shutdown(ctx)
 		p.shutdownRest(src)
 	})
@@ -499,6 +506,7 @@ func (p *Pipeline) Close() {
 	p.closeOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
+		p.closing.Store(true)
 		_ = p.provider.Shutdown(ctx)
 		p.shutdownRest(src)
 	})
