@@ -77,12 +77,14 @@ func (a *Actor) denied(ctx actor.Context, m *GetDenied) {
 				}
 				kept = append(kept, r)
 			}
-			groups := denials.Summarize(kept, func(ip netip.Addr) string {
+			nameOf := func(ip netip.Addr) string {
 				if w, ok := whoIs(ip); ok {
 					return w.project + "/" + w.agent
 				}
 				return ""
-			})
+			}
+			groups := denials.Summarize(kept, nameOf)
+			denials.NamePeers(groups, nameOf)
 			a.answer(ctx, sender, &DeniedResult{Groups: groups})
 		})
 	})

@@ -203,6 +203,40 @@ func KernelAllow(dst, proto, verdict string) string {
 	return "none: refused by design (" + verdict + ")"
 }
 
+// NamePeers rewrites the suggestion of each refusal on the agent network
+// (deny-subnet) whose destination is an enforced agent, which peerOf names
+// "project/agent" ("" for any other address): the refused agent reaches it
+// only by firewall.agent_to_agent, so the line names that agent and the
+// setting, and no IP rule (an agent's address goes with its container).
+func NamePeers(gs []Group, peerOf func(netip.Addr) string) {
+	for i := range gs {
+		g := &gs[i]
+		if g.Where != WhereKernel || g.Reason != "deny-subnet" {
+			continue
+		}
+		ap, err := netip.ParseAddrPort(g.Name)
+		if err != nil {
+			continue
+		}
+		if peer := peerOf(ap.Addr()); peer != "" {
+			g.Allow = PeerAllow(peer, g.Agents)
+		}
+	}
+}
+
+// PeerAllow says how the agents from (each "project/agent") could reach
+// the agent peer: firewall.agent_to_agent project when all of them are in
+// peer's project, allow otherwise.
+func PeerAllow(peer string, from []string) string {
+	project, _, _ := strings.Cut(peer, "/")
+	for _, f := range from {
+		if p, _, ok := strings.Cut(f, "/"); !ok || p != project {
+			return "agent " + peer + " is in another project: firewall.agent_to_agent: allow"
+		}
+	}
+	return "agent " + peer + ": firewall.agent_to_agent: project (same project) or allow"
+}
+
 // denyRule finds the rule key a refusal by a deny rule names.
 var denyRule = regexp.MustCompile(`denied by (\S+):(https|http|tcp|ssh):(\d+(?:-\d+)?)`)
 

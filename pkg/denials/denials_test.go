@@ -79,6 +79,40 @@ func TestKernelRefusals(t *testing.T) {
 	}
 }
 
+// A refusal on the agent network whose destination is another agent
+// names that agent and the agent_to_agent setting, never an IP rule.
+func TestNamePeers(t *testing.T) {
+	at := time.Unix(1_800_000_000, 0)
+	a, c := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("192.0.2.12")
+	recs := []Record{
+		{Time: at, Src: a, Where: WhereKernel, Name: "192.0.2.11:8080", Proto: "tcp", Reason: "deny-subnet"},
+		{Time: at, Src: c, Where: WhereKernel, Name: "192.0.2.13:8080", Proto: "tcp", Reason: "deny-subnet"},
+		{Time: at, Src: a, Where: WhereKernel, Name: "192.0.2.50:8080", Proto: "tcp", Reason: "deny-subnet"},
+		{Time: at, Src: a, Where: WhereKernel, Name: "192.0.2.11:9", Proto: "udp", Reason: "deny-udp"},
+	}
+	who := map[netip.Addr]string{a: "alpha/a", c: "beta/c",
+		netip.MustParseAddr("192.0.2.11"): "alpha/b", netip.MustParseAddr("192.0.2.13"): "alpha/d"}
+	groups := Summarize(recs, func(ip netip.Addr) string { return who[ip] })
+	NamePeers(groups, func(ip netip.Addr) string { return who[ip] })
+	byName := map[string]Group{}
+	for _, g := range groups {
+		byName[g.Name] = g
+	}
+	for name, want := range map[string]string{
+		"192.0.2.11:8080": "agent alpha/b: firewall.agent_to_agent: project (same project) or allow",
+		"192.0.2.13:8080": "agent alpha/d is in another project: firewall.agent_to_agent: allow",
+		"192.0.2.50:8080": KernelAllow("192.0.2.50:8080", "tcp", "deny-subnet"),
+		"192.0.2.11:9":    KernelAllow("192.0.2.11:9", "udp", "deny-udp"),
+	} {
+		if got := byName[name].Allow; got != want {
+			t.Errorf("%s: allow %q, want %q", name, got, want)
+		}
+	}
+	if got := PeerAllow("alpha/b", []string{"alpha/a", "192.0.2.9"}); !strings.HasSuffix(got, ": allow") {
+		t.Errorf("an unnamed agent among the refused: %q, want the allow choice", got)
+	}
+}
+
 func TestSummarizePathRefusals(t *testing.T) {
 	a := netip.MustParseAddr("172.22.0.5")
 	t0 := time.Unix(100, 0)
