@@ -189,9 +189,12 @@ func compileView(entries []Entry, private []netip.Prefix, project string, sc *sc
 	}
 	p.entries = make([]Entry, 0, len(entries))
 	for _, e := range entries {
-		c, err := e.Rule.Canonical()
-		if err != nil {
-			continue
+		c := e.Rule
+		if project == "" { // a project's view is built from canonical entries
+			var err error
+			if c, err = e.Rule.Canonical(); err != nil {
+				continue
+			}
 		}
 		if project == "" && len(c.Projects) > 0 {
 			sc.scoped = append(sc.scoped, Entry{Rule: c, ID: e.ID})
