@@ -216,12 +216,16 @@ func (w *wiring) firewall() firewall.Config {
 
 func (w *wiring) netlogger() netlogger.Config {
 	hostName, _ := os.Hostname()
-	return netlogger.Config{
+	c := netlogger.Config{
 		Monitoring: w.s.Monitoring, AuthDir: w.opts.Paths.CPAuthDir, HostName: hostName,
 		EBPF: w.pid(cpapi.ActorEBPF), Overseer: w.pid(cpapi.ActorOverseer), DNS: w.pid(cpapi.ActorDNS), Firewall: w.pid(cpapi.ActorFirewall),
 		CgroupOf: egress.ContainerCgroup, Denials: w.denials(),
 		Log: w.logger(cpapi.ActorNetlogger),
 	}
+	if w.stack != nil && w.stack.Docker != nil {
+		c.Docker, c.Siblings = w.stack.Docker, netlogger.StackSiblings(w.stack.NetworkName)
+	}
+	return c
 }
 
 // denials is the stack's window of recent refusals, or nil without one.

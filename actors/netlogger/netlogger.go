@@ -60,7 +60,12 @@ type Config struct {
 	// Denials is the firewall's window of recent refusals: the kernel's
 	// go in too (refusals.go); nil without the firewall stack.
 	Denials *denials.Window
-	Log     *zap.Logger
+	// Siblings are the stack containers whose log lines are followed
+	// through Docker (siblinglogs.go) when a collector is set; none
+	// without a stack of ours.
+	Siblings []Sibling
+	Docker   SiblingDocker
+	Log      *zap.Logger
 }
 
 // GetStats asks for the counters; answered with *Stats.
@@ -85,6 +90,7 @@ func (c *carried) add(s netlog.Stats) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.Read += s.Read
+	c.Lines += s.Lines
 	c.Malformed += s.Malformed
 	c.Emitted += s.Emitted
 	c.Exported += s.Exported
@@ -98,6 +104,7 @@ func (c *carried) plus(s netlog.Stats) netlog.Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s.Read += c.Read
+	s.Lines += c.Lines
 	s.Malformed += c.Malformed
 	s.Emitted += c.Emitted
 	s.Exported += c.Exported
@@ -129,6 +136,8 @@ type Actor struct {
 	pipe     *netlog.Pipeline
 	enricher *enricher
 	feed     *refusalFeed // the kernel's refusals into Config.Denials
+	follow   *followers   // the siblings' logs
+	pos      *positions   // shared by every incarnation
 	endpoint string
 	// down is whether the last report was "unavailable" (a first
 	// success after start is logged too, as netlogger_connected).
@@ -141,8 +150,8 @@ func New(cfg Config) actor.Producer {
 	if cfg.Log == nil {
 		cfg.Log = zap.NewNop()
 	}
-	c := &carried{} // shared by every incarnation
-	return func() actor.Actor { return &Actor{cfg: cfg, carried: c} }
+	c, pos := &carried{}, &positions{} // shared by every incarnation
+	return func() actor.Actor { return &Actor{cfg: cfg, carried: c, pos: pos} }
 }
 
 var routeErrors sync.Once
@@ -165,6 +174,9 @@ func (a *Actor) Receive(ctx actor.Context) {
 	case *overseer.ContainerStarted, *overseer.ContainerStopped, *overseer.ContainerDestroyed, *overseer.ContainerRenamed:
 		if a.enricher != nil {
 			a.enricher.kick()
+		}
+		if st, ok := m.(*overseer.ContainerStarted); ok {
+			a.follow.wake(st.Name)
 		}
 	case *GetStats:
 		st := &Stats{Enabled: a.pipe != nil}
@@ -243,6 +255,9 @@ func (a *Actor) start(ctx actor.Context) {
 		ctx.Send(a.cfg.Overseer, &overseer.Subscribe{Subscriber: self})
 	}
 	a.openSource(ctx)
+	if a.cfg.Docker != nil && len(a.cfg.Siblings) > 0 {
+		a.follow = startFollowers(a.cfg.Docker, a.cfg.Siblings, a.pos, p.EmitLine, log)
+	}
 	log.Info("netlogger started", zap.String("event", "netlogger_started"), zap.String("endpoint", a.endpoint), zap.Bool("tls", pcfg.TLS != nil))
 }
 
@@ -342,17 +357,22 @@ func (a *Actor) drain(ctx actor.Context, m *supervise.DrainStep) {
 		return
 	}
 	a.draining = true
-	p, e, sender, sys, self := a.pipe, a.enricher, ctx.Sender(), ctx.ActorSystem(), ctx.Self()
+	p, e, fs, sender, sys, self := a.pipe, a.enricher, a.follow, ctx.Sender(), ctx.ActorSystem(), ctx.Self()
+	a.follow = nil
 	endpoint, bound := a.endpoint, m.Left()*8/10 // the rest for the answer's way back
 	go func() {
 		c, cancel := context.WithTimeout(context.Background(), bound)
 		defer cancel()
+		fs.stop() // no line after the provider's shutdown
 		rep := p.Drain(c)
 		if e != nil {
 			e.stop()
 		}
 		outcome := supervise.OutcomeDone
 		detail := fmt.Sprintf("read %d records from the ring, exported %d to %s", rep.Read, rep.Exported, endpoint)
+		if rep.Lines > 0 {
+			detail += fmt.Sprintf(" (with %d of the siblings' log lines)", rep.Lines)
+		}
 		if rep.Dropped > 0 || rep.Failed > 0 || rep.Malformed > 0 {
 			detail += fmt.Sprintf("; lost %d (%d dropped at the buffer bound while the collector was away, %d failed export, %d malformed)",
 				rep.Dropped+rep.Failed+rep.Malformed, rep.Dropped, rep.Failed, rep.Malformed)
@@ -376,6 +396,8 @@ func (a *Actor) stop() {
 	if a.cfg.Monitoring.OTLPEndpoint == "" {
 		a.feed.close() // its own reader: off the ring before a new one comes
 	}
+	a.follow.stop()
+	a.follow = nil
 	if a.pipe != nil && !a.draining {
 		a.pipe.Close()
 		a.carried.add(a.pipe.Stats())
