@@ -31,12 +31,14 @@ type indexRig struct {
 	logs *observer.ObservedLogs
 }
 
-func startIndexRig(t *testing.T, path string, flush time.Duration) *indexRig {
+// startIndexRig's registry never flushes on its own: a test sends
+// registry.FlushNow.
+func startIndexRig(t *testing.T, path string) *indexRig {
 	t.Helper()
 	sys := actortest.System(t)
 	core, logs := observer.New(zapcore.DebugLevel)
 	pid := sys.Root.Spawn(actor.PropsFromProducer(registry.New(registry.Config{
-		Path: path, FlushInterval: flush, OpTimeout: 5 * time.Second, Log: zap.New(core),
+		Path: path, FlushInterval: time.Hour, OpTimeout: 5 * time.Second, Log: zap.New(core),
 	})))
 	t.Cleanup(func() { _ = sys.Root.StopFuture(pid).Wait() })
 	c := registry.NewClient(sys, pid, 10*time.Second)
@@ -171,7 +173,7 @@ func (r *indexRig) fileRow(t *testing.T, project, name string) (agentdb.Agent, b
 // container, a refused one, a removed container and a last_seen flush.
 func TestListFromMemoryMatchesTheFile(t *testing.T) {
 	t.Parallel()
-	r := startIndexRig(t, filepath.Join(t.TempDir(), "controlplane.db"), 20*time.Millisecond)
+	r := startIndexRig(t, filepath.Join(t.TempDir(), "controlplane.db"))
 	r.mustMatch(t, "open")
 
 	for _, a := range []agentdb.Agent{agentOf("web", "dev", "1"), agentOf("api", "zed", "2"), agentOf("api", "bob", "3"), agentOf("web", "ci", "4")} {
@@ -218,6 +220,7 @@ func TestListFromMemoryMatchesTheFile(t *testing.T) {
 	later := zed.LastSeen.Add(90 * time.Second)
 	r.sys.Root.Send(r.pid, &registry.Seen{Key: zed.Key, At: later})
 	r.sys.Root.Send(r.pid, &registry.Seen{Key: zed.Key, At: later.Add(-time.Hour)}) // older: ignored
+	r.sys.Root.Send(r.pid, &registry.FlushNow{})
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		a, _ := r.fileRow(t, "api", "zed")
@@ -270,7 +273,7 @@ func TestAbortedWritesAreNotListed(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := startIndexRig(t, path, 20*time.Millisecond)
+	r := startIndexRig(t, path)
 	r.mustMatch(t, "open")
 	before := r.listed(t, 0)
 
@@ -286,6 +289,7 @@ func TestAbortedWritesAreNotListed(t *testing.T) {
 	// doomed's last_seen is not written either.
 	r.sys.Root.Send(r.pid, &registry.Seen{Key: agentdb.Key(doomed.Thumbprint, doomed.ContainerID), At: time.Now().Add(time.Hour)})
 	r.sys.Root.Send(r.pid, &registry.Seen{Key: agentdb.Key(keep.Thumbprint, keep.ContainerID), At: time.Now().Add(time.Hour)})
+	r.sys.Root.Send(r.pid, &registry.FlushNow{})
 	deadline := time.Now().Add(10 * time.Second)
 	for r.logs.FilterField(zap.String("event", "registry_flush_failed")).Len() == 0 {
 		if time.Now().After(deadline) {
@@ -311,7 +315,7 @@ func TestAbortedWritesAreNotListed(t *testing.T) {
 // equals the file, whatever order the commits came in.
 func TestConcurrentWritesKeepTheListInStep(t *testing.T) {
 	t.Parallel()
-	r := startIndexRig(t, filepath.Join(t.TempDir(), "controlplane.db"), time.Hour)
+	r := startIndexRig(t, filepath.Join(t.TempDir(), "controlplane.db"))
 	var wg sync.WaitGroup
 	errs := make(chan error, 8*40)
 	for w := range 8 {
