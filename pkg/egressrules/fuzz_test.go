@@ -106,6 +106,7 @@ func FuzzRulesFile(f *testing.F) {
 		"rules:\n  - dst: .example.com\n    proto: http\n    path_rules:\n      - {path: /a/../b//c/%2e/, action: DENY}\n",
 		"rules:\n  - dst: 10.0.0.1\n    path_rules: [{path: v1}, {path: ~(}, {path: /x, methods: GET}, {path: /x}, x]\n    path_default: maybe\n",
 		"rules:\n  - dst: example.com\n    path_default: deny\n    path_rules: {path: /}\n",
+		"rules:\n  - dst: example.com\n    projects: [web, api, web]\n  - dst: example.com\n  - dst: 10.0.0.1\n    projects: web\n  - dst: x.example.com\n    projects: [Bad, {a: b}, &p web, *p]\n",
 	} {
 		f.Add([]byte(s))
 	}
@@ -249,6 +250,7 @@ func FuzzDocCompile(f *testing.F) {
 		`{"rules":[{"dst":"a.example","port":null},{"dst":"b.example","port":"443"}]}`,
 		`{"rules":[{"dst":"api.example.com","id":1,"path_rules":[{"path":"/v1/","methods":["GET"]},{"path":"~^/admin","action":"deny"}],"path_default":"allow"}]}`,
 		`{"rules":[{"dst":"10.0.0.1","path_rules":[{"path":"/"}]},{"dst":"x.example","proto":"tcp","port":22,"path_rules":[{"path":"~["}]}]}`,
+		`{"rules":[{"dst":"a.example.com","id":1,"projects":["web"]},{"dst":"a.example.com","id":2,"action":"deny"},{"dst":"b.example.com","id":3,"projects":["api","web"]}],"agents":{"172.30.0.5":"web","172.30.0.6":"Bad","x":"api"},"proxies":["172.30.0.200","y"]}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -267,18 +269,29 @@ func FuzzDocCompile(f *testing.F) {
 				case fe.Index >= 0 && slicesContains([]string{fieldDst, fieldProto, fieldPort, fieldAction, "id", fieldPathDefault}, fe.Field):
 				case fe.Index >= 0 && strings.HasPrefix(fe.Field, fieldPathRules+"["):
 				case fe.Index < 0 && strings.HasPrefix(fe.Field, "private_destinations["):
+				case fe.Index >= 0 && (fe.Field == fieldProjects || strings.HasPrefix(fe.Field, fieldProjects+"[")):
+				case fe.Index < 0 && (fe.Field == "agents" || strings.HasPrefix(fe.Field, "agents[") || strings.HasPrefix(fe.Field, "proxies[")):
 				default:
 					t.Fatalf("rejection names neither a rule's field nor a private destination: %q", fe)
 				}
 			}
 			return
 		}
-		if p.Len() != len(doc.Rules) || p.Generation() != doc.Generation {
-			t.Fatalf("compiled %d rules of generation %d from %d of %d", p.Len(), p.Generation(), len(doc.Rules), doc.Generation)
+		if p.Len()+len(p.ScopedEntries()) != len(doc.Rules) || p.Generation() != doc.Generation {
+			t.Fatalf("compiled %d+%d rules of generation %d from %d of %d", p.Len(), len(p.ScopedEntries()), p.Generation(), len(doc.Rules), doc.Generation)
 		}
-		for _, e := range p.Entries() {
+		// Every rule applies in its own scope's view: a scoped rule in
+		// each of its projects' views, a global one in the global view.
+		for _, e := range append(p.Entries(), p.ScopedEntries()...) {
+			view := p
+			if len(e.Projects) > 0 {
+				view = p.For(e.Projects[0])
+				if view.Generation() != p.Generation() {
+					t.Fatalf("view of %s: generation %d", e.Projects[0], view.Generation())
+				}
+			}
 			own := ownHost(e.Rule)
-			d := p.Decide(own, e.Proto, e.Port.Lo)
+			d := view.Decide(own, e.Proto, e.Port.Lo)
 			if d.Rule == nil {
 				t.Fatalf("no rule applies to %q on %s/%d, the dst of %+v: %+v", own, e.Proto, e.Port.Lo, e, d)
 			}
