@@ -166,7 +166,7 @@ type Policy struct {
 // The policy's generation is 0. It is the global view: rules with projects
 // are kept for For.
 func Compile(entries []Entry, private []netip.Prefix) *Policy {
-	sc := &scope{views: map[string]*Policy{}, projects: map[string]bool{}}
+	sc := &scope{projects: map[string]bool{}}
 	p := compileView(entries, private, "", sc)
 	sc.global = p
 	return p

@@ -55,8 +55,8 @@ type scope struct {
 	agents   map[netip.Addr]string
 	proxies  []netip.Addr
 
-	mu    sync.Mutex
-	views map[string]*Policy
+	views sync.Map   // project -> *Policy, read without a lock on every decision
+	mu    sync.Mutex // held while a view is compiled, so each is compiled once
 }
 
 // For is the view of project's agents: the global rules and the rules
@@ -73,17 +73,20 @@ func (p *Policy) For(project string) *Policy {
 	if !sc.projects[project] {
 		return sc.global
 	}
+	if v, ok := sc.views.Load(project); ok {
+		return v.(*Policy)
+	}
 	sc.mu.Lock()
 	defer sc.mu.Unlock()
-	if v := sc.views[project]; v != nil {
-		return v
+	if v, ok := sc.views.Load(project); ok {
+		return v.(*Policy)
 	}
 	g := sc.global
 	in := make([]Entry, 0, len(g.entries)+len(sc.scoped))
 	in = append(append(in, g.entries...), sc.scoped...)
 	v := compileView(in, g.private, project, sc)
 	v.generation = g.generation
-	sc.views[project] = v
+	sc.views.Store(project, v)
 	return v
 }
 
