@@ -155,7 +155,11 @@ type stackRig struct {
 	agent *cptest.ProbeContainer
 }
 
-func newStackRig(t testing.TB) *stackRig {
+func newStackRig(t testing.TB) *stackRig { return newStackRigWith(t, "") }
+
+// newStackRigWith is newStackRig with firewallExtra (", key: value" pairs)
+// added to the firewall settings.
+func newStackRigWith(t testing.TB, firewallExtra string) *stackRig {
 	t.Helper()
 	d := cptest.RequireDocker(t)
 	stackDir := cptest.StackDir(t)
@@ -163,8 +167,8 @@ func newStackRig(t testing.TB) *stackRig {
 	r.net = cptest.NewTestNet(t, d, cptest.NewRunID(), cptest.TestNetOptions{})
 	r.world = startWorld(t, r.net.Gateway)
 	r.home = cptest.NewCPHome(t, fmt.Sprintf(
-		"firewall: {enable: true, proxy_port: %d, upstream_dns: [%q], private_destinations: [%q]}\ncontrol_plane: {watcher: {enable: false}}\n",
-		proxyPort, r.world.auth.Addr.String(), r.net.Gateway.String()))
+		"firewall: {enable: true, proxy_port: %d, upstream_dns: [%q], private_destinations: [%q]%s}\ncontrol_plane: {watcher: {enable: false}}\n",
+		proxyPort, r.world.auth.Addr.String(), r.net.Gateway.String(), firewallExtra))
 	var labels []string
 	for k, v := range r.net.Labels {
 		labels = append(labels, k+"="+v)

@@ -425,10 +425,11 @@ type StandinContainer struct {
 }
 
 // StartStandin runs a stand-in with cfg at ip on n and waits until it
-// reports every listener bound.
-func (n *TestNet) StartStandin(t testing.TB, ip netip.Addr, cfg netprobe.StandinConfig) *StandinContainer {
+// reports every listener bound. labels are added to the run label (an
+// agent's labels make it an enforced agent that listens).
+func (n *TestNet) StartStandin(t testing.TB, ip netip.Addr, cfg netprobe.StandinConfig, labels ...map[string]string) *StandinContainer {
 	t.Helper()
-	id, name := n.runContainer(t, "standin-"+cfg.Name, ip, append([]string{StandinPath}, cfg.Args()...), "", nil, nil)
+	id, name := n.runContainer(t, "standin-"+cfg.Name, ip, append([]string{StandinPath}, cfg.Args()...), "", nil, nil, labels...)
 	s := &StandinContainer{ID: id, Name: name, IP: ip, Config: cfg, d: n.D}
 	WaitFor(t, ContainerWaitTimeout, "stand-in "+name+" to be ready", func() (bool, string) {
 		out, errOut, err := containerOutput(n.D, id)
