@@ -1,7 +1,8 @@
 // Package netlogger is the egress event log: it reads the eBPF programs'
 // decision events off their ring buffer and ships each as an
 // OpenTelemetry log record to the collector at monitoring.otlp_endpoint
-// (pkg/netlog is the pipeline). Its drain step, netlogger_stop, runs
+// (pkg/netlog is the pipeline), with the firewall siblings' log lines
+// beside them (siblinglogs.go). Its drain step, netlogger_stop, runs
 // before ebpf_flush: it reads what is left in the ring, exports every
 // record read and shuts the provider down, so no event dies with the maps.
 //

@@ -12,23 +12,17 @@
 // processor exports on its own goroutine, and a full buffer drops), so a
 // slow or absent collector costs the kernel nothing but ring space.
 //
-// The stack siblings' lines (decided, not built yet): they go out through
-// this pipeline too, as records of their own service.name (clawker-dns,
-// clawker-proxy) on the CP's one collector connection and certificate.
-// The siblings get no OTLP settings or key of their own: they run without
-// capabilities on the agent network, and a collector's reach and trust are
-// the CP's business. Their sources are what they already send the CP over
-// pkg/stackapi: the DNS sibling's answer reports and both siblings'
-// refusals (NXDOMAINs of names no rule allows, the proxy's refused
-// connections), as records with the agent's address, the name, the
-// reason and the agent and project the worldview gives that address.
-// Those reports are not a full log: a cached answer the CP already holds
-// is not reported again, and the proxy reports no allowed connection
-// (each one is already an ebpf-egress redirect-proxy record, with
-// dst_host when DNS named the address). A full query and access log would
-// be one more batched stackapi stream beside the refusals, bounded and
-// counted like the ring's records, and is left for when an operator asks
-// for it.
+// The stack siblings' lines go out through this pipeline too, as records
+// of their own service.name (clawker-dns, clawker-proxy) on the CP's one
+// collector connection, certificate, buffer bound and counters
+// (siblinglog.go). The siblings get no OTLP settings or key of their own:
+// they run without capabilities on the agent network, and a collector's
+// reach and trust are the CP's business. The netlogger follows their
+// containers' logs through Docker (actors/netlogger/siblinglogs.go), so
+// the full access log (each of the proxy's JSON lines, fields as
+// attributes) and both siblings' diagnostics arrive without a protocol of
+// their own; each access line's src is the agent's address, which the
+// collector can join with the ebpf-egress records of the same agent.
 package netlog
 
 import (
