@@ -86,8 +86,9 @@ func TestFirewallStackAgentToAgent(t *testing.T) {
 	}
 	// subnetRefusals are the agent-network refusals (deny-subnet) of
 	// project's agents (agent's alone, when given). Only those: the
-	// listening stand-in is seen with two refused socket creations
-	// (deny-socket) just after it is enforced, not what this test is about.
+	// listening stand-in, a Go program, tries Multipath TCP first (Go's
+	// default for listeners), which sock_create refuses (deny-socket, shown
+	// as tcp) before Go falls back to TCP; not what this test is about.
 	subnetRefusals := func(t *testing.T, r *stackRig, project, agent string) []*adminv1.DeniedGroup {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
