@@ -29,6 +29,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/egress"
 	"github.com/clawker/clawker-cp/pkg/egressrules"
+	"github.com/clawker/clawker-cp/pkg/naming"
 	"github.com/clawker/clawker-cp/pkg/testkit/actortest"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 	agentv1 "github.com/clawker/clawker-cp/proto/agent/v1"
@@ -110,17 +111,22 @@ func validRoutes(routes []*adminv1.Route) bool {
 }
 
 // validRule is the rule as egressrules sees it: the port parses and the
-// rule canonicalises.
-func validRule(dst, proto, port, action string) bool {
-	pr, err := egressrules.ParsePortRange(port)
+// rule, with its path rules and projects, canonicalises.
+func validRule(r *adminv1.EgressRule) bool {
+	pr, err := egressrules.ParsePortRange(r.GetPort())
 	if err != nil {
 		return false
 	}
-	_, err = egressrules.Rule{Dst: dst, Proto: egressrules.Proto(proto), Port: pr, Action: egressrules.Action(action)}.Canonical()
+	rule := egressrules.Rule{Dst: r.GetDst(), Proto: egressrules.Proto(r.GetProto()), Port: pr,
+		Action: egressrules.Action(r.GetAction()), PathDefault: egressrules.Action(r.GetPathDefault()), Projects: r.GetProjects()}
+	for _, p := range r.GetPathRules() {
+		rule.PathRules = append(rule.PathRules, egressrules.PathRule{Path: p.GetPath(), Action: egressrules.Action(p.GetAction()), Methods: p.GetMethods()})
+	}
+	_, err = rule.Canonical()
 	return err == nil
 }
 
-var ruleFields = []string{"dst ", "proto ", "port ", "action "}
+var ruleFields = []string{"dst ", "proto ", "port ", "action ", "path_rules[", "path_default ", "projects[", "projects "}
 
 var adminMethods = []adminMethod{
 	{name: "FirewallEnable", req: func() proto.Message { return &adminv1.FirewallEnableRequest{} },
@@ -147,21 +153,21 @@ var adminMethods = []adminMethod{
 		valid: func(m proto.Message) bool {
 			rules := m.(*adminv1.FirewallAddRulesRequest).GetRules()
 			for _, r := range rules {
-				if !validRule(r.GetDst(), r.GetProto(), r.GetPort(), r.GetAction()) {
+				if !validRule(r) {
 					return false
 				}
 			}
 			return len(rules) > 0
 		}},
 	{name: "FirewallRemoveRule", req: func() proto.Message { return &adminv1.FirewallRemoveRuleRequest{} },
-		call: adminCall((*adminService).FirewallRemoveRule), fields: append([]string{"all: "}, ruleFields...),
+		call: adminCall((*adminService).FirewallRemoveRule), fields: append([]string{"all: ", "path: "}, ruleFields...),
 		valid: func(m proto.Message) bool {
 			r := m.(*adminv1.FirewallRemoveRuleRequest)
 			hasRule := r.GetDst() != "" || r.GetProto() != "" || r.GetPort() != ""
 			if r.GetAll() {
-				return !hasRule
+				return !hasRule && r.GetPath() == ""
 			}
-			return validRule(r.GetDst(), r.GetProto(), r.GetPort(), "")
+			return validRule(&adminv1.EgressRule{Dst: r.GetDst(), Proto: r.GetProto(), Port: r.GetPort(), Projects: r.GetProjects()})
 		}},
 	{name: "FirewallResolveHostname", req: func() proto.Message { return &adminv1.FirewallResolveHostnameRequest{} },
 		call: adminCall((*adminService).FirewallResolveHostname), fields: []string{"hostname: "},
@@ -185,7 +191,11 @@ var adminMethods = []adminMethod{
 	{name: "FirewallInit", req: func() proto.Message { return &adminv1.FirewallInitRequest{} },
 		call: adminCall((*adminService).FirewallInit)},
 	{name: "FirewallListRules", req: func() proto.Message { return &adminv1.FirewallListRulesRequest{} },
-		call: adminCall((*adminService).FirewallListRules)},
+		call: adminCall((*adminService).FirewallListRules), fields: []string{"project "},
+		valid: func(m proto.Message) bool {
+			p := m.(*adminv1.FirewallListRulesRequest).GetProject()
+			return p == "" || naming.ValidProject(p)
+		}},
 	{name: "FirewallReload", req: func() proto.Message { return &adminv1.FirewallReloadRequest{} },
 		call: adminCall((*adminService).FirewallReload)},
 	{name: "ListAgents", req: func() proto.Message { return &adminv1.ListAgentsRequest{} },
