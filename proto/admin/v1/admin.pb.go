@@ -275,7 +275,8 @@ type Agent struct {
 	Project     string `protobuf:"bytes,2,opt,name=project,proto3" json:"project,omitempty"`
 	AgentName   string `protobuf:"bytes,3,opt,name=agent_name,json=agentName,proto3" json:"agent_name,omitempty"`
 	ContainerId string `protobuf:"bytes,4,opt,name=container_id,json=containerId,proto3" json:"container_id,omitempty"`
-	// thumbprint is hex SHA-256 of the agent's mTLS leaf certificate (DER).
+	// thumbprint is hex SHA-256 of the public key (SPKI, DER) of the agent's
+	// mTLS leaves: every leaf of the agent's chain has the same one.
 	Thumbprint   string                 `protobuf:"bytes,5,opt,name=thumbprint,proto3" json:"thumbprint,omitempty"`
 	RegisteredAt *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=registered_at,json=registeredAt,proto3" json:"registered_at,omitempty"`
 	LastSeen     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`

@@ -64,8 +64,10 @@ type AdminServiceClient interface {
 	// without a control plane. Errors as FirewallEnable, plus
 	// InvalidArgument for a timeout out of range.
 	FirewallBypass(ctx context.Context, in *FirewallBypassRequest, opts ...grpc.CallOption) (*FirewallBypassResponse, error)
-	// FirewallSyncRoutes replaces the whole route set in one step: every
-	// lookup sees the old set or the new one, never a mix.
+	// FirewallSyncRoutes replaces the hand-given routes in one step (every
+	// lookup sees the old set or the new one, never a mix). The routes the
+	// rules derive (tcp, ssh and off-port https rules) are kept beside them
+	// and win on the same key.
 	FirewallSyncRoutes(ctx context.Context, in *FirewallSyncRoutesRequest, opts ...grpc.CallOption) (*FirewallSyncRoutesResponse, error)
 	// FirewallStatus reports what the eBPF programs enforce, the stack's
 	// members and the number of egress rules.
@@ -301,8 +303,10 @@ type AdminServiceServer interface {
 	// without a control plane. Errors as FirewallEnable, plus
 	// InvalidArgument for a timeout out of range.
 	FirewallBypass(context.Context, *FirewallBypassRequest) (*FirewallBypassResponse, error)
-	// FirewallSyncRoutes replaces the whole route set in one step: every
-	// lookup sees the old set or the new one, never a mix.
+	// FirewallSyncRoutes replaces the hand-given routes in one step (every
+	// lookup sees the old set or the new one, never a mix). The routes the
+	// rules derive (tcp, ssh and off-port https rules) are kept beside them
+	// and win on the same key.
 	FirewallSyncRoutes(context.Context, *FirewallSyncRoutesRequest) (*FirewallSyncRoutesResponse, error)
 	// FirewallStatus reports what the eBPF programs enforce, the stack's
 	// members and the number of egress rules.

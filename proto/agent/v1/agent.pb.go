@@ -7,8 +7,8 @@
 // The surface clawkerd (the in-container agent daemon) uses to talk to the
 // control plane. Served over mTLS on the agent port (7444, clawker-net only).
 //
-// Identity is never self-attested: the container id and the certificate
-// thumbprint come from the verified mTLS leaf certificate of the connection,
+// Identity is never self-attested: the container id and the key
+// thumbprint (SHA-256 of the leaf's public key) come from the verified mTLS leaf certificate of the connection,
 // not from any field below.
 
 package agentv1
@@ -133,7 +133,7 @@ func (x *RegisterRequest) GetAgentName() string {
 
 type RegisterResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// agent_key is hex SHA-256(cert thumbprint || container id): the registry
+	// agent_key is hex SHA-256(key thumbprint || container id): the registry
 	// key of this binding.
 	AgentKey string `protobuf:"bytes,1,opt,name=agent_key,json=agentKey,proto3" json:"agent_key,omitempty"`
 	// registered_at is when the binding was first created (unchanged on an

@@ -7,8 +7,8 @@
 // The surface clawkerd (the in-container agent daemon) uses to talk to the
 // control plane. Served over mTLS on the agent port (7444, clawker-net only).
 //
-// Identity is never self-attested: the container id and the certificate
-// thumbprint come from the verified mTLS leaf certificate of the connection,
+// Identity is never self-attested: the container id and the key
+// thumbprint (SHA-256 of the leaf's public key) come from the verified mTLS leaf certificate of the connection,
 // not from any field below.
 
 package agentv1
