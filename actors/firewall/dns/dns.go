@@ -221,11 +221,20 @@ func (a *Actor) report(ctx actor.Context, m *ReportAnswers) {
 // and forgets those with none left.
 func (a *Actor) gc(ctx actor.Context) {
 	now := a.cfg.Now()
+	a.dropRules(ctx, func(_ uint32, exp time.Time) bool { return !now.Before(exp) },
+		"DNS identity GC failed", "dns_gc_failed", "DNS identity GC", "dns_gc")
+}
+
+// dropRules removes from every address the rule ids drop picks, forgets
+// the addresses left with none and rewrites, in one SetIdentities, those
+// whose kernel identity changed. The four strings name the log lines of a
+// failed and of a done write.
+func (a *Actor) dropRules(ctx actor.Context, drop func(id uint32, exp time.Time) bool, failMsg, failEvent, doneMsg, doneEvent string) {
 	set := map[netip.Addr]uint32{}
 	var del []netip.Addr
 	for ip, e := range a.table {
 		for id, exp := range e.rules {
-			if !now.Before(exp) {
+			if drop(id, exp) {
 				delete(e.rules, id)
 			}
 		}
@@ -246,10 +255,10 @@ func (a *Actor) gc(ctx actor.Context) {
 			err = d.Err
 		}
 		if err != nil {
-			a.cfg.Log.Warn("DNS identity GC failed", zap.String("event", "dns_gc_failed"), zap.Error(err))
+			a.cfg.Log.Warn(failMsg, zap.String("event", failEvent), zap.Error(err))
 			return
 		}
-		a.cfg.Log.Debug("DNS identity GC", zap.String("event", "dns_gc"), zap.Int("expired", len(del)), zap.Int("rewritten", len(set)))
+		a.cfg.Log.Debug(doneMsg, zap.String("event", doneEvent), zap.Int("forgotten", len(del)), zap.Int("rewritten", len(set)))
 	})
 }
 

@@ -1,14 +1,10 @@
 package dns
 
 import (
-	"net/netip"
 	"slices"
+	"time"
 
 	"github.com/asynkron/protoactor-go/actor"
-	"go.uber.org/zap"
-
-	"github.com/clawker/clawker-cp/actors/ebpf"
-	"github.com/clawker/clawker-cp/actors/request"
 )
 
 // ForgetRules tells the owner which rule ids the rules just published
@@ -48,34 +44,6 @@ func (a *Actor) forget(ctx actor.Context, m *ForgetRules) {
 	if a.cfg.EBPF == nil {
 		return
 	}
-	set := map[netip.Addr]uint32{}
-	var del []netip.Addr
-	for ip, e := range a.table {
-		for id := range e.rules {
-			if !m.Live[id] {
-				delete(e.rules, id)
-			}
-		}
-		switch k := kernelID(e.rules); {
-		case k == 0:
-			del = append(del, ip)
-			delete(a.table, ip)
-		case k != e.kernel:
-			set[ip] = k
-			e.kernel = k
-		}
-	}
-	if len(set) == 0 && len(del) == 0 {
-		return
-	}
-	request.Reenter(ctx, a.cfg.EBPF, &ebpf.SetIdentities{Set: set, Delete: del}, a.cfg.OpTimeout, func(d *ebpf.Done, err error) {
-		if err == nil {
-			err = d.Err
-		}
-		if err != nil {
-			a.cfg.Log.Warn("cannot rewrite the addresses of removed rules", zap.String("event", "dns_identity_failed"), zap.Error(err))
-			return
-		}
-		a.cfg.Log.Debug("removed rules forgotten", zap.String("event", "dns_rules_forgotten"), zap.Int("rewritten", len(set)), zap.Int("forgotten", len(del)))
-	})
+	a.dropRules(ctx, func(id uint32, _ time.Time) bool { return !m.Live[id] },
+		"cannot rewrite the addresses of removed rules", "dns_identity_failed", "removed rules forgotten", "dns_rules_forgotten")
 }
