@@ -189,7 +189,7 @@ func (s *Server) serveRouted(rl *routedListener) {
 func (s *Server) handleRouted(c *liveConn, pol *egressrules.Policy, t egressrules.RouteListener) {
 	defer s.wg.Done()
 	l := &connLog{start: time.Now(), src: c.client.RemoteAddr().String(), proto: string(t.Rule.Proto)}
-	defer s.closeRouted(c, l)
+	defer s.finish(c, l)
 
 	host := t.PinnedHost()
 	var hello []byte
@@ -255,39 +255,4 @@ func (s *Server) handleRouted(c *liveConn, pol *egressrules.Policy, t egressrule
 	upN, downN, closedBy := pipe(c.client, up)
 	l.up += upN
 	l.down, l.closedBy = downN, closedBy
-}
-
-// closeRouted ends a routed connection the way the catch-all's handle does:
-// out of the registry, both conns closed, the verdict counted, a refusal
-// reported, one access-log line.
-func (s *Server) closeRouted(c *liveConn, l *connLog) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	up := c.upstream
-	policyReason := c.reason
-	s.mu.Unlock()
-	c.client.Close()
-	if up != nil {
-		up.Close()
-	}
-	if c.byPolicy.Load() {
-		l.closedBy, l.reason = "policy", policyReason
-	}
-	switch l.verdict {
-	case "allowed":
-		s.allowed.Add(1)
-	case "denied":
-		s.denied.Add(1)
-		if s.cfg.OnDenied != nil {
-			d := Denial{Time: l.start, Src: l.src, Proto: l.proto, Reason: l.reason}
-			if len(l.hosts) > 0 {
-				d.Host = l.hosts[len(l.hosts)-1]
-			}
-			s.cfg.OnDenied(d)
-		}
-	default:
-		l.verdict = "error"
-		s.errs.Add(1)
-	}
-	s.log.write(l)
 }

@@ -363,44 +363,49 @@ func (l *connLog) addHost(h string) {
 	}
 }
 
+// finish ends a connection, the catch-all's or a routed listener's: out of
+// the registry, both conns closed, the verdict counted, a refusal
+// reported, one access-log line.
+func (s *Server) finish(c *liveConn, l *connLog) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	up := c.upstream
+	policyReason := c.reason
+	s.mu.Unlock()
+	c.client.Close()
+	if up != nil {
+		up.Close()
+	}
+	if c.byPolicy.Load() {
+		l.closedBy = "policy"
+		l.reason = policyReason
+	}
+	switch l.verdict {
+	case "allowed":
+		s.allowed.Add(1)
+	case "denied":
+		s.denied.Add(1)
+		if s.cfg.OnDenied != nil {
+			d := Denial{Time: l.start, Src: l.src, Proto: l.proto, Reason: l.reason}
+			if len(l.hosts) > 0 {
+				d.Host = l.hosts[len(l.hosts)-1] // the one refused
+			}
+			if l.denial != nil {
+				d = *l.denial
+			}
+			s.cfg.OnDenied(d)
+		}
+	default:
+		l.verdict = "error"
+		s.errs.Add(1)
+	}
+	s.log.write(l)
+}
+
 func (s *Server) handle(c *liveConn, pol *egressrules.Policy) {
 	defer s.wg.Done()
 	l := &connLog{start: time.Now(), src: c.client.RemoteAddr().String(), proto: "other"}
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		up := c.upstream
-		policyReason := c.reason
-		s.mu.Unlock()
-		c.client.Close()
-		if up != nil {
-			up.Close()
-		}
-		if c.byPolicy.Load() {
-			l.closedBy = "policy"
-			l.reason = policyReason
-		}
-		switch l.verdict {
-		case "allowed":
-			s.allowed.Add(1)
-		case "denied":
-			s.denied.Add(1)
-			if s.cfg.OnDenied != nil {
-				d := Denial{Time: l.start, Src: l.src, Proto: l.proto, Reason: l.reason}
-				if len(l.hosts) > 0 {
-					d.Host = l.hosts[len(l.hosts)-1] // the one refused
-				}
-				if l.denial != nil {
-					d = *l.denial
-				}
-				s.cfg.OnDenied(d)
-			}
-		default:
-			l.verdict = "error"
-			s.errs.Add(1)
-		}
-		s.log.write(l)
-	}()
+	defer s.finish(c, l)
 
 	c.client.SetReadDeadline(time.Now().Add(s.cfg.PeekTimeout))
 	pk, err := Peek(c.client)
