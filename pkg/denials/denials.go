@@ -196,6 +196,12 @@ func KernelAllow(dst, proto, verdict string) string {
 	case "deny-ipv6":
 		return "none: agents have no IPv6 egress"
 	case "deny-socket":
+		if proto == "tcp" {
+			// The event's one-byte protocol holds IPPROTO_MPTCP (262) as
+			// 6: a stream socket asking for MPTCP, which Go's listeners
+			// and dialers try first and then fall back to plain TCP.
+			return "none: raw, packet and MPTCP sockets are refused (a client asking for MPTCP falls back to TCP)"
+		}
 		return "none: raw and packet sockets are refused"
 	case "deny-gateway":
 		return "none for this protocol: TCP to the host goes through the proxy (a rule plus firewall.private_destinations)"

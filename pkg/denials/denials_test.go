@@ -157,3 +157,15 @@ func TestPathAllowCommand(t *testing.T) {
 		}
 	}
 }
+
+// A refused socket whose event says tcp is an MPTCP stream socket (the
+// event's protocol byte truncates 262 to 6): its line says the client
+// falls back, a raw socket's does not.
+func TestKernelAllowSocket(t *testing.T) {
+	if got := KernelAllow("", "tcp", "deny-socket"); !strings.Contains(got, "MPTCP") || !strings.Contains(got, "falls back to TCP") {
+		t.Errorf("deny-socket tcp: %q, want the MPTCP fallback named", got)
+	}
+	if got := KernelAllow("", "raw", "deny-socket"); strings.Contains(got, "MPTCP") {
+		t.Errorf("deny-socket raw: %q names MPTCP", got)
+	}
+}
