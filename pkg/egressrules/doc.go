@@ -65,9 +65,11 @@
 // each agent's address and project (Doc.Agents, from Docker: the address
 // Docker assigned and the dev.clawker.project label clawker run set, so an
 // agent cannot claim another project); a client the doc does not name gets
-// the global view. IP/CIDR rules (decided in the kernel) and rules served
-// by a dedicated proxy listener (tcp, ssh, https off 443) cannot be scoped
-// yet: neither path knows the agent's project.
+// the global view. IP/CIDR rules cannot be scoped yet: the kernel decides
+// them and does not know the agent's project. Rules served by a dedicated
+// proxy listener (tcp, ssh, https off 443) can: their listeners and kernel
+// routes are assigned over every scope (Routes), and the listener decides
+// each connection by its client's project.
 //
 // # Path rules (inspected names)
 //

@@ -13,10 +13,12 @@ import (
 const fieldProjects = "projects"
 
 // canonicalProjects sorts and deduplicates r's projects into out and fails
-// each name that is not a project name. A rule on an IP or CIDR, or one
-// served by a dedicated proxy listener (tcp, ssh, https off 443), cannot be
-// scoped: the kernel decides the first and routes the second by destination
-// alone, without knowing the agent's project, so the scope would not hold.
+// each name that is not a project name. A rule on an IP or CIDR cannot be
+// scoped: the kernel decides it by destination alone, without knowing the
+// agent's project, so the scope would not hold. A rule served by a
+// dedicated proxy listener (tcp, ssh, https off 443) can: the kernel's
+// route to the listener is global, but the listener decides every
+// connection by its client's project (Routes).
 func canonicalProjects(r Rule, out *Rule, fail func(field, value, msg string)) {
 	if len(r.Projects) == 0 {
 		out.Projects = nil
@@ -36,13 +38,9 @@ func canonicalProjects(r Rule, out *Rule, fail func(field, value, msg string)) {
 	if !ok {
 		return
 	}
-	switch {
-	case out.IsIP():
+	if out.IsIP() {
 		fail(fieldProjects, out.Projects[0],
 			"an IP or CIDR rule is decided in the kernel, which does not tell projects apart yet (drop projects to make the rule global, or write the destination's name)")
-	case needsRoute(*out):
-		fail(fieldProjects, out.Projects[0],
-			"a "+string(out.Proto)+" rule on port "+out.Port.String()+" is served by a dedicated proxy listener, which does not tell projects apart yet (drop projects to make the rule global, or use https on 443 or http)")
 	}
 }
 

@@ -35,8 +35,6 @@ func TestProjectsFieldErrors(t *testing.T) {
 		{Rule{Dst: "a.example.com", Projects: []string{"ok", "Bad Name"}}, "projects[1]", "not a project name"},
 		{Rule{Dst: "a.example.com", Projects: []string{""}}, "projects[0]", "not a project name"},
 		{Rule{Dst: "10.0.0.0/8", Proto: TCP, Port: Port(5432), Projects: []string{"api"}}, "projects", "decided in the kernel"},
-		{Rule{Dst: "git.example.com", Proto: SSH, Projects: []string{"api"}}, "projects", "dedicated proxy listener"},
-		{Rule{Dst: "a.example.com", Port: Port(8443), Projects: []string{"api"}}, "projects", "dedicated proxy listener"},
 	}
 	for _, tc := range cases {
 		_, err := tc.r.Canonical()
@@ -49,8 +47,15 @@ func TestProjectsFieldErrors(t *testing.T) {
 			t.Errorf("%+v: %v, want one error on %s saying %q", tc.r, err, tc.field, tc.msg)
 		}
 	}
-	// http and https on 443 names can be scoped.
-	for _, r := range []Rule{{Dst: ".example.com", Projects: []string{"api"}}, {Dst: "a.example.com", Proto: HTTP, Projects: []string{"api"}}} {
+	// Names can be scoped on every proto, routed ones (tcp, ssh, https off
+	// 443: their listener decides by the client's project) included.
+	for _, r := range []Rule{
+		{Dst: ".example.com", Projects: []string{"api"}},
+		{Dst: "a.example.com", Proto: HTTP, Projects: []string{"api"}},
+		{Dst: "git.example.com", Proto: SSH, Projects: []string{"api"}},
+		{Dst: "db.example.com", Proto: TCP, Port: PortRange{5432, 5433}, Projects: []string{"api"}},
+		{Dst: "a.example.com", Port: Port(8443), Projects: []string{"api"}},
+	} {
 		if _, err := r.Canonical(); err != nil {
 			t.Errorf("%+v: %v", r, err)
 		}

@@ -3,8 +3,10 @@ package egressrules
 import (
 	"cmp"
 	"errors"
+	"maps"
 	"slices"
 	"strconv"
+	"strings"
 )
 
 // Routed rules: the catch-all proxy listener cannot see the port an agent
@@ -155,12 +157,17 @@ func CheckRoutable(rules []Rule) error {
 // sets; the routes of the other set do not apply to it.
 func (p *Policy) Routes(avoid ...uint16) Routes {
 	var out Routes
-	if p == nil {
+	g := p.globalView()
+	if g == nil {
 		return out
 	}
 	var errs []error
 	var routed []Entry
-	for i, e := range p.entries {
+	all := g.entries
+	if g.scope != nil && len(g.scope.scoped) > 0 {
+		all = append(slices.Clone(g.entries), g.scope.scoped...)
+	}
+	for i, e := range all {
 		// A rule without an id (a standalone policy file) has no
 		// identity the kernel could route by.
 		if !needsRoute(e.Rule) || e.ID == 0 {
@@ -222,29 +229,34 @@ func (p *Policy) Routes(avoid ...uint16) Routes {
 		}
 		return a.RuleID < b.RuleID
 	}
-	addSet := func(ids []uint32) {
-		if len(ids) == 0 {
-			return
-		}
-		identity := ids[0] // sorted: the lowest, as the kernel holds it
-		for _, id := range ids {
-			for _, l := range byRule[id] {
-				k := key{identity, l.Port}
-				if cur, ok := chosen[k]; !ok || better(l, cur) {
-					chosen[k] = l
+	if len(byRule) > 0 {
+		views := g.allViews()
+		var identities, ids []uint32
+		for _, class := range nameClasses(views) {
+			identities, ids = identities[:0], ids[:0]
+			for _, v := range views {
+				b := v.classBucket(class)
+				if b == nil || !b.resolvable {
+					continue
+				}
+				i := 0
+				for i < len(b.ids) && b.ids[i] == 0 {
+					i++ // an id-less rule: no identity to hold
+				}
+				if i < len(b.ids) {
+					identities = append(identities, b.ids[i]) // sorted: the lowest
+					ids = append(ids, b.ids[i:]...)
 				}
 			}
-		}
-	}
-	if len(byRule) > 0 {
-		for _, b := range p.exact {
-			if b.resolvable {
-				addSet(b.ids)
-			}
-		}
-		for _, b := range p.wild {
-			if b.resolvable {
-				addSet(b.ids)
+			for _, identity := range identities {
+				for _, id := range ids {
+					for _, l := range byRule[id] {
+						k := key{identity, l.Port}
+						if cur, ok := chosen[k]; !ok || better(l, cur) {
+							chosen[k] = l
+						}
+					}
+				}
 			}
 		}
 	}
@@ -256,4 +268,89 @@ func (p *Policy) Routes(avoid ...uint16) Routes {
 	})
 	out.Unrouted = errors.Join(errs...)
 	return out
+}
+
+// Routes over scopes. The DNS sibling answers an agent by its project's
+// view (ResolvableFrom), so one name's addresses get, from the agents of
+// different projects, different id sets; the kernel holds the lowest id of
+// the union of the sets still live, which is the lowest id of one of the
+// views. Routes therefore installs, for every class of names, the routed
+// rules of every view under every view's lowest id: whichever project
+// resolved the name, its agents' connects reach a listener, and the
+// listener decides each connection by its client's project (an agent of
+// another project is refused there, as its lookup of a name only another
+// project allows got NXDOMAIN). The assignment of listeners to rules does
+// not depend on the agents, so the proxy and the control plane agree on
+// it from the rules alone. The costs: a (identity, port) one project's
+// routed rule takes is served by that rule's listener for every project,
+// so another project's http rule on the same name and port is refused
+// there, and of two projects' routed rules on one name and port the
+// better one (pinned, then lower id) serves both: they work for both when
+// they agree on the proto.
+
+// nameClass is a set of names every view decides with the same buckets:
+// an exact name, or the names under a wildcard suffix that have no more
+// specific bucket in any view.
+type nameClass struct {
+	name string
+	wild bool
+}
+
+// allViews are the global view and every project's, by project name.
+func (p *Policy) allViews() []*Policy {
+	views := []*Policy{p}
+	if p.scope != nil {
+		for _, project := range slices.Sorted(maps.Keys(p.scope.projects)) {
+			views = append(views, p.For(project))
+		}
+	}
+	return views
+}
+
+// nameClasses are the classes of every bucket of views, sorted.
+func nameClasses(views []*Policy) []nameClass {
+	seen := map[nameClass]bool{}
+	for _, v := range views {
+		for n := range v.exact {
+			seen[nameClass{n, false}] = true
+		}
+		for s := range v.wild {
+			seen[nameClass{s, true}] = true
+		}
+	}
+	out := slices.Collect(maps.Keys(seen))
+	slices.SortFunc(out, func(a, b nameClass) int {
+		return cmp.Or(strings.Compare(a.name, b.name), compareBool(a.wild, b.wild))
+	})
+	return out
+}
+
+func compareBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}
+
+// classBucket is the bucket p decides c's names by (its Resolvable answer
+// is the bucket's ids), nil when none matches.
+func (p *Policy) classBucket(c nameClass) *bucket {
+	if !c.wild {
+		if b := p.exact[c.name]; b != nil {
+			return b
+		}
+	}
+	for s := c.name; ; {
+		if b := p.wild[s]; b != nil {
+			return b
+		}
+		i := strings.IndexByte(s, '.')
+		if i < 0 {
+			return nil
+		}
+		s = s[i+1:]
+	}
 }
