@@ -20,8 +20,9 @@ import (
 // carries no name, so such a listener dials its rule's exact name. An https
 // listener on another port than 443 peeks the ClientHello and decides its
 // SNI on that port, like the catch-all does on 443. Either way the
-// connection is decided under the whole current policy (a more specific
-// deny still wins) and re-decided on every policy swap; the upstream is
+// connection is decided under the current policy's view for its client's
+// project (a more specific deny still wins; a rule of another project does
+// not allow it) and re-decided on every policy swap; the upstream is
 // resolved through the DNS sibling with the private-range floor, and the two
 // bare TCP conns are spliced.
 
@@ -170,9 +171,11 @@ func (s *Server) serveRouted(rl *routedListener) {
 		}
 		backoff = 0
 		s.accepted.Add(1)
-		pol := s.policy.Load()
 		t := *rl.target.Load()
-		c := &liveConn{client: conn}
+		// The kernel routes (identity, port) here for every project: the
+		// client's project's rules decide, as on the catch-all.
+		c := &liveConn{client: conn, src: sourceAddr(conn)}
+		pol := s.policyFor(c)
 		s.mu.Lock()
 		if s.closed {
 			s.mu.Unlock()
