@@ -26,7 +26,8 @@ type routeState struct {
 	admin []egress.Route // the last FirewallSyncRoutes the kernel took
 }
 
-// ruleRoutes are the kernel routes of p; rules that need a listener and
+// ruleRoutes are the kernel routes of p, of the rules of every scope (a
+// scoped rule's listener decides by the client's project); rules that need a listener and
 // cannot have one are logged (their connections reach the catch-all, which
 // refuses them).
 func (a *Actor) ruleRoutes(p *egressrules.Policy) []egress.Route {
@@ -73,7 +74,10 @@ func (a *Actor) syncRuleRoutes(ctx actor.Context, p *egressrules.Policy) {
 	a.enqueue(ctx, nil, &ebpf.SyncRoutes{Routes: mergedRoutes(a.routes.rules, a.routes.admin)}, nil)
 	if a.dns != nil && p != nil {
 		live := map[uint32]bool{}
-		for _, e := range p.Entries() {
+		// The scoped rules are live too: a project's agents' answers carry
+		// their ids, and the routes of a name only a project allows are
+		// installed under them.
+		for _, e := range append(p.Entries(), p.ScopedEntries()...) {
 			live[e.ID] = true
 		}
 		ctx.Send(a.dns, &dns.ForgetRules{Live: live})
