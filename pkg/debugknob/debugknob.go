@@ -47,8 +47,11 @@ var (
 		ToCP:    true})
 	NoBootstrap = declare(Knob{Name: "CLAWKER_NO_BOOTSTRAP",
 		Meaning: "=1 makes the CLI talk to whatever control plane answers instead of bringing the container up"})
+	// ToCP: the containerized CP puts them on the firewall siblings it
+	// creates, as a CP on the host does.
 	Labels = declare(Knob{Name: "CLAWKER_DEBUG_LABELS",
-		Meaning: "=k=v,... puts extra labels on everything the CLI creates"})
+		Meaning: "=k=v,... puts extra labels on everything the CLI creates",
+		ToCP:    true})
 )
 
 // All returns every knob, in declaration order.
