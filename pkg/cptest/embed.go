@@ -68,7 +68,7 @@ func BuildClawkerWithCP(t testing.TB) map[string]string {
 			embedBuild.err = errors.New("CI=true and " + embedBuild.oryReason)
 			return
 		}
-		embedBuild.path, embedBuild.err = buildEmbedding(bins, embedBuild.oryDir)
+		embedBuild.path, embedBuild.err = buildEmbedding(bins, embedBuild.oryDir, "")
 	})
 	if embedBuild.err != nil {
 		t.Fatalf("cptest: building clawker with the control plane embedded: %v", embedBuild.err)
@@ -134,7 +134,9 @@ func findOry() (dir, reason string) {
 	return dir, ""
 }
 
-func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
+// buildEmbedding builds clawker embedding bins, the Ory servers in oryDir
+// (none for "") and the firewall siblings in stackDir (none for "").
+func buildEmbedding(bins map[string]string, oryDir, stackDir string) (string, error) {
 	goBin, err := goTool()
 	if err != nil {
 		return "", err
@@ -178,6 +180,14 @@ func buildEmbedding(bins map[string]string, oryDir string) (string, error) {
 	// have left one behind.
 	if err := removeEmbeddedDir(filepath.Join(embedded, "stack"), tmpDir); err != nil {
 		return "", err
+	}
+	if stackDir != "" {
+		// Embedded for this build only, and gone again before the lock is
+		// released (BuildClawkerWithStack).
+		if err := installStack(stackDir, filepath.Join(embedded, "stack"), tmpDir); err != nil {
+			return "", err
+		}
+		defer removeEmbeddedDir(filepath.Join(embedded, "stack"), tmpDir)
 	}
 	dir, err := buildDir()
 	if err != nil {
