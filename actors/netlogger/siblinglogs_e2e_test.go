@@ -211,8 +211,8 @@ func TestSiblingLogsFollowedThroughDocker(t *testing.T) {
 		if s, _ := r.Attrs["seq"].(string); strings.HasPrefix(s, "b-") || strings.Contains(r.Log.Body.GetStringValue(), " b-") {
 			wantID = idB
 		}
-		if r.Attrs["container_id"] != wantID || r.Scope != netlog.SiblingScopeName || r.Host != "cp-host" {
-			t.Fatalf("record %+v: container %v, want %.12s", r.Attrs, r.Attrs["container_id"], wantID)
+		if r.Attrs["container.id"] != wantID || r.Scope != netlog.SiblingScopeName || r.Host != "cp-host" {
+			t.Fatalf("record %+v: container %v, want %.12s", r.Attrs, r.Attrs["container.id"], wantID)
 		}
 		if seq, ok := r.Attrs["seq"].(string); ok {
 			if r.Log.EventName != netlog.EventProxyConnection || r.Attrs["log.iostream"] != "stdout" || r.Attrs["verdict"] != "allowed" ||

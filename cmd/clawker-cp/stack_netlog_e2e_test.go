@@ -84,7 +84,7 @@ func TestFirewallStackSiblingLogsEndToEnd(t *testing.T) {
 			for _, rec := range rcv.Records() {
 				if rec.Service == svc {
 					n++
-					if rec.Attrs["container_id"] == id && ok(rec) {
+					if rec.Attrs["container.id"] == id && ok(rec) {
 						got = rec
 						return true, ""
 					}
@@ -145,7 +145,7 @@ func TestFirewallStackSiblingLogsEndToEnd(t *testing.T) {
 	seen := map[key]int{}
 	for _, rec := range rcv.Records() {
 		if rec.Service == netlog.ServiceDNS || rec.Service == netlog.ServiceProxy {
-			seen[key{rec.Attrs["container_id"], rec.Log.TimeUnixNano, rec.Attrs["log.iostream"]}]++
+			seen[key{rec.Attrs["container.id"], rec.Log.TimeUnixNano, rec.Attrs["log.iostream"]}]++
 		}
 	}
 	for k, n := range seen {

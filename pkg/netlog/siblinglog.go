@@ -98,7 +98,9 @@ func BuildLine(r *log.Record, l *Line, observed time.Time) {
 	var kv [32]attribute.KeyValue
 	a := append(kv[:0], attribute.String("log.iostream", stream))
 	if l.ContainerID != "" {
-		a = append(a, attribute.String("container_id", l.ContainerID))
+		// The semantic conventions' name for the emitting container: the
+		// ebpf-egress records' container_id is the agent's.
+		a = append(a, attribute.String("container.id", l.ContainerID))
 	}
 	if l.Service == ServiceProxy && !l.Stderr {
 		if fields, kind, ok := DecodeAccessLine(l.Text, a); ok {

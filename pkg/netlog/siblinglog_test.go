@@ -27,7 +27,7 @@ func TestAccessLineGolden(t *testing.T) {
 	netlog.BuildLine(&r, &netlog.Line{Service: netlog.ServiceProxy, ContainerID: "c0ffee", Time: at, Text: []byte(accessLine)}, at.Add(time.Millisecond))
 	want := []attribute.KeyValue{
 		attribute.String("log.iostream", "stdout"),
-		attribute.String("container_id", "c0ffee"),
+		attribute.String("container.id", "c0ffee"),
 		attribute.String("time", "2026-12-07T14:01:02.123456Z"),
 		attribute.String("src", "172.30.0.5:41000"),
 		attribute.String("proto", "tls"),
