@@ -2,12 +2,15 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
@@ -20,10 +23,21 @@ import (
 // label, and the siblings decide by the address a query or connection
 // comes from: each agent resolves and reaches its own project's name and
 // the global one, and gets NXDOMAIN for the other's name, and a refusal
-// when it dials the other's name by IP with its SNI.
+// when it dials the other's name by IP with its SNI. Over TCP: alpha's
+// tcp rule on a port other than 443 is served by a dedicated proxy
+// listener; alpha reaches a banner server by name through it, beta gets
+// NXDOMAIN for the name, and its connect to the same address and port
+// (the kernel's route to that listener is global) is refused by the
+// listener itself.
 func TestFirewallStackProjects(t *testing.T) {
 	r := newStackRig(t)
+	const gitPort = 2422
+	r.world.auth.Set("git.alpha.test", r.net.Gateway)
+	gitSrv := startBannerServers(t, r.net.Gateway, gitPort)
 	res := r.addRules(t,
+		// First, so its id is below the global rule's: the DNS owner must
+		// hold scoped ids live (a lower id it thought removed is dropped).
+		&adminv1.EgressRule{Dst: "git.alpha.test", Proto: "tcp", Port: fmt.Sprint(gitPort), Projects: []string{"alpha"}},
 		&adminv1.EgressRule{Dst: "allowed.test"},
 		&adminv1.EgressRule{Dst: "late.test", Projects: []string{"alpha"}},
 		&adminv1.EgressRule{Dst: "late.test", Proto: "http", Projects: []string{"alpha"}},
@@ -114,6 +128,74 @@ func TestFirewallStackProjects(t *testing.T) {
 			}
 		})
 	}
+	t.Run("tcp: alpha's listener serves alpha, refuses beta", func(t *testing.T) {
+		probe := func(p *cptest.ProbeContainer, attempts ...string) map[string]netprobe.Outcome {
+			res := cptest.ExecProbe(t, r.d, p.ID, "", append([]string{"-timeout", "5s"}, attempts...)...)
+			out := map[string]netprobe.Outcome{}
+			for _, a := range attempts {
+				out[a] = res.Must(t, a)
+			}
+			return out
+		}
+		cptest.WaitFor(t, 10*time.Second, "the scoped tcp rule's route in the kernel", func() (bool, string) {
+			n := r.status(t).GetRouteCount()
+			return n >= 1, fmt.Sprintf("%d routes", n)
+		})
+		resolve := dns + "git.alpha.test"
+		connect := fmt.Sprintf("tcp:%s:%d,send=hello-alpha", gw, gitPort)
+		out := probe(alpha, resolve, connect)
+		if d := out[resolve]; !d.OK || len(d.Answers) != 1 || d.Answers[0] != gw {
+			t.Fatalf("alpha: dns git.alpha.test: %+v, want %s", d, gw)
+		}
+		if o := out[connect]; !o.OK || strings.TrimSpace(o.Reply) != banner(gitPort) {
+			t.Fatalf("alpha: tcp git.alpha.test:%d: %+v, want the banner %q", gitPort, o, banner(gitPort))
+		}
+		cptest.WaitFor(t, 5*time.Second, "alpha's line at the server", func() (bool, string) {
+			got := gitSrv.got(gitPort)
+			return slices.Contains(got, "hello-alpha"), fmt.Sprint(got)
+		})
+
+		// beta: the name does not resolve; the address does (alpha's
+		// answer gave it the rule's identity), and the route sends the
+		// connect to alpha's listener, which decides by beta's rules.
+		before := gitSrv.accepted(gitPort)
+		connectB := fmt.Sprintf("tcp:%s:%d,send=hello-beta", gw, gitPort)
+		out = probe(beta, resolve, connectB)
+		if d := out[resolve]; !d.OK || d.RCode != 3 {
+			t.Errorf("beta: dns git.alpha.test: %+v, want NXDOMAIN", d)
+		}
+		if o := out[connectB]; o.OK && strings.TrimSpace(o.Reply) == banner(gitPort) {
+			t.Errorf("beta: tcp %s:%d by IP reached the server: %+v", gw, gitPort, o)
+		} else {
+			t.Logf("beta refused: %s %s", o.Syscall, o.Error)
+		}
+		if n := gitSrv.accepted(gitPort) - before; n != 0 {
+			t.Errorf("the server accepted %d connections from beta's agent", n)
+		}
+		if slices.Contains(gitSrv.got(gitPort), "hello-beta") {
+			t.Errorf("beta's line reached the server")
+		}
+		// Refused by the proxy's listener (not by the kernel): the
+		// refusal is the proxy's, naming beta's agent, the name and port.
+		cptest.WaitFor(t, 10*time.Second, "beta's refusal in FirewallDenied", func() (bool, string) {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			d, err := r.admin.FirewallDenied(ctx, &adminv1.FirewallDeniedRequest{})
+			if err != nil {
+				return false, err.Error()
+			}
+			var seen []string
+			for _, g := range d.GetGroups() {
+				seen = append(seen, g.String())
+				if g.GetWhere() == "proxy" && g.GetName() == "git.alpha.test" && g.GetProto() == "tcp" &&
+					slices.ContainsFunc(g.GetAgents(), func(a string) bool { return strings.HasPrefix(a, "beta/") }) &&
+					strings.Contains(g.GetReason(), fmt.Sprintf("no rule allows git.alpha.test on tcp/%d", gitPort)) {
+					return true, ""
+				}
+			}
+			return false, strings.Join(seen, "; ")
+		})
+	})
 	t.Run("list --project shows the global rules and the project's", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -125,7 +207,7 @@ func TestFirewallStackProjects(t *testing.T) {
 		for _, rule := range l.GetRules() {
 			got = append(got, rule.GetDst())
 		}
-		if strings.Join(got, " ") != "allowed.test late.test late.test" {
+		if strings.Join(got, " ") != "allowed.test git.alpha.test late.test late.test" {
 			t.Errorf("alpha's rules: %v", got)
 		}
 	})
