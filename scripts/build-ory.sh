@@ -9,7 +9,10 @@
 # the project's go.mod); the control plane's go.mod never sees their
 # dependency graphs. hydra and kratos need cgo (mattn/go-sqlite3, for
 # DSN=memory / sqlite) and are linked fully static against glibc; oathkeeper
-# builds with CGO_ENABLED=0.
+# builds with CGO_ENABLED=0. sqlite_unlock_notify: Hydra's DSN=memory is a
+# shared-cache database, whose table locks fail at once (SQLITE_LOCKED)
+# without it; a few agents fetching tokens together then got HTTP 500s and
+# tokens that introspected as inactive (TestThousandSessions: 230 of 1000).
 #
 # A binary whose stamp (bin/ory/.<name>.stamp: version, Go version, flags,
 # go.mod/go.sum hash) matches is not rebuilt, so a second run is instant.
@@ -86,7 +89,7 @@ build_one() {
 		ldflags="-s -w -X $vervar=$version"
 	else
 		cgo=1
-		tags="sqlite,sqlite_omit_load_extension,netgo,osusergo"
+		tags="sqlite,sqlite_omit_load_extension,sqlite_unlock_notify,netgo,osusergo"
 		ldflags="-s -w -X $vervar=$version -linkmode external -extldflags -static"
 	fi
 
