@@ -153,7 +153,9 @@ func TestFirewallStackInspectionEndToEnd(t *testing.T) {
 					g = x
 				}
 			}
-			return g != nil, fmt.Sprint(res.GetGroups())
+			// The proxy batches its refusals to the control plane: wait
+			// for both (the plain and the dot-segment form).
+			return g.GetCount() >= 2, fmt.Sprint(res.GetGroups())
 		})
 		want := "clawker firewall add inspect.test --path /admin/keys --action allow --methods GET"
 		if g.GetMethod() != "GET" || g.GetProto() != "https" || g.GetAllow() != want || g.GetCount() != 2 ||
