@@ -3,7 +3,7 @@
 // forward), its Corefile rendered from flags in memory (the rootfs is read
 // only; nothing is written to disk).
 //
-//	clawker-dns --upstream 10.0.0.1:53 [--listen :53] [--policy-file doc.json] [--no-report]
+//	clawker-dns --upstream 10.0.0.1:53 [--listen :53] [--policy-file doc.json] [--no-report] [--query-log]
 package main
 
 import (
@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -53,6 +54,7 @@ type options struct {
 	host, port     string
 	upstreamString string
 	cp             string // the control plane's stack service, ip:port
+	queryLog       bool
 }
 
 func main() {
@@ -62,11 +64,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "clawker-dns:", err)
 		os.Exit(2)
 	}
-	fw := clawkerfw.New()
-	fw.ReportTimeout = o.reportTimeout
-	if o.noReport {
-		fw.Reporter = clawkerfw.AcceptAll
-	}
+	fw := newFirewall(o, os.Stdout)
 	if o.policyFile != "" {
 		doc, err := readPolicyFile(o.policyFile)
 		if err == nil {
@@ -101,6 +99,9 @@ func main() {
 		return nil
 	})
 	caddy.OnProcessExit = append(caddy.OnProcessExit, func() {
+		if fw.QueryLog != nil {
+			fw.QueryLog.Close() // the queued lines before the exit line
+		}
 		fmt.Println("clawker-dns: exiting:", fw.Metrics())
 	})
 	if o.statsInterval > 0 {
@@ -108,6 +109,20 @@ func main() {
 	}
 	// CoreDNS traps signals: SIGTERM stops the servers and exits 0.
 	coremain.Run()
+}
+
+// newFirewall is the Firewall the flags describe; the query log, when
+// asked for, goes to stdout (where the control plane follows it).
+func newFirewall(o *options, stdout io.Writer) *clawkerfw.Firewall {
+	fw := clawkerfw.New()
+	fw.ReportTimeout = o.reportTimeout
+	if o.noReport {
+		fw.Reporter = clawkerfw.AcceptAll
+	}
+	if o.queryLog {
+		fw.QueryLog = clawkerfw.NewQueryLog(stdout)
+	}
+	return fw
 }
 
 // parseFlags defines our flags on fs (coremain.Run parses the same set again,
@@ -122,6 +137,7 @@ func parseFlags(fs *flag.FlagSet, args []string) (*options, error) {
 	fs.BoolVar(&o.noReport, "no-report", false, "standalone: accept every answer without telling a control plane")
 	fs.DurationVar(&o.reportTimeout, "report-timeout", clawkerfw.DefaultReportTimeout, "how long an answer waits for the control plane before SERVFAIL")
 	fs.DurationVar(&o.statsInterval, "stats-interval", 5*time.Minute, "log the counters this often when they changed (0: only at exit)")
+	fs.BoolVar(&o.queryLog, "query-log", false, "write one JSON line per decided query to stdout (the control plane sets it when monitoring.otlp_endpoint is)")
 	fs.StringVar(&o.cp, "cp", "", "the control plane's stack service, ip:port: policy from there, answers reported there (material in CLAWKER_STACK_*)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

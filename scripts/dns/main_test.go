@@ -101,3 +101,54 @@ func TestPolicyFileRejectsUnknownFields(t *testing.T) {
 		t.Fatal("a misspelt field was accepted")
 	}
 }
+
+// --query-log puts one JSON line per decided query on the given stdout;
+// without it the Firewall has no query log and nothing is written.
+func TestQueryLogFlag(t *testing.T) {
+	dnsserver.Directives = Directives
+	up := dnstestenv.NewUpstream(t, "allowed.test. 60 IN A 203.0.113.10")
+	pol := filepath.Join(t.TempDir(), "policy.json")
+	if err := os.WriteFile(pol, []byte(`{"generation": 1, "rules": [{"dst": "allowed.test", "id": 3}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, on := range []bool{false, true} {
+		args := []string{"--listen", "127.0.0.1:0", "--upstream", up.Addr, "--policy-file", pol, "--no-report"}
+		if on {
+			args = append(args, "--query-log")
+		}
+		o, err := parse(args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		doc, err := readPolicyFile(o.policyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out strings.Builder // written only by the log's goroutine, read after Close
+		fw := newFirewall(o, &out)
+		if (fw.QueryLog != nil) != on {
+			t.Fatalf("--query-log %v: query log %v", on, fw.QueryLog)
+		}
+		if err := fw.SetDoc(doc); err != nil {
+			t.Fatal(err)
+		}
+		clawkerfw.Register(firewallName, fw)
+		udp, _ := dnstestenv.StartCoreDNS(t, renderCorefile(o))
+		c := &dns.Client{Timeout: 5 * time.Second}
+		m, _, err := c.Exchange(new(dns.Msg).SetQuestion("allowed.test.", dns.TypeA), udp)
+		clawkerfw.Unregister(firewallName)
+		if err != nil || len(m.Answer) != 1 {
+			t.Fatalf("allowed.test: %v %v", m, err)
+		}
+		if fw.QueryLog != nil {
+			fw.QueryLog.Close()
+		}
+		lines := strings.Count(out.String(), "\n")
+		if on && (lines != 1 || !strings.Contains(out.String(), `"name":"allowed.test"`)) {
+			t.Errorf("--query-log: %q", out.String())
+		}
+		if !on && out.Len() != 0 {
+			t.Errorf("no --query-log, yet %q", out.String())
+		}
+	}
+}

@@ -64,6 +64,9 @@ type Firewall struct {
 	// because no rule allows it (for `clawker firewall denied`). It must
 	// not block: it runs on the query's path.
 	OnBlocked func(name string, client net.Addr)
+	// QueryLog, when set before the server starts, gets one line per
+	// decided query (health probes excepted); nil costs nothing.
+	QueryLog *QueryLog
 
 	policy atomic.Pointer[egressrules.Policy]
 	m      counters
@@ -143,14 +146,15 @@ type Metrics struct {
 	ECHStripped    uint64 // HTTPS/SVCB records that lost ech (or address hints)
 	Reported       uint64 // A records reported
 	ReportFailures uint64 // replies turned into SERVFAIL because Report failed
+	QueryLogLost   uint64 // query-log lines dropped because the writer lagged
 }
 
 // String renders the snapshot as one log-friendly line.
 func (m Metrics) String() string {
 	return fmt.Sprintf("queries=%d health=%d refused=%d nxdomain=%d aaaa_empty=%d forwarded=%d "+
-		"filtered=%d empty_after_filter=%d ech_stripped=%d reported=%d report_failures=%d",
+		"filtered=%d empty_after_filter=%d ech_stripped=%d reported=%d report_failures=%d query_log_lost=%d",
 		m.Queries, m.Health, m.Refused, m.NXDomain, m.AAAAEmpty, m.Forwarded,
-		m.Filtered, m.EmptyAfter, m.ECHStripped, m.Reported, m.ReportFailures)
+		m.Filtered, m.EmptyAfter, m.ECHStripped, m.Reported, m.ReportFailures, m.QueryLogLost)
 }
 
 type counters struct {
@@ -161,11 +165,15 @@ type counters struct {
 // Metrics returns the counters.
 func (f *Firewall) Metrics() Metrics {
 	c := &f.m
+	var lost uint64
+	if f.QueryLog != nil {
+		lost = f.QueryLog.Dropped()
+	}
 	return Metrics{
 		Queries: c.queries.Load(), Health: c.health.Load(), Refused: c.refused.Load(),
 		NXDomain: c.nxdomain.Load(), AAAAEmpty: c.aaaaEmpty.Load(), Forwarded: c.forwarded.Load(),
 		Filtered: c.filtered.Load(), EmptyAfter: c.emptyAfter.Load(), ECHStripped: c.echStripped.Load(),
-		Reported: c.reported.Load(), ReportFailures: c.reportFailures.Load(),
+		Reported: c.reported.Load(), ReportFailures: c.reportFailures.Load(), QueryLogLost: lost,
 	}
 }
 

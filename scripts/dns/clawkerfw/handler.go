@@ -36,6 +36,10 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	fw := h.fw
 	fw.m.queries.Add(1)
 	q := r.Question[0] // the server drops queries without a question
+	var start time.Time
+	if fw.QueryLog != nil {
+		start = time.Now()
+	}
 
 	if q.Qclass == dns.ClassCHAOS && q.Qtype == dns.TypeTXT && strings.EqualFold(q.Name, HealthName) {
 		fw.m.health.Add(1)
@@ -45,11 +49,13 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if pol == nil {
 		// Fail closed until the control plane has pushed a policy.
 		fw.m.refused.Add(1)
+		fw.logQuery(start, w, q, dns.RcodeRefused, VerdictRefusedNoPolicy, nil, nil)
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeNotReady, "clawker-dns: no egress policy loaded yet")
 	}
 	if q.Qclass != dns.ClassINET {
 		// CH/HS lookups (version.bind, ...) have no business upstream.
 		fw.m.refused.Add(1)
+		fw.logQuery(start, w, q, dns.RcodeRefused, VerdictRefusedClass, nil, nil)
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "clawker-dns: only class IN is served")
 	}
 	// The rules that apply to the querying agent's project (every
@@ -64,12 +70,14 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		if fw.OnBlocked != nil {
 			fw.OnBlocked(name, w.RemoteAddr())
 		}
+		fw.logQuery(start, w, q, dns.RcodeNameError, VerdictNXDomainUnlisted, nil, nil)
 		return reply(w, r, dns.RcodeNameError, dns.ExtendedErrorCodeBlocked, "clawker-dns: "+name+" is not in the egress policy")
 	}
 	if q.Qtype == dns.TypeAAAA {
 		// The datapath is IPv4 only: an AAAA answer would be an unreported,
 		// unenforced address. Empty NOERROR makes clients fall back to A.
 		fw.m.aaaaEmpty.Add(1)
+		fw.logQuery(start, w, q, dns.RcodeSuccess, VerdictAAAAEmpty, ids, nil)
 		return reply(w, r, dns.RcodeSuccess, 0, "")
 	}
 
@@ -79,9 +87,10 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if hw.msg == nil {
 		// Nothing was written below (forward failed, ...): the server writes
 		// the error reply, the errors plugin logs err.
+		fw.logQuery(start, w, q, dns.RcodeServerFailure, VerdictServfailUpstream, ids, nil)
 		return rcode, err
 	}
-	out, answers := h.shape(hw.msg, r, pol, name, ids)
+	out, answers, floored := h.shape(hw.msg, r, pol, name, ids)
 	if len(answers) > 0 {
 		rctx, cancel := context.WithTimeout(ctx, fw.reportTimeout())
 		rerr := fw.Reporter.Report(rctx, answers)
@@ -90,12 +99,20 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 			// Fail closed: an IP the control plane has not confirmed must not
 			// reach the agent (its connect would race the datapath update).
 			fw.m.reportFailures.Add(1)
+			fw.logQuery(start, w, q, dns.RcodeServerFailure, VerdictServfailReport, ids, answers)
 			if reportLog.allow() {
 				log.Errorf("report of %d answer(s) for %s failed, answering SERVFAIL: %v", len(answers), name, rerr)
 			}
 			return reply(w, r, dns.RcodeServerFailure, dns.ExtendedErrorCodeOther, "clawker-dns: the control plane did not confirm the answer")
 		}
 		fw.m.reported.Add(uint64(len(answers)))
+	}
+	if fw.QueryLog != nil {
+		verdict := VerdictAllowed
+		if floored {
+			verdict = VerdictRefusedAnswerFloor
+		}
+		fw.logQuery(start, w, q, out.Rcode, verdict, ids, answers)
 	}
 	if werr := w.WriteMsg(out); werr != nil {
 		return dns.RcodeServerFailure, plugin.Error(pluginName, werr)
@@ -106,9 +123,23 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	return rcode, err
 }
 
-// shape returns the reply the client may see and the A records to report.
+// logQuery hands one decided query to the query log, if any. It runs on
+// the reply path: a copy into a bounded channel, nothing else.
+func (fw *Firewall) logQuery(start time.Time, w dns.ResponseWriter, q dns.Question, rcode int, verdict string, ids []uint32, answers []Answer) {
+	if fw.QueryLog == nil {
+		return
+	}
+	now := time.Now()
+	fw.QueryLog.add(queryEntry{
+		time: now, client: clientAddr(w.RemoteAddr()), name: canonical(q.Name), qtype: q.Qtype,
+		rcode: rcode, verdict: verdict, ruleIDs: ids, answers: answers, duration: now.Sub(start),
+	})
+}
+
+// shape returns the reply the client may see, the A records to report, and
+// whether the answer floor left an A reply without any.
 // resp is never modified: with cache below, its records may be the cache's.
-func (h *handler) shape(resp, r *dns.Msg, p *egressrules.Policy, name string, ids []uint32) (*dns.Msg, []Answer) {
+func (h *handler) shape(resp, r *dns.Msg, p *egressrules.Policy, name string, ids []uint32) (*dns.Msg, []Answer, bool) {
 	fw := h.fw
 	qtype := r.Question[0].Qtype
 	out := *resp // shallow: every section that changes gets a new slice
@@ -178,14 +209,15 @@ func (h *handler) shape(resp, r *dns.Msg, p *egressrules.Policy, name string, id
 	out.Ns = section(resp.Ns, false)
 	out.Extra = section(resp.Extra, true)
 
-	if qtype == dns.TypeA && hadA && len(answers) == 0 && dropped {
+	floored := qtype == dns.TypeA && hadA && len(answers) == 0 && dropped
+	if floored {
 		fw.m.emptyAfter.Add(1)
 		if fw.seen.first("empty|" + name) {
 			log.Warningf("%s: every A record pointed into a denied range, answering NOERROR without A", name)
 		}
 		addEDE(&out, r, dns.ExtendedErrorCodeFiltered, "clawker-dns: the answers pointed into private or metadata ranges")
 	}
-	return &out, answers
+	return &out, answers, floored
 }
 
 // stripSVCB returns a copy of s without ech (so the TLS SNI stays visible
