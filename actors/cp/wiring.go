@@ -396,6 +396,7 @@ func stackConfig(opts Options, network string, sink stackapi.AnswerSink) (*firew
 		NetworkName: network, HostProcess: isLoopback(opts.BindHost),
 		Port: s.ControlPlane.StackPort, UpstreamDNS: s.Firewall.UpstreamDNS,
 		Labels: opts.SiblingLabels, StartWait: 20 * time.Second,
+		DNSQueryLog: s.Monitoring.OTLPEndpoint != "",
 	}, nil
 }
 

@@ -52,6 +52,11 @@ type StackConfig struct {
 	// copied into the proxy image (default stackapi.ProxyRootsFile).
 	UpstreamCA []byte
 	RootsFile  string
+	// DNSQueryLog passes --query-log to the DNS sibling (set when
+	// monitoring.otlp_endpoint is: its lines are exported, otherwise
+	// nothing would read them). Its args are in the spec hash, so a
+	// change replaces the sibling.
+	DNSQueryLog bool
 }
 
 // Binary names in BinDir, and the repositories of their images.
@@ -159,7 +164,7 @@ func (a *Actor) managedDNS() *stack.Managed {
 			if err != nil {
 				return sibling.Spec{}, err
 			}
-			return sibling.Spec{
+			spec := sibling.Spec{
 				Role: "dns", Name: name, Repo: DNSBinary, Binary: filepath.Join(sc.BinDir, DNSBinary),
 				Network: sc.NetworkName, IP: dnsAddr.Addr(),
 				Args: []string{
@@ -168,7 +173,11 @@ func (a *Actor) managedDNS() *stack.Managed {
 					"--cp", a.cpStackAddr().String(),
 				},
 				SecretEnv: env, HashExtra: a.caFingerprint(), Labels: sc.Labels,
-			}, nil
+			}
+			if sc.DNSQueryLog {
+				spec.Args = append(spec.Args, "--query-log")
+			}
+			return spec, nil
 		},
 		Health:    func(ctx context.Context) error { return checkDNS(ctx, dnsAddr) },
 		StartWait: sc.StartWait,
