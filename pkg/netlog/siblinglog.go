@@ -33,6 +33,9 @@ const (
 const (
 	EventProxyConnection = "proxy.connection"
 	EventProxyRequest    = "proxy.request"
+	// EventDNSQuery is a DNS sibling's query-log line (clawker-dns
+	// --query-log: one JSON object per decided query on its stdout).
+	EventDNSQuery = "dns.query"
 )
 
 // Line is one line a sibling wrote, as its container's log gives it.
@@ -82,9 +85,9 @@ func (p *Pipeline) EmitLine(l *Line) error {
 	return nil
 }
 
-// BuildLine fills r from one sibling line: a proxy access-log line (a
-// JSON object on the proxy's stdout) becomes a record with each of its
-// fields as an attribute of the same name; any other line a record with
+// BuildLine fills r from one sibling line: a proxy access-log line or a
+// DNS query-log line (a JSON object on the sibling's stdout) becomes a
+// record with each of its fields as an attribute of the same name; any other line a record with
 // the text as its body and the severity the line itself states, INFO
 // when it states none (a line on stderr is not an error by that alone:
 // both siblings write their diagnostics there).
@@ -102,11 +105,15 @@ func BuildLine(r *log.Record, l *Line, observed time.Time) {
 		// ebpf-egress records' container_id is the agent's.
 		a = append(a, attribute.String("container.id", l.ContainerID))
 	}
-	if l.Service == ServiceProxy && !l.Stderr {
-		if fields, kind, ok := DecodeAccessLine(l.Text, a); ok {
-			r.SetEventName(EventProxyConnection)
-			if kind == "request" {
+	if (l.Service == ServiceProxy || l.Service == ServiceDNS) && !l.Stderr {
+		if fields, kind, ok := DecodeAccessLine(l.Text, a); ok && (l.Service != ServiceDNS || isQueryLine(fields[len(a):])) {
+			switch {
+			case l.Service == ServiceDNS:
+				r.SetEventName(EventDNSQuery)
+			case kind == "request":
 				r.SetEventName(EventProxyRequest)
+			default:
+				r.SetEventName(EventProxyConnection)
 			}
 			r.SetSeverity(log.SeverityInfo)
 			r.SetSeverityText("INFO")
@@ -121,10 +128,22 @@ func BuildLine(r *log.Record, l *Line, observed time.Time) {
 	r.AddAttributes(a...)
 }
 
+// isQueryLine tells a DNS query-log line from any other JSON object on
+// the DNS sibling's stdout: it always carries qtype and verdict.
+func isQueryLine(fields []attribute.KeyValue) bool {
+	var qtype, verdict bool
+	for _, kv := range fields {
+		qtype = qtype || kv.Key == "qtype"
+		verdict = verdict || kv.Key == "verdict"
+	}
+	return qtype && verdict
+}
+
 // DecodeAccessLine reads a proxy access-log line (one flat JSON object)
-// into attributes appended to a, in the line's order: strings, integers
-// (bytes_up, status, ...), other numbers (duration_ms), booleans, and
-// arrays of strings (hosts). The "kind" field is returned besides being
+// (or a DNS query-log line) into attributes appended to a, in the line's
+// order: strings, integers (bytes_up, status, ...), other numbers
+// (duration_ms), booleans, arrays of strings (hosts, answers) and arrays
+// of integers (rule_ids). The "kind" field is returned besides being
 // an attribute. Fields the proxy adds later come through without a change
 // here. ok is false for anything that is not such an object: that line is
 // then logged as text.
@@ -169,19 +188,36 @@ func DecodeAccessLine(b []byte, a []attribute.KeyValue) (attrs []attribute.KeyVa
 			if v != '[' {
 				return a, "", false // a nested object: not an access line
 			}
-			var ss []string
+			var (
+				ss []string
+				is []int64
+			)
 			for dec.More() {
 				et, err := dec.Token()
-				s, isStr := et.(string)
-				if err != nil || !isStr {
+				if err != nil {
 					return a, "", false
 				}
-				ss = append(ss, s)
+				switch e := et.(type) {
+				case string:
+					ss = append(ss, e)
+				case json.Number:
+					i, err := strconv.ParseInt(string(e), 10, 64)
+					if err != nil {
+						return a, "", false
+					}
+					is = append(is, i)
+				default:
+					return a, "", false
+				}
 			}
-			if _, err := dec.Token(); err != nil {
-				return a, "", false
+			if _, err := dec.Token(); err != nil || (ss != nil && is != nil) {
+				return a, "", false // a mixed array is no such line
 			}
-			a = append(a, attribute.StringSlice(key, ss))
+			if is != nil {
+				a = append(a, attribute.Int64Slice(key, is))
+			} else {
+				a = append(a, attribute.StringSlice(key, ss))
+			}
 		}
 	}
 	if t, err := dec.Token(); err != nil || t != json.Delim('}') {

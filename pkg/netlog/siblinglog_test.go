@@ -66,6 +66,52 @@ func TestAccessLineGolden(t *testing.T) {
 	}
 }
 
+// A query line as clawker-dns --query-log writes it
+// (scripts/dns/clawkerfw appendQueryLine).
+const queryLine = `{"time":"2026-12-07T14:01:02.123456789Z","client":"172.30.0.5","name":"api.example.com","qtype":"A","verdict":"allowed","rule_ids":[1,7],"answers":["203.0.113.4","203.0.113.5"],"rcode":"NOERROR","duration_us":1500}`
+
+func TestQueryLineGolden(t *testing.T) {
+	at := time.Date(2026, 12, 7, 14, 1, 2, 200000000, time.UTC)
+	var r log.Record
+	netlog.BuildLine(&r, &netlog.Line{Service: netlog.ServiceDNS, ContainerID: "d0d0", Time: at, Text: []byte(queryLine)}, at.Add(time.Millisecond))
+	want := []attribute.KeyValue{
+		attribute.String("log.iostream", "stdout"),
+		attribute.String("container.id", "d0d0"),
+		attribute.String("time", "2026-12-07T14:01:02.123456789Z"),
+		attribute.String("client", "172.30.0.5"),
+		attribute.String("name", "api.example.com"),
+		attribute.String("qtype", "A"),
+		attribute.String("verdict", "allowed"),
+		attribute.Int64Slice("rule_ids", []int64{1, 7}),
+		attribute.StringSlice("answers", []string{"203.0.113.4", "203.0.113.5"}),
+		attribute.String("rcode", "NOERROR"),
+		attribute.Int64("duration_us", 1500),
+	}
+	if got := attrsOf(&r); !reflect.DeepEqual(got, want) {
+		t.Fatalf("attributes\n got %v\nwant %v", got, want)
+	}
+	if r.EventName() != netlog.EventDNSQuery || !r.Timestamp().Equal(at) || r.Severity() != log.SeverityInfo || r.Body().Type() != attribute.INVALID {
+		t.Fatalf("event %q ts %v severity %v body %v", r.EventName(), r.Timestamp(), r.Severity(), r.Body())
+	}
+	// A refused query's line has no rule_ids or answers.
+	var nx log.Record
+	netlog.BuildLine(&nx, &netlog.Line{Service: netlog.ServiceDNS, Time: at,
+		Text: []byte(`{"time":"2026-12-07T14:01:02Z","client":"172.30.0.5","name":"x.test","qtype":"AAAA","verdict":"nxdomain-unlisted","rcode":"NXDOMAIN","duration_us":3}`)}, at)
+	got := map[string]attribute.Value{}
+	for _, kv := range attrsOf(&nx) {
+		got[string(kv.Key)] = kv.Value
+	}
+	if nx.EventName() != netlog.EventDNSQuery || got["verdict"].AsString() != "nxdomain-unlisted" || got["rcode"].AsString() != "NXDOMAIN" || len(got) != 8 {
+		t.Fatalf("nxdomain line: event %q attributes %v", nx.EventName(), got)
+	}
+	// The same line from the proxy is no query: a proxy connection line.
+	var px log.Record
+	netlog.BuildLine(&px, &netlog.Line{Service: netlog.ServiceProxy, Time: at, Text: []byte(queryLine)}, at)
+	if px.EventName() != netlog.EventProxyConnection {
+		t.Fatalf("proxy: event %q", px.EventName())
+	}
+}
+
 func TestOtherLinesAreText(t *testing.T) {
 	at := time.Unix(1800000000, 5)
 	for _, c := range []struct {
@@ -79,8 +125,11 @@ func TestOtherLinesAreText(t *testing.T) {
 		{netlog.ServiceProxy, true, "2026/12/07 14:00:00 clawker-proxy: listening on :15001", log.SeverityInfo},
 		{netlog.ServiceProxy, false, `{"time":"x","nested":{"a":1}}`, log.SeverityInfo},
 		{netlog.ServiceProxy, false, `{"src":"a"} trailing`, log.SeverityInfo},
-		// A JSON object on the DNS sibling's stream is not an access line.
+		{netlog.ServiceProxy, false, `{"hosts":["a",1]}`, log.SeverityInfo}, // a mixed array
+		// A JSON object on the DNS sibling's stream is not an access line,
+		// nor a query line without qtype and verdict.
 		{netlog.ServiceDNS, false, `{"src":"a"}`, log.SeverityInfo},
+		{netlog.ServiceDNS, false, `{"name":"a.test","verdict":"allowed"}`, log.SeverityInfo},
 		// Stated levels are trusted; words mid-line are not.
 		{netlog.ServiceDNS, true, "[ERROR] plugin/forward: no upstream", log.SeverityError},
 		{netlog.ServiceDNS, true, "[WARNING] slow upstream", log.SeverityWarn},
