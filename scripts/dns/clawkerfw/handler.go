@@ -49,19 +49,23 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if pol == nil {
 		// Fail closed until the control plane has pushed a policy.
 		fw.m.refused.Add(1)
-		fw.logQuery(start, w, q, dns.RcodeRefused, VerdictRefusedNoPolicy, nil, nil)
+		if fw.QueryLog != nil {
+			fw.logQuery(start, clientAddr(w.RemoteAddr()), canonical(q.Name), q.Qtype, dns.RcodeRefused, VerdictRefusedNoPolicy, nil, nil)
+		}
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeNotReady, "clawker-dns: no egress policy loaded yet")
 	}
 	if q.Qclass != dns.ClassINET {
 		// CH/HS lookups (version.bind, ...) have no business upstream.
 		fw.m.refused.Add(1)
-		fw.logQuery(start, w, q, dns.RcodeRefused, VerdictRefusedClass, nil, nil)
+		if fw.QueryLog != nil {
+			fw.logQuery(start, clientAddr(w.RemoteAddr()), canonical(q.Name), q.Qtype, dns.RcodeRefused, VerdictRefusedClass, nil, nil)
+		}
 		return reply(w, r, dns.RcodeRefused, dns.ExtendedErrorCodeProhibited, "clawker-dns: only class IN is served")
 	}
 	// The rules that apply to the querying agent's project (every
 	// project's for the proxy).
-	name := canonical(q.Name)
-	ids, ok := pol.ResolvableFrom(clientAddr(w.RemoteAddr()), name)
+	name, client := canonical(q.Name), clientAddr(w.RemoteAddr())
+	ids, ok := pol.ResolvableFrom(client, name)
 	if !ok {
 		// Answered here, authoritatively and without an SOA (so nothing
 		// caches the denial past a policy change), and never sent upstream:
@@ -70,14 +74,14 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		if fw.OnBlocked != nil {
 			fw.OnBlocked(name, w.RemoteAddr())
 		}
-		fw.logQuery(start, w, q, dns.RcodeNameError, VerdictNXDomainUnlisted, nil, nil)
+		fw.logQuery(start, client, name, q.Qtype, dns.RcodeNameError, VerdictNXDomainUnlisted, nil, nil)
 		return reply(w, r, dns.RcodeNameError, dns.ExtendedErrorCodeBlocked, "clawker-dns: "+name+" is not in the egress policy")
 	}
 	if q.Qtype == dns.TypeAAAA {
 		// The datapath is IPv4 only: an AAAA answer would be an unreported,
 		// unenforced address. Empty NOERROR makes clients fall back to A.
 		fw.m.aaaaEmpty.Add(1)
-		fw.logQuery(start, w, q, dns.RcodeSuccess, VerdictAAAAEmpty, ids, nil)
+		fw.logQuery(start, client, name, q.Qtype, dns.RcodeSuccess, VerdictAAAAEmpty, ids, nil)
 		return reply(w, r, dns.RcodeSuccess, 0, "")
 	}
 
@@ -87,7 +91,7 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if hw.msg == nil {
 		// Nothing was written below (forward failed, ...): the server writes
 		// the error reply, the errors plugin logs err.
-		fw.logQuery(start, w, q, dns.RcodeServerFailure, VerdictServfailUpstream, ids, nil)
+		fw.logQuery(start, client, name, q.Qtype, dns.RcodeServerFailure, VerdictServfailUpstream, ids, nil)
 		return rcode, err
 	}
 	out, answers, floored := h.shape(hw.msg, r, pol, name, ids)
@@ -99,7 +103,7 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 			// Fail closed: an IP the control plane has not confirmed must not
 			// reach the agent (its connect would race the datapath update).
 			fw.m.reportFailures.Add(1)
-			fw.logQuery(start, w, q, dns.RcodeServerFailure, VerdictServfailReport, ids, answers)
+			fw.logQuery(start, client, name, q.Qtype, dns.RcodeServerFailure, VerdictServfailReport, ids, answers)
 			if reportLog.allow() {
 				log.Errorf("report of %d answer(s) for %s failed, answering SERVFAIL: %v", len(answers), name, rerr)
 			}
@@ -112,7 +116,7 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 		if floored {
 			verdict = VerdictRefusedAnswerFloor
 		}
-		fw.logQuery(start, w, q, out.Rcode, verdict, ids, answers)
+		fw.logQuery(start, client, name, q.Qtype, out.Rcode, verdict, ids, answers)
 	}
 	if werr := w.WriteMsg(out); werr != nil {
 		return dns.RcodeServerFailure, plugin.Error(pluginName, werr)
@@ -125,13 +129,13 @@ func (h *handler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 // logQuery hands one decided query to the query log, if any. It runs on
 // the reply path: a copy into a bounded channel, nothing else.
-func (fw *Firewall) logQuery(start time.Time, w dns.ResponseWriter, q dns.Question, rcode int, verdict string, ids []uint32, answers []Answer) {
+func (fw *Firewall) logQuery(start time.Time, client netip.Addr, name string, qtype uint16, rcode int, verdict string, ids []uint32, answers []Answer) {
 	if fw.QueryLog == nil {
 		return
 	}
 	now := time.Now()
 	fw.QueryLog.add(queryEntry{
-		time: now, client: clientAddr(w.RemoteAddr()), name: canonical(q.Name), qtype: q.Qtype,
+		time: now, client: client, name: name, qtype: qtype,
 		rcode: rcode, verdict: verdict, ruleIDs: ids, answers: answers, duration: now.Sub(start),
 	})
 }
