@@ -3,7 +3,9 @@ package clawkerfw
 import (
 	"context"
 	"io"
+	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/cache"
@@ -64,5 +66,17 @@ func BenchmarkQueryLog(b *testing.B) {
 				b.ReportMetric(float64(fw.QueryLog.Dropped())/float64(b.N+1), "lost/op")
 			}
 		})
+	}
+}
+
+// BenchmarkAppendQueryLine: the writer goroutine's formatting of one line
+// (off the reply path).
+func BenchmarkAppendQueryLine(b *testing.B) {
+	e := &queryEntry{time: time.Now(), client: netip.MustParseAddr("10.99.0.5"), name: "allowed.test", qtype: dns.TypeA,
+		verdict: VerdictAllowed, ruleIDs: []uint32{1}, answers: []Answer{{IP: netip.MustParseAddr("203.0.113.10")}}, duration: 42 * time.Microsecond}
+	var buf []byte
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		buf = appendQueryLine(buf[:0], e)
 	}
 }
