@@ -22,8 +22,9 @@ import (
 
 // The siblings' log lines end to end: a real CP with its real DNS and
 // proxy siblings and monitoring.otlp_endpoint set to a real receiver in
-// this process. Their startup lines and the proxy's access line of an
-// agent's HTTPS request arrive as clawker-dns / clawker-proxy records;
+// this process. Their startup lines, the proxy's access line of an
+// agent's HTTPS request and the DNS query-log line of its lookup arrive
+// as clawker-dns / clawker-proxy records;
 // the proxy container removed under the CP (the stack owner recreates
 // it) is followed again: its successor's lines arrive, none twice.
 func TestFirewallStackSiblingLogsEndToEnd(t *testing.T) {
@@ -118,6 +119,12 @@ func TestFirewallStackSiblingLogsEndToEnd(t *testing.T) {
 	if _, ok := rec.Attrs["duration_ms"]; !ok {
 		t.Fatalf("access record without duration_ms: %v", rec.Attrs)
 	}
+	// The agent's lookup of the name: a dns.query record from the DNS
+	// sibling's query log (--query-log, set because an endpoint is).
+	find("the agent's lookup in the DNS query log", netlog.ServiceDNS, dnsID, func(rec netlogtest.Record) bool {
+		return rec.Log.EventName == netlog.EventDNSQuery && rec.Attrs["name"] == "allowed.test" && rec.Attrs["qtype"] == "A" &&
+			rec.Attrs["client"] == r.agent.IP.String() && rec.Attrs["verdict"] == "allowed" && rec.Attrs["rcode"] == "NOERROR"
+	})
 
 	// The proxy goes away under the CP; the stack owner brings a new one.
 	rctx, rcancel := context.WithTimeout(context.Background(), 30*time.Second)
