@@ -61,6 +61,15 @@ func startListRig(t testing.TB, n int, agent func(int) agentdb.Agent) *listRig {
 		Path: path, FlushInterval: time.Hour, OpTimeout: 10 * time.Second, Log: zap.NewNop(),
 	})))
 	t.Cleanup(func() { _ = sys.Root.StopFuture(regPID).Wait() })
+	// Opening reads every binding into the index: with 100,000 under -race
+	// on a loaded machine that outlasts one request's 10 s. Wait for it
+	// here, so the walks time the pages, not the open.
+	opened, cancelOpen := context.WithTimeout(context.Background(), 3*time.Minute)
+	if _, err := registry.NewClient(sys, regPID, 3*time.Minute).List(opened); err != nil {
+		cancelOpen()
+		t.Fatalf("the registry did not open: %v", err)
+	}
+	cancelOpen()
 	spawnGRPC(t, sys, cpgrpc.Config{
 		BindHost:  "127.0.0.1",
 		AgentPort: ports[0], AdminPort: ports[1], AuthDir: paths.CPAuthDir, Registry: regPID,
