@@ -29,6 +29,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/adminclient"
 	"github.com/clawker/clawker-cp/pkg/certs"
 	"github.com/clawker/clawker-cp/pkg/cptest"
+	"github.com/clawker/clawker-cp/pkg/cptest/netprobe"
 	"github.com/clawker/clawker-cp/pkg/settings"
 	"github.com/clawker/clawker-cp/pkg/sibling"
 	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
@@ -161,6 +162,36 @@ func TestFirewallStackInspectionEndToEnd(t *testing.T) {
 		if g.GetMethod() != "GET" || g.GetProto() != "https" || g.GetAllow() != want || g.GetCount() != 2 ||
 			len(g.GetAgents()) != 1 || g.GetAgents()[0] != "fwtest/probe" {
 			t.Fatalf("group %v, want 2 GET refusals by fwtest/probe allowed by %q", g, want)
+		}
+	})
+	t.Run("running the suggested command lets the next request through", func(t *testing.T) {
+		// The allow line of the group above, as the CLI would send it.
+		args := strings.Fields("clawker firewall add inspect.test --path /admin/keys --action allow --methods GET")
+		rule := &adminv1.EgressRule{Dst: args[3]}
+		pr := &adminv1.PathRule{}
+		for i := 4; i+1 < len(args); i += 2 {
+			switch args[i] {
+			case "--path":
+				pr.Path = args[i+1]
+			case "--action":
+				pr.Action = args[i+1]
+			case "--methods":
+				pr.Methods = strings.Split(args[i+1], ",")
+			default:
+				t.Fatalf("flag %s in the suggested command", args[i])
+			}
+		}
+		rule.PathRules = []*adminv1.PathRule{pr}
+		if st := r.addRules(t, rule).GetStatuses(); len(st) != 1 || st[0] != adminv1.RuleStatus_RULE_STATUS_MODIFIED {
+			t.Fatalf("adding the suggested path rule: %v, want MODIFIED", st)
+		}
+		var o netprobe.Outcome
+		cptest.WaitFor(t, 10*time.Second, "/admin/keys allowed", func() (bool, string) {
+			o = r.try(t, "https:inspect.test,path=/admin/keys"+trust)
+			return o.Status == 200, fmt.Sprintf("%+v", o)
+		})
+		if o.Reply != "upstream inspect.test GET /admin/keys" || servedCount("GET /admin/keys") != 1 {
+			t.Fatalf("after the rule: %+v, upstream served %d", o, servedCount("GET /admin/keys"))
 		}
 	})
 	t.Run("a name without path rules stays passthrough", func(t *testing.T) {
