@@ -407,14 +407,27 @@ func LoadOTLPCA(v string) (*x509.CertPool, error) {
 	if v == "" {
 		return nil, nil
 	}
-	data := []byte(v)
-	if !strings.Contains(v, "-----BEGIN") {
-		b, err := os.ReadFile(v)
-		if err != nil {
-			return nil, fmt.Errorf("cannot read %s: %w", v, err)
-		}
-		data = b
+	data, err := pemSetting(v)
+	if err != nil {
+		return nil, err
 	}
+	return certPool(data)
+}
+
+// pemSetting is a setting that holds PEM itself or names a file holding it.
+func pemSetting(v string) ([]byte, error) {
+	if strings.Contains(v, "-----BEGIN") {
+		return []byte(v), nil
+	}
+	b, err := os.ReadFile(v)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read %s: %w", v, err)
+	}
+	return b, nil
+}
+
+// certPool parses every CERTIFICATE block of data; none is an error.
+func certPool(data []byte) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	n := 0
 	for rest := data; ; {
@@ -446,15 +459,11 @@ func UpstreamCAPEM(v string) ([]byte, error) {
 	if v == "" {
 		return nil, nil
 	}
-	data := []byte(v)
-	if !strings.Contains(v, "-----BEGIN") {
-		b, err := os.ReadFile(v)
-		if err != nil {
-			return nil, fmt.Errorf("cannot read %s: %w", v, err)
-		}
-		data = b
+	data, err := pemSetting(v)
+	if err != nil {
+		return nil, err
 	}
-	if _, err := LoadOTLPCA(string(data)); err != nil {
+	if _, err := certPool(data); err != nil {
 		return nil, err
 	}
 	return data, nil
