@@ -1,7 +1,6 @@
 package egressproxy
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -144,49 +143,12 @@ func (s *Server) syncRouted() {
 
 // serveRouted accepts on one dedicated listener until it is closed.
 func (s *Server) serveRouted(rl *routedListener) {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
-		rl.ln.Close()
-		return
-	}
-	s.listeners[rl.ln] = struct{}{} // Close and Shutdown close it
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.listeners, rl.ln)
-		s.mu.Unlock()
-	}()
-	var backoff time.Duration
-	for {
-		conn, err := rl.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.cfg.Logf("egressproxy: route accept: %v; retrying in %v", err, backoff)
-			time.Sleep(backoff)
-			continue
-		}
-		backoff = 0
-		s.accepted.Add(1)
-		t := *rl.target.Load()
-		// The kernel routes (identity, port) here for every project: the
-		// client's project's rules decide, as on the catch-all.
-		c := &liveConn{client: conn, src: sourceAddr(conn)}
-		pol := s.policyFor(c)
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
-			conn.Close()
-			return
-		}
-		s.conns[c] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go s.handleRouted(c, pol, t)
-	}
+	// The kernel routes (identity, port) here for every project: the
+	// client's project's rules decide, as on the catch-all; the target is
+	// the one current at accept.
+	_ = s.accept(rl.ln, "route accept", func(c *liveConn, pol *egressrules.Policy) {
+		go s.handleRouted(c, pol, *rl.target.Load())
+	})
 }
 
 func (s *Server) handleRouted(c *liveConn, pol *egressrules.Policy, t egressrules.RouteListener) {

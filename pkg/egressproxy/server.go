@@ -241,12 +241,23 @@ var ErrServerClosed = errors.New("egressproxy: server closed")
 // Serve accepts connections on ln until ln is closed (returns nil) or the
 // server is closed (returns ErrServerClosed).
 func (s *Server) Serve(ln net.Listener) error {
+	return s.accept(ln, "accept", func(c *liveConn, pol *egressrules.Policy) { go s.handle(c, pol) })
+}
+
+// accept is the accept loop of the catch-all and of every routed
+// listener: each connection is registered, decided by the policy of its
+// client's project current at accept, and handed to start, which must not
+// block (it starts the connection's goroutine; s.wg is already counted).
+// It returns nil when ln alone was closed and ErrServerClosed when the
+// server was (a listener given after Close is closed at once).
+func (s *Server) accept(ln net.Listener, what string, start func(*liveConn, *egressrules.Policy)) error {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		ln.Close()
 		return ErrServerClosed
 	}
-	s.listeners[ln] = struct{}{}
+	s.listeners[ln] = struct{}{} // Close and Shutdown close it
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
@@ -268,13 +279,12 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			// Out of fds and the like: back off instead of spinning.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.cfg.Logf("egressproxy: accept: %v; retrying in %v", err, backoff)
+			s.cfg.Logf("egressproxy: %s: %v; retrying in %v", what, err, backoff)
 			time.Sleep(backoff)
 			continue
 		}
 		backoff = 0
 		s.accepted.Add(1)
-		// The policy current at accept decides this connection.
 		c := &liveConn{client: conn, src: sourceAddr(conn)}
 		pol := s.policyFor(c)
 		s.mu.Lock()
@@ -286,7 +296,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.conns[c] = struct{}{}
 		s.wg.Add(1)
 		s.mu.Unlock()
-		go s.handle(c, pol)
+		start(c, pol)
 	}
 }
 
