@@ -4,17 +4,8 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -51,7 +42,7 @@ func TestFirewallStackInspectionEndToEnd(t *testing.T) {
 	// The internet: inspect.test and plain.test at the gateway, one HTTPS
 	// server for both with a leaf of this test's own CA.
 	auth := cptest.StartAuthority(t, gw, map[string][]netip.Addr{"inspect.test": {gw}, "plain.test": {gw}})
-	caPEM, leaf, leafFP := inspectWorldCert(t, []string{"inspect.test", "plain.test"})
+	caPEM, leaf, leafFP := cptest.UpstreamCert(t, "inspect.test", "plain.test")
 	var mu sync.Mutex
 	served := map[string]int{} // method+path the upstream served
 	srvMux := http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
@@ -207,30 +198,6 @@ func TestFirewallStackInspectionEndToEnd(t *testing.T) {
 			t.Fatalf("proxy log:\n%s", logs)
 		}
 	})
-}
-
-// inspectWorldCert is a CA of the test (its PEM) and a leaf for names.
-func inspectWorldCert(t *testing.T, names []string) (caPEM string, leaf tls.Certificate, leafFP string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "inspection e2e upstream CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(2 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: names[0]}, DNSNames: names,
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(2 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(der)
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, hex.EncodeToString(sum[:])
 }
 
 // copyIntoContainer puts one file at /name in a running container.

@@ -1,18 +1,9 @@
 package main_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
@@ -67,7 +58,7 @@ func TestFirewallCATrustEndToEnd(t *testing.T) {
 	gw := n.Gateway
 	const host = "inspect.test"
 	auth := cptest.StartAuthority(t, gw, map[string][]netip.Addr{host: {gw}})
-	upstreamCA, upstreamLeaf, upstreamFP := trustWorldCert(t, host)
+	upstreamCA, upstreamLeaf, upstreamFP := cptest.UpstreamCert(t, host)
 	ln, err := net.Listen("tcp4", net.JoinHostPort(gw.String(), "443"))
 	if err != nil {
 		t.Fatalf("listening on %s:443: %v", gw, err)
@@ -204,28 +195,4 @@ func (a trustedAgent) waitProbe(t *testing.T, e *e2e, attempt string, ok func(ne
 		return ok(o), fmt.Sprintf("%+v", o)
 	})
 	return o
-}
-
-// trustWorldCert is the test upstream's CA (PEM) and a leaf of it for host.
-func trustWorldCert(t *testing.T, host string) (caPEM string, leaf tls.Certificate, leafFP string) {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "clawker-test upstream CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(2 * time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(2 * time.Hour), ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(der)
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})),
-		tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, hex.EncodeToString(sum[:])
 }
