@@ -34,6 +34,18 @@
 // stream cannot replay (a restarted daemon keeps no events from before its
 // restart) the listing catches.
 //
+// A container the feeder knew running may have died and started again
+// while it was away (a daemon restart brings back the ones with a restart
+// policy): it is running in the listing as before, but in a new cgroup that
+// nothing enforces yet. Two things catch that, each publishing the new
+// ContainerStarted (which the firewall answers with an Enforce, and the
+// eBPF owner retires the old cgroup for the new one): a start event for a
+// container known running from an earlier connection (its die was lost:
+// one stream never tells a start after a start), and, on a reconnect, an inspect of
+// every container known running whose State.StartedAt is later than what
+// the feeder knew of its start. The first listing of a feeder inspects no
+// running container: it has nothing to compare.
+//
 // # Degrading
 //
 // The feeder always reports Ready, Docker or not: the CP runs without Docker
@@ -170,6 +182,7 @@ type listedContainer struct {
 	c        overseer.Container
 	state    runState
 	exitCode int
+	started  time.Time // State.StartedAt, for the running ones list was asked to inspect
 }
 
 type runState int
@@ -182,10 +195,27 @@ const (
 
 // known is the feeder's record of a container.
 type known struct {
+	gen   uint64 // the connection that last told of it (0: the overseer's seed)
 	c     overseer.Container
 	state runState
 	exit  int
 	since time.Time
+	// started is the container's State.StartedAt when an inspect told it
+	// (zero otherwise; since, an event's time, is then later than it).
+	started time.Time
+}
+
+// restartedSince reports whether a container listed running with
+// State.StartedAt started was started again after what k knew of it.
+func (k *known) restartedSince(started time.Time) bool {
+	switch {
+	case started.IsZero():
+		return false
+	case !k.started.IsZero():
+		return started.After(k.started)
+	default:
+		return started.After(k.since)
+	}
 }
 
 // gens numbers connection attempts process-wide, so a message from an
@@ -347,6 +377,12 @@ func (a *Actor) connect(ctx actor.Context) {
 	a.cancel = cancel
 	a.subSince = a.since()
 	gen, docker, timeout, since := a.gen, a.docker, a.cfg.CallTimeout, a.subSince
+	running := map[string]bool{}
+	for id, k := range a.known {
+		if k.state == stateRunning {
+			running[id] = true
+		}
+	}
 	sys, self := ctx.ActorSystem(), ctx.Self()
 	send := func(m any) {
 		if c.Err() == nil {
@@ -360,7 +396,7 @@ func (a *Actor) connect(ctx actor.Context) {
 			return
 		}
 		go pump(c, gen, res, send)
-		l := list(c, docker, timeout)
+		l := list(c, docker, timeout, running)
 		l.gen = gen
 		send(l)
 	}()
@@ -414,9 +450,11 @@ func pump(c context.Context, gen uint64, res client.EventsResult, send func(any)
 }
 
 // list lists the managed containers and inspects the stopped ones for their
-// exit code. A failed inspect leaves the exit code unknown (the container
-// may be gone already; the stream will say).
-func list(c context.Context, docker Docker, timeout time.Duration) *listed {
+// exit code, and the running ones in known (the ones the feeder knew
+// running) for their start time. A failed inspect leaves the exit code
+// unknown and the start time zero (the container may be gone already; the
+// stream will say).
+func list(c context.Context, docker Docker, timeout time.Duration, known map[string]bool) *listed {
 	out := &listed{at: time.Now()}
 	res, err := dockerx.Call(c, timeout, func(c context.Context) (client.ContainerListResult, error) {
 		return docker.ContainerList(c, client.ContainerListOptions{All: true, Filters: dockerx.ManagedFilter()})
@@ -430,6 +468,15 @@ func list(c context.Context, docker Docker, timeout time.Duration) *listed {
 		switch s.State {
 		case container.StateRunning, container.StatePaused, container.StateRestarting:
 			lc.state = stateRunning
+			if !known[s.ID] {
+				break
+			}
+			ins, err := dockerx.Call(c, timeout, func(c context.Context) (client.ContainerInspectResult, error) {
+				return docker.ContainerInspect(c, s.ID, client.ContainerInspectOptions{})
+			})
+			if err == nil && ins.Container.State != nil {
+				lc.started, _ = time.Parse(time.RFC3339Nano, ins.Container.State.StartedAt)
+			}
 		case container.StateCreated:
 			lc.state = stateCreated
 		default: // exited, dead, removing
@@ -625,13 +672,29 @@ func (a *Actor) apply(ctx actor.Context, m events.Message) {
 	switch m.Action {
 	case events.ActionCreate:
 		if !ok {
-			a.known[id] = &known{c: c, state: stateCreated, exit: cpapi.ExitCodeUnknown, since: at}
+			a.known[id] = &known{gen: a.gen, c: c, state: stateCreated, exit: cpapi.ExitCodeUnknown, since: at}
 		}
 	case events.ActionStart:
 		if ok && k.state == stateRunning {
+			if !at.After(k.since) {
+				return // replayed (Since is inclusive)
+			}
+			if k.gen == a.gen {
+				// Known running from this connection (its stream or its
+				// listing, which a start can follow by a moment): one
+				// stream tells a stop before the next start. Noted, so
+				// the next connection's replay of it is not news.
+				k.since = at
+				return
+			}
+			// Started again though the feeder never saw it stop: its die
+			// was lost with the previous connection (the daemon
+			// restarted). A new cgroup to enforce.
+			a.known[id] = &known{gen: a.gen, c: c, state: stateRunning, exit: cpapi.ExitCodeUnknown, since: at}
+			a.publish(ctx, &overseer.ContainerStarted{Container: c, At: at})
 			return
 		}
-		a.known[id] = &known{c: c, state: stateRunning, exit: cpapi.ExitCodeUnknown, since: at}
+		a.known[id] = &known{gen: a.gen, c: c, state: stateRunning, exit: cpapi.ExitCodeUnknown, since: at}
 		a.publish(ctx, &overseer.ContainerStarted{Container: c, At: at})
 	case events.ActionDie, events.ActionStop:
 		exit := cpapi.ExitCodeUnknown
@@ -645,7 +708,7 @@ func (a *Actor) apply(ctx actor.Context, m events.Message) {
 				return
 			}
 		}
-		a.known[id] = &known{c: c, state: stateStopped, exit: exit, since: at}
+		a.known[id] = &known{gen: a.gen, c: c, state: stateStopped, exit: exit, since: at}
 		a.publish(ctx, &overseer.ContainerStopped{Container: c, ExitCode: exit, At: at})
 	case events.ActionDestroy:
 		delete(a.known, id)
@@ -689,20 +752,24 @@ func (a *Actor) reconcile(ctx actor.Context, l *listed) int {
 		}
 		switch lc.state {
 		case stateRunning:
-			if ok && k.state == stateRunning {
+			if ok && k.state == stateRunning && !k.restartedSince(lc.started) {
+				k.gen = a.gen
+				if k.started.IsZero() {
+					k.started = lc.started
+				}
 				continue
 			}
-			a.known[c.ID] = &known{c: c, state: stateRunning, exit: cpapi.ExitCodeUnknown, since: l.at}
+			a.known[c.ID] = &known{gen: a.gen, c: c, state: stateRunning, exit: cpapi.ExitCodeUnknown, since: l.at, started: lc.started}
 			pub(&overseer.ContainerStarted{Container: c, At: l.at, Reconciled: true})
 		case stateCreated:
 			if !ok {
-				a.known[c.ID] = &known{c: c, state: stateCreated, exit: cpapi.ExitCodeUnknown, since: l.at}
+				a.known[c.ID] = &known{gen: a.gen, c: c, state: stateCreated, exit: cpapi.ExitCodeUnknown, since: l.at}
 			}
 		case stateStopped:
 			if ok && k.state == stateStopped && (k.exit == lc.exitCode || lc.exitCode == cpapi.ExitCodeUnknown) {
 				continue
 			}
-			a.known[c.ID] = &known{c: c, state: stateStopped, exit: lc.exitCode, since: l.at}
+			a.known[c.ID] = &known{gen: a.gen, c: c, state: stateStopped, exit: lc.exitCode, since: l.at}
 			pub(&overseer.ContainerStopped{Container: c, ExitCode: lc.exitCode, At: l.at, Reconciled: true})
 		}
 	}

@@ -301,3 +301,71 @@ func TestFilters(t *testing.T) {
 		}
 	}
 }
+
+// A container that died and started again while the feeder was away (a
+// daemon restart brings back the ones with a restart policy) is running in
+// the next listing as before, in a new cgroup: its new start is published
+// whether the replay tells it (a start after a start: the die was lost) or
+// only its State.StartedAt does; one that did not restart is not
+// published again, nor is a replay of the start already seen.
+func TestRestartWhileAwayIsPublished(t *testing.T) {
+	t.Parallel()
+	d := newFakeDocker()
+	r := startRig(t, d, rigOpts{})
+	s0 := r.waitSub(t, 0)
+	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
+		return len(r.logged("dockerfeed_connected")) == 1, ""
+	})
+	t1 := time.Now()
+	for i, id := range []string{"x1", "y2", "z3"} {
+		at := t1.Add(time.Duration(i) * time.Millisecond)
+		d.set(id, "clawker.p."+id, container.StateRunning, agentLabels("p", id))
+		d.startedAt[id] = at.Add(-time.Microsecond)
+		s0.emit(t, event(events.ActionStart, id, "clawker.p."+id, at, agentLabels("p", id)))
+	}
+	r.waitEvents(t, "started x1", "started y2", "started z3")
+	if calls := d.callLog(); slices.ContainsFunc(calls, func(c string) bool { return strings.HasPrefix(c, "inspect") }) {
+		t.Fatalf("calls %q: the first listing inspected a running container", calls)
+	}
+
+	// Away: x1 and y2 restart (x1's start is in the new daemon's events,
+	// y2's is not); z3 runs on.
+	// Both before the next listing, which a replayed event must precede.
+	time.Sleep(10 * time.Millisecond)
+	t2 := time.Now()
+	d.startedAt["x1"] = t2.Add(-time.Microsecond)
+	d.startedAt["y2"] = t2.Add(time.Millisecond)
+	time.Sleep(5 * time.Millisecond)
+	d.onList = func() {
+		d.onList = nil
+		s1 := d.sub(1)
+		s1.msgs <- event(events.ActionStart, "z3", "clawker.p.z3", t1.Add(2*time.Millisecond), agentLabels("p", "z3")) // Since is inclusive
+		s1.msgs <- event(events.ActionStart, "x1", "clawker.p.x1", t2, agentLabels("p", "x1"))
+	}
+	s0.end(fmt.Errorf("unexpected EOF"))
+	// x1 is told by its replayed start, or, when that reaches the feeder
+	// after the listing (two goroutines race), by the listing: once.
+	restarted := func() (bool, string) {
+		got := fmt.Sprint(r.rec.all())
+		return got == "[started x1 started y2 started z3 started x1 started y2 (r)]" ||
+			got == "[started x1 started y2 started z3 started x1 (r) started y2 (r)]", got
+	}
+	testkit.WaitForSeen(t, 5*time.Second, "x1 and y2 started again", restarted)
+	calls := d.callLog()
+	for _, id := range []string{"x1", "y2", "z3"} {
+		if !slices.Contains(calls, "inspect "+id) {
+			t.Errorf("calls %q: the reconnect did not inspect %s", calls, id)
+		}
+	}
+
+	// A third connection: nothing restarted, nothing published.
+	r.waitSub(t, 1).end(fmt.Errorf("unexpected EOF"))
+	r.waitSub(t, 2)
+	testkit.WaitForSeen(t, 5*time.Second, "the third listing", func() (bool, string) {
+		return len(r.logged("dockerfeed_reconnected")) == 2, ""
+	})
+	time.Sleep(50 * time.Millisecond) // a late replay, were there one
+	if ok, got := restarted(); !ok {
+		t.Fatalf("events %s after a connection with no restart", got)
+	}
+}

@@ -33,6 +33,7 @@ type fakeDocker struct {
 	mu         sync.Mutex
 	containers map[string]container.Summary
 	exitCodes  map[string]int
+	startedAt  map[string]time.Time
 	subs       []*fakeSub
 	calls      []string
 	// down makes every call fail as if the socket were missing.
@@ -53,7 +54,7 @@ type fakeSub struct {
 var errDown = errors.New("Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?")
 
 func newFakeDocker() *fakeDocker {
-	return &fakeDocker{containers: map[string]container.Summary{}, exitCodes: map[string]int{}}
+	return &fakeDocker{containers: map[string]container.Summary{}, exitCodes: map[string]int{}, startedAt: map[string]time.Time{}}
 }
 
 func (f *fakeDocker) Events(ctx context.Context, o client.EventsListOptions) client.EventsResult {
@@ -114,7 +115,7 @@ func (f *fakeDocker) ContainerInspect(ctx context.Context, id string, _ client.C
 		return client.ContainerInspectResult{}, fmt.Errorf("No such container: %s", id)
 	}
 	return client.ContainerInspectResult{Container: container.InspectResponse{
-		ID: c.ID, State: &container.State{Status: c.State, ExitCode: f.exitCodes[id]},
+		ID: c.ID, State: &container.State{Status: c.State, ExitCode: f.exitCodes[id], StartedAt: f.startedAt[id].UTC().Format(time.RFC3339Nano)},
 	}}, nil
 }
 
