@@ -28,11 +28,15 @@ import (
 // as soon as its stream ends and the new one answers; the overseer's
 // ContainerStarted of that name wakes it at once, a retry every few
 // seconds covers the rest. Each attach asks for the lines since the last
-// one seen (the daemon's timestamps, inclusive), and skips the ones at
-// that very timestamp it already took, so a re-attach neither reads a line
-// twice nor loses one the daemon still holds. The first attach of a CP
-// process starts at its start: older lines were a previous control
-// plane's to send.
+// one seen (the daemon's timestamps, inclusive) and skips the ones it
+// already took, so a re-attach neither reads a line twice nor loses one
+// the daemon still holds. That position is kept per stream: the daemon
+// stamps stdout and stderr lines on two goroutines and files them as they
+// arrive, so a stderr line stamped before the last stdout line may come
+// after it (seen under load: a re-attach that skipped by one position
+// lost it); within one stream the stamps are in order. The first attach
+// of a CP process starts at its start: older lines were a previous
+// control plane's to send.
 
 // SiblingDocker is the part of the Docker client the followers use.
 type SiblingDocker interface {
@@ -57,11 +61,30 @@ func StackSiblings(network string) []Sibling {
 // processStart is where a CP process's first attach begins.
 var processStart = time.Now()
 
-// position is how far a sibling's log has been taken: the last line's
-// timestamp and how many lines carried exactly it.
-type position struct {
+// streamPos is how far one stream of a sibling's log has been taken: the
+// last line's timestamp and how many lines carried exactly it.
+type streamPos struct {
 	last   time.Time
 	atLast int
+}
+
+// position is a sibling's streamPos for stdout ([0]) and stderr ([1]).
+type position [2]streamPos
+
+func streamIndex(stderr bool) int {
+	if stderr {
+		return 1
+	}
+	return 0
+}
+
+// since is where an attach asks the daemon to begin: the earlier of the
+// two streams' positions, so neither misses a line.
+func (p position) since() time.Time {
+	if p[1].last.Before(p[0].last) {
+		return p[1].last
+	}
+	return p[0].last
 }
 
 // positions outlive a netlogger incarnation: a restarted actor goes on
@@ -71,10 +94,16 @@ type positions struct {
 	m  map[string]position
 }
 
+// get is the saved position of container name; a sibling not followed
+// yet by this process begins at processStart in both streams.
 func (p *positions) get(name string) position {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.m[name]
+	pos, ok := p.m[name]
+	if !ok {
+		pos = position{{last: processStart}, {last: processStart}}
+	}
+	return pos
 }
 
 func (p *positions) set(name string, pos position) {
@@ -194,10 +223,7 @@ func (f *follower) attach(ctx context.Context) (int, error) {
 	}
 	id := ins.Container.ID
 	start := f.pos.get(f.sib.Container)
-	since := start.last
-	if since.IsZero() {
-		since = processStart
-	}
+	since := start.since()
 	rc, err := f.d.ContainerLogs(ctx, id, client.ContainerLogsOptions{
 		ShowStdout: true, ShowStderr: true, Follow: true, Timestamps: true,
 		Since: strconv.FormatInt(since.Unix(), 10) + "." + leftPad9(since.Nanosecond()),
@@ -224,8 +250,8 @@ func leftPad9(n int) string {
 type taker struct {
 	f       *follower
 	id      string
-	start   position // at attach: the lines at start.last already taken
-	skipped int      // of those, seen again so far
+	start   position // at attach: per stream, the lines at last already taken
+	skipped [2]int   // of those, seen again so far
 	cur     position
 	taken   int
 	line    netlog.Line
@@ -241,17 +267,19 @@ func (t *taker) take(stderr bool, raw []byte) {
 		return // not a timestamped line: not something the daemon sends
 	}
 	text := raw[min(sp+1, len(raw)):]
+	i := streamIndex(stderr)
+	start := t.start[i]
 	switch {
-	case !t.start.last.IsZero() && ts.Before(t.start.last):
+	case ts.Before(start.last):
 		return
-	case ts.Equal(t.start.last) && t.skipped < t.start.atLast:
-		t.skipped++
+	case ts.Equal(start.last) && t.skipped[i] < start.atLast:
+		t.skipped[i]++
 		return
 	}
-	if ts.Equal(t.cur.last) {
-		t.cur.atLast++
+	if ts.Equal(t.cur[i].last) {
+		t.cur[i].atLast++
 	} else {
-		t.cur = position{last: ts, atLast: 1}
+		t.cur[i] = streamPos{last: ts, atLast: 1}
 	}
 	t.f.pos.set(t.f.sib.Container, t.cur)
 	t.taken++
