@@ -16,7 +16,9 @@ import (
 // share a stamp, are not taken again.
 func TestReattachKeepsEachStreamsPosition(t *testing.T) {
 	base := processStart.Add(time.Second)
-	at := func(ms int) string { return base.Add(time.Duration(ms) * time.Millisecond).UTC().Format(time.RFC3339Nano) }
+	at := func(ms int) string {
+		return base.Add(time.Duration(ms) * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	}
 	var got []string
 	f := &follower{sib: Sibling{Container: "sib", Service: netlog.ServiceProxy}, pos: &positions{}, log: zap.NewNop(),
 		emit: func(l *netlog.Line) error { got = append(got, string(l.Text)); return nil }}
