@@ -52,7 +52,20 @@ func BenchmarkWindowAtBound(b *testing.B) {
 // (the RPC and the two actor asks around it are not in it).
 func BenchmarkDeniedFullWindow(b *testing.B) {
 	w := fullWindow()
-	nameOf := func(ip netip.Addr) string { return fmt.Sprintf("proj/agent-%d", ip.As4()[3]) }
+	// As the firewall actor names them: two map lookups and a concatenation.
+	byIP := map[netip.Addr]string{}
+	byID := map[string][2]string{}
+	for i := range 16 {
+		id := fmt.Sprintf("c%02d", i)
+		byIP[netip.AddrFrom4([4]byte{10, 99, 0, byte(2 + i)})] = id
+		byID[id] = [2]string{"proj", fmt.Sprintf("agent-%d", i)}
+	}
+	nameOf := func(ip netip.Addr) string {
+		if w, ok := byID[byIP[ip]]; ok {
+			return w[0] + "/" + w[1]
+		}
+		return ""
+	}
 	b.ReportAllocs()
 	for b.Loop() {
 		gs := Summarize(w.Since(time.Time{}), nameOf)

@@ -82,19 +82,16 @@ func (w *Window) Add(rs ...Record) {
 func (w *Window) Since(t time.Time) []Record {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	var out []Record
-	n := w.next
+	n, start := w.next, 0
 	if w.full {
-		n = len(w.recs)
+		n, start = len(w.recs), w.next
 	}
-	start := 0
-	if w.full {
-		start = w.next
-	}
+	// Sized for all: the records come from several reporters, so their
+	// times are not in order and every one is looked at.
+	out := make([]Record, 0, n)
 	for i := range n {
-		r := w.recs[(start+i)%len(w.recs)]
-		if !r.Time.Before(t) {
-			out = append(out, r)
+		if r := &w.recs[(start+i)%len(w.recs)]; !r.Time.Before(t) {
+			out = append(out, *r)
 		}
 	}
 	return out
@@ -122,6 +119,7 @@ func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
 	type key struct{ where, name, proto, method, path string }
 	groups := map[key]*Group{}
 	agents := map[key]map[string]bool{}
+	names := map[netip.Addr]string{} // agentOf's answers: a window holds few agents
 	for _, r := range rs {
 		k := key{r.Where, r.Name, r.Proto, r.Method, r.Path}
 		g := groups[k]
@@ -140,9 +138,12 @@ func Summarize(rs []Record, agentOf func(netip.Addr) string) []Group {
 		if r.Time.Before(g.First) {
 			g.First = r.Time
 		}
-		name := agentOf(r.Src)
-		if name == "" {
-			name = r.Src.String()
+		name, ok := names[r.Src]
+		if !ok {
+			if name = agentOf(r.Src); name == "" {
+				name = r.Src.String()
+			}
+			names[r.Src] = name
 		}
 		agents[k][name] = true
 	}
