@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -29,7 +30,7 @@ func runCommand(env Env) *cli.Command {
 		ArgsUsage: "IMAGE [CMD...]",
 		Description: "Brings the control plane up if needed, then creates container clawker.<project>.<agent> from IMAGE on\n" +
 			"clawker-net, fully unprivileged (all capabilities dropped, Docker's default seccomp and AppArmor\n" +
-			"profiles, no mounts), copies clawkerd and a freshly minted agent certificate (valid " + agentrun.CertValidity.String() + ")\n" +
+			"profiles, no mounts), copies clawkerd and a freshly minted agent certificate (valid " + days(agentrun.CertValidity) + ")\n" +
 			"into /clawker/ (when the control plane runs Ory, also a client assertion valid " + agentrun.AssertionValidity.String() + " that clawkerd\n" +
 			"trades for the token a new agent's first Register needs), and starts it. Before creating it, waits (up to\n" +
 			"30s) until the control plane's clock has reached the host's. clawkerd registers with the control plane\n" +
@@ -332,4 +333,14 @@ func agentMemory(s settings.Settings) int64 {
 		return 0
 	}
 	return n
+}
+
+// days renders a validity of whole days as "31 days" (time.Duration's
+// String says 744h0m0s), anything else as Duration does.
+func days(d time.Duration) string {
+	const day = 24 * time.Hour
+	if d > 0 && d%day == 0 {
+		return strconv.Itoa(int(d/day)) + " days"
+	}
+	return d.String()
 }
