@@ -31,6 +31,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -44,6 +45,7 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/testkit"
+	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
 const (
@@ -463,11 +465,17 @@ func TestDockerDrainToZero(t *testing.T) {
 }
 
 // TestDockerDaemonRestart restarts the Docker daemon of the whole machine
-// (see restartDaemon) while a CP runs: the feeder notices, reconnects with
-// Since, and a container started after the restart shows in the worldview.
-// The watcher meanwhile cannot count and must not drain. Gated: it runs
-// under CI=true or CLAWKER_TEST_DOCKER_RESTART=1 only, and waits for the
-// daemon to answer again before it returns.
+// (see restartDaemon) while a CP with its firewall on enforces two agent
+// containers. This daemon runs without live-restore, so every container
+// dies with it: the one without a restart policy stays stopped, and the CP
+// must see that (its die happened while the feed was down) and stop
+// enforcing it; the one with restart policy "always" comes back in a new
+// cgroup, and the CP must enforce that cgroup (its UDP is EPERM, its TCP
+// never reaches the outside host). The feeder says it lost and regained
+// the daemon (Since on the reconnect), a container started after the
+// restart shows in the worldview, and the CP neither drains nor stops.
+// Gated: it runs under CI=true or CLAWKER_TEST_DOCKER_RESTART=1 only, and
+// waits for the daemon to answer again before it returns.
 func TestDockerDaemonRestart(t *testing.T) {
 	if !testkit.InCI() && os.Getenv(restartEnv) != "1" {
 		t.Skip("restarts the machine's Docker daemon; set " + restartEnv + "=1 (or CI=true) to run it")
@@ -477,17 +485,59 @@ func TestDockerDaemonRestart(t *testing.T) {
 	// Whatever happens below, the daemon must be back for what follows.
 	t.Cleanup(func() { waitDaemon(t, r.c, 2*time.Minute) })
 
-	// Drain-to-zero would end the CP once Docker is back without agents:
-	// a long grace keeps it up, and its polls still run and fail.
-	home := cptest.NewCPHome(t, "control_plane:\n  watcher:\n    poll_interval: 1s\n    grace: 1h\n    zero_streak: 1\n")
-	p := cptest.StartCP(t, home, cpBinary(t))
-	p.WaitHealthy(t, healthyTimeout)
+	// The rig's CP runs without the watcher: Docker back without agents
+	// must not end it either.
+	fw := newFWRig(t)
+	p := fw.cp
 	p.WaitForEvent(t, changeTimeout, "dockerfeed_connected")
+	admin := fw.admin(t)
+	agentNamed := func(name string) map[string]string {
+		return map[string]string{
+			dockerx.LabelManaged: "true", dockerx.LabelPurpose: dockerx.PurposeAgent,
+			dockerx.LabelProject: "fwtest", dockerx.LabelAgent: name,
+		}
+	}
+	back := fw.net.StartProbe(t, cptest.ProbeSpec{Args: []string{"-hold"}, Labels: agentNamed("back"), Restart: container.RestartPolicyAlways})
+	gone := fw.hold(t, agentNamed("gone"))
+	oldCgroup := fw.enforcedCgroup(t, admin, back.ID, 0)
+	fw.enforcedCgroup(t, admin, gone.ID, 0)
 
 	begin := time.Now()
 	restartDaemon(t)
 	waitDaemon(t, r.c, 2*time.Minute)
 	t.Logf("the daemon answered again %s after the restart began", time.Since(begin).Round(time.Millisecond))
+
+	newCgroup := fw.enforcedCgroup(t, admin, back.ID, oldCgroup)
+	t.Logf("the restarted agent enforced on cgroup %d (was %d) %s after the restart began", newCgroup, oldCgroup, time.Since(begin).Round(time.Millisecond))
+	waitState(t, p, "the agent without a restart policy stopped", gone.ID, func(v cpapi.ContainerView, ok bool) bool {
+		return ok && v.State == cpapi.ContainerStopped
+	})
+	cptest.WaitFor(t, changeTimeout, "the stopped agent no longer enforced", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := admin.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var ids []string
+		for _, a := range st.GetAgents() {
+			ids = append(ids, a.GetContainerId()[:12])
+		}
+		return !slices.Contains(ids, gone.ID[:12]), fmt.Sprint(ids)
+	})
+	res := fw.exec(t, back, fw.outside.tcpTarget(), fw.outside.udpTarget())
+	if len(res.Outcomes) != 2 {
+		t.Fatalf("probe from the restarted agent: %+v (stderr %s)", res.Outcomes, res.Stderr)
+	}
+	if o := res.Outcomes[0]; reachedOutside(o) {
+		t.Errorf("the restarted agent reached the outside host over TCP: %+v", o)
+	}
+	if o := res.Outcomes[1]; !denied(o) {
+		t.Errorf("the restarted agent's UDP was not EPERM: %+v", o)
+	}
+	if n := fw.outside.reached(); n != 0 {
+		t.Errorf("the outside host was reached %d times", n)
+	}
 
 	id, name := r.run(t, "after-restart")
 	v := waitState(t, p, "the container started after the restart", id, func(v cpapi.ContainerView, ok bool) bool {
@@ -503,7 +553,7 @@ func TestDockerDaemonRestart(t *testing.T) {
 	if len(p.Events("dockerfeed_disconnected")) == 0 {
 		t.Error("no dockerfeed_disconnected line")
 	}
-	if p.Exited() || len(p.Events("drain_to_zero")) != 0 {
+	if p.Exited() || len(p.Events("drain_begin")) != 0 {
 		t.Fatal("the CP drained across the daemon restart")
 	}
 	r.remove(t, id)

@@ -128,6 +128,13 @@ func (h *outsideHost) reachedBy(ip netip.Addr) int {
 	return n
 }
 
+// reached counts every connection and datagram, from anywhere.
+func (h *outsideHost) reached() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.peers)
+}
+
 func (h *outsideHost) tcpTarget() string { return "tcp:" + h.tcp.Addr().String() }
 func (h *outsideHost) udpTarget() string { return "udp:" + h.udp.LocalAddr().String() }
 

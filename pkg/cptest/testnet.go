@@ -317,7 +317,16 @@ var containerSeq atomic.Int64
 
 // runContainer creates and starts a container of the netprobe image on n,
 // named clawker-test-<role>-<run id>-<n>, at ip when it is valid.
-func (n *TestNet) runContainer(t testing.TB, role string, ip netip.Addr, cmd []string, user string, capAdd, capDrop []string, extraLabels ...map[string]string) (id, name string) {
+// runSpec is what runContainer varies between its callers.
+type runSpec struct {
+	ip              netip.Addr
+	cmd             []string
+	user            string
+	capAdd, capDrop []string
+	restart         container.RestartPolicyMode
+}
+
+func (n *TestNet) runContainer(t testing.TB, role string, spec runSpec, extraLabels ...map[string]string) (id, name string) {
 	t.Helper()
 	labels := map[string]string{}
 	for _, m := range append([]map[string]string{n.Labels}, extraLabels...) {
@@ -327,8 +336,8 @@ func (n *TestNet) runContainer(t testing.TB, role string, ip netip.Addr, cmd []s
 	}
 	name = fmt.Sprintf("clawker-test-%s-%s-%d", role, n.RunID, containerSeq.Add(1))
 	ep := &network.EndpointSettings{}
-	if ip.IsValid() {
-		ep.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: ip}
+	if spec.ip.IsValid() {
+		ep.IPAMConfig = &network.EndpointIPAMConfig{IPv4Address: spec.ip}
 	}
 	stop := 2
 	ctx, cancel := context.WithTimeout(context.Background(), DockerCallTimeout)
@@ -336,12 +345,13 @@ func (n *TestNet) runContainer(t testing.TB, role string, ip netip.Addr, cmd []s
 	res, err := n.D.ContainerCreate(ctx, docker.ContainerCreateOptions{
 		Name: name,
 		Config: &container.Config{
-			Image: n.Image, Cmd: cmd, User: user, Labels: labels, StopTimeout: &stop,
+			Image: n.Image, Cmd: spec.cmd, User: spec.user, Labels: labels, StopTimeout: &stop,
 		},
 		HostConfig: &container.HostConfig{
-			NetworkMode: container.NetworkMode(n.Name),
-			CapAdd:      capAdd,
-			CapDrop:     capDrop,
+			NetworkMode:   container.NetworkMode(n.Name),
+			CapAdd:        spec.capAdd,
+			CapDrop:       spec.capDrop,
+			RestartPolicy: container.RestartPolicy{Name: spec.restart},
 			// The helpers read the programs' output from the log: a
 			// daemon whose default driver cannot be read back must not
 			// break them.
@@ -350,7 +360,7 @@ func (n *TestNet) runContainer(t testing.TB, role string, ip netip.Addr, cmd []s
 		NetworkingConfig: &network.NetworkingConfig{EndpointsConfig: map[string]*network.EndpointSettings{n.Name: ep}},
 	})
 	if err != nil {
-		t.Fatalf("cptest: creating container %s on %s (address %v): %v", name, n.Name, ip, err)
+		t.Fatalf("cptest: creating container %s on %s (address %v): %v", name, n.Name, spec.ip, err)
 	}
 	if _, err := n.D.ContainerStart(ctx, res.ID, docker.ContainerStartOptions{}); err != nil {
 		t.Fatalf("cptest: starting container %s: %v", name, err)
@@ -429,7 +439,7 @@ type StandinContainer struct {
 // agent's labels make it an enforced agent that listens).
 func (n *TestNet) StartStandin(t testing.TB, ip netip.Addr, cfg netprobe.StandinConfig, labels ...map[string]string) *StandinContainer {
 	t.Helper()
-	id, name := n.runContainer(t, "standin-"+cfg.Name, ip, append([]string{StandinPath}, cfg.Args()...), "", nil, nil, labels...)
+	id, name := n.runContainer(t, "standin-"+cfg.Name, runSpec{ip: ip, cmd: append([]string{StandinPath}, cfg.Args()...)}, labels...)
 	s := &StandinContainer{ID: id, Name: name, IP: ip, Config: cfg, d: n.D}
 	WaitFor(t, ContainerWaitTimeout, "stand-in "+name+" to be ready", func() (bool, string) {
 		out, errOut, err := containerOutput(n.D, id)
@@ -533,6 +543,9 @@ type ProbeSpec struct {
 	// Labels are added to the run label (e.g. clawker's agent labels, so a
 	// control plane under test enforces the probe as an agent).
 	Labels map[string]string
+	// Restart is the container's restart policy ("": none), e.g. "always"
+	// for one a restarted daemon brings back.
+	Restart container.RestartPolicyMode
 }
 
 // ProbeContainer is a started probe container.
@@ -589,7 +602,10 @@ func (r ProbeResult) Must(t testing.TB, what string) netprobe.Outcome {
 // StartProbe starts a probe container on n; see RunProbe to wait for it.
 func (n *TestNet) StartProbe(t testing.TB, spec ProbeSpec) *ProbeContainer {
 	t.Helper()
-	id, name := n.runContainer(t, "probe", spec.IP, append([]string{ProbePath}, spec.Args...), spec.User, spec.CapAdd, spec.CapDrop, spec.Labels)
+	id, name := n.runContainer(t, "probe", runSpec{
+		ip: spec.IP, cmd: append([]string{ProbePath}, spec.Args...), user: spec.User,
+		capAdd: spec.CapAdd, capDrop: spec.CapDrop, restart: spec.Restart,
+	}, spec.Labels)
 	return &ProbeContainer{ID: id, Name: name, IP: containerIP(t, n.D, id, n.Name), d: n.D}
 }
 
