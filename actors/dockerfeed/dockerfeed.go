@@ -41,10 +41,10 @@
 // ContainerStarted (which the firewall answers with an Enforce, and the
 // eBPF owner retires the old cgroup for the new one): a start event for a
 // container known running from an earlier connection (its die was lost:
-// one stream never tells a start after a start), and, on a reconnect, an inspect of
-// every container known running whose State.StartedAt is later than what
-// the feeder knew of its start. The first listing of a feeder inspects no
-// running container: it has nothing to compare.
+// one stream never tells a start after a start), and, on a reconnect, an
+// inspect of every container known running whose State.StartedAt is later
+// than what the feeder knew of its start. The first listing of a feeder
+// inspects no running container: it has nothing to compare.
 //
 // # Degrading
 //
