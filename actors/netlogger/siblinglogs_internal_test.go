@@ -2,6 +2,7 @@ package netlogger
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,7 +42,11 @@ func TestReattachKeepsEachStreamsPosition(t *testing.T) {
 		tk := &taker{f: f, id: "c1", start: start, cur: start}
 		for _, l := range file[:upTo] {
 			// The daemon sends what is at or after since.
-			ts, _ := time.Parse(time.RFC3339Nano, l.raw[:len(at(0))])
+			stamp, _, _ := strings.Cut(l.raw, " ")
+			ts, err := time.Parse(time.RFC3339Nano, stamp)
+			if err != nil {
+				t.Fatal(err)
+			}
 			if ts.Before(start.since()) {
 				continue
 			}
