@@ -315,8 +315,6 @@ func hostRoutes() []netip.Prefix {
 
 var containerSeq atomic.Int64
 
-// runContainer creates and starts a container of the netprobe image on n,
-// named clawker-test-<role>-<run id>-<n>, at ip when it is valid.
 // runSpec is what runContainer varies between its callers.
 type runSpec struct {
 	ip              netip.Addr
@@ -326,6 +324,8 @@ type runSpec struct {
 	restart         container.RestartPolicyMode
 }
 
+// runContainer creates and starts a container of the netprobe image on n,
+// named clawker-test-<role>-<run id>-<n>, at spec.ip when it is valid.
 func (n *TestNet) runContainer(t testing.TB, role string, spec runSpec, extraLabels ...map[string]string) (id, name string) {
 	t.Helper()
 	labels := map[string]string{}
