@@ -463,6 +463,16 @@ func list(c context.Context, docker Docker, timeout time.Duration, known map[str
 		out.err = fmt.Errorf("listing containers: %w", err)
 		return out
 	}
+	// state inspects one container; nil when the inspect failed.
+	state := func(id string) *container.State {
+		ins, err := dockerx.Call(c, timeout, func(c context.Context) (client.ContainerInspectResult, error) {
+			return docker.ContainerInspect(c, id, client.ContainerInspectOptions{})
+		})
+		if err != nil {
+			return nil
+		}
+		return ins.Container.State
+	}
 	for _, s := range res.Items {
 		lc := listedContainer{c: meta(s.ID, containerName(s.Names), s.Labels), exitCode: cpapi.ExitCodeUnknown}
 		switch s.State {
@@ -471,21 +481,15 @@ func list(c context.Context, docker Docker, timeout time.Duration, known map[str
 			if !known[s.ID] {
 				break
 			}
-			ins, err := dockerx.Call(c, timeout, func(c context.Context) (client.ContainerInspectResult, error) {
-				return docker.ContainerInspect(c, s.ID, client.ContainerInspectOptions{})
-			})
-			if err == nil && ins.Container.State != nil {
-				lc.started, _ = time.Parse(time.RFC3339Nano, ins.Container.State.StartedAt)
+			if st := state(s.ID); st != nil {
+				lc.started, _ = time.Parse(time.RFC3339Nano, st.StartedAt)
 			}
 		case container.StateCreated:
 			lc.state = stateCreated
 		default: // exited, dead, removing
 			lc.state = stateStopped
-			ins, err := dockerx.Call(c, timeout, func(c context.Context) (client.ContainerInspectResult, error) {
-				return docker.ContainerInspect(c, s.ID, client.ContainerInspectOptions{})
-			})
-			if err == nil && ins.Container.State != nil {
-				lc.exitCode = ins.Container.State.ExitCode
+			if st := state(s.ID); st != nil {
+				lc.exitCode = st.ExitCode
 			}
 		}
 		out.items = append(out.items, lc)
