@@ -75,11 +75,7 @@ func TestReconcileAfterSubscribe(t *testing.T) {
 func TestReconnectWithSince(t *testing.T) {
 	t.Parallel()
 	d := newFakeDocker()
-	r := startRig(t, d, rigOpts{})
-	s0 := r.waitSub(t, 0)
-	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
-		return len(r.logged("dockerfeed_connected")) == 1, fmt.Sprint(d.callLog())
-	})
+	r, s0 := connectedRig(t, d)
 
 	t1 := time.Now()
 	d.set("x1", "clawker.p.x", container.StateRunning, agentLabels("p", "x"))
@@ -161,11 +157,7 @@ func TestDestroyDeletesAgentFromRegistry(t *testing.T) {
 func TestLifecycleEvents(t *testing.T) {
 	t.Parallel()
 	d := newFakeDocker()
-	r := startRig(t, d, rigOpts{})
-	s := r.waitSub(t, 0)
-	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
-		return len(r.logged("dockerfeed_connected")) == 1, ""
-	})
+	r, s := connectedRig(t, d)
 	l := agentLabels("p", "a")
 	at := time.Now()
 	next := func() time.Time { at = at.Add(time.Millisecond); return at }
@@ -311,11 +303,7 @@ func TestFilters(t *testing.T) {
 func TestRestartWhileAwayIsPublished(t *testing.T) {
 	t.Parallel()
 	d := newFakeDocker()
-	r := startRig(t, d, rigOpts{})
-	s0 := r.waitSub(t, 0)
-	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
-		return len(r.logged("dockerfeed_connected")) == 1, ""
-	})
+	r, s0 := connectedRig(t, d)
 	t1 := time.Now()
 	for i, id := range []string{"x1", "y2", "z3"} {
 		at := t1.Add(time.Duration(i) * time.Millisecond)

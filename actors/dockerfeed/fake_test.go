@@ -343,6 +343,18 @@ func (r *rig) state(t *testing.T) *overseer.State {
 	return res.(*overseer.State)
 }
 
+// connectedRig starts a rig on an empty daemon and waits for its first
+// listing: the first subscription is then live, nothing published yet.
+func connectedRig(t *testing.T, d *fakeDocker) (*rig, *fakeSub) {
+	t.Helper()
+	r := startRig(t, d, rigOpts{})
+	s := r.waitSub(t, 0)
+	testkit.WaitForSeen(t, 5*time.Second, "the first listing", func() (bool, string) {
+		return len(r.logged("dockerfeed_connected")) == 1, fmt.Sprint(d.callLog())
+	})
+	return r, s
+}
+
 func (r *rig) logged(event string) []observer.LoggedEntry {
 	return r.logs.FilterField(zap.String("event", event)).All()
 }
