@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -258,15 +259,11 @@ func enforcedIDs(t *testing.T, home *cptest.Home, s settings.Settings) []string 
 		return nil
 	}
 	defer c.Close()
-	st, err := c.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+	enforced, err := enforcedAgents(c)
 	if err != nil {
 		return nil
 	}
-	var ids []string
-	for _, a := range st.GetAgents() {
-		ids = append(ids, a.GetContainerId())
-	}
-	return ids
+	return slices.Collect(maps.Keys(enforced))
 }
 
 // acked is a registration the CP acknowledged.

@@ -31,7 +31,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -45,7 +44,6 @@ import (
 	"github.com/clawker/clawker-cp/pkg/cptest"
 	"github.com/clawker/clawker-cp/pkg/dockerx"
 	"github.com/clawker/clawker-cp/pkg/testkit"
-	adminv1 "github.com/clawker/clawker-cp/proto/admin/v1"
 )
 
 const (
@@ -515,17 +513,12 @@ func TestDockerDaemonRestart(t *testing.T) {
 		return ok && v.State == cpapi.ContainerStopped
 	})
 	cptest.WaitFor(t, changeTimeout, "the stopped agent no longer enforced", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		st, err := admin.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+		enforced, err := enforcedAgents(admin)
 		if err != nil {
 			return false, err.Error()
 		}
-		var ids []string
-		for _, a := range st.GetAgents() {
-			ids = append(ids, a.GetContainerId()[:12])
-		}
-		return !slices.Contains(ids, gone.ID[:12]), fmt.Sprint(ids)
+		_, still := enforced[gone.ID]
+		return !still, fmt.Sprint(enforced)
 	})
 	res := fw.exec(t, back, fw.outside.tcpTarget(), fw.outside.udpTarget())
 	if len(res.Outcomes) != 2 {

@@ -196,21 +196,32 @@ func (r *fwRig) enforcedCgroup(t *testing.T, c *adminclient.Client, containerID 
 	t.Helper()
 	var cgid uint64
 	cptest.WaitFor(t, 30*time.Second, "container "+containerID[:12]+" enforced", func() (bool, string) {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		st, err := c.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+		enforced, err := enforcedAgents(c)
 		if err != nil {
 			return false, err.Error()
 		}
-		for _, a := range st.GetAgents() {
-			if a.GetContainerId() == containerID && a.GetCgroupId() != notOn {
-				cgid = a.GetCgroupId()
-				return true, ""
-			}
+		if id, ok := enforced[containerID]; ok && id != notOn {
+			cgid = id
+			return true, ""
 		}
-		return false, fmt.Sprintf("%d agents enforced", len(st.GetAgents()))
+		return false, fmt.Sprintf("%d agents enforced", len(enforced))
 	})
 	return cgid
+}
+
+// enforcedAgents is the CP's FirewallStatus as container id -> cgroup id.
+func enforcedAgents(c *adminclient.Client) (map[string]uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := c.FirewallStatus(ctx, &adminv1.FirewallStatusRequest{})
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(st.GetAgents()))
+	for _, a := range st.GetAgents() {
+		out[a.GetContainerId()] = a.GetCgroupId()
+	}
+	return out, nil
 }
 
 // hold starts a long-running container on the rig's network.
